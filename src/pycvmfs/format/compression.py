@@ -1,0 +1,121 @@
+"""Object compression: zlib streams (RFC 1950) exactly as the stock tools write them, or none."""
+
+from __future__ import annotations
+
+import enum
+import zlib
+from collections.abc import Iterable, Iterator
+
+from pycvmfs.errors import FormatError, IntegrityError
+
+__all__ = ["Compression", "Inflater", "compress", "decompress", "inflate_stream"]
+
+# Output produced per decompress() call is bounded so a small "zip bomb" cannot blow up memory.
+_MAX_PIECE = 1 << 20
+
+
+class Compression(enum.Enum):
+    """Compression algorithms; values are the catalog flag codes (flags bits 11-13)."""
+
+    ZLIB = 0
+    NONE = 1
+
+    @property
+    def config_name(self) -> str:
+        return "zlib" if self is Compression.ZLIB else "none"
+
+    @classmethod
+    def from_config_name(cls, name: str) -> Compression:
+        n = name.strip().lower()
+        if n in ("zlib", "default"):
+            return cls.ZLIB
+        if n == "none":
+            return cls.NONE
+        raise FormatError(f"unknown compression algorithm {name!r} (expected zlib or none)")
+
+    @classmethod
+    def from_flag_code(cls, code: int) -> Compression:
+        try:
+            return cls(code)
+        except ValueError:
+            raise FormatError(f"unknown compression code {code} in catalog flags") from None
+
+
+def compress(data: bytes | bytearray | memoryview, compression: Compression = Compression.ZLIB) -> bytes:
+    """Compress one object. zlib at the default level in one stream: the stock bytes exactly."""
+    if compression is Compression.NONE:
+        return bytes(data)
+    return zlib.compress(data)
+
+
+def decompress(data: bytes | bytearray | memoryview, compression: Compression = Compression.ZLIB,
+               *, what: str = "object") -> bytes:
+    """Decompress one whole object; a stream that is broken, truncated or followed by junk fails."""
+    if compression is Compression.NONE:
+        return bytes(data)
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data)
+    except zlib.error as e:
+        raise IntegrityError(f"{what}: not a valid zlib stream ({e})") from None
+    if not d.eof:
+        raise IntegrityError(f"{what}: zlib stream is truncated")
+    if d.unused_data:
+        raise IntegrityError(f"{what}: {len(d.unused_data)} bytes after the end of the zlib stream")
+    return out
+
+
+class Inflater:
+    """Incremental decompression of one object with bounded output per step."""
+
+    def __init__(self, compression: Compression = Compression.ZLIB, *, what: str = "object") -> None:
+        self.compression = compression
+        self.what = what
+        self._d = zlib.decompressobj() if compression is Compression.ZLIB else None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        """Yield the decompressed pieces that ``data`` completes."""
+        if self._d is None:
+            if data:
+                yield bytes(data)
+            return
+        if self._d.eof:
+            if data:
+                raise IntegrityError(f"{self.what}: data after the end of the zlib stream")
+            return
+        buf = data
+        try:
+            while True:
+                out = self._d.decompress(buf, _MAX_PIECE)
+                if out:
+                    yield out
+                buf = self._d.unconsumed_tail
+                if not buf or self._d.eof:
+                    break
+        except zlib.error as e:
+            raise IntegrityError(f"{self.what}: not a valid zlib stream ({e})") from None
+        if self._d.eof and (self._d.unused_data or buf):
+            raise IntegrityError(f"{self.what}: data after the end of the zlib stream")
+
+    def finish(self) -> bytes:
+        """Check that the stream ended properly; returns any remaining output."""
+        if self._d is None:
+            return b""
+        try:
+            out = self._d.flush()
+        except zlib.error as e:
+            raise IntegrityError(f"{self.what}: not a valid zlib stream ({e})") from None
+        if not self._d.eof:
+            raise IntegrityError(f"{self.what}: zlib stream is truncated")
+        return out
+
+
+def inflate_stream(pieces: Iterable[bytes], compression: Compression = Compression.ZLIB,
+                   *, what: str = "object") -> Iterator[bytes]:
+    """Decompress a stream of compressed pieces, yielding decompressed pieces."""
+    inf = Inflater(compression, what=what)
+    for piece in pieces:
+        yield from inf.feed(piece)
+    tail = inf.finish()
+    if tail:
+        yield tail

@@ -1,0 +1,100 @@
+"""Shared test fixtures: the golden repository and real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PYCVMFS_SHARED", ROOT.parent / "shared"))
+GOLDEN = SHARED / "fixtures" / "cvmfs-golden"
+GOLDEN_FQRN = "golden.example.org"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The golden fixture folder (README, expected.json, keys/, golden.example.org/)."""
+    if not (GOLDEN / GOLDEN_FQRN / ".cvmfspublished").exists():
+        raise RuntimeError(f"golden fixture not found at {GOLDEN} (set PYCVMFS_SHARED)")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def golden_repo(golden_dir: Path) -> Path:
+    """The golden repository's storage directory (read-only)."""
+    return golden_dir / GOLDEN_FQRN
+
+
+@pytest.fixture(scope="session")
+def golden_keys(golden_dir: Path) -> Path:
+    return golden_dir / "keys"
+
+
+@pytest.fixture(scope="session")
+def golden_expected(golden_dir: Path) -> dict:
+    import json
+
+    return json.loads((golden_dir / "expected.json").read_text())
+
+
+@pytest.fixture
+def golden_copy(golden_repo: Path, tmp_path: Path) -> Path:
+    """A writable copy of the golden repository storage, for tampering tests."""
+    dest = tmp_path / GOLDEN_FQRN
+    shutil.copytree(golden_repo, dest)
+    for p in [dest, *dest.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dest
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002
+        pass
+
+
+class LoopbackServer:
+    """A real threaded HTTP server on 127.0.0.1 serving one directory."""
+
+    def __init__(self, directory: Path, handler: type = _QuietHandler) -> None:
+        self.directory = Path(directory)
+        h = functools.partial(handler, directory=str(directory))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), h)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def http_server() -> Iterator:
+    """Factory: ``http_server(directory)`` starts a loopback server; all stop at teardown."""
+    servers: list[LoopbackServer] = []
+
+    def start(directory: Path, handler: type = _QuietHandler) -> LoopbackServer:
+        s = LoopbackServer(directory, handler)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def golden_server(golden_dir: Path) -> Iterator[LoopbackServer]:
+    """The golden fixture folder served over HTTP; the repository URL is ``url + '/' + fqrn``."""
+    s = LoopbackServer(golden_dir)
+    yield s
+    s.stop()
