@@ -1,0 +1,26 @@
+"""The ``pycvmfs`` command: one entry point whose verbs mirror cvmfs_server / cvmfs_config."""
+
+from __future__ import annotations
+
+import click
+
+from pycvmfs import __version__
+from pycvmfs.cli import client_cmds
+from pycvmfs.cli.common import CvmfsGroup
+
+
+@click.group(cls=CvmfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pycvmfs")
+def cli() -> None:
+    """pycvmfs: publish, replicate and read CernVM-FS repositories."""
+
+
+client_cmds.register(cli)
+
+
+def main() -> None:
+    cli(prog_name="pycvmfs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The client's local object cache: verified, decompressed objects keyed by content hash."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pycvmfs.errors import HashMismatchError
+from pycvmfs.format.compression import Compression, Inflater
+from pycvmfs.format.hashes import ContentHash, ObjectKind
+from pycvmfs.storage.base import Source
+
+__all__ = ["Breadcrumb", "ObjectCache", "default_cache_dir", "download_verified"]
+
+
+def default_cache_dir() -> Path:
+    """``$PYCVMFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/pycvmfs``, else ``~/.cache/pycvmfs``."""
+    env = os.environ.get("PYCVMFS_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pycvmfs"
+
+
+@dataclass(frozen=True)
+class Breadcrumb:
+    """The newest revision accepted for a repository: ``<root hash>T<timestamp>R<revision>``."""
+
+    root_hash: ContentHash
+    timestamp: int
+    revision: int
+
+    def to_text(self) -> str:
+        return f"{self.root_hash}T{self.timestamp}R{self.revision}"
+
+    @classmethod
+    def from_text(cls, text: str) -> Breadcrumb | None:
+        text = text.strip()
+        try:
+            h, rest = text.split("T", 1)
+            ts, rev = rest.split("R", 1)
+            return cls(ContentHash.parse(h), int(ts), int(rev))
+        except Exception:
+            return None
+
+
+def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
+                      compression: Compression, sink, *, what: str | None = None) -> tuple[int, int]:
+    """Stream object ``h`` from ``source`` into ``sink`` (a callable taking decompressed blocks,
+    or None to discard), checking its hash over the compressed bytes as they arrive.
+
+    Returns ``(stored bytes, decompressed bytes)``. Raises :class:`HashMismatchError` (after the
+    source tried its alternatives) when the bytes are bad; the sink may then have seen garbage,
+    so callers write to a temporary file and keep it only on success.
+    """
+    label = what or h.describe(kind)
+
+    def consume(blocks: Iterator[bytes]) -> tuple[int, int]:
+        hasher = h.algorithm.new()
+        inflater = Inflater(compression, what=label)
+        if sink is not None and hasattr(sink, "reset"):
+            sink.reset()
+        stored = plain = 0
+        for block in blocks:
+            hasher.update(block)
+            stored += len(block)
+            for piece in inflater.feed(block):
+                plain += len(piece)
+                if sink is not None:
+                    sink(piece)
+        actual = ContentHash(h.algorithm, hasher.digest())
+        if actual != h:
+            raise HashMismatchError(label, str(h), str(actual))
+        tail = inflater.finish()
+        if tail:
+            plain += len(tail)
+            if sink is not None:
+                sink(tail)
+        return stored, plain
+
+    return source.fetch(h.object_path(kind), consume, what=label)
+
+
+class _FileSink:
+    """Writes decompressed blocks to a temporary file; restartable when a source retries."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def reset(self) -> None:
+        self.f.seek(0)
+        self.f.truncate()
+
+    def __call__(self, data: bytes) -> None:
+        self.f.write(data)
+
+
+class ObjectCache:
+    """Decompressed objects at ``<dir>/<2 hex>/<rest of textual hash>``.
+
+    Objects are written to ``<dir>/txn/`` and renamed into place only after their hash was
+    verified, so a crash never leaves a half-written object under its final name. Concurrent
+    requests for one object within a process are collapsed into one download.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.txn = self.directory / "txn"
+        self.txn.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.stats = {"hits": 0, "misses": 0, "bytes_downloaded": 0}
+
+    def path_for(self, h: ContentHash) -> Path:
+        text = str(h)
+        return self.directory / text[:2] / text[2:]
+
+    def contains(self, h: ContentHash) -> bool:
+        return self.path_for(h).is_file()
+
+    @contextlib.contextmanager
+    def _lock(self, key: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+    def fetch(self, source: Source, h: ContentHash, kind: ObjectKind,
+              compression: Compression = Compression.ZLIB, *, what: str | None = None) -> Path:
+        """The path of the decompressed object, downloading and verifying it if needed."""
+        dest = self.path_for(h)
+        if dest.is_file():
+            self.stats["hits"] += 1
+            return dest
+        with self._lock(str(h)):
+            if dest.is_file():
+                self.stats["hits"] += 1
+                return dest
+            self.stats["misses"] += 1
+            fd, tmp = tempfile.mkstemp(dir=self.txn, prefix="obj.")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    stored, _plain = download_verified(source, h, kind, compression, _FileSink(f),
+                                                       what=what)
+                dest.parent.mkdir(exist_ok=True)
+                os.replace(tmp, dest)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            self.stats["bytes_downloaded"] += stored
+            return dest
+
+    # -- breadcrumbs ---------------------------------------------------------------------
+    def _breadcrumb_path(self, fqrn: str) -> Path:
+        return self.directory / f"cvmfschecksum.{fqrn}"
+
+    def read_breadcrumb(self, fqrn: str) -> Breadcrumb | None:
+        try:
+            return Breadcrumb.from_text(self._breadcrumb_path(fqrn).read_text())
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def write_breadcrumb(self, fqrn: str, crumb: Breadcrumb) -> None:
+        """Record ``crumb`` unless a newer revision is recorded already."""
+        with self._lock("breadcrumb:" + fqrn):
+            old = self.read_breadcrumb(fqrn)
+            if old is not None and (old.revision, old.timestamp) >= (crumb.revision, crumb.timestamp):
+                return
+            fd, tmp = tempfile.mkstemp(dir=self.txn, prefix="crumb.")
+            with os.fdopen(fd, "w") as f:
+                f.write(crumb.to_text())
+            os.replace(tmp, self._breadcrumb_path(fqrn))

@@ -1,0 +1,284 @@
+"""A repository reached through a source, and the chain of trust that opens its revisions."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pycvmfs.client.cache import Breadcrumb, ObjectCache, default_cache_dir
+from pycvmfs.client.view import RevisionView
+from pycvmfs.errors import (
+    ConfigError,
+    FormatError,
+    OutdatedManifestError,
+    TagNotFoundError,
+)
+from pycvmfs.format.catalog import Catalog
+from pycvmfs.format.certificate import Certificate
+from pycvmfs.format.compression import Compression
+from pycvmfs.format.dirent import DirectoryEntry
+from pycvmfs.format.hashes import ContentHash, ObjectKind
+from pycvmfs.format.history import History, Tag
+from pycvmfs.format.manifest import Manifest, verify_manifest
+from pycvmfs.format.whitelist import Whitelist, verify_whitelist
+from pycvmfs.storage.base import Source, fetch_bytes
+
+__all__ = ["Repository", "TrustedState", "open_repository"]
+
+MANIFEST = ".cvmfspublished"
+WHITELIST = ".cvmfswhitelist"
+_SMALL_FILE_LIMIT = 1 << 20  # manifests and whitelists are a few hundred bytes
+
+
+@dataclass(frozen=True)
+class TrustedState:
+    """The verified head of a repository: manifest, certificate and whitelist."""
+
+    manifest: Manifest
+    certificate: Certificate
+    whitelist: Whitelist
+    manifest_bytes: bytes
+    whitelist_bytes: bytes
+
+
+class Repository:
+    """A CernVM-FS repository whose every byte is checked before use.
+
+    The chain is: master public key -> whitelist signature -> certificate fingerprint ->
+    manifest signature -> root catalog hash -> nested catalog hashes -> object hashes.
+    """
+
+    def __init__(self, source: Source, *, public_keys: Sequence, fqrn: str | None = None,
+                 cache: ObjectCache | None = None,
+                 now: Callable[[], _dt.datetime] | None = None,
+                 blacklist: Sequence[ContentHash] = (),
+                 env: Callable[[str], str | None] | None = None) -> None:
+        if not public_keys:
+            raise ConfigError("no public key given: a repository cannot be verified without "
+                              "its master public key (--key FILE or a keys directory)")
+        self.source = source
+        self.public_keys = list(public_keys)
+        self.fqrn = fqrn
+        self.cache = cache if cache is not None else ObjectCache(default_cache_dir())
+        self._now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
+        self.blacklist = list(blacklist)
+        self.env = env
+        self._state: TrustedState | None = None
+        self._history: History | None = None
+        self._lock = threading.RLock()
+
+    # -- the chain of trust --------------------------------------------------------------
+    def refresh(self) -> TrustedState:
+        """Fetch and verify the current manifest, certificate and whitelist."""
+        with self._lock:
+            data = fetch_bytes(self.source, MANIFEST, what=self._where(MANIFEST),
+                               limit=_SMALL_FILE_LIMIT, fresh=True)
+            from pycvmfs.format.manifest import parse_signed_manifest
+
+            unverified, _ = parse_signed_manifest(data, what=self._where(MANIFEST))
+            fqrn = self.fqrn or unverified.fqrn
+            if not fqrn:
+                raise FormatError(f"{self._where(MANIFEST)}: no repository name (key N)")
+            if unverified.fqrn != fqrn:
+                raise FormatError(f"{self._where(MANIFEST)}: manifest is for repository "
+                                  f"{unverified.fqrn!r}, expected {fqrn!r}")
+            crumb = self.cache.read_breadcrumb(fqrn)
+            self._check_not_older(unverified, crumb)
+            if unverified.certificate is None:
+                raise FormatError(f"{self._where(MANIFEST)}: no certificate hash (key X)")
+            cert_path = self.cache.fetch(self.source, unverified.certificate,
+                                         ObjectKind.CERTIFICATE)
+            certificate = Certificate.from_pem(
+                Path(cert_path).read_bytes(),
+                what=unverified.certificate.describe(ObjectKind.CERTIFICATE))
+            manifest = verify_manifest(data, certificate, what=self._where(MANIFEST))
+            wl_bytes = fetch_bytes(self.source, WHITELIST, what=self._where(WHITELIST),
+                                   limit=_SMALL_FILE_LIMIT, fresh=True)
+            whitelist = verify_whitelist(wl_bytes, self.public_keys, fqrn=fqrn,
+                                         certificate=certificate, now=self._now(),
+                                         blacklist=self.blacklist,
+                                         what=self._where(WHITELIST))
+            self.fqrn = fqrn
+            self.cache.write_breadcrumb(fqrn, Breadcrumb(manifest.root_catalog,
+                                                         manifest.publish_timestamp or 0,
+                                                         manifest.revision))
+            if self._state is None or self._state.manifest.history != manifest.history:
+                self._close_history()
+            self._state = TrustedState(manifest, certificate, whitelist, data, wl_bytes)
+            return self._state
+
+    def _check_not_older(self, m: Manifest, crumb: Breadcrumb | None) -> None:
+        if crumb is None:
+            return
+        where = self._where(MANIFEST)
+        if m.revision < crumb.revision:
+            raise OutdatedManifestError(
+                f"{where}: revision {m.revision} is older than revision {crumb.revision} "
+                "already seen; refusing to go back")
+        if (m.publish_timestamp or 0) < crumb.timestamp:
+            raise OutdatedManifestError(
+                f"{where}: published at {m.publish_timestamp}, older than the manifest already "
+                f"seen (published at {crumb.timestamp}); refusing to go back")
+
+    def _where(self, relpath: str) -> str:
+        return f"{relpath} of {self.source.describe('') or 'repository'}".rstrip("/")
+
+    @property
+    def state(self) -> TrustedState:
+        return self._state if self._state is not None else self.refresh()
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.state.manifest
+
+    # -- objects and catalogs ------------------------------------------------------------
+    def fetch_object(self, h: ContentHash, kind: ObjectKind,
+                     compression: Compression = Compression.ZLIB) -> Path:
+        """Path of a verified, decompressed object in the local cache."""
+        return self.cache.fetch(self.source, h, kind, compression)
+
+    def load_catalog(self, h: ContentHash, mountpoint: bytes = b"", what: str | None = None) -> Catalog:
+        path = self.fetch_object(h, ObjectKind.CATALOG)
+        return Catalog.open(path, what=what or h.describe(ObjectKind.CATALOG), hash=h)
+
+    def _fetch_for_entry(self, h: ContentHash, kind: ObjectKind, entry: DirectoryEntry) -> Path:
+        return self.fetch_object(h, kind, entry.compression)
+
+    # -- history -------------------------------------------------------------------------
+    def history(self) -> History | None:
+        with self._lock:
+            if self._history is None:
+                h = self.state.manifest.history
+                if h is None:
+                    return None
+                path = self.fetch_object(h, ObjectKind.HISTORY)
+                self._history = History.open(path, what=h.describe(ObjectKind.HISTORY))
+            return self._history
+
+    def tags(self) -> list[Tag]:
+        hist = self.history()
+        return hist.tags() if hist is not None else []
+
+    def _close_history(self) -> None:
+        if self._history is not None:
+            self._history.close()
+            self._history = None
+
+    # -- revisions -----------------------------------------------------------------------
+    def resolve(self, *, tag: str | None = None, revision: int | None = None,
+                root_hash: str | ContentHash | None = None,
+                date: str | _dt.datetime | None = None) -> tuple[ContentHash, int | None]:
+        """The root catalog hash (and revision if known) of the revision asked for."""
+        if sum(x is not None for x in (tag, revision, root_hash, date)) > 1:
+            raise ConfigError("give at most one of tag, revision, root hash and date")
+        m = self.state.manifest
+        if root_hash is not None:
+            h = root_hash if isinstance(root_hash, ContentHash) else ContentHash.parse(
+                root_hash, what="root hash")
+            return h, None
+        if tag is not None:
+            t = self.history().get(tag) if self.history() is not None else None
+            if t is None:
+                raise TagNotFoundError(f"tag {tag!r} not found in the history of {self.fqrn}")
+            return t.root_hash, t.revision
+        if date is not None:
+            ts = _parse_date(date)
+            t = self.history().tag_at_date(ts) if self.history() is not None else None
+            if t is None:
+                raise TagNotFoundError(f"no tag of {self.fqrn} at or before {date}")
+            return t.root_hash, t.revision
+        if revision is not None and revision != m.revision:
+            return self._find_revision(revision), revision
+        return m.root_catalog, m.revision
+
+    def _find_revision(self, revision: int) -> ContentHash:
+        if revision > self.state.manifest.revision or revision < 0:
+            raise TagNotFoundError(f"{self.fqrn} has no revision {revision} "
+                                   f"(newest is {self.state.manifest.revision})")
+        for t in self.tags():
+            if t.revision == revision and t.branch == "":
+                return t.root_hash
+        h = self.state.manifest.root_catalog
+        while True:  # follow previous_revision links, each one verified by its hash
+            with self.load_catalog(h) as cat:
+                if cat.revision == revision:
+                    return h
+                prev = cat.previous_revision
+                if prev is None or cat.revision < revision:
+                    break
+                h = prev
+        raise TagNotFoundError(f"revision {revision} of {self.fqrn} not found")
+
+    def open_revision(self, *, tag: str | None = None, revision: int | None = None,
+                      root_hash: str | ContentHash | None = None,
+                      date: str | _dt.datetime | None = None) -> RevisionView:
+        """A verified view of the newest revision, or of the one named by tag/revision/hash/date."""
+        h, rev = self.resolve(tag=tag, revision=revision, root_hash=root_hash, date=date)
+        m = self.state.manifest
+        return RevisionView(
+            fqrn=self.fqrn or "", root_hash=h,
+            load_catalog=lambda ch, mp, what: self.load_catalog(ch, mp, what),
+            fetch_object=self._fetch_for_entry, env=self.env, revision=rev,
+            timestamp=m.publish_timestamp if h == m.root_catalog else None)
+
+    head = open_revision
+
+    def close(self) -> None:
+        self._close_history()
+        self.source.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse_date(date: str | _dt.datetime) -> int:
+    if isinstance(date, _dt.datetime):
+        d = date if date.tzinfo else date.replace(tzinfo=_dt.timezone.utc)
+        return int(d.timestamp())
+    text = date.strip()
+    if text.isdigit():
+        return int(text)
+    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            d = _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.timezone.utc)
+            return int(d.timestamp())
+        except ValueError:
+            continue
+    raise ConfigError(f"cannot parse date {date!r} (expected YYYY-MM-DDThh:mm:ssZ)")
+
+
+def guess_fqrn(location: str) -> str | None:
+    """The repository name a URL or storage path ends with, if it looks like one."""
+    last = location.rstrip("/").rsplit("/", 1)[-1]
+    return last if "." in last and not last.startswith(".") else None
+
+
+def open_repository(location: str, *, keys: Sequence[str | os.PathLike] | Sequence = (),
+                    fqrn: str | None = None, cache_dir: str | os.PathLike | None = None,
+                    proxies: Sequence[str] = ("DIRECT",), timeout: float = 10.0,
+                    now: Callable[[], _dt.datetime] | None = None,
+                    env: Callable[[str], str | None] | None = None) -> Repository:
+    """Open a repository from a URL (``http://host/cvmfs/fqrn``, several separated by ``;``) or
+    a local storage directory, trusting the given public keys (files or directories)."""
+    from pycvmfs.format.signature import load_public_keys
+    from pycvmfs.storage.locate import open_source
+
+    public_keys = [k for k in keys if not isinstance(k, str | os.PathLike)]
+    paths = [k for k in keys if isinstance(k, str | os.PathLike)]
+    if paths:
+        public_keys += load_public_keys(paths)
+    if location.strip().lower().startswith(("http://", "https://")):
+        source = open_source(location, proxies=proxies, timeout=timeout)
+    else:
+        source = open_source(location)
+    if fqrn is None:
+        fqrn = guess_fqrn(location.split(";")[0])
+    cache = ObjectCache(cache_dir if cache_dir is not None else default_cache_dir())
+    return Repository(source, public_keys=public_keys, fqrn=fqrn, cache=cache, now=now, env=env)

@@ -1,0 +1,292 @@
+"""A verified, read-only view of one revision: paths, listings, symlinks, xattrs and file reads."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pycvmfs.errors import (
+    FormatError,
+    IsADirectoryPathError,
+    NoSuchAttributeError,
+    NoSuchPathError,
+    NotADirectoryPathError,
+    NotASymlinkError,
+    TooManySymlinksError,
+)
+from pycvmfs.format.catalog import Catalog, Chunk, NestedRef
+from pycvmfs.format.dirent import DirectoryEntry, expand_symlink
+from pycvmfs.format.hashes import ContentHash, ObjectKind
+from pycvmfs.client.files import RepoFile
+from pycvmfs.client.stat import Stat
+
+__all__ = ["CatalogLoader", "LoadedCatalog", "RevisionView", "normalize_path"]
+
+MAX_SYMLINKS = 40
+
+#: load(hash, mountpoint, what) -> opened Catalog (downloaded and hash-verified)
+CatalogLoader = Callable[[ContentHash, bytes, str], Catalog]
+
+
+def normalize_path(path: str | bytes) -> bytes:
+    """Repository path as catalogs key it: ``b""`` for the root, else ``/a/b`` (no ``.``/``//``)."""
+    raw = os.fsencode(path)
+    parts = [p for p in raw.split(b"/") if p and p != b"."]
+    return b"".join(b"/" + p for p in parts)
+
+
+def _display(path: bytes) -> str:
+    return os.fsdecode(path) or "/"
+
+
+@dataclass
+class LoadedCatalog:
+    mountpoint: bytes
+    catalog: Catalog
+    ino_base: int
+    max_rowid: int
+
+
+class RevisionView:
+    """One revision of a repository, every catalog and object verified against its parent.
+
+    Paths are ``str`` (or ``bytes``) relative to the repository root; a leading ``/`` is optional.
+    Symbolic links are followed inside the repository; absolute targets are followed when they
+    point into ``/cvmfs/<fqrn>``. Variant symlinks are expanded with ``env`` (a mapping or a
+    lookup function; default: the process environment).
+    """
+
+    def __init__(self, *, fqrn: str, root_hash: ContentHash, load_catalog: CatalogLoader,
+                 fetch_object: Callable[[ContentHash, ObjectKind, DirectoryEntry], os.PathLike],
+                 env: Callable[[str], str | None] | None = None, revision: int | None = None,
+                 timestamp: int | None = None) -> None:
+        self.fqrn = fqrn
+        self.root_hash = root_hash
+        self._load = load_catalog
+        self._fetch_object = fetch_object
+        self._env = env if env is not None else os.environ.get
+        self._lock = threading.RLock()
+        self._catalogs: dict[bytes, LoadedCatalog] = {}
+        self._next_ino = 256
+        root = self._attach(b"", root_hash, f"root catalog {root_hash}C")
+        self.root_catalog = root.catalog
+        self.revision = revision if revision is not None else root.catalog.revision
+        self.timestamp = timestamp
+        self._repo_prefix = b"/cvmfs/" + fqrn.encode()
+
+    # -- catalogs ------------------------------------------------------------------------
+    def _attach(self, mountpoint: bytes, h: ContentHash, what: str) -> LoadedCatalog:
+        cat = self._load(h, mountpoint, what)
+        if cat.root_prefix != mountpoint:
+            cat.close()
+            raise FormatError(f"{what}: root_prefix {_display(cat.root_prefix)!r} does not match "
+                              f"its mount point {_display(mountpoint)!r}")
+        maxrow = cat.max_rowid()
+        loaded = LoadedCatalog(mountpoint, cat, self._next_ino, maxrow)
+        self._next_ino += maxrow + cat.max_hardlink_group() + 1
+        self._catalogs[mountpoint] = loaded
+        return loaded
+
+    def _nested(self, parent: LoadedCatalog, ref: NestedRef) -> LoadedCatalog:
+        got = self._catalogs.get(ref.path)
+        if got is not None:
+            return got
+        with self._lock:
+            got = self._catalogs.get(ref.path)
+            if got is not None:
+                return got
+            if ref.hash is None:
+                raise FormatError(f"{parent.catalog.what}: nested catalog {_display(ref.path)!r} "
+                                  "has no hash")
+            return self._attach(ref.path, ref.hash,
+                                f"nested catalog {ref.hash}C at {_display(ref.path)}")
+
+    def _catalog_for(self, path: bytes, *, into_mountpoint: bool) -> LoadedCatalog:
+        """The catalog holding ``path`` (for a mount point: the child if ``into_mountpoint``)."""
+        cur = self._catalogs[b""]
+        while True:
+            ref = cur.catalog.find_nested(path)
+            if ref is None or (ref.path == path and not into_mountpoint):
+                return cur
+            cur = self._nested(cur, ref)
+
+    def catalogs(self) -> Iterator[tuple[bytes, Catalog]]:
+        """Every catalog of the revision, depth first, loading (and verifying) each one."""
+        stack = [self._catalogs[b""]]
+        while stack:
+            cur = stack.pop()
+            yield cur.mountpoint, cur.catalog
+            for ref in reversed(cur.catalog.nested_catalogs()):
+                stack.append(self._nested(cur, ref))
+
+    def nested_hash(self, path: bytes) -> ContentHash | None:
+        """The catalog hash mounted at ``path`` (the root hash for ``b""``), or None."""
+        if path == b"":
+            return self.root_hash
+        lc = self._catalog_for(path, into_mountpoint=False)
+        for ref in lc.catalog.nested_catalogs():
+            if ref.path == path:
+                return ref.hash
+        return None
+
+    def loaded_catalog_count(self) -> int:
+        return len(self._catalogs)
+
+    # -- path resolution -----------------------------------------------------------------
+    def _entry_at(self, path: bytes) -> tuple[DirectoryEntry, LoadedCatalog]:
+        lc = self._catalog_for(path, into_mountpoint=False)
+        entry = lc.catalog.lookup(path)
+        if entry is None:
+            raise NoSuchPathError(_display(path))
+        return entry, lc
+
+    def _resolve(self, path: str | bytes, *, follow: bool) -> tuple[bytes, DirectoryEntry,
+                                                                     LoadedCatalog]:
+        todo = deque(p for p in os.fsencode(path).split(b"/") if p and p != b".")
+        cur = b""
+        entry, lc = self._entry_at(b"")
+        links = 0
+        while todo:
+            comp = todo.popleft()
+            if comp == b"..":
+                cur = cur[:cur.rfind(b"/")] if cur else b""
+                entry, lc = self._entry_at(cur)
+                continue
+            if not entry.is_dir:
+                raise NotADirectoryPathError(_display(cur))
+            nxt = cur + b"/" + comp
+            entry, lc = self._entry_at(nxt)
+            if entry.is_symlink and (todo or follow):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise TooManySymlinksError(_display(nxt))
+                target = expand_symlink(entry.symlink, self._env)
+                if target.startswith(b"/"):
+                    if target == self._repo_prefix or target.startswith(self._repo_prefix + b"/"):
+                        target = target[len(self._repo_prefix):]
+                    else:
+                        raise NoSuchPathError(f"{_display(nxt)} -> {os.fsdecode(target)} "
+                                              "(points outside the repository)")
+                    cur = b""
+                    entry, lc = self._entry_at(b"")
+                todo.extendleft(reversed([p for p in target.split(b"/") if p and p != b"."]))
+                continue
+            cur = nxt
+        return cur, entry, lc
+
+    def _stat(self, path: bytes, entry: DirectoryEntry, lc: LoadedCatalog) -> Stat:
+        if entry.hardlink_group:
+            ino = lc.ino_base + lc.max_rowid + entry.hardlink_group
+        else:
+            ino = lc.ino_base + entry.rowid
+        target = expand_symlink(entry.symlink, self._env) if entry.is_symlink else None
+        return Stat(_display(path), entry, ino, target)
+
+    # -- public API ----------------------------------------------------------------------
+    def stat(self, path: str | bytes = "/") -> Stat:
+        """Attributes of ``path``, following symbolic links."""
+        p, e, lc = self._resolve(path, follow=True)
+        return self._stat(p, e, lc)
+
+    def lstat(self, path: str | bytes = "/") -> Stat:
+        """Attributes of ``path`` itself (a final symbolic link is not followed)."""
+        p, e, lc = self._resolve(path, follow=False)
+        return self._stat(p, e, lc)
+
+    def exists(self, path: str | bytes) -> bool:
+        try:
+            self.lstat(path)
+        except (NoSuchPathError, NotADirectoryPathError):
+            return False
+        return True
+
+    def scandir(self, path: str | bytes = "/", *, include_hidden: bool = False) -> list[Stat]:
+        """The entries of a directory, sorted by name."""
+        p, e, _ = self._resolve(path, follow=True)
+        if not e.is_dir:
+            raise NotADirectoryPathError(_display(p))
+        lc = self._catalog_for(p, into_mountpoint=True)
+        out = []
+        for child in lc.catalog.listing(p):
+            if child.is_hidden and not include_hidden:
+                continue
+            out.append(self._stat(p + b"/" + child.name, child, lc))
+        return out
+
+    def listdir(self, path: str | bytes = "/") -> list[str]:
+        return [s.name for s in self.scandir(path)]
+
+    def readlink(self, path: str | bytes, *, expand: bool = True) -> str:
+        p, e, _ = self._resolve(path, follow=False)
+        if not e.is_symlink:
+            raise NotASymlinkError(_display(p))
+        return os.fsdecode(expand_symlink(e.symlink, self._env) if expand else e.symlink)
+
+    def chunks(self, path: str | bytes) -> list[Chunk]:
+        """The chunk list of a chunked file (empty for an unchunked one)."""
+        p, e, lc = self._resolve(path, follow=True)
+        if not e.is_chunked:
+            return []
+        return lc.catalog.chunks(p, e)
+
+    def open(self, path: str | bytes) -> RepoFile:
+        """Open a regular file for reading (binary, seekable, fetching objects on demand)."""
+        p, e, lc = self._resolve(path, follow=True)
+        if e.is_dir:
+            raise IsADirectoryPathError(_display(p))
+        if not e.is_regular:
+            raise NoSuchPathError(f"{_display(p)} (not a regular file)")
+        chunks = lc.catalog.chunks(p, e) if e.is_chunked else None
+        return RepoFile(_display(p), e, chunks,
+                        lambda h, kind: self._fetch_object(h, kind, e))
+
+    def read_bytes(self, path: str | bytes) -> bytes:
+        with self.open(path) as f:
+            return f.read()
+
+    def listxattr(self, path: str | bytes, *, follow_symlinks: bool = True) -> list[str]:
+        p, e, lc = self._resolve(path, follow=follow_symlinks)
+        return sorted(os.fsdecode(k) for k in e.xattrs(what=f"{lc.catalog.what} {_display(p)}"))
+
+    def getxattr(self, path: str | bytes, name: str, *, follow_symlinks: bool = True) -> bytes:
+        p, e, lc = self._resolve(path, follow=follow_symlinks)
+        attrs = e.xattrs(what=f"{lc.catalog.what} {_display(p)}")
+        try:
+            return attrs[os.fsencode(name)]
+        except KeyError:
+            raise NoSuchAttributeError(_display(p), name) from None
+
+    def xattrs(self, path: str | bytes, *, follow_symlinks: bool = True) -> dict[str, bytes]:
+        p, e, lc = self._resolve(path, follow=follow_symlinks)
+        return {os.fsdecode(k): v
+                for k, v in e.xattrs(what=f"{lc.catalog.what} {_display(p)}").items()}
+
+    def walk(self, top: str | bytes = "/") -> Iterator[tuple[str, list[Stat], list[Stat]]]:
+        """Like ``os.walk`` (top-down, links to directories not followed), yielding
+        ``(dirpath, dir stats, non-dir stats)``."""
+        start = self.stat(top)
+        if not start.is_dir:
+            raise NotADirectoryPathError(start.path)
+        stack = [start.path]
+        while stack:
+            d = stack.pop()
+            entries = self.scandir(d)
+            dirs = [s for s in entries if s.is_dir]
+            files = [s for s in entries if not s.is_dir]
+            yield d, dirs, files
+            stack.extend(s.path for s in reversed(dirs))
+
+    def close(self) -> None:
+        with self._lock:
+            for lc in self._catalogs.values():
+                lc.catalog.close()
+            self._catalogs.clear()
+
+    def __enter__(self) -> RevisionView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

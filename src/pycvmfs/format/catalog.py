@@ -1,0 +1,338 @@
+"""Reading the SQLite file catalog: entries by path hash, listings, chunks, nested catalogs, counters."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pycvmfs.errors import FormatError
+from pycvmfs.format.compression import Compression
+from pycvmfs.format.dirent import DirectoryEntry, Flags, split_hardlinks
+from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, md5_pair
+from pycvmfs.format.sqlite import open_database, read_properties
+
+__all__ = ["COUNTER_NAMES", "Catalog", "Chunk", "NestedRef", "parent_path"]
+
+#: The 24 statistics counters every schema-2.5 catalog carries (format doc §4.14).
+COUNTER_FIELDS = ("regular", "symlink", "special", "dir", "nested", "chunked", "chunks",
+                  "file_size", "chunked_size", "xattr", "external", "external_file_size")
+COUNTER_NAMES = tuple(f"{scope}_{f}" for scope in ("self", "subtree") for f in COUNTER_FIELDS)
+
+_ENTRY_COLUMNS = ("md5path_1", "md5path_2", "parent_1", "parent_2", "hardlinks", "hash", "size",
+                  "mode", "mtime", "mtimens", "flags", "name", "symlink", "uid", "gid", "xattr")
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a chunked file: uncompressed offset and size, and its object hash."""
+
+    offset: int
+    size: int
+    hash: ContentHash
+
+
+@dataclass(frozen=True, slots=True)
+class NestedRef:
+    """A row of ``nested_catalogs`` (or ``bind_mountpoints``): where a child catalog is mounted."""
+
+    path: bytes
+    hash: ContentHash | None
+    size: int
+
+
+def parent_path(path: bytes) -> bytes:
+    """Everything before the last ``/``; the root's children have parent ``b""``."""
+    return path[:path.rfind(b"/")] if b"/" in path else b""
+
+
+def _fs(b: bytes) -> str:
+    return os.fsdecode(b)
+
+
+class Catalog:
+    """A read-only view of one decompressed catalog file.
+
+    Paths are raw bytes relative to the repository root: ``b""`` is the root, every other path
+    starts with ``/`` and has no trailing slash.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, *, what: str,
+                 hash: ContentHash | None = None) -> None:
+        self._db = conn
+        self.what = what
+        self.hash = hash
+        self.properties = read_properties(conn, what=what)
+        self._check_schema()
+        cols = {r[1].decode() if isinstance(r[1], bytes) else r[1]
+                for r in conn.execute("PRAGMA table_info(catalog)")}
+        if not cols:
+            raise FormatError(f"{what}: no catalog table")
+        exprs = [c if c in cols else "NULL" for c in _ENTRY_COLUMNS]
+        if "hardlinks" not in cols and "inode" in cols:  # schema < 2.1
+            exprs[_ENTRY_COLUMNS.index("hardlinks")] = "1"
+        self._select = "SELECT rowid, " + ", ".join(exprs) + " FROM catalog "
+        self._nested: list[NestedRef] | None = None
+        self._tables = {r[0].decode() if isinstance(r[0], bytes) else r[0]
+                        for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, what: str,
+             hash: ContentHash | None = None) -> Catalog:
+        conn = open_database(path, what=what, text_as_bytes=True)
+        try:
+            return cls(conn, what=what, hash=hash)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise FormatError(f"{what}: unreadable catalog ({e})") from None
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- properties ----------------------------------------------------------------------
+    def _check_schema(self) -> None:
+        raw = self.properties.get("schema", "1.0")
+        try:
+            schema = float(raw)
+        except ValueError:
+            raise FormatError(f"{self.what}: bad schema property {raw!r}") from None
+        if not (schema < 2.0 - 1e-9 or abs(schema - 2.4) < 1e-9 or abs(schema - 2.5) < 1e-9):
+            raise FormatError(f"{self.what}: unsupported catalog schema {raw}"
+                              " (readable: 2.5, 2.4 and < 2.0)")
+        self.schema = schema
+
+    def _int_property(self, key: str, default: int) -> int:
+        v = self.properties.get(key)
+        if v is None or v == "":
+            return default
+        try:
+            return int(v)
+        except ValueError:
+            raise FormatError(f"{self.what}: property {key}={v!r} is not an integer") from None
+
+    @property
+    def schema_revision(self) -> int:
+        return self._int_property("schema_revision", 0)
+
+    @property
+    def revision(self) -> int:
+        return self._int_property("revision", 0)
+
+    @property
+    def last_modified(self) -> int:
+        return self._int_property("last_modified", 0)
+
+    @property
+    def ttl(self) -> int:
+        return self._int_property("TTL", 240)
+
+    @property
+    def previous_revision(self) -> ContentHash | None:
+        return ContentHash.parse_optional(self.properties.get("previous_revision"),
+                                          what=f"{self.what}: previous_revision")
+
+    @property
+    def root_prefix(self) -> bytes:
+        """The catalog's mount path (``b""`` for a root catalog)."""
+        rp = self.properties.get("root_prefix", "")
+        rp = os.fsencode(rp).rstrip(b"/")
+        return rp
+
+    @property
+    def is_volatile(self) -> bool:
+        return self.properties.get("volatile") == "1"
+
+    # -- entries -------------------------------------------------------------------------
+    def _entry(self, row: tuple) -> DirectoryEntry:
+        (rowid, m1, m2, p1, p2, hardlinks, hsh, size, mode, mtime, mtimens, flags, name,
+         symlink, uid, gid, xattr) = row
+        try:
+            flags = int(flags)
+            group, linkcount = split_hardlinks(int(hardlinks if hardlinks is not None else 1))
+            chash = None
+            if hsh is not None and len(hsh) > 0:
+                if not isinstance(hsh, bytes) or len(hsh) != 20:
+                    raise FormatError(f"{self.what}: entry {name!r} has a malformed hash")
+                if any(hsh):
+                    algo = Algorithm.from_flag_code((flags >> 8) & 7)
+                    chash = ContentHash(algo, hsh)
+            entry = DirectoryEntry(
+                name=name if isinstance(name, bytes) else str(name).encode(),
+                mode=int(mode), size=int(size or 0), mtime=int(mtime or 0),
+                mtimens=None if mtimens is None else int(mtimens), flags=flags, hash=chash,
+                symlink=(symlink if isinstance(symlink, bytes) else
+                         (b"" if symlink is None else str(symlink).encode())),
+                uid=int(uid or 0), gid=int(gid or 0), hardlink_group=group,
+                linkcount=linkcount, xattr_blob=xattr if xattr else None,
+                md5path=(int(m1), int(m2)), parent=(int(p1), int(p2)), rowid=int(rowid))
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"{self.what}: malformed catalog row {rowid} ({e})") from None
+        entry.validate(what=self.what)
+        return entry
+
+    def _query(self, where: str, args: tuple) -> list[tuple]:
+        try:
+            return self._db.execute(self._select + where, args).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise FormatError(f"{self.what}: catalog query failed ({e})") from None
+
+    def lookup(self, path: bytes) -> DirectoryEntry | None:
+        """The entry at ``path`` if this catalog holds it."""
+        rows = self._query("WHERE md5path_1=? AND md5path_2=?", md5_pair(path))
+        return self._entry(rows[0]) if rows else None
+
+    def listing(self, path: bytes) -> list[DirectoryEntry]:
+        """The children of ``path`` held in this catalog, sorted by name (hidden included)."""
+        rows = self._query("WHERE parent_1=? AND parent_2=?", md5_pair(path))
+        entries = [self._entry(r) for r in rows]
+        entries.sort(key=lambda e: e.name)
+        return entries
+
+    def entries(self) -> Iterator[DirectoryEntry]:
+        """Every row, in row order."""
+        try:
+            cur = self._db.execute(self._select + "ORDER BY rowid")
+            for row in cur:
+                yield self._entry(row)
+        except sqlite3.DatabaseError as e:
+            raise FormatError(f"{self.what}: catalog query failed ({e})") from None
+
+    def max_rowid(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(rowid), 0) FROM catalog").fetchone()[0])
+
+    def max_hardlink_group(self) -> int:
+        row = self._db.execute("SELECT coalesce(max(hardlinks >> 32), 0) FROM catalog").fetchone()
+        return int(row[0])
+
+    def hardlink_members(self, parent: tuple[int, int], group: int) -> int:
+        """How many entries of a directory belong to hard-link ``group``."""
+        row = self._db.execute(
+            "SELECT count(*) FROM catalog WHERE parent_1=? AND parent_2=? AND (hardlinks >> 32)=?",
+            (*parent, group)).fetchone()
+        return int(row[0])
+
+    # -- chunks --------------------------------------------------------------------------
+    def chunks(self, path: bytes, entry: DirectoryEntry | None = None) -> list[Chunk]:
+        """The chunk list of a chunked file, checked to tile it exactly."""
+        if entry is None:
+            entry = self.lookup(path)
+            if entry is None:
+                raise FormatError(f"{self.what}: no entry {_fs(path)!r} for its chunks")
+        algo = entry.hash_algorithm
+        try:
+            rows = self._db.execute(
+                "SELECT offset, size, hash FROM chunks WHERE md5path_1=? AND md5path_2=? "
+                "ORDER BY offset", md5_pair(path)).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise FormatError(f"{self.what}: chunks query failed ({e})") from None
+        out: list[Chunk] = []
+        pos = 0
+        for offset, size, h in rows:
+            if not isinstance(h, bytes) or len(h) != 20:
+                raise FormatError(f"{self.what}: chunk of {_fs(path)!r} at {offset} has a "
+                                  "malformed hash")
+            if offset != pos or size <= 0:
+                raise FormatError(f"{self.what}: chunks of {_fs(path)!r} do not tile the file "
+                                  f"(chunk at {offset}, expected {pos})")
+            out.append(Chunk(int(offset), int(size), ContentHash(algo, h)))
+            pos += int(size)
+        if pos != entry.size:
+            raise FormatError(f"{self.what}: chunks of {_fs(path)!r} cover {pos} bytes, "
+                              f"file has {entry.size}")
+        return out
+
+    def all_chunk_hashes(self) -> Iterator[tuple[ContentHash, Compression, int]]:
+        """(hash, compression, uncompressed size) of every non-external chunk row."""
+        try:
+            cur = self._db.execute(
+                "SELECT chunks.hash, chunks.size, catalog.flags FROM chunks JOIN catalog ON "
+                "chunks.md5path_1 = catalog.md5path_1 AND chunks.md5path_2 = catalog.md5path_2")
+            for h, size, flags in cur:
+                if not isinstance(h, bytes) or len(h) != 20:
+                    raise FormatError(f"{self.what}: a chunk row has a malformed hash")
+                flags = int(flags)
+                if flags & Flags.EXTERNAL:
+                    continue
+                yield (ContentHash(Algorithm.from_flag_code((flags >> 8) & 7), h),
+                       Compression.from_flag_code((flags >> 11) & 7), int(size))
+        except sqlite3.DatabaseError as e:
+            raise FormatError(f"{self.what}: chunks query failed ({e})") from None
+
+    def all_file_hashes(self) -> Iterator[tuple[ContentHash, Compression, int]]:
+        """(hash, compression, size) of every non-external entry that names a data object."""
+        try:
+            cur = self._db.execute("SELECT hash, size, flags FROM catalog WHERE hash IS NOT NULL")
+            for h, size, flags in cur:
+                flags = int(flags)
+                if flags & Flags.EXTERNAL or not isinstance(h, bytes) or not any(h):
+                    continue
+                if len(h) != 20:
+                    raise FormatError(f"{self.what}: an entry has a malformed hash")
+                yield (ContentHash(Algorithm.from_flag_code((flags >> 8) & 7), h),
+                       Compression.from_flag_code((flags >> 11) & 7), int(size or 0))
+        except sqlite3.DatabaseError as e:
+            raise FormatError(f"{self.what}: catalog query failed ({e})") from None
+
+    def orphan_chunk_count(self) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM chunks LEFT JOIN catalog ON "
+            "chunks.md5path_1 = catalog.md5path_1 AND chunks.md5path_2 = catalog.md5path_2 "
+            "WHERE catalog.rowid IS NULL").fetchone()
+        return int(row[0])
+
+    # -- nested catalogs -----------------------------------------------------------------
+    def _refs(self, table: str) -> list[NestedRef]:
+        if table not in self._tables:
+            return []
+        cols = {r[1].decode() if isinstance(r[1], bytes) else r[1]
+                for r in self._db.execute(f"PRAGMA table_info({table})")}
+        size_expr = "size" if "size" in cols else "0"
+        sha_expr = "sha1" if "sha1" in cols else "NULL"
+        out = []
+        for path, sha, size in self._db.execute(f"SELECT path, {sha_expr}, {size_expr} FROM {table}"):
+            p = path if isinstance(path, bytes) else str(path).encode()
+            h = ContentHash.parse_optional(sha, what=f"{self.what}: {table} {_fs(p)!r}")
+            out.append(NestedRef(p.rstrip(b"/"), h, int(size or 0)))
+        out.sort(key=lambda r: r.path)
+        return out
+
+    def nested_catalogs(self) -> list[NestedRef]:
+        if self._nested is None:
+            self._nested = self._refs("nested_catalogs")
+        return self._nested
+
+    def bind_mountpoints(self) -> list[NestedRef]:
+        return self._refs("bind_mountpoints")
+
+    def find_nested(self, path: bytes) -> NestedRef | None:
+        """The direct child catalog whose mount point is ``path`` or contains it."""
+        best = None
+        for ref in self.nested_catalogs():
+            if path == ref.path or path.startswith(ref.path + b"/"):
+                if best is None or len(ref.path) > len(best.path):
+                    best = ref
+        return best
+
+    # -- statistics ----------------------------------------------------------------------
+    def statistics(self) -> dict[str, int]:
+        """The stored counters; absent counters (old schemas) read as 0."""
+        out = dict.fromkeys(COUNTER_NAMES, 0)
+        if "statistics" not in self._tables:
+            return out
+        for name, value in self._db.execute("SELECT counter, value FROM statistics"):
+            key = name.decode() if isinstance(name, bytes) else str(name)
+            out[key] = int(value)
+        return out
+
+    def object_kind(self) -> ObjectKind:
+        return ObjectKind.CATALOG
