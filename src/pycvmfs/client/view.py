@@ -145,6 +145,18 @@ class RevisionView:
 
     def _resolve(self, path: str | bytes, *, follow: bool) -> tuple[bytes, DirectoryEntry,
                                                                      LoadedCatalog]:
+        try:
+            return self._resolve_steps(path, follow=follow)
+        except (NoSuchPathError, NotADirectoryPathError) as e:
+            asked = _display(normalize_path(path))
+            if e.filename == asked:
+                raise
+            err = type(e)(asked)
+            err.strerror = f"{e.strerror} (resolving {e.filename})"
+            raise err from None
+
+    def _resolve_steps(self, path: str | bytes, *, follow: bool) -> tuple[bytes, DirectoryEntry,
+                                                                          LoadedCatalog]:
         todo = deque(p for p in os.fsencode(path).split(b"/") if p and p != b".")
         cur = b""
         entry, lc = self._entry_at(b"")
@@ -158,6 +170,7 @@ class RevisionView:
             if not entry.is_dir:
                 raise NotADirectoryPathError(_display(cur))
             nxt = cur + b"/" + comp
+            parent = (entry, lc)
             entry, lc = self._entry_at(nxt)
             if entry.is_symlink and (todo or follow):
                 links += 1
@@ -172,6 +185,8 @@ class RevisionView:
                                               "(points outside the repository)")
                     cur = b""
                     entry, lc = self._entry_at(b"")
+                else:
+                    entry, lc = parent
                 todo.extendleft(reversed([p for p in target.split(b"/") if p and p != b"."]))
                 continue
             cur = nxt
