@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,9 +48,8 @@ def golden_expected(golden_dir: Path) -> dict:
 def golden_copy(golden_repo: Path, tmp_path: Path) -> Path:
     """A writable copy of the golden repository storage, for tampering tests."""
     dest = tmp_path / GOLDEN_FQRN
-    shutil.copytree(golden_repo, dest)
-    for p in [dest, *dest.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
+    subprocess.run(["cp", "-r", str(golden_repo), str(dest)], check=True)
+    subprocess.run(["chmod", "-R", "u+w", str(dest)], check=True)
     return dest
 
 
@@ -69,7 +68,8 @@ class LoopbackServer:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pycvmfs.errors import HashMismatchError
+from pycvmfs.errors import HashMismatchError, IntegrityError
 from pycvmfs.format.compression import Compression, Inflater
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
@@ -66,16 +66,24 @@ def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
         if sink is not None and hasattr(sink, "reset"):
             sink.reset()
         stored = plain = 0
+        broken: IntegrityError | None = None  # a zlib error is reported only if the hash is right
         for block in blocks:
             hasher.update(block)
             stored += len(block)
-            for piece in inflater.feed(block):
-                plain += len(piece)
-                if sink is not None:
-                    sink(piece)
+            if broken is not None:
+                continue
+            try:
+                for piece in inflater.feed(block):
+                    plain += len(piece)
+                    if sink is not None:
+                        sink(piece)
+            except IntegrityError as e:
+                broken = e
         actual = ContentHash(h.algorithm, hasher.digest())
         if actual != h:
             raise HashMismatchError(label, str(h), str(actual))
+        if broken is not None:
+            raise broken
         tail = inflater.finish()
         if tail:
             plain += len(tail)

@@ -1,0 +1,335 @@
+"""HttpSource: repository files over HTTP from a server chain, through proxies, with failover."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from pycvmfs import __version__
+from pycvmfs.errors import ConfigError, FetchError, IntegrityError, ObjectNotFoundError
+from pycvmfs.storage.base import BLOCK_SIZE, Consumer
+from pycvmfs.storage.local import check_relpath
+
+T = TypeVar("T")
+
+#: The proxy name meaning "connect to the server directly".
+DIRECT = "DIRECT"
+
+#: Headers asking caches on the way for a fresh copy (§8.6).
+NO_CACHE_HEADERS = {"Pragma": "no-cache", "Cache-Control": "no-cache"}
+
+# How one attempt ended. NET: connection error / timeout / 429, retried on the same URL, then the
+# next proxy. PROXY: the proxy reported the error, next proxy. HOST: the server failed, next
+# server. NOT_FOUND: a 404 (a host failure too). BAD_DATA: the consumer rejected the bytes.
+_OK, _NET, _PROXY, _HOST, _NOT_FOUND, _BAD_DATA = "ok", "net", "proxy", "host", "404", "bad"
+
+
+@dataclass
+class _Outcome:
+    kind: str
+    reason: str = ""
+    value: Any = None
+    error: IntegrityError | None = None
+
+
+class _TransferError(Exception):
+    """The body could not be read to its end (dropped connection, read timeout)."""
+
+
+class _Body:
+    """The iterator of blocks handed to a consumer; remembers transfer errors and completion."""
+
+    def __init__(self, resp: urllib3.BaseHTTPResponse) -> None:
+        self._resp = resp
+        self.error: str | None = None
+        self.complete = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for block in self._resp.stream(BLOCK_SIZE):
+                if block:
+                    yield block
+        except (Urllib3Error, OSError) as e:
+            self.error = f"transfer interrupted: {_reason(e)}"
+            raise _TransferError(self.error) from e
+        self.complete = True
+
+    def release(self) -> None:
+        """Return the connection to the pool if the body was read, else drop the connection."""
+        done = self.complete or getattr(self._resp, "length_remaining", None) == 0
+        if not done or self.error is not None:
+            self._resp.close()
+        self._resp.release_conn()
+
+
+class HttpSource:
+    """A :class:`~pycvmfs.storage.base.Source` over a chain of repository base URLs.
+
+    ``urls`` are tried in order (``http://host:port/cvmfs/<fqrn>``); the order is sticky: after a
+    failover, later fetches start at the server that last delivered. ``proxies`` are tried in
+    order for each server, ``DIRECT`` meaning no proxy; the last working proxy is sticky too.
+    One urllib3 pool manager per proxy keeps connections alive; the object is safe to share
+    between threads.
+
+    Failover (§8.6, simplified): a connection error, timeout or HTTP 429 is retried on the same
+    URL up to ``retries`` times, sleeping ``backoff[0]`` doubled per retry (at most
+    ``backoff[1]``) seconds, then the next proxy is tried, then the next server. A 3xx (redirects
+    are never followed), 400, 404 or 5xx moves to the next server; so does an error a proxy
+    reports about itself (``X-Squid-Error`` / ``Proxy-Status: ...error=`` headers, other 4xx
+    through a proxy), after the remaining proxies have been tried. When the consumer raises
+    :class:`~pycvmfs.errors.IntegrityError` the same URL is fetched once more with
+    ``Pragma: no-cache`` and ``Cache-Control: no-cache`` (unless those were already sent), then
+    the next server is tried.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        proxies: Sequence[str] = (DIRECT,),
+        timeout: float = 10.0,
+        retries: int = 1,
+        backoff: tuple[float, float] = (0.05, 1.0),
+        user_agent: str = f"pycvmfs/{__version__}",
+        pool_size: int = 10,
+    ) -> None:
+        if isinstance(urls, str):
+            urls = [urls]
+        self._urls = [_check_url(u) for u in urls]
+        if not self._urls:
+            raise ConfigError("HttpSource: no server URL given")
+        if isinstance(proxies, str):
+            proxies = [proxies]
+        self._proxies = [_check_proxy(p) for p in proxies]
+        if not self._proxies:
+            raise ConfigError("HttpSource: empty proxy list (use 'DIRECT' for no proxy)")
+        if timeout <= 0 or retries < 0 or backoff[0] < 0 or backoff[1] < backoff[0]:
+            raise ConfigError(f"HttpSource: invalid timeout={timeout}, retries={retries} or "
+                              f"backoff={backoff}")
+        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._retries = retries
+        self._backoff = backoff
+        self._headers = {"Connection": "keep-alive", "User-Agent": user_agent}
+        self._pools = [self._make_pool(p, pool_size) for p in self._proxies]
+        self._lock = threading.Lock()
+        self._server = 0
+        self._proxy = 0
+        self._stats = {"requests": 0, "retries": 0, "failovers": 0, "proxy_failovers": 0,
+                       "bad_data": 0}
+
+    def _make_pool(self, proxy: str, pool_size: int) -> urllib3.PoolManager:
+        kw: dict[str, Any] = {"num_pools": max(10, len(self._urls)), "maxsize": pool_size,
+                              "block": False, "retries": False, "timeout": self._timeout}
+        if proxy == DIRECT:
+            return urllib3.PoolManager(**kw)
+        return urllib3.ProxyManager(proxy, **kw)
+
+    def __repr__(self) -> str:
+        return f"HttpSource({self._urls!r}, proxies={self._proxies!r})"
+
+    def __enter__(self) -> HttpSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._urls)
+
+    @property
+    def proxies(self) -> list[str]:
+        return list(self._proxies)
+
+    @property
+    def current_url(self) -> str:
+        """The server the next fetch starts with."""
+        with self._lock:
+            return self._urls[self._server]
+
+    @property
+    def current_proxy(self) -> str:
+        """The proxy the next request starts with (``DIRECT`` for none)."""
+        with self._lock:
+            return self._proxies[self._proxy]
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: ``requests`` sent, ``retries`` of a URL, ``failovers`` to another server,
+        ``proxy_failovers`` to another proxy, ``bad_data`` (bodies the consumer rejected)."""
+        with self._lock:
+            return dict(self._stats)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._stats[key] += 1
+
+    def describe(self, relpath: str = "") -> str:
+        rel = check_relpath(relpath, allow_empty=True)
+        base = self.current_url
+        return f"{base}/{rel}" if rel else base
+
+    def close(self) -> None:
+        """Close every pooled connection (the source stays usable; connections reopen)."""
+        for pool in self._pools:
+            pool.clear()
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def fetch(self, relpath: str, consume: Consumer[T], *, what: str, fresh: bool = False) -> T:
+        """GET ``<server>/<relpath>`` and stream the body into ``consume``; see the class doc."""
+        path = quote(check_relpath(relpath), safe="/-._~,:@+=")
+        with self._lock:
+            start = self._server
+        attempts: list[str] = []
+        finals: list[_Outcome] = []
+        n = len(self._urls)
+        for step in range(n):
+            index = (start + step) % n
+            if step:
+                self._count("failovers")
+            out = self._from_server(index, path, consume, fresh, attempts)
+            if out.kind == _OK:
+                with self._lock:
+                    self._server = index
+                return out.value
+            finals.append(out)
+        if all(o.kind == _NOT_FOUND for o in finals):
+            raise ObjectNotFoundError(what, attempts)
+        if all(o.kind == _BAD_DATA for o in finals):
+            error = finals[-1].error
+            if error is not None:
+                raise error
+        raise FetchError(what, attempts)
+
+    def _from_server(self, index: int, path: str, consume: Consumer[T], fresh: bool,
+                     attempts: list[str]) -> _Outcome:
+        """Try one server through each proxy in turn; returns success or the host's failure."""
+        url = f"{self._urls[index]}/{path}"
+        with self._lock:
+            pstart = self._proxy
+        no_cache = fresh
+        out = _Outcome(_NET)
+        for pstep in range(len(self._proxies)):
+            pindex = (pstart + pstep) % len(self._proxies)
+            if pstep:
+                self._count("proxy_failovers")
+            tries = 0
+            while True:
+                out = self._attempt(url, pindex, consume, no_cache)
+                if out.kind == _OK:
+                    with self._lock:
+                        self._proxy = pindex
+                    return out
+                via = self._proxies[pindex]
+                attempts.append(f"{url}: {out.reason}" + ("" if via == DIRECT else f" (via {via})"))
+                if out.kind == _NET and tries < self._retries:
+                    tries += 1
+                    self._count("retries")
+                    time.sleep(min(self._backoff[1], self._backoff[0] * 2 ** (tries - 1)))
+                    continue
+                if out.kind == _BAD_DATA and not no_cache:
+                    no_cache = True
+                    self._count("retries")
+                    continue
+                break
+            if out.kind not in (_NET, _PROXY):
+                return out
+        return out
+
+    def _attempt(self, url: str, pindex: int, consume: Consumer[T], no_cache: bool) -> _Outcome:
+        headers = {**self._headers, **NO_CACHE_HEADERS} if no_cache else dict(self._headers)
+        via_proxy = self._proxies[pindex] != DIRECT
+        self._count("requests")
+        try:
+            resp = self._pools[pindex].urlopen(
+                "GET", url, headers=headers, redirect=False, retries=False,
+                preload_content=False, timeout=self._timeout)
+        except (Urllib3Error, OSError) as e:
+            return _Outcome(_NET, _reason(e))
+        if resp.status != 200:
+            out = _classify(resp, via_proxy)
+            resp.drain_conn()
+            resp.release_conn()
+            return out
+        body = _Body(resp)
+        try:
+            value = consume(iter(body))
+        except Exception as e:
+            body.release()
+            if body.error is not None:  # the transfer broke, whatever the consumer made of it
+                return _Outcome(_NET, body.error)
+            if isinstance(e, IntegrityError):
+                self._count("bad_data")
+                return _Outcome(_BAD_DATA, f"bad data: {e}", error=e)
+            raise
+        body.release()
+        return _Outcome(_OK, value=value)
+
+
+def _classify(resp: urllib3.BaseHTTPResponse, via_proxy: bool) -> _Outcome:
+    """The failure kind of a non-200 answer."""
+    status = resp.status
+    text = f"HTTP {status}"
+    if 300 <= status < 400:
+        return _Outcome(_HOST, f"{text} redirect to {resp.headers.get('Location')!r} "
+                               "not followed")
+    if via_proxy and status >= 400 and (
+            "X-Squid-Error" in resp.headers
+            or "error=" in resp.headers.get("Proxy-Status", "")):
+        return _Outcome(_PROXY, f"{text} proxy error")
+    if status == 404:
+        return _Outcome(_NOT_FOUND, f"{text} not found")
+    if status == 429:
+        return _Outcome(_NET, f"{text} too many requests")
+    if status == 400 or status >= 500:
+        return _Outcome(_HOST, text)
+    if 400 <= status < 500 and via_proxy:
+        return _Outcome(_PROXY, f"{text} from proxy")
+    return _Outcome(_HOST, f"unexpected {text}")
+
+
+def _reason(e: BaseException) -> str:
+    """A short description of a network exception."""
+    if isinstance(e, urllib3.exceptions.ProxyError) and len(e.args) > 1:
+        return f"proxy error: {_reason(e.args[1])}"
+    if isinstance(e, urllib3.exceptions.NewConnectionError):
+        return f"connection failed: {str(e).rsplit('connection: ', 1)[-1]}"
+    if isinstance(e, urllib3.exceptions.ConnectTimeoutError):
+        return "connect timeout"
+    if isinstance(e, urllib3.exceptions.ReadTimeoutError):
+        return "read timeout"
+    if isinstance(e, urllib3.exceptions.ProtocolError):
+        return f"protocol error: {e}"
+    return f"{type(e).__name__}: {e}"
+
+
+def _check_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{url!r}: server URL must be http:// or https:// with a host")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{url!r}: server URL must not have a query or fragment")
+    return url
+
+
+def _check_proxy(proxy: str) -> str:
+    proxy = proxy.strip()
+    if proxy.upper() == DIRECT:
+        return DIRECT
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    parts = urlsplit(proxy)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{proxy!r}: proxy must be DIRECT or http://host:port")
+    return proxy

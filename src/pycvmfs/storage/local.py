@@ -1,0 +1,232 @@
+"""LocalStorage: a repository storage directory (``.cvmfspublished``, ``data/XX/...``) on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from pycvmfs.errors import ConfigError, FetchError, ObjectNotFoundError
+from pycvmfs.storage.base import BLOCK_SIZE, Consumer
+
+T = TypeVar("T")
+
+#: Mode of the files this store writes (what the stock local uploader leaves behind).
+FILE_MODE = 0o644
+
+#: Folder, relative to the storage root, holding files being written (§1.3).
+TXN_DIR = "data/txn"
+
+
+def check_relpath(relpath: str, *, allow_empty: bool = False) -> str:
+    """Validate a path relative to a repository's root and return it normalised.
+
+    Rejects absolute paths, ``..`` components, NUL bytes and backslashes with
+    :class:`~pycvmfs.errors.ConfigError`; drops empty and ``.`` components.
+    """
+    if not isinstance(relpath, str):
+        raise ConfigError(f"{relpath!r}: repository path must be a string")
+    if "\0" in relpath:
+        raise ConfigError(f"{relpath!r}: repository path contains a NUL byte")
+    if "\\" in relpath:
+        raise ConfigError(f"{relpath!r}: repository path contains a backslash")
+    if relpath.startswith("/"):
+        raise ConfigError(f"{relpath!r}: repository path must be relative, not absolute")
+    parts = [p for p in relpath.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ConfigError(f"{relpath!r}: repository path must not contain '..'")
+    if not parts and not allow_empty:
+        raise ConfigError(f"{relpath!r}: empty repository path")
+    return "/".join(parts)
+
+
+class LocalStorage:
+    """An :class:`~pycvmfs.storage.base.ObjectStore` over a storage directory.
+
+    ``root`` is the folder holding ``.cvmfspublished`` and ``data/`` (it need not exist yet; see
+    :meth:`create_skeleton`). Paths are checked with :func:`check_relpath` (bad syntax →
+    :class:`~pycvmfs.errors.ConfigError`), and every file is resolved through its symlinks and
+    must stay below ``root``: an escaping symlink is a :class:`~pycvmfs.errors.FetchError` when
+    reading and a :class:`~pycvmfs.errors.ConfigError` otherwise; nothing outside is touched.
+
+    Writes go to a temporary file in ``data/txn``, are flushed with ``fsync`` (unless
+    ``fsync=False``) and renamed into place, so readers never see partial files. Failures of the
+    file system (permissions, disk full) propagate as :class:`OSError` naming the file.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(os.path.realpath(os.fspath(root)))
+        self._root = str(self.root)
+        self._prefix = self._root.rstrip("/") + "/"
+        self._txn = os.path.join(self._root, TXN_DIR)
+        self._fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({self._root!r})"
+
+    def __enter__(self) -> LocalStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- path resolution ---------------------------------------------------------------------
+
+    def _inside(self, real: str) -> bool:
+        return real == self._root or real.startswith(self._prefix)
+
+    def _read_path(self, relpath: str, what: str) -> str:
+        """The real path of ``relpath`` for reading; escaping symlinks are a FetchError."""
+        lexical = self._prefix + check_relpath(relpath)
+        real = os.path.realpath(lexical)
+        if not self._inside(real):
+            raise FetchError(what, [f"{lexical}: resolves to {real}, outside the storage root "
+                                    f"{self._root}"])
+        return real
+
+    def _write_path(self, relpath: str) -> str:
+        """The path of ``relpath`` with its folder resolved; the folder must stay below root."""
+        lexical = self._prefix + check_relpath(relpath)
+        folder, name = os.path.split(lexical)
+        real = os.path.realpath(folder)
+        if not self._inside(real):
+            raise ConfigError(f"{lexical}: its folder resolves to {real}, outside the storage "
+                              f"root {self._root}")
+        return os.path.join(real, name)
+
+    # -- Source ------------------------------------------------------------------------------
+
+    def fetch(self, relpath: str, consume: Consumer[T], *, what: str, fresh: bool = False) -> T:
+        """Stream the file in blocks of at most ``BLOCK_SIZE`` bytes into ``consume``.
+
+        A missing file is an :class:`~pycvmfs.errors.ObjectNotFoundError`; the consumer's own
+        exceptions (e.g. :class:`~pycvmfs.errors.IntegrityError`) propagate unchanged.
+        ``fresh`` has no meaning for a local directory.
+        """
+        path = self._read_path(relpath, what)
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise ObjectNotFoundError(what, [f"{path}: no such file"]) from e
+        except OSError as e:
+            raise FetchError(what, [f"{path}: {e.strerror or e}"]) from e
+        with f:
+            return consume(_blocks(f, path, what))
+
+    def describe(self, relpath: str = "") -> str:
+        rel = check_relpath(relpath, allow_empty=True)
+        return self._prefix + rel if rel else self._root
+
+    def close(self) -> None:
+        """Nothing to release; present for the Source protocol."""
+
+    # -- ObjectStore -------------------------------------------------------------------------
+
+    def exists(self, relpath: str) -> bool:
+        """Whether a regular file (or a symlink to one inside the root) is at ``relpath``.
+
+        A path that resolves outside the root counts as absent.
+        """
+        real = os.path.realpath(self._prefix + check_relpath(relpath))
+        return self._inside(real) and os.path.isfile(real)
+
+    def put_bytes(self, relpath: str, data: bytes) -> None:
+        self._put(relpath, lambda f: f.write(data))
+
+    def put_file(self, relpath: str, src: BinaryIO) -> None:
+        self._put(relpath, lambda f: shutil.copyfileobj(src, f, BLOCK_SIZE))
+
+    def _put(self, relpath: str, write: Callable[[BinaryIO], object]) -> None:
+        dest = self._write_path(relpath)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self._txn, prefix="put.")
+        except FileNotFoundError:
+            os.makedirs(self._txn, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self._txn, prefix="put.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fchmod(f.fileno(), FILE_MODE)
+                if self._fsync:
+                    os.fsync(f.fileno())
+            try:
+                os.replace(tmp, dest)
+            except FileNotFoundError:  # the folder (e.g. data/XX) does not exist yet
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def delete(self, relpath: str) -> None:
+        """Remove the file (or symlink) at ``relpath``; a missing file is not an error."""
+        path = self._write_path(relpath)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Relative paths of the files whose path starts with ``prefix``.
+
+        ``prefix`` is a string prefix of relative paths (``data/4e`` lists everything in that
+        folder, ``data/4`` everything in ``data/40`` … ``data/4f``; ``""`` lists all). Symlinks
+        to files are listed like files; symlinks to folders are neither followed nor listed.
+        Files in ``data/txn`` (writes in progress) are skipped unless ``prefix`` names that
+        folder. Order: depth first, the names of each folder sorted by code point
+        (deterministic, but not a global sort of the full paths).
+        """
+        pre = check_relpath(prefix, allow_empty=True)
+        if prefix.endswith("/") and pre:
+            pre += "/"
+        base = pre if pre.endswith("/") or not pre else os.path.dirname(pre)
+        base = base.rstrip("/")
+        start = os.path.realpath(self._prefix + base)
+        if not self._inside(start):
+            raise ConfigError(f"{self._prefix + base}: resolves to {start}, outside the storage "
+                              f"root {self._root}")
+        skip_txn = not pre.startswith(TXN_DIR)
+        yield from self._walk(start, base, pre, skip_txn)
+
+    def _walk(self, folder: str, rel: str, pre: str, skip_txn: bool) -> Iterator[str]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for e in entries:
+            path = f"{rel}/{e.name}" if rel else e.name
+            if e.is_dir(follow_symlinks=False):
+                if skip_txn and path == TXN_DIR:
+                    continue
+                if (path + "/").startswith(pre) or pre.startswith(path + "/"):
+                    yield from self._walk(e.path, path, pre, skip_txn)
+            elif path.startswith(pre) and not (e.is_symlink() and e.is_dir()):
+                yield path
+
+    def create_skeleton(self) -> None:
+        """Create the root, ``data/00`` … ``data/ff`` and ``data/txn`` like ``cvmfs_server mkfs``.
+
+        Existing folders are kept; running it twice is harmless.
+        """
+        data = self.root / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            (data / f"{i:02x}").mkdir(exist_ok=True)
+        (self.root / TXN_DIR).mkdir(exist_ok=True)
+
+
+def _blocks(f: BinaryIO, path: str, what: str) -> Iterator[bytes]:
+    """The file's bytes in blocks; a read error becomes a FetchError naming the file."""
+    while True:
+        try:
+            block = f.read(BLOCK_SIZE)
+        except OSError as e:
+            raise FetchError(what, [f"{path}: read error: {e.strerror or e}"]) from e
+        if not block:
+            return
+        yield block
