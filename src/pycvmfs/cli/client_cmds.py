@@ -23,7 +23,7 @@ __all__ = ["register"]
 def _iso(ts: int | None) -> str | None:
     if ts is None:
         return None
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @click.command()
@@ -88,7 +88,10 @@ def ls_cmd(url: str, path: str, long: bool, show_hidden: bool, as_json: bool, **
     sel = revision_selector(kw)
     with open_repo(url, kw) as repo, repo.open_revision(**sel) as view:
         st = view.stat(path) if path not in ("", "/") else view.stat("/")
-        entries = view.scandir(path, include_hidden=show_hidden) if st.is_dir else [view.lstat(path)]
+        if st.is_dir:
+            entries = view.scandir(path, include_hidden=show_hidden)
+        else:
+            entries = [view.lstat(path)]
         if as_json:
             emit_json([_stat_json(s) for s in entries])
             return
@@ -96,7 +99,7 @@ def ls_cmd(url: str, path: str, long: bool, show_hidden: bool, as_json: bool, **
             if not long:
                 click.echo(s.name)
                 continue
-            when = _dt.datetime.fromtimestamp(s.st_mtime, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            when = _dt.datetime.fromtimestamp(s.st_mtime, _dt.UTC).strftime("%Y-%m-%d %H:%M")
             line = (f"{_mode_string(s.st_mode)} {s.st_nlink:>3} {s.st_uid:>5} {s.st_gid:>5} "
                     f"{s.st_size:>12} {when} {s.name}")
             if s.is_symlink:

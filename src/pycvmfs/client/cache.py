@@ -50,7 +50,8 @@ class Breadcrumb:
 
 
 def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
-                      compression: Compression, sink, *, what: str | None = None) -> tuple[int, int]:
+                      compression: Compression, sink, *,
+                      what: str | None = None) -> tuple[int, int]:
     """Stream object ``h`` from ``source`` into ``sink`` (a callable taking decompressed blocks,
     or None to discard), checking its hash over the compressed bytes as they arrive.
 
@@ -178,7 +179,8 @@ class ObjectCache:
         """Record ``crumb`` unless a newer revision is recorded already."""
         with self._lock("breadcrumb:" + fqrn):
             old = self.read_breadcrumb(fqrn)
-            if old is not None and (old.revision, old.timestamp) >= (crumb.revision, crumb.timestamp):
+            newer = (crumb.revision, crumb.timestamp)
+            if old is not None and (old.revision, old.timestamp) >= newer:
                 return
             fd, tmp = tempfile.mkstemp(dir=self.txn, prefix="crumb.")
             with os.fdopen(fd, "w") as f:

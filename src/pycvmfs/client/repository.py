@@ -64,7 +64,7 @@ class Repository:
         self.public_keys = list(public_keys)
         self.fqrn = fqrn
         self.cache = cache if cache is not None else ObjectCache(default_cache_dir())
-        self._now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
+        self._now = now or (lambda: _dt.datetime.now(_dt.UTC))
         self.blacklist = list(blacklist)
         self.env = env
         self._state: TrustedState | None = None
@@ -141,7 +141,8 @@ class Repository:
         """Path of a verified, decompressed object in the local cache."""
         return self.cache.fetch(self.source, h, kind, compression)
 
-    def load_catalog(self, h: ContentHash, mountpoint: bytes = b"", what: str | None = None) -> Catalog:
+    def load_catalog(self, h: ContentHash, mountpoint: bytes = b"",
+                     what: str | None = None) -> Catalog:
         path = self.fetch_object(h, ObjectKind.CATALOG)
         return Catalog.open(path, what=what or h.describe(ObjectKind.CATALOG), hash=h)
 
@@ -240,14 +241,14 @@ class Repository:
 
 def _parse_date(date: str | _dt.datetime) -> int:
     if isinstance(date, _dt.datetime):
-        d = date if date.tzinfo else date.replace(tzinfo=_dt.timezone.utc)
+        d = date if date.tzinfo else date.replace(tzinfo=_dt.UTC)
         return int(d.timestamp())
     text = date.strip()
     if text.isdigit():
         return int(text)
     for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
         try:
-            d = _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.timezone.utc)
+            d = _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.UTC)
             return int(d.timestamp())
         except ValueError:
             continue

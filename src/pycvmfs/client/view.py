@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from pycvmfs.client.files import RepoFile
+from pycvmfs.client.stat import Stat
 from pycvmfs.errors import (
     FormatError,
     IsADirectoryPathError,
@@ -20,8 +22,6 @@ from pycvmfs.errors import (
 from pycvmfs.format.catalog import Catalog, Chunk, NestedRef
 from pycvmfs.format.dirent import DirectoryEntry, expand_symlink
 from pycvmfs.format.hashes import ContentHash, ObjectKind
-from pycvmfs.client.files import RepoFile
-from pycvmfs.client.stat import Stat
 
 __all__ = ["CatalogLoader", "LoadedCatalog", "RevisionView", "normalize_path"]
 

@@ -1,4 +1,4 @@
-"""Reading the SQLite file catalog: entries by path hash, listings, chunks, nested catalogs, counters."""
+"""Reading the SQLite file catalog: entries by path hash, listings, chunks, nested catalogs."""
 
 from __future__ import annotations
 
@@ -299,7 +299,8 @@ class Catalog:
         size_expr = "size" if "size" in cols else "0"
         sha_expr = "sha1" if "sha1" in cols else "NULL"
         out = []
-        for path, sha, size in self._db.execute(f"SELECT path, {sha_expr}, {size_expr} FROM {table}"):
+        query = f"SELECT path, {sha_expr}, {size_expr} FROM {table}"
+        for path, sha, size in self._db.execute(query):
             p = path if isinstance(path, bytes) else str(path).encode()
             h = ContentHash.parse_optional(sha, what=f"{self.what}: {table} {_fs(p)!r}")
             out.append(NestedRef(p.rstrip(b"/"), h, int(size or 0)))
@@ -318,9 +319,9 @@ class Catalog:
         """The direct child catalog whose mount point is ``path`` or contains it."""
         best = None
         for ref in self.nested_catalogs():
-            if path == ref.path or path.startswith(ref.path + b"/"):
-                if best is None or len(ref.path) > len(best.path):
-                    best = ref
+            inside = path == ref.path or path.startswith(ref.path + b"/")
+            if inside and (best is None or len(ref.path) > len(best.path)):
+                best = ref
         return best
 
     # -- statistics ----------------------------------------------------------------------

@@ -41,7 +41,8 @@ class Compression(enum.Enum):
             raise FormatError(f"unknown compression code {code} in catalog flags") from None
 
 
-def compress(data: bytes | bytearray | memoryview, compression: Compression = Compression.ZLIB) -> bytes:
+def compress(data: bytes | bytearray | memoryview,
+             compression: Compression = Compression.ZLIB) -> bytes:
     """Compress one object. zlib at the default level in one stream: the stock bytes exactly."""
     if compression is Compression.NONE:
         return bytes(data)
@@ -68,7 +69,8 @@ def decompress(data: bytes | bytearray | memoryview, compression: Compression = 
 class Inflater:
     """Incremental decompression of one object with bounded output per step."""
 
-    def __init__(self, compression: Compression = Compression.ZLIB, *, what: str = "object") -> None:
+    def __init__(self, compression: Compression = Compression.ZLIB, *,
+                 what: str = "object") -> None:
         self.compression = compression
         self.what = what
         self._d = zlib.decompressobj() if compression is Compression.ZLIB else None

@@ -75,7 +75,7 @@ _BY_TEXT_LENGTH = {40: Algorithm.SHA1, 47: Algorithm.RMD160, 49: Algorithm.SHAKE
 _HEX = frozenset("0123456789abcdef")
 
 
-class ObjectKind(str, enum.Enum):
+class ObjectKind(enum.StrEnum):
     """Object kinds and the suffix letter their storage names carry."""
 
     FILE = ""
@@ -153,7 +153,8 @@ class ContentHash:
 
     def __post_init__(self) -> None:
         if len(self.digest) != DIGEST_SIZE:
-            raise FormatError(f"content hash digest must be {DIGEST_SIZE} bytes, not {len(self.digest)}")
+            raise FormatError(f"content hash digest must be {DIGEST_SIZE} bytes, "
+                              f"not {len(self.digest)}")
 
     # -- textual forms -------------------------------------------------------------------
     @property
@@ -242,7 +243,8 @@ def parse_object_name(name: str) -> tuple[ContentHash, ObjectKind]:
     return ContentHash.parse(name, what=f"object name {name!r}"), ObjectKind.FILE
 
 
-def hash_bytes(data: bytes | bytearray | memoryview, algorithm: Algorithm = Algorithm.SHA1) -> ContentHash:
+def hash_bytes(data: bytes | bytearray | memoryview,
+               algorithm: Algorithm = Algorithm.SHA1) -> ContentHash:
     h = new_hasher(algorithm)
     h.update(data)
     return ContentHash(algorithm, h.digest())

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from pycvmfs.errors import FormatError
 
-__all__ = ["create_database", "open_database", "read_properties", "PAGE_SIZE"]
+__all__ = ["PAGE_SIZE", "create_database", "open_database", "read_properties"]
 
 #: The stock tools build SQLite with this default page size; our files use it too.
 PAGE_SIZE = 1024
@@ -52,7 +52,8 @@ def create_database(path: str | os.PathLike, *, what: str) -> sqlite3.Connection
     return conn
 
 
-def read_properties(conn: sqlite3.Connection, *, what: str, table: str = "properties") -> dict[str, str]:
+def read_properties(conn: sqlite3.Connection, *, what: str,
+                    table: str = "properties") -> dict[str, str]:
     """The ``key -> value`` rows of a properties table, as text."""
     try:
         rows = conn.execute(f"SELECT key, value FROM {table}").fetchall()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install everything the tests need (Debian, as root) and run the whole test suite.
+# Extra arguments go to pytest, e.g.  bash tools/test.sh -k golden
+source "$(dirname "$0")/_env.sh"
+_debian_packages
+_venv
+ruff check src tests benchmarks
+set +e
+"$PY" -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests: that is a failure" >&2
+    exit 1
+fi
+exit "$rc"
