@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 
@@ -60,7 +61,7 @@ def test_inflater_streams_with_bounded_pieces():
 def test_inflater_detects_truncation_at_finish():
     inf = Inflater(what="catalog X")
     list(inf.feed(zlib.compress(b"abc" * 1000)[:-3]))
-    with pytest.raises(IntegrityError, match="catalog X.*truncated"):
+    with pytest.raises(IntegrityError, match=r"catalog X.*truncated"):
         inf.finish()
 
 
@@ -89,7 +90,5 @@ def test_streaming_inflate_equals_one_shot_for_any_split(data, cuts):
 @settings(max_examples=100)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_raise_only_integrity_errors(blob):
-    try:
+    with contextlib.suppress(IntegrityError):
         decompress(blob)
-    except IntegrityError:
-        pass
