@@ -54,6 +54,7 @@ def golden_copy(golden_repo: Path, tmp_path: Path) -> Path:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    disable_nagle_algorithm = True
     def log_message(self, format: str, *args) -> None:
         pass
 

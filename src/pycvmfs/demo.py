@@ -34,6 +34,8 @@ def _find_fixture(explicit: str | None) -> Path:
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    disable_nagle_algorithm = True
+
     def log_message(self, *args) -> None:
         pass
 
