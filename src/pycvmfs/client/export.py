@@ -52,6 +52,7 @@ def export_tree(view: RevisionView, path: str, dest: str | os.PathLike, *, worke
     dirs: list[tuple[Stat, Path]] = [(top, dest)]
     files: list[tuple[Stat, Path]] = []
     links: dict[tuple, Path] = {}
+    pending_links: list[tuple[Path, Path]] = []  # made once the first member is written
     for dirpath, subdirs, others in view.walk(top.path):
         rel = os.path.relpath(dirpath, top.path)
         base = dest if rel == "." else dest / rel
@@ -70,8 +71,7 @@ def export_tree(view: RevisionView, path: str, dest: str | os.PathLike, *, worke
             elif s.is_file:
                 key = (s.hardlink_group, s.st_ino) if s.hardlink_group else None
                 if key is not None and key in links:
-                    os.link(links[key], target)
-                    report.hardlinks += 1
+                    pending_links.append((links[key], target))
                     continue
                 if key is not None:
                     links[key] = target
@@ -90,6 +90,9 @@ def export_tree(view: RevisionView, path: str, dest: str | os.PathLike, *, worke
             report.bytes += s[0].st_size
             if progress:
                 progress(done, total)
+    for first, target in pending_links:
+        os.link(first, target)
+        report.hardlinks += 1
     for s, target in files:
         if xattrs:
             _set_xattrs(view, s, target, report)
