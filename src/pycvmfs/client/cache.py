@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pycvmfs.errors import HashMismatchError, IntegrityError
-from pycvmfs.format.compression import Compression, Inflater
+from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
+from pycvmfs.storage.objects import download_verified
 
-__all__ = ["Breadcrumb", "ObjectCache", "default_cache_dir", "download_verified"]
+__all__ = ["Breadcrumb", "ObjectCache", "default_cache_dir"]
+
 
 
 def default_cache_dir() -> Path:
@@ -47,52 +48,6 @@ class Breadcrumb:
             return cls(ContentHash.parse(h), int(ts), int(rev))
         except Exception:
             return None
-
-
-def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
-                      compression: Compression, sink, *,
-                      what: str | None = None) -> tuple[int, int]:
-    """Stream object ``h`` from ``source`` into ``sink`` (a callable taking decompressed blocks,
-    or None to discard), checking its hash over the compressed bytes as they arrive.
-
-    Returns ``(stored bytes, decompressed bytes)``. Raises :class:`HashMismatchError` (after the
-    source tried its alternatives) when the bytes are bad; the sink may then have seen garbage,
-    so callers write to a temporary file and keep it only on success.
-    """
-    label = what or h.describe(kind)
-
-    def consume(blocks: Iterator[bytes]) -> tuple[int, int]:
-        hasher = h.algorithm.new()
-        inflater = Inflater(compression, what=label)
-        if sink is not None and hasattr(sink, "reset"):
-            sink.reset()
-        stored = plain = 0
-        broken: IntegrityError | None = None  # a zlib error is reported only if the hash is right
-        for block in blocks:
-            hasher.update(block)
-            stored += len(block)
-            if broken is not None:
-                continue
-            try:
-                for piece in inflater.feed(block):
-                    plain += len(piece)
-                    if sink is not None:
-                        sink(piece)
-            except IntegrityError as e:
-                broken = e
-        actual = ContentHash(h.algorithm, hasher.digest())
-        if actual != h:
-            raise HashMismatchError(label, str(h), str(actual))
-        if broken is not None:
-            raise broken
-        tail = inflater.finish()
-        if tail:
-            plain += len(tail)
-            if sink is not None:
-                sink(tail)
-        return stored, plain
-
-    return source.fetch(h.object_path(kind), consume, what=label)
 
 
 class _FileSink:

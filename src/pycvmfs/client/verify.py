@@ -10,11 +10,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from pycvmfs.client.cache import ObjectCache, download_verified
+from pycvmfs.client.cache import ObjectCache
 from pycvmfs.client.repository import Repository
 from pycvmfs.errors import CvmfsError
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
+from pycvmfs.storage.objects import download_verified
 
 __all__ = ["VerifyReport", "verify_repository"]
 
