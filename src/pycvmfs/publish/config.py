@@ -1,0 +1,257 @@
+"""A publisher's per-repository configuration: server.conf with CernVM-FS names, and keys."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+from pycvmfs.errors import ConfigError
+from pycvmfs.format.chunking import ChunkingParams
+from pycvmfs.format.compression import Compression
+from pycvmfs.format.hashes import Algorithm
+
+__all__ = ["RepositoryConfig", "ServerSettings", "default_config_dir", "parse_conf", "write_conf"]
+
+_FQRN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.[A-Za-z0-9_.-]*[A-Za-z0-9]$")
+
+
+def default_config_dir() -> Path:
+    """``$PYCVMFS_CONFIG_DIR``, else ``/etc/pycvmfs`` for root, else ``~/.config/pycvmfs``."""
+    env = os.environ.get("PYCVMFS_CONFIG_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/etc/pycvmfs")
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "pycvmfs"
+
+
+def check_fqrn(fqrn: str) -> str:
+    if not _FQRN.match(fqrn) or ".." in fqrn or len(fqrn) > 255:
+        raise ConfigError(f"{fqrn!r} is not a valid repository name (like example.cern.ch)")
+    return fqrn
+
+
+def parse_conf(text: str, *, what: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines as the stock shell-sourced files have them (quotes stripped,
+    ``#`` comments, blank lines; no variable expansion)."""
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise ConfigError(f"{what}:{n}: not a KEY=VALUE line: {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key] = value
+    return out
+
+
+def write_conf(path: Path, values: dict[str, str], header: str) -> None:
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{k}={v}" for k, v in values.items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _bool(value: str, key: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "yes", "on", "1"):
+        return True
+    if v in ("false", "no", "off", "0", ""):
+        return False
+    raise ConfigError(f"{key}={value!r} is not a boolean (true/false)")
+
+
+def _int(value: str, key: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not an integer") from None
+
+
+@dataclass
+class ServerSettings:
+    """The settings a publish uses; names follow ``server.conf`` of the stock tools."""
+
+    hash_algorithm: Algorithm = Algorithm.SHA1  # CVMFS_HASH_ALGORITHM
+    compression: Compression = Compression.ZLIB  # CVMFS_COMPRESSION_ALGORITHM
+    use_chunking: bool = True  # CVMFS_USE_FILE_CHUNKING
+    chunking: ChunkingParams = field(default_factory=lambda: ChunkingParams(
+        4 * 1024 * 1024, 8 * 1024 * 1024, 16 * 1024 * 1024))
+    auto_tag: bool = True  # CVMFS_AUTO_TAG
+    auto_tag_timespan: int = 0  # CVMFS_AUTO_TAG_TIMESPAN in seconds (0 = keep all)
+    autocatalogs: bool = False  # CVMFS_AUTOCATALOGS
+    autocatalogs_max_weight: int = 100_000
+    autocatalogs_min_weight: int = 1_000
+    include_xattrs: bool = False  # CVMFS_INCLUDE_XATTRS
+    ttl: int = 240  # CVMFS_REPOSITORY_TTL
+    garbage_collection: bool = False  # CVMFS_GARBAGE_COLLECTION
+    ignore_special_files: bool = False  # CVMFS_IGNORE_SPECIAL_FILES
+    file_mbyte_limit: int = 1024  # CVMFS_FILE_MBYTE_LIMIT
+    root_kcatalog_limit: int = 200  # CVMFS_ROOT_KCATALOG_LIMIT
+    nested_kcatalog_limit: int = 500  # CVMFS_NESTED_KCATALOG_LIMIT
+    enforce_limits: bool = False  # CVMFS_ENFORCE_LIMITS
+    mtime_ns: bool = False  # CVMFS_ENABLE_MTIME_NS
+    hardlinks: bool = True  # PYCVMFS_HARDLINKS: keep hard-link groups (stock AUFS behaviour)
+    owner_uid: int | None = None  # CVMFS_USER's uid for entries we create ourselves
+    owner_gid: int | None = None
+
+    _VARS: ClassVar[dict[str, str]] = {
+        "CVMFS_HASH_ALGORITHM": "hash_algorithm",
+        "CVMFS_COMPRESSION_ALGORITHM": "compression",
+        "CVMFS_USE_FILE_CHUNKING": "use_chunking",
+        "CVMFS_AUTO_TAG": "auto_tag",
+        "CVMFS_AUTO_TAG_TIMESPAN": "auto_tag_timespan",
+        "CVMFS_AUTOCATALOGS": "autocatalogs",
+        "CVMFS_AUTOCATALOGS_MAX_WEIGHT": "autocatalogs_max_weight",
+        "CVMFS_AUTOCATALOGS_MIN_WEIGHT": "autocatalogs_min_weight",
+        "CVMFS_INCLUDE_XATTRS": "include_xattrs",
+        "CVMFS_REPOSITORY_TTL": "ttl",
+        "CVMFS_GARBAGE_COLLECTION": "garbage_collection",
+        "CVMFS_IGNORE_SPECIAL_FILES": "ignore_special_files",
+        "CVMFS_FILE_MBYTE_LIMIT": "file_mbyte_limit",
+        "CVMFS_ROOT_KCATALOG_LIMIT": "root_kcatalog_limit",
+        "CVMFS_NESTED_KCATALOG_LIMIT": "nested_kcatalog_limit",
+        "CVMFS_ENFORCE_LIMITS": "enforce_limits",
+        "CVMFS_ENABLE_MTIME_NS": "mtime_ns",
+        "PYCVMFS_HARDLINKS": "hardlinks",
+    }
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, str]) -> ServerSettings:
+        s = cls()
+        for var, attr in cls._VARS.items():
+            if var not in conf:
+                continue
+            value = conf[var]
+            current = getattr(s, attr)
+            if attr == "hash_algorithm":
+                setattr(s, attr, Algorithm.from_config_name(value))
+            elif attr == "compression":
+                setattr(s, attr, Compression.from_config_name(value))
+            elif isinstance(current, bool):
+                setattr(s, attr, _bool(value, var))
+            else:
+                setattr(s, attr, _int(value, var))
+        sizes = [conf.get(k) for k in ("CVMFS_MIN_CHUNK_SIZE", "CVMFS_AVG_CHUNK_SIZE",
+                                       "CVMFS_MAX_CHUNK_SIZE")]
+        if any(sizes):
+            d = s.chunking
+            mn, av, mx = (_int(v, k) if v else dflt for v, k, dflt in zip(
+                sizes, ("CVMFS_MIN_CHUNK_SIZE", "CVMFS_AVG_CHUNK_SIZE", "CVMFS_MAX_CHUNK_SIZE"),
+                (d.min_size, d.avg_size, d.max_size), strict=True))
+            s.chunking = ChunkingParams(mn, av, mx)
+        if conf.get("CVMFS_USER_UID"):
+            s.owner_uid = _int(conf["CVMFS_USER_UID"], "CVMFS_USER_UID")
+        if conf.get("CVMFS_USER_GID"):
+            s.owner_gid = _int(conf["CVMFS_USER_GID"], "CVMFS_USER_GID")
+        return s
+
+    def to_conf(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for var, attr in self._VARS.items():
+            v = getattr(self, attr)
+            if attr == "hash_algorithm":
+                out[var] = v.config_name
+            elif attr == "compression":
+                out[var] = "default" if v is Compression.ZLIB else "none"
+            elif isinstance(v, bool):
+                out[var] = "true" if v else "false"
+            else:
+                out[var] = str(v)
+        out["CVMFS_MIN_CHUNK_SIZE"] = str(self.chunking.min_size)
+        out["CVMFS_AVG_CHUNK_SIZE"] = str(self.chunking.avg_size)
+        out["CVMFS_MAX_CHUNK_SIZE"] = str(self.chunking.max_size)
+        if self.owner_uid is not None:
+            out["CVMFS_USER_UID"] = str(self.owner_uid)
+        if self.owner_gid is not None:
+            out["CVMFS_USER_GID"] = str(self.owner_gid)
+        return out
+
+    def override(self, **changes) -> ServerSettings:
+        names = {f.name for f in fields(self)}
+        for k, v in changes.items():
+            if k not in names:
+                raise ConfigError(f"unknown setting {k!r}")
+            setattr(self, k, v)
+        return self
+
+
+@dataclass
+class RepositoryConfig:
+    """Where one repository's configuration, keys, state and storage live.
+
+    ``<config_dir>/repositories.d/<fqrn>/server.conf`` holds the settings (and
+    ``CVMFS_UPSTREAM_STORAGE=local,<storage>/data/txn,<storage>`` as stock writes it);
+    ``<config_dir>/keys/<fqrn>.{masterkey,pub,crt,key}`` the keys, as in ``/etc/cvmfs/keys``;
+    ``<config_dir>/repositories.d/<fqrn>/`` also the publish lock and ``reflog.chksum``.
+    """
+
+    fqrn: str
+    config_dir: Path
+    storage: Path
+    settings: ServerSettings
+
+    @property
+    def repo_dir(self) -> Path:
+        return self.config_dir / "repositories.d" / self.fqrn
+
+    @property
+    def server_conf(self) -> Path:
+        return self.repo_dir / "server.conf"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.config_dir / "keys"
+
+    def key_path(self, suffix: str) -> Path:
+        return self.keys_dir / f"{self.fqrn}.{suffix}"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.repo_dir / "publish.lock"
+
+    @property
+    def reflog_checksum_path(self) -> Path:
+        return self.repo_dir / "reflog.chksum"
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space for catalogs being rewritten (same file system as the config)."""
+        return self.repo_dir / "work"
+
+    @classmethod
+    def load(cls, fqrn: str, config_dir: Path | None = None) -> RepositoryConfig:
+        check_fqrn(fqrn)
+        config_dir = Path(config_dir) if config_dir else default_config_dir()
+        conf_path = config_dir / "repositories.d" / fqrn / "server.conf"
+        try:
+            conf = parse_conf(conf_path.read_text(), what=str(conf_path))
+        except FileNotFoundError:
+            raise ConfigError(f"repository {fqrn} is not configured here ({conf_path} missing; "
+                              "create it with `pycvmfs mkfs` or pass --config-dir)") from None
+        upstream = conf.get("CVMFS_UPSTREAM_STORAGE", "")
+        parts = upstream.split(",")
+        if len(parts) != 3 or parts[0] != "local":
+            raise ConfigError(f"{conf_path}: CVMFS_UPSTREAM_STORAGE={upstream!r} "
+                              "(expected local,<tmp dir>,<storage dir>)")
+        return cls(fqrn, config_dir, Path(parts[2]), ServerSettings.from_conf(conf))
+
+    def save(self) -> None:
+        self.repo_dir.mkdir(parents=True, exist_ok=True)
+        values = {"CVMFS_REPOSITORY_NAME": self.fqrn, "CVMFS_REPOSITORY_TYPE": "stratum0",
+                  "CVMFS_UPSTREAM_STORAGE": f"local,{self.storage}/data/txn,{self.storage}"}
+        values.update(self.settings.to_conf())
+        write_conf(self.server_conf, values,
+                   f"pycvmfs server configuration of {self.fqrn} (CernVM-FS variable names)")

@@ -1,0 +1,279 @@
+"""The content pipeline: read -> chunk -> compress -> hash -> store, on every core, each distinct
+content compressed once."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pycvmfs.errors import CvmfsError
+from pycvmfs.format.catalog import Chunk
+from pycvmfs.format.chunking import Chunker, ChunkingParams
+from pycvmfs.format.compression import Compression, compress
+from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
+from pycvmfs.storage.local import LocalStorage
+
+__all__ = ["IngestError", "IngestStats", "Ingested", "Ingester"]
+
+_READ_BLOCK = 1 << 20
+
+
+class IngestError(CvmfsError):
+    """An input file could not be read or is not acceptable (too large, changed while read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """A stored file content: one object (``hash``) or a chunk list."""
+
+    size: int
+    hash: ContentHash | None
+    chunks: tuple[Chunk, ...] | None
+    compression: Compression
+    algorithm: Algorithm
+
+
+@dataclass
+class IngestStats:
+    files: int = 0
+    bytes_in: int = 0
+    bytes_stored: int = 0  # compressed bytes of objects newly written
+    objects_new: int = 0
+    objects_existing: int = 0  # already in the storage
+    objects_deduplicated: int = 0  # identical content met again in this run
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Ingester:
+    """Stores file contents as CernVM-FS objects through a pool of threads.
+
+    zlib and the hash functions release the GIL on large buffers, and the chunker's rolling hash
+    runs in numpy, so the threads keep every core busy on big files; small files cost a little
+    Python each. Identical contents met twice in one run (whole small files, or chunks) are
+    compressed once: a SHA-1 of the raw bytes finds them before zlib runs.
+    """
+
+    def __init__(self, store: LocalStorage, *, algorithm: Algorithm = Algorithm.SHA1,
+                 compression: Compression = Compression.ZLIB,
+                 chunking: ChunkingParams | None = None, max_file_size: int | None = None,
+                 workers: int | None = None) -> None:
+        self.store = store
+        self.algorithm = algorithm
+        self.compression = compression
+        self.chunking = chunking
+        self.max_file_size = max_file_size
+        self.workers = workers or os.cpu_count() or 2
+        self._pool = ThreadPoolExecutor(max_workers=self.workers,
+                                        thread_name_prefix="pycvmfs-ingest")
+        self._lock = threading.Lock()
+        self._known: dict[bytes, Future] = {}  # raw digest + kind -> Future[ContentHash]
+        self.stats = IngestStats()
+        # bound the work queued ahead so memory stays flat on huge trees
+        self._slots = threading.BoundedSemaphore(self.workers * 4)
+
+    # -- public --------------------------------------------------------------------------
+    def submit_path(self, path: str | os.PathLike, size: int | None = None) -> Future[Ingested]:
+        self._slots.acquire()
+        fut = self._pool.submit(self._guard, self._ingest_path, Path(path), size)
+        return fut
+
+    def submit_bytes(self, data: bytes) -> Future[Ingested]:
+        self._slots.acquire()
+        return self._pool.submit(self._guard, self._ingest_bytes, data)
+
+    def ingest_stream(self, read: Callable[[int], bytes], size: int, *, what: str) -> Ingested:
+        """Ingest ``size`` bytes from a stream in the calling thread (e.g. a tar member)."""
+        return self._from_reader(read, size, what=what)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Ingester:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+    def _guard(self, fn, *args) -> Ingested:
+        try:
+            return fn(*args)
+        finally:
+            self._slots.release()
+
+    def _check_size(self, size: int, what: str) -> None:
+        if self.max_file_size is not None and size > self.max_file_size:
+            raise IngestError(f"{what}: {size} bytes is over the file size limit of "
+                              f"{self.max_file_size // (1 << 20)} MiB (CVMFS_FILE_MBYTE_LIMIT)")
+
+    def _ingest_path(self, path: Path, size: int | None) -> Ingested:
+        what = str(path)
+        try:
+            with open(path, "rb") as f:
+                real = os.fstat(f.fileno()).st_size
+                if size is not None and real != size:
+                    raise IngestError(f"{what}: changed while publishing ({size} -> {real} bytes)")
+                result = self._from_reader(f.read, real, what=what)
+                if os.fstat(f.fileno()).st_size != real:
+                    raise IngestError(f"{what}: changed while publishing")
+                return result
+        except OSError as e:
+            raise IngestError(f"{what}: cannot read ({e.strerror})") from None
+
+    def _ingest_bytes(self, data: bytes) -> Ingested:
+        return self._from_reader(_BytesReader(data).read, len(data), what="<data>")
+
+    def _chunked(self, size: int) -> bool:
+        return self.chunking is not None and size > self.chunking.min_size
+
+    def _from_reader(self, read: Callable[[int], bytes], size: int, *, what: str) -> Ingested:
+        self._check_size(size, what)
+        with self._lock:
+            self.stats.files += 1
+            self.stats.bytes_in += size
+        if not self._chunked(size):
+            if size <= 64 << 20:
+                data = _read_exactly(read, size, what)
+                h = self._store_piece(data, ObjectKind.FILE)
+                return Ingested(size, h, None, self.compression, self.algorithm)
+            h = self._store_stream(read, size, what)  # chunking off: stream big files
+            return Ingested(size, h, None, self.compression, self.algorithm)
+        chunker = Chunker(self.chunking)
+        pieces: list[Chunk] = []
+        first: list[bytes] = []  # held back until a second chunk shows the file is chunked
+        offset = 0
+        remaining = size
+
+        def emit(chunk: bytes) -> None:
+            nonlocal offset
+            if not pieces and not first:
+                first.append(chunk)
+                return
+            if first:
+                head = first.pop()
+                pieces.append(Chunk(0, len(head), self._store_piece(head, ObjectKind.PARTIAL)))
+                offset = len(head)
+            pieces.append(Chunk(offset, len(chunk), self._store_piece(chunk, ObjectKind.PARTIAL)))
+            offset += len(chunk)
+
+        while remaining > 0:
+            block = read(min(_READ_BLOCK, remaining))
+            if not block:
+                raise IngestError(f"{what}: ended after {size - remaining} of {size} bytes")
+            remaining -= len(block)
+            for chunk in chunker.feed(block):
+                emit(chunk)
+        for chunk in chunker.finish():
+            if chunk:
+                emit(chunk)
+        if first:  # the sole-piece rule: no cut found, store as one ordinary object
+            h = self._store_piece(first.pop(), ObjectKind.FILE)
+            return Ingested(size, h, None, self.compression, self.algorithm)
+        return Ingested(size, None, tuple(pieces), self.compression, self.algorithm)
+
+    def _store_piece(self, data: bytes, kind: ObjectKind) -> ContentHash:
+        key = hashlib.sha1(data).digest() + kind.value.encode()
+        with self._lock:
+            fut = self._known.get(key)
+            mine = fut is None
+            if mine:
+                fut = Future()
+                self._known[key] = fut
+            else:
+                self.stats.objects_deduplicated += 1
+        if not mine:
+            return fut.result()
+        try:
+            blob = compress(data, self.compression)
+            h = self.algorithm.new()
+            h.update(blob)
+            ch = ContentHash(self.algorithm, h.digest())
+            self._put(ch.object_path(kind), blob)
+            fut.set_result(ch)
+            return ch
+        except BaseException as e:
+            fut.set_exception(e)
+            with self._lock:
+                self._known.pop(key, None)
+            raise
+
+    def _put(self, rel: str, blob: bytes) -> None:
+        if self.store.exists(rel):
+            with self._lock:
+                self.stats.objects_existing += 1
+            return
+        self.store.put_bytes(rel, blob)
+        with self._lock:
+            self.stats.objects_new += 1
+            self.stats.bytes_stored += len(blob)
+
+    def _store_stream(self, read: Callable[[int], bytes], size: int, what: str) -> ContentHash:
+        txn = self.store.root / "data" / "txn"
+        txn.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=txn, prefix="ingest.")
+        try:
+            h = self.algorithm.new()
+            z = zlib.compressobj() if self.compression is Compression.ZLIB else None
+            with os.fdopen(fd, "wb") as out:
+                remaining = size
+                while remaining > 0:
+                    block = read(min(_READ_BLOCK, remaining))
+                    if not block:
+                        raise IngestError(f"{what}: ended early")
+                    remaining -= len(block)
+                    piece = z.compress(block) if z else block
+                    h.update(piece)
+                    out.write(piece)
+                if z:
+                    tail = z.flush()
+                    h.update(tail)
+                    out.write(tail)
+            ch = ContentHash(self.algorithm, h.digest())
+            rel = ch.object_path(ObjectKind.FILE)
+            if self.store.exists(rel):
+                os.unlink(tmp)
+            else:
+                dest = self.store.root / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+                with self._lock:
+                    self.stats.objects_new += 1
+                    self.stats.bytes_stored += dest.stat().st_size
+            return ch
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self._mv = memoryview(data)
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        out = self._mv[self._pos:self._pos + n]
+        self._pos += len(out)
+        return bytes(out)
+
+
+def _read_exactly(read: Callable[[int], bytes], size: int, what: str) -> bytes:
+    parts = []
+    remaining = size
+    while remaining > 0:
+        block = read(remaining)
+        if not block:
+            raise IngestError(f"{what}: ended after {size - remaining} of {size} bytes")
+        parts.append(block)
+        remaining -= len(block)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -1,0 +1,78 @@
+"""A repository's key files: master key pair, repository key and its self-signed certificate."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from pycvmfs.errors import ConfigError
+from pycvmfs.format.certificate import Certificate, create_certificate
+from pycvmfs.format.signature import (
+    generate_rsa_key,
+    load_private_key,
+    private_key_pem,
+    public_key_pem,
+)
+
+__all__ = ["RepositoryKeys"]
+
+
+@dataclass
+class RepositoryKeys:
+    """``<fqrn>.masterkey``/``.pub`` sign the whitelist; ``<fqrn>.key``/``.crt`` the manifest.
+
+    File names and formats are those of ``/etc/cvmfs/keys`` on a stock stratum 0, so keys can be
+    moved between pycvmfs and ``cvmfs_server`` (``import``).
+    """
+
+    master: rsa.RSAPrivateKey | None  # None when the master key is kept offline
+    master_public_pem: bytes
+    repo_key: rsa.RSAPrivateKey
+    certificate: Certificate
+
+    @classmethod
+    def generate(cls, fqrn: str, *, days: int = 365) -> RepositoryKeys:
+        master = generate_rsa_key()
+        repo_key = generate_rsa_key()
+        return cls(master, public_key_pem(master), repo_key,
+                   create_certificate(fqrn, repo_key, days))
+
+    @staticmethod
+    def paths(keys_dir: Path, fqrn: str) -> dict[str, Path]:
+        return {s: keys_dir / f"{fqrn}.{s}" for s in ("masterkey", "pub", "key", "crt")}
+
+    def save(self, keys_dir: Path, fqrn: str) -> None:
+        """Write the key files (private keys mode 0400, public ones 0444); never overwrite."""
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        p = self.paths(keys_dir, fqrn)
+        existing = [str(x) for x in p.values() if x.exists()]
+        if existing:
+            raise ConfigError(f"key files exist already: {', '.join(existing)}")
+        files = [("pub", self.master_public_pem, 0o444), ("crt", self.certificate.pem, 0o444),
+                 ("key", private_key_pem(self.repo_key), 0o400)]
+        if self.master is not None:
+            files.append(("masterkey", private_key_pem(self.master), 0o400))
+        for suffix, data, mode in files:
+            fd = os.open(p[suffix], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(p[suffix], mode)
+
+    @classmethod
+    def load(cls, keys_dir: Path, fqrn: str) -> RepositoryKeys:
+        p = cls.paths(keys_dir, fqrn)
+        for s in ("pub", "key", "crt"):
+            if not p[s].is_file():
+                raise ConfigError(f"missing key file {p[s]}")
+        master = load_private_key(p["masterkey"]) if p["masterkey"].is_file() else None
+        cert = Certificate.from_pem(p["crt"].read_bytes(), what=str(p["crt"]))
+        return cls(master, p["pub"].read_bytes(), load_private_key(p["key"]), cert)
+
+    def require_master(self, keys_dir: Path, fqrn: str) -> rsa.RSAPrivateKey:
+        if self.master is None:
+            raise ConfigError(f"the master key {self.paths(keys_dir, fqrn)['masterkey']} is not "
+                              "here; it is needed to sign the whitelist")
+        return self.master
