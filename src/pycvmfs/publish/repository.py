@@ -1,0 +1,304 @@
+"""A stratum-0 repository this machine publishes to: create it, change it, tag and roll it back."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pycvmfs.errors import ConfigError, TagNotFoundError
+from pycvmfs.format.catalog_writer import EntryRow
+from pycvmfs.format.compression import Compression, compress
+from pycvmfs.format.dirent import make_flags
+from pycvmfs.format.hashes import ContentHash, ObjectKind
+from pycvmfs.format.history import History, Tag
+from pycvmfs.format.manifest import Manifest
+from pycvmfs.format.metainfo import make_skeleton
+from pycvmfs.format.whitelist import create_whitelist, resign_whitelist
+from pycvmfs.publish.catalog_tree import CatalogTree, CommitResult
+from pycvmfs.publish.config import RepositoryConfig, ServerSettings, check_fqrn, default_config_dir
+from pycvmfs.publish.ingest import Ingester
+from pycvmfs.publish.keys import RepositoryKeys
+from pycvmfs.publish.lock import publish_lock
+from pycvmfs.publish.rows import PublishError
+from pycvmfs.publish.signing import read_head, store_object, switch_manifest
+from pycvmfs.publish.transaction import PublishSummary, Transaction
+from pycvmfs.storage.local import LocalStorage
+from pycvmfs.storage.objects import download_verified
+
+__all__ = ["Publisher"]
+
+MASTER_REPLICA_TEXT = b"This file marks the repository as replicatable to stratum 1 servers\n"
+WHITELIST = ".cvmfswhitelist"
+
+
+class Publisher:
+    """The write side of one repository: its configuration, keys and storage."""
+
+    def __init__(self, config: RepositoryConfig, keys: RepositoryKeys) -> None:
+        self.config = config
+        self.keys = keys
+        self.store = LocalStorage(config.storage, fsync=False)
+
+    # -- creating and opening ------------------------------------------------------------
+    @classmethod
+    def open(cls, fqrn: str, *, config_dir: str | os.PathLike | None = None) -> Publisher:
+        cfg = RepositoryConfig.load(fqrn, Path(config_dir) if config_dir else None)
+        return cls(cfg, RepositoryKeys.load(cfg.keys_dir, fqrn))
+
+    @classmethod
+    def mkfs(cls, fqrn: str, storage: str | os.PathLike, *,
+             config_dir: str | os.PathLike | None = None,
+             settings: ServerSettings | None = None, whitelist_days: int = 30,
+             keys: RepositoryKeys | None = None, now: int | None = None) -> Publisher:
+        """Create a repository like ``cvmfs_server mkfs``: keys, whitelist, revision 0 (empty
+        root catalog, meta-info skeleton), then revision 1 holding ``/new_repository``."""
+        check_fqrn(fqrn)
+        config_dir = Path(config_dir) if config_dir else default_config_dir()
+        storage = Path(storage).absolute()
+        settings = settings or ServerSettings()
+        if settings.owner_uid is None:
+            settings.owner_uid, settings.owner_gid = os.getuid(), os.getgid()
+        cfg = RepositoryConfig(fqrn, config_dir, storage, settings)
+        if cfg.server_conf.exists():
+            raise ConfigError(f"repository {fqrn} exists already ({cfg.server_conf})")
+        if (storage / ".cvmfspublished").exists():
+            raise ConfigError(f"{storage} holds a repository already")
+        keys = keys or RepositoryKeys.generate(fqrn)
+        keys.save(cfg.keys_dir, fqrn)
+        cfg.save()
+        pub = cls(cfg, keys)
+        pub.store.create_skeleton()
+        with pub.lock():
+            pub._mkfs_revision0(whitelist_days, int(now or time.time()))
+        with pub.transaction() as txn:
+            txn.add_file("/new_repository", f"New CernVM-FS repository for {fqrn}\n".encode(),
+                         mode=0o644)
+        return pub
+
+    def _mkfs_revision0(self, whitelist_days: int, now: int) -> None:
+        s = self.settings
+        algo = s.hash_algorithm
+        self.store.put_bytes(WHITELIST, create_whitelist(
+            self.fqrn, self.keys.certificate, self.keys.require_master(self.config.keys_dir,
+                                                                       self.fqrn),
+            algorithm=algo, days=whitelist_days))
+        mode = stat.S_IFDIR | 0o755
+        root = EntryRow(mode=mode, flags=make_flags(mode=mode), size=4096, mtime=now,
+                        uid=s.owner_uid or 0, gid=s.owner_gid or 0, linkcount=2)
+        tree = self.open_tree(None, root_entry=root)
+        try:
+            result = tree.commit(self._store_fn, now=now, ttl=None, root_revision=0,
+                                 record_previous=False)
+        finally:
+            tree.close()
+        meta = store_object(self.store, compress(make_skeleton()), ObjectKind.METAINFO, algo)
+        manifest = Manifest(root_catalog=result.root_hash, root_catalog_size=result.root_size,
+                            ttl=s.ttl, revision=0, meta_info=meta)
+        switch_manifest(self.store, self.config, self.keys, manifest, previous=None, now=now)
+        self.store.put_bytes(".cvmfs_master_replica", MASTER_REPLICA_TEXT)
+
+    # -- basics --------------------------------------------------------------------------
+    @property
+    def fqrn(self) -> str:
+        return self.config.fqrn
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self.config.settings
+
+    def lock(self, *, wait: bool = False):
+        return publish_lock(self.config.lock_path, what=f"repository {self.fqrn}", wait=wait)
+
+    def head(self) -> Manifest:
+        return read_head(self.store, self.keys, self.fqrn)
+
+    def _store_fn(self, data: bytes, kind: ObjectKind) -> ContentHash:
+        return store_object(self.store, data, kind, self.settings.hash_algorithm)
+
+    def open_tree(self, root: ContentHash | None, *, root_entry: EntryRow | None = None
+                  ) -> CatalogTree:
+        work = self.config.work_dir / f"tree-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        return CatalogTree(self.store, work, root, algorithm=self.settings.hash_algorithm,
+                           root_entry=root_entry)
+
+    def new_ingester(self) -> Ingester:
+        s = self.settings
+        return Ingester(self.store, algorithm=s.hash_algorithm, compression=s.compression,
+                        chunking=s.chunking if s.use_chunking else None,
+                        max_file_size=s.file_mbyte_limit << 20)
+
+    def transaction(self, *, tag: str | None = None, message: str = "",
+                    progress=None) -> Transaction:
+        """``with publisher.transaction() as txn: ...`` publishes one revision at the end."""
+        return Transaction(self, tag=tag, message=message, progress=progress)
+
+    def check_limits(self, tree: CatalogTree) -> list[str]:
+        """Catalog size limits (format doc §7.4): warnings, or errors with enforce_limits."""
+        s = self.settings
+        out = []
+        for mp in tree.catalog_roots():
+            n = tree.entry_count(mp)
+            limit = (s.root_kcatalog_limit if mp == b"" else s.nested_kcatalog_limit) * 1000
+            if n > limit:
+                msg = (f"catalog at {os.fsdecode(mp) or '/'} has {n} entries, more than "
+                       f"{limit} (add a .cvmfscatalog below it or a .cvmfsdirtab rule)")
+                if s.enforce_limits:
+                    raise PublishError(msg)
+                out.append(msg)
+        return out
+
+    # -- committing ----------------------------------------------------------------------
+    def commit_tree(self, tree: CatalogTree, head: Manifest, *, tag: str | None,
+                    message: str, summary: PublishSummary) -> CommitResult:
+        """Store the changed catalogs, the next history and a signed manifest (the switch)."""
+        now = int(time.time())
+        summary.warnings += self.check_limits(tree)
+        result = tree.commit(self._store_fn, now=now, ttl=self.settings.ttl,
+                             root_revision=head.revision + 1)
+        history = self._next_history(head, result, now, tag=tag, message=message,
+                                     summary=summary)
+        manifest = dataclasses.replace(
+            head, root_catalog=result.root_hash, root_catalog_size=result.root_size,
+            ttl=self.settings.ttl, revision=result.revision, history=history)
+        switch_manifest(self.store, self.config, self.keys, manifest, previous=head, now=now)
+        return result
+
+    @contextlib.contextmanager
+    def _history_copy(self, head: Manifest, name: str) -> Iterator[History]:
+        work = self.config.work_dir
+        work.mkdir(parents=True, exist_ok=True)
+        new = work / f"{name}.db"
+        old = work / f"{name}-old.db"
+        for p in (new, old):
+            p.unlink(missing_ok=True)
+        if head.history is None:
+            hist = History.create(new, self.fqrn, previous=None)
+        else:
+            with open(old, "wb") as f:
+                download_verified(self.store, head.history, ObjectKind.HISTORY,
+                                  Compression.ZLIB, f.write)
+            hist = History.derive(old, new, previous=head.history)
+        try:
+            yield hist
+        finally:
+            hist.close()
+            old.unlink(missing_ok=True)
+
+    def _store_history(self, name: str) -> ContentHash:
+        path = self.config.work_dir / f"{name}.db"
+        h = self._store_fn(compress(path.read_bytes()), ObjectKind.HISTORY)
+        path.unlink()
+        return h
+
+    def _next_history(self, head: Manifest, result: CommitResult, now: int, *,
+                      tag: str | None, message: str, summary: PublishSummary) -> ContentHash:
+        s = self.settings
+        with self._history_copy(head, "history") as hist:
+            if s.auto_tag_timespan > 0:
+                for old in hist.expired_auto_tags(now - s.auto_tag_timespan):
+                    hist.remove(old.name)
+            new = Tag("trunk", result.root_hash, result.revision, now, 0, "", result.root_size,
+                      "")
+            if tag:
+                hist.insert(dataclasses.replace(new, name=tag, description=message))
+                summary.tags.append(tag)
+            elif s.auto_tag:
+                name = hist.auto_tag_name(now)
+                hist.insert(dataclasses.replace(new, name=name))
+                summary.tags.append(name)
+            hist.update_undo_tags(new, keep_previous=head.history is not None)
+        return self._store_history("history")
+
+    # -- tags, rollback, resign ----------------------------------------------------------
+    def tags(self) -> list[Tag]:
+        head = self.head()
+        if head.history is None:
+            return []
+        with self._history_copy(head, "history-read") as hist:
+            out = hist.tags()
+        (self.config.work_dir / "history-read.db").unlink(missing_ok=True)
+        return out
+
+    def tag(self, name: str, *, root_hash: ContentHash | None = None, message: str = "",
+            remove: bool = False) -> Manifest:
+        """Add (or with ``remove`` delete) a named tag; re-signs the manifest, S unchanged."""
+        with self.lock():
+            head = self.head()
+            with self._history_copy(head, "history") as hist:
+                if remove:
+                    if not hist.remove(name):
+                        raise TagNotFoundError(f"tag {name!r} not found in {self.fqrn}")
+                else:
+                    target = root_hash or head.root_catalog
+                    info = self._catalog_info(target)
+                    hist.insert(Tag(name, target, info[0], info[1], 0, message, info[2], ""))
+            h = self._store_history("history")
+            return switch_manifest(self.store, self.config, self.keys,
+                                   dataclasses.replace(head, history=h), previous=head)
+
+    def _catalog_info(self, h: ContentHash) -> tuple[int, int, int]:
+        """(revision, last_modified, uncompressed size) of a root catalog."""
+        from pycvmfs.format.catalog import Catalog
+
+        work = self.config.work_dir
+        work.mkdir(parents=True, exist_ok=True)
+        path = work / "probe.db"
+        with open(path, "wb") as f:
+            download_verified(self.store, h, ObjectKind.CATALOG, Compression.ZLIB, f.write)
+        try:
+            with Catalog.open(path, what=h.describe(ObjectKind.CATALOG)) as cat:
+                if cat.root_prefix:
+                    raise PublishError(f"{h}: a nested catalog, not a root catalog")
+                return cat.revision, cat.last_modified, path.stat().st_size
+        finally:
+            path.unlink(missing_ok=True)
+
+    def rollback(self, target: str = "trunk-previous") -> Manifest:
+        """Make the revision of tag ``target`` current again, as a new revision."""
+        from pycvmfs.format.catalog_writer import CatalogWriter
+
+        with self.lock():
+            head = self.head()
+            with self._history_copy(head, "history") as hist:
+                tag = hist.get(target)
+                if tag is None or tag.branch != "":
+                    raise TagNotFoundError(f"tag {target!r} not found in {self.fqrn}")
+                now = int(time.time())
+                work = self.config.work_dir / "rollback.db"
+                with open(work, "wb") as f:
+                    download_verified(self.store, tag.root_hash, ObjectKind.CATALOG,
+                                      Compression.ZLIB, f.write)
+                w = CatalogWriter.open(work, what=f"catalog {tag.root_hash}C")
+                w.set_property("revision", head.revision + 1)
+                w.set_property("last_modified", now)
+                w.set_property("previous_revision", str(head.root_catalog))
+                w.set_property("TTL", self.settings.ttl)
+                w.close()
+                data = work.read_bytes()
+                new_root = self._store_fn(compress(data), ObjectKind.CATALOG)
+                work.unlink()
+                hist.rollback_to(tag, new_root, head.revision + 1, now, len(data))
+            h = self._store_history("history")
+            manifest = dataclasses.replace(head, root_catalog=new_root,
+                                           root_catalog_size=len(data),
+                                           revision=head.revision + 1, history=h)
+            return switch_manifest(self.store, self.config, self.keys, manifest, previous=head,
+                                   now=now)
+
+    def resign(self, *, days: int = 30) -> None:
+        """Renew the whitelist (``cvmfs_server resign``)."""
+        with self.lock():
+            path = self.store.root / WHITELIST
+            old = path.read_bytes() if path.exists() else None
+            data = resign_whitelist(old, self.keys.certificate,
+                                    self.keys.require_master(self.config.keys_dir, self.fqrn),
+                                    days=days, fqrn=self.fqrn,
+                                    algorithm=self.settings.hash_algorithm)
+            self.store.put_bytes(WHITELIST, data)

@@ -1,0 +1,143 @@
+"""Synchronising a local directory into a transaction: only what changed is re-read."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pycvmfs.format.dirent import Flags
+from pycvmfs.publish.rows import (
+    Meta,
+    PublishError,
+    check_name,
+    meta_from_stat,
+    special_row,
+    symlink_row,
+)
+
+if TYPE_CHECKING:
+    from pycvmfs.publish.transaction import Transaction
+
+__all__ = ["read_user_xattrs", "sync_directory"]
+
+
+def read_user_xattrs(path: str | bytes) -> dict[bytes, bytes]:
+    """The ``user.*`` extended attributes of a path (links not followed)."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for n in names:
+        if n.startswith("user."):
+            try:
+                out[os.fsencode(n)] = os.getxattr(path, n, follow_symlinks=False)
+            except OSError:
+                continue
+    return out
+
+
+def sync_directory(txn: Transaction, src: Path, dest: bytes, *, delete: bool = False,
+                   checksum: bool = False) -> None:
+    """Make repository directory ``dest`` hold what the local directory ``src`` holds.
+
+    New and changed entries are added; a regular file counts as unchanged when its type,
+    size, mtime, mode, owner (and xattrs, when recorded) equal the catalog's, unless
+    ``checksum``. With ``delete``, entries missing from ``src`` are removed. Files with several
+    names in one directory become a hard-link group (unless hard links are switched off).
+    """
+    try:
+        st = os.lstat(src)
+    except OSError as e:
+        raise PublishError(f"{src}: cannot read ({e.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PublishError(f"{src}: not a directory")
+    _Syncer(txn, delete, checksum).run(src, dest, st)
+
+
+class _Syncer:
+    def __init__(self, txn: Transaction, delete: bool, checksum: bool) -> None:
+        self.txn = txn
+        self.delete = delete
+        self.checksum = checksum
+        s = txn.pub.settings
+        self.xattrs = s.include_xattrs
+        self.mtime_ns = s.mtime_ns
+        self.ignore_special = s.ignore_special_files
+
+    def _meta(self, path: str, st: os.stat_result) -> Meta:
+        return meta_from_stat(st, xattrs=read_user_xattrs(path) if self.xattrs else None,
+                              mtime_ns=self.mtime_ns)
+
+    def run(self, src: Path, dest: bytes, st: os.stat_result) -> None:
+        self.txn._put_dir(dest, self._meta(str(src), st), size=st.st_size)
+        stack = [(str(src), dest)]
+        while stack:
+            local, repo = stack.pop()
+            stack.extend(reversed(self._sync_dir(local, repo)))
+
+    def _sync_dir(self, local: str, repo: bytes) -> list[tuple[str, bytes]]:
+        txn = self.txn
+        try:
+            with os.scandir(local) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise PublishError(f"{local}: cannot list ({e.strerror})") from None
+        existing = {}
+        row = txn.lookup(repo)
+        if row is not None and row.flags & Flags.DIR:
+            existing = dict(txn.tree.listdir(repo))
+        stats = {}
+        for e in entries:
+            try:
+                stats[e.name] = e.stat(follow_symlinks=False)
+            except OSError as err:
+                raise PublishError(f"{e.path}: cannot read ({err.strerror})") from None
+        links = Counter((s.st_dev, s.st_ino) for s in stats.values()
+                        if stat.S_ISREG(s.st_mode) and s.st_nlink > 1)
+        subdirs = []
+        for e in entries:
+            name = os.fsencode(e.name)
+            p = repo + b"/" + name
+            check_name(p)
+            st = stats[e.name]
+            meta = self._meta(e.path, st)
+            old = existing.get(name)
+            if stat.S_ISDIR(st.st_mode):
+                txn._put_dir(p, meta, size=st.st_size)
+                subdirs.append((e.path, p))
+            elif stat.S_ISREG(st.st_mode):
+                n = links.get((st.st_dev, st.st_ino), 1)
+                if not self.checksum and old is not None and _unchanged(old, meta, st, n):
+                    continue
+                key = f"{st.st_dev}:{st.st_ino}:".encode() + repo if n > 1 else b""
+                fut = txn.ingester.submit_path(e.path, st.st_size)
+                txn.add_content(p, meta, fut, hardlink=(key, n) if n > 1 else None)
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.fsencode(os.readlink(e.path))
+                txn._put_row(p, symlink_row(p, meta, target))
+            else:
+                if self.ignore_special:
+                    continue
+                txn._put_row(p, special_row(p, meta, stat.S_IFMT(st.st_mode), st.st_rdev))
+        if self.delete:
+            present = {os.fsencode(e.name) for e in entries}
+            for name in existing:
+                if name not in present:
+                    txn.remove(repo + b"/" + name)
+        return subdirs
+
+
+def _unchanged(old, meta: Meta, st: os.stat_result, links: int) -> bool:
+    if old.flags & (Flags.DIR | Flags.LINK | Flags.SPECIAL) or not old.flags & Flags.FILE:
+        return False
+    from pycvmfs.format.xattr import encode_xattrs
+
+    blob = encode_xattrs(meta.xattrs, what="") if meta.xattrs else None
+    return (old.size == st.st_size and old.mtime == meta.mtime and old.mtimens == meta.mtimens
+            and stat.S_IMODE(old.mode) == meta.perm and old.uid == meta.uid
+            and old.gid == meta.gid and old.xattr == blob
+            and (old.linkcount if old.hardlink_group else 1) == links)
