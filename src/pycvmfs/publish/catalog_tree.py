@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -366,7 +367,8 @@ class CatalogTree:
         new_rev = revision if revision is not None else o.old_revision + 1
         counters = w.finalize(revision=new_rev, last_modified=now,
                               previous_revision=o.old_hash, ttl=ttl,
-                              record_previous=record_previous, children=[{f"subtree_{f}": v for f, v in subtree.items()}])
+                              record_previous=record_previous,
+                              children=[{f"subtree_{f}": v for f, v in subtree.items()}])
         w.close()
         data = o.file.read_bytes()
         h = store(compress(data), ObjectKind.CATALOG)
@@ -389,10 +391,8 @@ class CatalogTree:
 
     def close(self) -> None:
         for o in list(self._open.values()):
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 o.writer.abort()
-            except Exception:
-                pass
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
