@@ -65,6 +65,18 @@ class TagNotFoundError(CvmfsError):
     """A named tag, revision number or date has no matching revision in the history."""
 
 
+class PublishError(CvmfsError):
+    """A change that cannot be published (bad name or path, unreadable input, limits...)."""
+
+
+class IngestError(PublishError):
+    """An input file could not be read or is not acceptable (too large, changed while read)."""
+
+
+class RepositoryBusyError(CvmfsError):
+    """Another process holds the repository's publish lock."""
+
+
 class PathError(CvmfsError, OSError):
     """A path inside a repository that cannot be resolved as asked; carries an errno."""
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers.publishing import reader
 
 from pycvmfs.client.repository import open_repository
 from pycvmfs.format.hashes import ObjectKind
+
+from helpers.publishing import reader
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import os
 import stat
 
 import pytest
-from helpers.publishing import describe_tree, describe_view, reader
 
 from pycvmfs.errors import CvmfsError
-from pycvmfs.publish.rows import PublishError
+
+from helpers.publishing import describe_tree, describe_view, reader
 
 
 def _compare(src_desc: dict, view_desc: dict) -> None:
@@ -43,7 +43,7 @@ def _compare(src_desc: dict, view_desc: dict) -> None:
 def _make_tree(root):
     (root / "empty-dir").mkdir(parents=True)
     (root / "empty-file").write_bytes(b"")
-    (root / "ünïcödé ñame 日本語 😀.txt").write_bytes("unicode\n".encode())
+    (root / "ünïcödé ñame 日本語 😀.txt").write_bytes(b"unicode\n")
     deep = root.joinpath(*[f"l{i}" for i in range(12)])
     deep.mkdir(parents=True)
     (deep / "leaf").write_bytes(b"deep\n")
@@ -189,7 +189,7 @@ _UNREADABLE = """
 import os, sys
 from pathlib import Path
 from pycvmfs.publish.repository import Publisher
-from pycvmfs.publish.rows import PublishError
+from pycvmfs.errors import PublishError
 base = Path(sys.argv[1])
 pub = Publisher.mkfs("test.example.org", base / "srv", config_dir=base / "etc")
 src = base / "src"

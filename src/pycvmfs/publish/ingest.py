@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pycvmfs.errors import CvmfsError
+from pycvmfs.errors import IngestError
 from pycvmfs.format.catalog import Chunk
 from pycvmfs.format.chunking import Chunker, ChunkingParams
 from pycvmfs.format.compression import Compression, compress
@@ -24,10 +24,6 @@ from pycvmfs.storage.local import LocalStorage
 __all__ = ["IngestError", "IngestStats", "Ingested", "Ingester"]
 
 _READ_BLOCK = 1 << 20
-
-
-class IngestError(CvmfsError):
-    """An input file could not be read or is not acceptable (too large, changed while read)."""
 
 
 @dataclass(frozen=True, slots=True)

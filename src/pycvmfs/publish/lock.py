@@ -8,13 +8,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pycvmfs.errors import CvmfsError
+from pycvmfs.errors import RepositoryBusyError
 
 __all__ = ["RepositoryBusyError", "publish_lock"]
-
-
-class RepositoryBusyError(CvmfsError):
-    """Another process holds the repository's publish lock."""
 
 
 @contextlib.contextmanager

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from pycvmfs.errors import PublishError
 from pycvmfs.format.dirent import Flags
-from pycvmfs.publish.rows import PublishError
 
 if TYPE_CHECKING:
     from pycvmfs.publish.transaction import Transaction

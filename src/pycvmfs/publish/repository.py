@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pycvmfs.errors import ConfigError, TagNotFoundError
+from pycvmfs.errors import ConfigError, PublishError, TagNotFoundError
 from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.dirent import make_flags
@@ -25,7 +25,6 @@ from pycvmfs.publish.config import RepositoryConfig, ServerSettings, check_fqrn,
 from pycvmfs.publish.ingest import Ingester
 from pycvmfs.publish.keys import RepositoryKeys
 from pycvmfs.publish.lock import publish_lock
-from pycvmfs.publish.rows import PublishError
 from pycvmfs.publish.signing import read_head, store_object, switch_manifest
 from pycvmfs.publish.transaction import PublishSummary, Transaction
 from pycvmfs.storage.local import LocalStorage

@@ -6,7 +6,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from pycvmfs.errors import CvmfsError
+from pycvmfs.errors import PublishError
 from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.dirent import make_flags
 from pycvmfs.format.xattr import encode_xattrs
@@ -17,10 +17,6 @@ __all__ = ["Meta", "PublishError", "check_name", "dir_row", "file_row", "meta_fr
 
 NAME_MAX = 255
 RESERVED_ROOT = {b".cvmfs"}
-
-
-class PublishError(CvmfsError):
-    """A change that cannot be published (bad name, bad path, unreadable input...)."""
 
 
 @dataclass(frozen=True, slots=True)

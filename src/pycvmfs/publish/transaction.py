@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from pycvmfs.errors import CvmfsError
+from pycvmfs.errors import CvmfsError, PublishError
 from pycvmfs.format.catalog import parent_path
 from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.dirent import Flags
@@ -19,7 +19,6 @@ from pycvmfs.publish.catalog_tree import CatalogTree
 from pycvmfs.publish.ingest import Ingested, Ingester
 from pycvmfs.publish.rows import (
     Meta,
-    PublishError,
     check_name,
     dir_row,
     file_row,
