@@ -79,7 +79,8 @@ def _mode_string(mode: int) -> str:
 @click.argument("url")
 @click.argument("path", default="/")
 @click.option("-l", "long", is_flag=True, help="Long listing (mode, links, owner, size, time).")
-@click.option("-a", "--all", "show_hidden", is_flag=True, help="Include hidden entries.")
+@click.option("-a", "--all", "show_hidden", is_flag=True,
+              help="Include names starting with '.' and entries hidden by the catalog.")
 @repository_options
 @revision_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -87,9 +88,12 @@ def ls_cmd(url: str, path: str, long: bool, show_hidden: bool, as_json: bool, **
     """List a directory (or show one entry) of a revision."""
     sel = revision_selector(kw)
     with open_repo(url, kw) as repo, repo.open_revision(**sel) as view:
-        st = view.stat(path) if path not in ("", "/") else view.stat("/")
-        if st.is_dir:
-            entries = view.scandir(path, include_hidden=show_hidden)
+        st = view.lstat(path)
+        if st.is_symlink and not long:
+            st = view.stat(path)  # like ls: a link to a directory lists the directory...
+        if st.is_dir:  # ...unless -l, which shows the link itself
+            entries = [s for s in view.scandir(path, include_hidden=show_hidden)
+                       if show_hidden or not s.name.startswith(".")]
         else:
             entries = [view.lstat(path)]
         if as_json:

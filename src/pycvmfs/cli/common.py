@@ -23,6 +23,10 @@ class CvmfsGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # e.g. `pycvmfs cat ... | head`: the reader is gone, end quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(141)
         except CvmfsError as e:
             click.echo(f"pycvmfs: error: {e}", err=True)
             ctx.exit(1)
@@ -48,7 +52,7 @@ def _default_keys(fqrn_hint: str | None) -> list[str]:
 def repository_options(f: Callable) -> Callable:
     """``--key``, ``--fqrn``, ``--cache-dir``, ``--proxy``, ``--timeout``."""
 
-    @click.option("-k", "--key", "keys", multiple=True, type=click.Path(exists=True),
+    @click.option("-k", "--key", "keys", multiple=True, type=click.Path(),
                   help="Master public key file, or a directory of *.pub keys (repeatable). "
                        "Default: $CVMFS_PUBLIC_KEY, $CVMFS_KEYS_DIR, /etc/cvmfs/keys.")
     @click.option("--fqrn", help="Repository name (default: the last component of the URL).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pycvmfs import __version__
-from pycvmfs.cli import client_cmds
+from pycvmfs.cli import client_cmds, publish_cmds
 from pycvmfs.cli.common import CvmfsGroup
 
 
@@ -16,6 +16,7 @@ def cli() -> None:
 
 
 client_cmds.register(cli)
+publish_cmds.register(cli)
 
 
 def main() -> None:

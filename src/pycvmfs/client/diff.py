@@ -66,7 +66,32 @@ def _subtree(view: RevisionView, s: Stat, kind: str) -> Iterator[Change]:
 def diff_revisions(a: RevisionView, b: RevisionView, path: str = "/") -> Iterator[Change]:
     """Changes from ``a`` to ``b`` below ``path``, in path order. Subtrees whose nested catalog
     has the same hash in both revisions are skipped without being loaded."""
-    yield from _diff_dir(a, b, a.stat(path).path)
+    sa, sb = _maybe_lstat(a, path), _maybe_lstat(b, path)
+    if sa is None and sb is None:
+        a.lstat(path)  # raises: the path exists in neither revision
+    if sa is None or sb is None or not (sa.is_dir and sb.is_dir):
+        if sa is None:
+            yield from _subtree(b, sb, "added")
+        elif sb is None:
+            yield from _subtree(a, sa, "removed")
+        else:
+            fields = _changed_fields(a, sa, b, sb)
+            if "type" in fields:
+                yield from _subtree(a, sa, "removed")
+                yield from _subtree(b, sb, "added")
+            elif fields:
+                yield Change("changed", sa.path, sa.type, fields)
+        return
+    yield from _diff_dir(a, b, sa.path)
+
+
+def _maybe_lstat(view: RevisionView, path: str) -> Stat | None:
+    from pycvmfs.errors import NoSuchPathError, NotADirectoryPathError
+
+    try:
+        return view.lstat(path)
+    except (NoSuchPathError, NotADirectoryPathError):
+        return None
 
 
 def _diff_dir(a: RevisionView, b: RevisionView, path: str) -> Iterator[Change]:

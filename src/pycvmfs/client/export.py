@@ -42,7 +42,8 @@ def export_tree(view: RevisionView, path: str, dest: str | os.PathLike, *, worke
     top = view.stat(path)
     if not top.is_dir:
         if dest.is_dir():
-            dest = dest / top.name
+            dest = dest / view.lstat(path).name  # the name asked for, not a link's target
+        dest.parent.mkdir(parents=True, exist_ok=True)
         _write_file(view, top, dest, report)
         report.files += 1
         report.bytes += top.st_size

@@ -155,13 +155,13 @@ def _walk_revision(repo: Repository, checker: _Checker, root: ContentHash,
         h, mountpoint = stack.pop()
         what = f"{h.describe(ObjectKind.CATALOG)} at {mountpoint or '/'}"
         try:
-            path = repo.fetch_object(h, ObjectKind.CATALOG)
-            checker.counted(h, ObjectKind.CATALOG, 0)
+            before = repo.cache.stats["bytes_downloaded"]
+            repo.fetch_object(h, ObjectKind.CATALOG)
+            checker.counted(h, ObjectKind.CATALOG, repo.cache.stats["bytes_downloaded"] - before)
             cat = repo.load_catalog(h, what=what)
         except CvmfsError as e:
             checker.fail(h.object_name(ObjectKind.CATALOG), e)
             continue
-        del path
         with cat:
             if first:
                 report.revisions.append(cat.revision)

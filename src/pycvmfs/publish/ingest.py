@@ -62,13 +62,17 @@ class Ingester:
     def __init__(self, store: LocalStorage, *, algorithm: Algorithm = Algorithm.SHA1,
                  compression: Compression = Compression.ZLIB,
                  chunking: ChunkingParams | None = None, max_file_size: int | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
         self.store = store
         self.algorithm = algorithm
         self.compression = compression
         self.chunking = chunking
         self.max_file_size = max_file_size
         self.workers = workers or os.cpu_count() or 2
+        self.on_progress = on_progress
+        self._done_files = 0
+        self._done_bytes = 0
         self._pool = ThreadPoolExecutor(max_workers=self.workers,
                                         thread_name_prefix="pycvmfs-ingest")
         self._lock = threading.Lock()
@@ -103,7 +107,14 @@ class Ingester:
     # -- internals -----------------------------------------------------------------------
     def _guard(self, fn, *args) -> Ingested:
         try:
-            return fn(*args)
+            result = fn(*args)
+            if self.on_progress is not None:
+                with self._lock:
+                    self._done_files += 1
+                    self._done_bytes += result.size
+                    files, size = self._done_files, self._done_bytes
+                self.on_progress(files, size)
+            return result
         finally:
             self._slots.release()
 

@@ -127,11 +127,11 @@ class Publisher:
         return CatalogTree(self.store, work, root, algorithm=self.settings.hash_algorithm,
                            root_entry=root_entry)
 
-    def new_ingester(self) -> Ingester:
+    def new_ingester(self, on_progress=None) -> Ingester:
         s = self.settings
         return Ingester(self.store, algorithm=s.hash_algorithm, compression=s.compression,
                         chunking=s.chunking if s.use_chunking else None,
-                        max_file_size=s.file_mbyte_limit << 20)
+                        max_file_size=s.file_mbyte_limit << 20, on_progress=on_progress)
 
     def transaction(self, *, tag: str | None = None, message: str = "",
                     progress=None) -> Transaction:

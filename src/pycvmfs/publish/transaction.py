@@ -115,7 +115,11 @@ class Transaction:
         try:
             self.head = self.pub.head()
             self.tree = self.pub.open_tree(self.head.root_catalog)
-            self.ingester = self.pub.new_ingester()
+            report = None
+            if self.progress is not None:
+                def report(files: int, size: int) -> None:
+                    self.progress("ingesting", files, None)
+            self.ingester = self.pub.new_ingester(on_progress=report)
         except BaseException:
             self._finish()
             raise

@@ -1,0 +1,253 @@
+"""Stratum-0 commands: mkfs, publish, ingest, rm, tag, rollback, resign."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import sys
+from collections.abc import Callable
+
+import click
+
+from pycvmfs.cli.common import emit_json, make_progress
+from pycvmfs.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def config_option(f: Callable) -> Callable:
+    @click.option("--config-dir", type=click.Path(file_okay=False), envvar="PYCVMFS_CONFIG_DIR",
+                  show_envvar=True,
+                  help="Where repository configuration and keys live "
+                       "(default /etc/pycvmfs for root, else ~/.config/pycvmfs).")
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def _open(fqrn: str, config_dir: str | None):
+    from pycvmfs.publish.repository import Publisher
+
+    return Publisher.open(fqrn, config_dir=config_dir)
+
+
+def _parse_chunks(text: str):
+    from pycvmfs.format.chunking import ChunkingParams
+
+    try:
+        mn, av, mx = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--chunk-sizes {text!r}: expected MIN,AVG,MAX in bytes") from None
+    return ChunkingParams(mn, av, mx)
+
+
+@click.command()
+@click.argument("fqrn")
+@click.option("--storage", "-s", required=True, type=click.Path(file_okay=False),
+              help="Directory that will hold the repository (.cvmfspublished, data/).")
+@config_option
+@click.option("--hash-algorithm", type=click.Choice(["sha1", "rmd160", "shake128"]),
+              default="sha1", show_default=True)
+@click.option("--compression", type=click.Choice(["zlib", "none"]), default="zlib",
+              show_default=True)
+@click.option("--chunk-sizes", metavar="MIN,AVG,MAX",
+              help="Content-defined chunking sizes in bytes (default 4/8/16 MiB).")
+@click.option("--no-chunking", is_flag=True, help="Store every file as one object.")
+@click.option("--xattrs", is_flag=True, help="Record user extended attributes.")
+@click.option("--no-auto-tag", is_flag=True, help="Do not tag every publish automatically.")
+@click.option("--garbage-collectable", "-z", is_flag=True,
+              help="Allow `pycvmfs gc` (manifest G=yes).")
+@click.option("--ttl", type=int, default=240, show_default=True, help="Client catalog TTL (s).")
+@click.option("--whitelist-days", type=int, default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def mkfs(fqrn: str, storage: str, config_dir: str | None, hash_algorithm: str, compression: str,
+         chunk_sizes: str | None, no_chunking: bool, xattrs: bool, no_auto_tag: bool,
+         garbage_collectable: bool, ttl: int, whitelist_days: int, as_json: bool) -> None:
+    """Create repository FQRN in --storage, with new keys (like `cvmfs_server mkfs`)."""
+    from pycvmfs.format.compression import Compression
+    from pycvmfs.format.hashes import Algorithm
+    from pycvmfs.publish.config import ServerSettings
+    from pycvmfs.publish.repository import Publisher
+
+    settings = ServerSettings(hash_algorithm=Algorithm.from_config_name(hash_algorithm),
+                              compression=Compression.from_config_name(compression),
+                              use_chunking=not no_chunking, include_xattrs=xattrs,
+                              auto_tag=not no_auto_tag, garbage_collection=garbage_collectable,
+                              ttl=ttl)
+    if chunk_sizes:
+        settings.chunking = _parse_chunks(chunk_sizes)
+    pub = Publisher.mkfs(fqrn, storage, config_dir=config_dir, settings=settings,
+                         whitelist_days=whitelist_days)
+    head = pub.head()
+    info = {"fqrn": fqrn, "storage": str(pub.config.storage),
+            "config": str(pub.config.server_conf), "public_key": str(pub.config.key_path("pub")),
+            "revision": head.revision, "root_hash": str(head.root_catalog)}
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"created {fqrn} (revision {head.revision}) in {info['storage']}")
+    click.echo(f"configuration: {info['config']}")
+    click.echo(f"public key for clients: {info['public_key']}")
+
+
+def _summary_out(summary, as_json: bool) -> None:
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    for w in summary.warnings:
+        click.echo(f"pycvmfs: warning: {w}", err=True)
+    if summary.revision is None:
+        click.echo(f"nothing changed; no new revision ({summary.seconds:.2f} s)")
+        return
+    mb = summary.bytes_in / 1e6
+    click.echo(f"published revision {summary.revision} ({summary.root_hash}): "
+               f"{summary.files} files read, {mb:.1f} MB, {summary.objects_new} new objects, "
+               f"{summary.bytes_stored / 1e6:.1f} MB stored, {summary.entries_added} added, "
+               f"{summary.entries_removed} removed, in {summary.seconds:.2f} s"
+               + (f"; tagged {', '.join(summary.tags)}" if summary.tags else ""))
+
+
+@click.command()
+@click.argument("fqrn")
+@click.option("--from", "source", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Local directory to publish.")
+@click.option("--to", "dest", default="/", show_default=True,
+              help="Repository directory it becomes.")
+@click.option("--delete", is_flag=True, help="Remove entries that are not in --from.")
+@click.option("--checksum", is_flag=True,
+              help="Compare file contents, not just type/size/mtime/mode.")
+@click.option("-a", "--tag", help="Tag the new revision (instead of an automatic tag).")
+@click.option("-m", "--message", default="", help="Tag description.")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def publish(fqrn: str, source: str, dest: str, delete: bool, checksum: bool, tag: str | None,
+            message: str, config_dir: str | None, as_json: bool) -> None:
+    """Synchronise a local directory into repository FQRN as one new revision."""
+    pub = _open(fqrn, config_dir)
+    with make_progress("publishing") as progress, \
+            pub.transaction(tag=tag, message=message, progress=_stage(progress)) as txn:
+        txn.add_tree(source, dest, delete=delete, checksum=checksum)
+    _summary_out(txn.summary, as_json)
+
+
+def _stage(progress):
+    def update(stage: str, done: int, total: int | None) -> None:
+        progress(done, total)
+
+    return update
+
+
+@click.command()
+@click.argument("fqrn")
+@click.option("--tar", "tarball", required=True,
+              help="Tar archive (plain, gzip, bzip2, xz), or - for standard input.")
+@click.option("--to", "dest", required=True, help="Repository directory to unpack into.")
+@click.option("--uid", type=int, help="Owner of the ingested entries (default: from the tar).")
+@click.option("--gid", type=int, help="Group of the ingested entries (default: from the tar).")
+@click.option("-a", "--tag", help="Tag the new revision.")
+@click.option("-m", "--message", default="", help="Tag description.")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def ingest(fqrn: str, tarball: str, dest: str, uid: int | None, gid: int | None,
+           tag: str | None, message: str, config_dir: str | None, as_json: bool) -> None:
+    """Unpack a tar archive into repository FQRN as one new revision (streamed)."""
+    pub = _open(fqrn, config_dir)
+    src = sys.stdin.buffer if tarball == "-" else tarball
+    with pub.transaction(tag=tag, message=message) as txn:
+        txn.add_tarball(src, dest, uid=uid, gid=gid)
+    _summary_out(txn.summary, as_json)
+
+
+@click.command(name="rm")
+@click.argument("fqrn")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Ignore paths that do not exist.")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def rm_cmd(fqrn: str, paths: tuple[str, ...], force: bool, config_dir: str | None,
+           as_json: bool) -> None:
+    """Remove paths (directories recursively) from repository FQRN as one new revision."""
+    pub = _open(fqrn, config_dir)
+    with pub.transaction() as txn:
+        for p in paths:
+            txn.remove(p, missing_ok=force)
+    _summary_out(txn.summary, as_json)
+
+
+@click.command()
+@click.argument("fqrn")
+@click.option("-a", "--add", "add", metavar="NAME", help="Add a tag.")
+@click.option("-m", "--message", default="", help="Description of the new tag.")
+@click.option("-h", "--root-hash", help="Root catalog the new tag names (default: newest).")
+@click.option("-r", "--remove", "remove", metavar="NAME", help="Remove a tag.")
+@click.option("-l", "--list", "list_", is_flag=True, help="List the tags.")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def tag(fqrn: str, add: str | None, message: str, root_hash: str | None, remove: str | None,
+        list_: bool, config_dir: str | None, as_json: bool) -> None:
+    """Add, remove or list named tags (like `cvmfs_server tag`)."""
+    from pycvmfs.format.hashes import ContentHash
+
+    if sum(bool(x) for x in (add, remove, list_)) != 1:
+        raise ConfigError("give exactly one of -a NAME, -r NAME, -l")
+    pub = _open(fqrn, config_dir)
+    if add:
+        h = ContentHash.parse(root_hash, what="--root-hash") if root_hash else None
+        pub.tag(add, root_hash=h, message=message)
+        if as_json:
+            emit_json({"added": add})
+        else:
+            click.echo(f"tagged {add}")
+        return
+    if remove:
+        pub.tag(remove, remove=True)
+        if as_json:
+            emit_json({"removed": remove})
+        else:
+            click.echo(f"removed tag {remove}")
+        return
+    rows = pub.tags()
+    if as_json:
+        emit_json([{"name": t.name, "root_hash": str(t.root_hash), "revision": t.revision,
+                    "timestamp": t.timestamp, "size": t.size, "description": t.description}
+                   for t in rows])
+        return
+    for t in rows:
+        when = _dt.datetime.fromtimestamp(t.timestamp, _dt.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+        click.echo(f"{t.name:<32} r{t.revision:<5} {when}  {t.root_hash}  {t.description}")
+
+
+@click.command()
+@click.argument("fqrn")
+@click.argument("target", default="trunk-previous")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def rollback(fqrn: str, target: str, config_dir: str | None, as_json: bool) -> None:
+    """Make the revision of tag TARGET (default: trunk-previous) current, as a new revision."""
+    pub = _open(fqrn, config_dir)
+    m = pub.rollback(target)
+    if as_json:
+        emit_json({"revision": m.revision, "root_hash": str(m.root_catalog), "target": target})
+    else:
+        click.echo(f"rolled back to {target}: revision {m.revision} ({m.root_catalog})")
+
+
+@click.command()
+@click.argument("fqrn")
+@click.option("-d", "--days", type=int, default=30, show_default=True,
+              help="Validity of the new whitelist.")
+@config_option
+def resign(fqrn: str, days: int, config_dir: str | None) -> None:
+    """Renew the whitelist with the master key (like `cvmfs_server resign`)."""
+    pub = _open(fqrn, config_dir)
+    pub.resign(days=days)
+    click.echo(f"whitelist of {fqrn} renewed for {days} days")
+
+
+def register(group: click.Group) -> None:
+    for cmd in (mkfs, publish, ingest, rm_cmd, tag, rollback, resign):
+        group.add_command(cmd)
+
