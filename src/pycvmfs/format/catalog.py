@@ -51,6 +51,20 @@ def _fs(b: bytes) -> str:
     return os.fsdecode(b)
 
 
+def _col_name(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _int(value: object, what: str, column: str, default: int | None = None) -> int:
+    """An INTEGER column's value; anything else (REAL, TEXT, BLOB, NULL) is malformed."""
+    if type(value) is int:
+        return value
+    if value is None and default is not None:
+        return default
+    raise FormatError(f"{what}: column {column} holds {type(value).__name__} {value!r:.40}, "
+                      "not an integer")
+
+
 class Catalog:
     """A read-only view of one decompressed catalog file.
 
@@ -65,8 +79,7 @@ class Catalog:
         self.hash = hash
         self.properties = read_properties(conn, what=what)
         self._check_schema()
-        cols = {r[1].decode() if isinstance(r[1], bytes) else r[1]
-                for r in conn.execute("PRAGMA table_info(catalog)")}
+        cols = {_col_name(r[1]) for r in conn.execute("PRAGMA table_info(catalog)")}
         if not cols:
             raise FormatError(f"{what}: no catalog table")
         exprs = [c if c in cols else "NULL" for c in _ENTRY_COLUMNS]
@@ -74,7 +87,7 @@ class Catalog:
             exprs[_ENTRY_COLUMNS.index("hardlinks")] = "1"
         self._select = "SELECT rowid, " + ", ".join(exprs) + " FROM catalog "
         self._nested: list[NestedRef] | None = None
-        self._tables = {r[0].decode() if isinstance(r[0], bytes) else r[0]
+        self._tables = {_col_name(r[0])
                         for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
     @classmethod
@@ -83,7 +96,7 @@ class Catalog:
         conn = open_database(path, what=what, text_as_bytes=True)
         try:
             return cls(conn, what=what, hash=hash)
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             conn.close()
             raise FormatError(f"{what}: unreadable catalog ({e})") from None
         except BaseException:
@@ -156,34 +169,47 @@ class Catalog:
     def _entry(self, row: tuple) -> DirectoryEntry:
         (rowid, m1, m2, p1, p2, hardlinks, hsh, size, mode, mtime, mtimens, flags, name,
          symlink, uid, gid, xattr) = row
-        try:
-            flags = int(flags)
-            group, linkcount = split_hardlinks(int(hardlinks if hardlinks is not None else 1))
-            chash = None
-            if hsh is not None and len(hsh) > 0:
-                if not isinstance(hsh, bytes) or len(hsh) != 20:
-                    raise FormatError(f"{self.what}: entry {name!r} has a malformed hash")
-                if any(hsh):
+        w = self.what
+        if not isinstance(name, bytes):
+            raise FormatError(f"{w}: row {rowid} has no name")
+        where = f"{w}: entry {_fs(name)!r}"
+        flags = _int(flags, where, "flags")
+        group, linkcount = split_hardlinks(_int(hardlinks, where, "hardlinks", 1))
+        chash = None
+        if hsh is not None and not (isinstance(hsh, bytes) and len(hsh) == 0):
+            if not isinstance(hsh, bytes) or len(hsh) != 20:
+                raise FormatError(f"{where} has a malformed hash")
+            if any(hsh):
+                try:
                     algo = Algorithm.from_flag_code((flags >> 8) & 7)
-                    chash = ContentHash(algo, hsh)
-            entry = DirectoryEntry(
-                name=name if isinstance(name, bytes) else str(name).encode(),
-                mode=int(mode), size=int(size or 0), mtime=int(mtime or 0),
-                mtimens=None if mtimens is None else int(mtimens), flags=flags, hash=chash,
-                symlink=(symlink if isinstance(symlink, bytes) else
-                         (b"" if symlink is None else str(symlink).encode())),
-                uid=int(uid or 0), gid=int(gid or 0), hardlink_group=group,
-                linkcount=linkcount, xattr_blob=xattr if xattr else None,
-                md5path=(int(m1), int(m2)), parent=(int(p1), int(p2)), rowid=int(rowid))
-        except (TypeError, ValueError) as e:
-            raise FormatError(f"{self.what}: malformed catalog row {rowid} ({e})") from None
-        entry.validate(what=self.what)
+                except FormatError as e:
+                    raise FormatError(f"{where}: {e}") from None
+                chash = ContentHash(algo, hsh)
+        if symlink is not None and not isinstance(symlink, bytes):
+            raise FormatError(f"{where}: symlink column is not text")
+        if xattr is not None and not isinstance(xattr, bytes):
+            raise FormatError(f"{where}: xattr column is not a blob")
+        entry = DirectoryEntry(
+            name=name, mode=_int(mode, where, "mode"), size=_int(size, where, "size", 0),
+            mtime=_int(mtime, where, "mtime", 0),
+            mtimens=None if mtimens is None else _int(mtimens, where, "mtimens"), flags=flags,
+            hash=chash, symlink=symlink or b"", uid=_int(uid, where, "uid", 0),
+            gid=_int(gid, where, "gid", 0), hardlink_group=group, linkcount=linkcount,
+            xattr_blob=xattr if xattr else None,
+            md5path=(_int(m1, where, "md5path_1"), _int(m2, where, "md5path_2")),
+            parent=(_int(p1, where, "parent_1"), _int(p2, where, "parent_2")),
+            rowid=int(rowid))
+        try:
+            entry.validate(what=w)
+            _ = entry.compression, entry.hash_algorithm
+        except FormatError as e:
+            raise FormatError(f"{where}: {e}") from None
         return entry
 
     def _query(self, where: str, args: tuple) -> list[tuple]:
         try:
             return self._db.execute(self._select + where, args).fetchall()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise FormatError(f"{self.what}: catalog query failed ({e})") from None
 
     def lookup(self, path: bytes) -> DirectoryEntry | None:
@@ -204,7 +230,7 @@ class Catalog:
             cur = self._db.execute(self._select + "ORDER BY rowid")
             for row in cur:
                 yield self._entry(row)
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise FormatError(f"{self.what}: catalog query failed ({e})") from None
 
     def max_rowid(self) -> int:
@@ -233,19 +259,20 @@ class Catalog:
             rows = self._db.execute(
                 "SELECT offset, size, hash FROM chunks WHERE md5path_1=? AND md5path_2=? "
                 "ORDER BY offset", md5_pair(path)).fetchall()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise FormatError(f"{self.what}: chunks query failed ({e})") from None
         out: list[Chunk] = []
         pos = 0
+        where = f"{self.what}: chunks of {_fs(path)!r}"
         for offset, size, h in rows:
+            offset, size = _int(offset, where, "offset"), _int(size, where, "size")
             if not isinstance(h, bytes) or len(h) != 20:
-                raise FormatError(f"{self.what}: chunk of {_fs(path)!r} at {offset} has a "
-                                  "malformed hash")
+                raise FormatError(f"{where}: chunk at {offset} has a malformed hash")
             if offset != pos or size <= 0:
-                raise FormatError(f"{self.what}: chunks of {_fs(path)!r} do not tile the file "
-                                  f"(chunk at {offset}, expected {pos})")
-            out.append(Chunk(int(offset), int(size), ContentHash(algo, h)))
-            pos += int(size)
+                raise FormatError(f"{where} do not tile the file (chunk at {offset}, "
+                                  f"expected {pos})")
+            out.append(Chunk(offset, size, ContentHash(algo, h)))
+            pos += size
         if pos != entry.size:
             raise FormatError(f"{self.what}: chunks of {_fs(path)!r} cover {pos} bytes, "
                               f"file has {entry.size}")
@@ -260,27 +287,41 @@ class Catalog:
             for h, size, flags in cur:
                 if not isinstance(h, bytes) or len(h) != 20:
                     raise FormatError(f"{self.what}: a chunk row has a malformed hash")
-                flags = int(flags)
+                flags = _int(flags, self.what, "catalog.flags")
+                size = _int(size, self.what, "chunks.size")
                 if flags & Flags.EXTERNAL:
                     continue
-                yield (ContentHash(Algorithm.from_flag_code((flags >> 8) & 7), h),
-                       Compression.from_flag_code((flags >> 11) & 7), int(size))
-        except sqlite3.DatabaseError as e:
+                yield (ContentHash(self._algo(flags), h), self._comp(flags), size)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise FormatError(f"{self.what}: chunks query failed ({e})") from None
+
+    def _algo(self, flags: int) -> Algorithm:
+        try:
+            return Algorithm.from_flag_code((flags >> 8) & 7)
+        except FormatError as e:
+            raise FormatError(f"{self.what}: {e}") from None
+
+    def _comp(self, flags: int) -> Compression:
+        try:
+            return Compression.from_flag_code((flags >> 11) & 7)
+        except FormatError as e:
+            raise FormatError(f"{self.what}: {e}") from None
 
     def all_file_hashes(self) -> Iterator[tuple[ContentHash, Compression, int]]:
         """(hash, compression, size) of every non-external entry that names a data object."""
         try:
             cur = self._db.execute("SELECT hash, size, flags FROM catalog WHERE hash IS NOT NULL")
             for h, size, flags in cur:
-                flags = int(flags)
-                if flags & Flags.EXTERNAL or not isinstance(h, bytes) or not any(h):
+                flags = _int(flags, self.what, "catalog.flags")
+                if not isinstance(h, bytes):
+                    raise FormatError(f"{self.what}: an entry's hash is not a blob")
+                if flags & Flags.EXTERNAL or not any(h):
                     continue
                 if len(h) != 20:
                     raise FormatError(f"{self.what}: an entry has a malformed hash")
-                yield (ContentHash(Algorithm.from_flag_code((flags >> 8) & 7), h),
-                       Compression.from_flag_code((flags >> 11) & 7), int(size or 0))
-        except sqlite3.DatabaseError as e:
+                yield (ContentHash(self._algo(flags), h), self._comp(flags),
+                       _int(size, self.what, "catalog.size", 0))
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise FormatError(f"{self.what}: catalog query failed ({e})") from None
 
     def orphan_chunk_count(self) -> int:
@@ -294,16 +335,21 @@ class Catalog:
     def _refs(self, table: str) -> list[NestedRef]:
         if table not in self._tables:
             return []
-        cols = {r[1].decode() if isinstance(r[1], bytes) else r[1]
-                for r in self._db.execute(f"PRAGMA table_info({table})")}
-        size_expr = "size" if "size" in cols else "0"
-        sha_expr = "sha1" if "sha1" in cols else "NULL"
+        try:
+            cols = {_col_name(r[1]) for r in self._db.execute(f"PRAGMA table_info({table})")}
+            size_expr = "size" if "size" in cols else "0"
+            sha_expr = "sha1" if "sha1" in cols else "NULL"
+            query = f"SELECT path, {sha_expr}, {size_expr} FROM {table}"
+            rows = self._db.execute(query).fetchall()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+            raise FormatError(f"{self.what}: cannot read table {table} ({e})") from None
         out = []
-        query = f"SELECT path, {sha_expr}, {size_expr} FROM {table}"
-        for path, sha, size in self._db.execute(query):
-            p = path if isinstance(path, bytes) else str(path).encode()
-            h = ContentHash.parse_optional(sha, what=f"{self.what}: {table} {_fs(p)!r}")
-            out.append(NestedRef(p.rstrip(b"/"), h, int(size or 0)))
+        for path, sha, size in rows:
+            if not isinstance(path, bytes):
+                raise FormatError(f"{self.what}: {table} row without a path")
+            where = f"{self.what}: {table} {_fs(path)!r}"
+            h = ContentHash.parse_optional(sha, what=where)
+            out.append(NestedRef(path.rstrip(b"/"), h, _int(size, where, "size", 0)))
         out.sort(key=lambda r: r.path)
         return out
 
@@ -330,9 +376,13 @@ class Catalog:
         out = dict.fromkeys(COUNTER_NAMES, 0)
         if "statistics" not in self._tables:
             return out
-        for name, value in self._db.execute("SELECT counter, value FROM statistics"):
-            key = name.decode() if isinstance(name, bytes) else str(name)
-            out[key] = int(value)
+        try:
+            rows = self._db.execute("SELECT counter, value FROM statistics").fetchall()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+            raise FormatError(f"{self.what}: cannot read table statistics ({e})") from None
+        for name, value in rows:
+            key = _col_name(name)
+            out[key] = _int(value, f"{self.what}: counter {key}", "value")
         return out
 
     def object_kind(self) -> ObjectKind:

@@ -35,7 +35,7 @@ def open_database(path: str | os.PathLike, *, what: str, text_as_bytes: bool = F
         if text_as_bytes:
             conn.text_factory = bytes
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as e:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
         raise FormatError(f"{what}: not a valid SQLite database ({e})") from None
     return conn
 
