@@ -76,11 +76,11 @@ def generate(root: Path, *, files: int = 20_000, scale: float = 1.0, seed: int =
             data = libs[int(rng.integers(0, len(libs)))]
             stats["duplicates"] += 1
         else:
-            data = binary_bytes(rng, int(rng.integers(1 << 20, int(12 * scale) << 20)))
+            data = binary_bytes(rng, int(rng.integers(1 << 20, max(2 << 20, int((12 << 20) * scale)))))
             libs.append(data)
         _write(path, data, stats)
     for i in range(n_big):
-        _write(root / "data" / f"big{i}.root", binary_bytes(rng, int(110 * scale) << 20), stats)
+        _write(root / "data" / f"big{i}.root", binary_bytes(rng, int((110 << 20) * scale)), stats)
     return stats
 
 

@@ -104,6 +104,7 @@ class ServerSettings:
     enforce_limits: bool = False  # CVMFS_ENFORCE_LIMITS
     mtime_ns: bool = False  # CVMFS_ENABLE_MTIME_NS
     hardlinks: bool = True  # PYCVMFS_HARDLINKS: keep hard-link groups (stock AUFS behaviour)
+    ingest_processes: bool = True  # PYCVMFS_INGEST_PROCESSES: worker processes for tree syncs
     owner_uid: int | None = None  # CVMFS_USER's uid for entries we create ourselves
     owner_gid: int | None = None
 
@@ -126,6 +127,7 @@ class ServerSettings:
         "CVMFS_ENFORCE_LIMITS": "enforce_limits",
         "CVMFS_ENABLE_MTIME_NS": "mtime_ns",
         "PYCVMFS_HARDLINKS": "hardlinks",
+        "PYCVMFS_INGEST_PROCESSES": "ingest_processes",
     }
 
     @classmethod

@@ -10,7 +10,7 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +65,9 @@ class Ingester:
                  workers: int | None = None,
                  on_progress: Callable[[int, int], None] | None = None) -> None:
         self.store = store
+        self._root = str(store.root)
+        self._txn = os.path.join(self._root, "data", "txn")
+        os.makedirs(self._txn, exist_ok=True)
         self.algorithm = algorithm
         self.compression = compression
         self.chunking = chunking
@@ -78,11 +81,15 @@ class Ingester:
         self._lock = threading.Lock()
         self._known: dict[bytes, Future] = {}  # raw digest + kind -> Future[ContentHash]
         self.stats = IngestStats()
+        self._procs: list[ProcessPoolExecutor] = []
+        self._batches: list[list] = []
         # bound the work queued ahead so memory stays flat on huge trees
         self._slots = threading.BoundedSemaphore(self.workers * 4)
 
     # -- public --------------------------------------------------------------------------
     def submit_path(self, path: str | os.PathLike, size: int | None = None) -> Future[Ingested]:
+        if self._procs:
+            return self._submit_proc(Path(path), size)
         self._slots.acquire()
         fut = self._pool.submit(self._guard, self._ingest_path, Path(path), size)
         return fut
@@ -95,7 +102,88 @@ class Ingester:
         """Ingest ``size`` bytes from a stream in the calling thread (e.g. a tar member)."""
         return self._from_reader(read, size, what=what)
 
+    # -- process mode (tree syncs: per-file Python work would hold the GIL) ----------------
+    def start_processes(self, count: int | None = None) -> None:
+        """Ingest later :meth:`submit_path` calls in worker processes.
+
+        Files are routed to a worker by their size, so identical contents (which have equal
+        sizes) always meet the same worker's dedup table: each distinct content is still
+        compressed once. Small files travel in batches to keep the IPC cost low.
+        """
+        n = count if count is not None else (os.cpu_count() or 1)
+        if n < 2 or self._procs:
+            return
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")
+        args = (self._root, self.algorithm.value, self.compression.value,
+                None if self.chunking is None else (self.chunking.min_size,
+                                                    self.chunking.avg_size,
+                                                    self.chunking.max_size),
+                self.max_file_size)
+        self._procs = [ProcessPoolExecutor(1, mp_context=ctx, initializer=_proc_init,
+                                           initargs=args) for _ in range(n)]
+        self._batches = [[] for _ in range(n)]
+        self._batch_bytes = [0] * n
+        self._inflight = threading.BoundedSemaphore(4 * n)
+
+    def _submit_proc(self, path: Path, size: int | None) -> Future[Ingested]:
+        if size is None:
+            try:
+                size = os.stat(path).st_size
+            except OSError as e:
+                raise IngestError(f"{path}: cannot read ({e.strerror})") from None
+        w = ((size * 2654435761) & 0xFFFFFFFF) % len(self._procs)
+        fut: Future[Ingested] = Future()
+        self._batches[w].append((str(path), size, fut))
+        self._batch_bytes[w] += size
+        if len(self._batches[w]) >= 64 or self._batch_bytes[w] >= 16 << 20:
+            self._flush(w)
+        return fut
+
+    def _flush(self, w: int) -> None:
+        items = self._batches[w]
+        if not items:
+            return
+        self._batches[w] = []
+        self._batch_bytes[w] = 0
+        self._inflight.acquire()
+        bf = self._procs[w].submit(_proc_batch, [(p, n) for p, n, _ in items])
+        bf.add_done_callback(lambda f, items=items: self._batch_done(f, items))
+
+    def _batch_done(self, f: Future, items: list) -> None:
+        self._inflight.release()
+        try:
+            results, delta = f.result()
+        except BaseException as e:  # a worker died: every file of the batch fails
+            err = IngestError(f"ingest worker failed ({e})")
+            for _p, _n, fut in items:
+                fut.set_exception(err)
+            return
+        with self._lock:
+            for k, v in delta.items():
+                setattr(self.stats, k, getattr(self.stats, k) + v)
+            self._done_files += sum(1 for r in results if not isinstance(r, BaseException))
+            self._done_bytes += sum(r.size for r in results if not isinstance(r, BaseException))
+            files, size = self._done_files, self._done_bytes
+        for (_p, _n, fut), r in zip(items, results, strict=True):
+            if isinstance(r, BaseException):
+                fut.set_exception(r)
+            else:
+                fut.set_result(r)
+        if self.on_progress is not None:
+            self.on_progress(files, size)
+
+    def flush(self) -> None:
+        """Send every queued batch to the workers (before waiting on their futures)."""
+        for w in range(len(self._batches)):
+            self._flush(w)
+
     def close(self) -> None:
+        self.flush()
+        for p in self._procs:
+            p.shutdown(wait=True)
+        self._procs = []
         self._pool.shutdown(wait=True)
 
     def __enter__(self) -> Ingester:
@@ -215,11 +303,26 @@ class Ingester:
             raise
 
     def _put(self, rel: str, blob: bytes) -> None:
-        if self.store.exists(rel):
+        # rel is data/XX/<hash><suffix>, made from a hash: written directly (temp + rename)
+        dest = os.path.join(self._root, rel)
+        if os.path.exists(dest):
             with self._lock:
                 self.stats.objects_existing += 1
             return
-        self.store.put_bytes(rel, blob)
+        fd, tmp = tempfile.mkstemp(dir=self._txn, prefix="obj.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.chmod(tmp, 0o644)
+            try:
+                os.replace(tmp, dest)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         with self._lock:
             self.stats.objects_new += 1
             self.stats.bytes_stored += len(blob)
@@ -261,6 +364,31 @@ class Ingester:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+_WORKER: Ingester | None = None
+
+
+def _proc_init(root: str, algorithm: int, compression: int, chunking: tuple | None,
+               max_file_size: int | None) -> None:
+    global _WORKER
+    _WORKER = Ingester(LocalStorage(root, fsync=False), algorithm=Algorithm(algorithm),
+                       compression=Compression(compression),
+                       chunking=ChunkingParams(*chunking) if chunking else None,
+                       max_file_size=max_file_size, workers=1)
+
+
+def _proc_batch(items: list[tuple[str, int]]) -> tuple[list, dict[str, int]]:
+    w = _WORKER
+    before = w.stats.to_dict()
+    out: list = []
+    for path, size in items:
+        try:
+            out.append(w._ingest_path(Path(path), size))
+        except IngestError as e:
+            out.append(e)
+    after = w.stats.to_dict()
+    return out, {k: after[k] - before[k] for k in after}
 
 
 class _BytesReader:

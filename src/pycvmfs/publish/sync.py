@@ -55,6 +55,8 @@ def sync_directory(txn: Transaction, src: Path, dest: bytes, *, delete: bool = F
         raise PublishError(f"{src}: cannot read ({e.strerror})") from None
     if not stat.S_ISDIR(st.st_mode):
         raise PublishError(f"{src}: not a directory")
+    if txn.pub.settings.ingest_processes:
+        txn.ingester.start_processes()
     _Syncer(txn, delete, checksum).run(src, dest, st)
 
 

@@ -304,6 +304,7 @@ class Transaction:
 
     # -- commit --------------------------------------------------------------------------
     def _apply_pending(self) -> None:
+        self.ingester.flush()
         total = len(self._pending)
         for n, (p, pend) in enumerate(sorted(self._pending.items())):
             try:
