@@ -309,8 +309,9 @@ class Ingester:
             with self._lock:
                 self.stats.objects_existing += 1
             return
-        fd, tmp = tempfile.mkstemp(dir=self._txn, prefix="obj.")
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=self._txn, prefix="obj.")
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
             os.chmod(tmp, 0o644)
@@ -319,9 +320,13 @@ class Ingester:
             except FileNotFoundError:
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        except BaseException as e:
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise IngestError(f"storage {self._root}: cannot write {rel} "
+                                  f"({e.strerror})") from None
             raise
         with self._lock:
             self.stats.objects_new += 1
@@ -360,9 +365,12 @@ class Ingester:
                     self.stats.objects_new += 1
                     self.stats.bytes_stored += dest.stat().st_size
             return ch
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise IngestError(f"storage {self._root}: cannot write an object for {what} "
+                                  f"({e.strerror})") from None
             raise
 
 

@@ -339,8 +339,13 @@ class Transaction:
             self.summary.seconds = time.monotonic() - self._started
             return
         self.pub.check_limits(self.tree)
-        result = self.pub.commit_tree(self.tree, self.head, tag=self.tag,
-                                      message=self.message, summary=self.summary)
+        try:
+            result = self.pub.commit_tree(self.tree, self.head, tag=self.tag,
+                                          message=self.message, summary=self.summary)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            raise PublishError(f"{where}{e.strerror or e}; {self.pub.fqrn} stays at revision "
+                               f"{self.head.revision}") from None
         self.summary.revision = result.revision
         self.summary.root_hash = str(result.root_hash)
         self.summary.catalogs_written = result.catalogs_written
