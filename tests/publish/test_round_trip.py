@@ -257,3 +257,48 @@ def test_other_algorithms_and_compression_round_trip(make_publisher, source, tmp
         algo = pub.settings.hash_algorithm
         assert r.manifest.root_catalog.algorithm is algo
         assert view.stat("README" if False else "exec.sh").hash.algorithm is algo
+
+
+def test_automatic_catalogs_split_heavy_and_merge_light_catalogs(make_publisher, tmp_path):
+    pub = make_publisher(autocatalogs=True, autocatalogs_max_weight=400,
+                         autocatalogs_min_weight=50)
+    src = tmp_path / "auto"
+    for pkg in range(4):
+        for sub in range(3):
+            d = src / f"pkg{pkg}" / f"v{sub}"
+            d.mkdir(parents=True)
+            for i in range(60):
+                (d / f"f{i}").write_bytes(f"{pkg}.{sub}.{i}\n".encode())
+    with pub.transaction() as txn:
+        txn.add_tree(src, "/", delete=True)
+    with reader(pub, tmp_path / "c1") as r, r.open_revision() as view:
+        cats = dict(view.catalogs())
+        assert len(cats) > 1  # 4*3*61 + dirs > 400 rows: split
+        for mp, cat in cats.items():
+            assert cat.statistics()["self_regular"] + 5 <= 400 or mp == b"", mp
+            if mp:
+                names = view.listdir(mp)
+                assert ".cvmfscatalog" in names and ".cvmfsautocatalog" in names
+                assert view.lstat(mp.decode() + "/.cvmfsautocatalog").permissions == 0o600
+        total = sum(1 for _d, _ds, fs in view.walk("/") for f in fs
+                    if not f.name.startswith(".cvmfs"))
+        assert total == 4 * 3 * 60
+    rev = pub.head().revision
+    with pub.transaction() as txn:  # the markers it made are kept: nothing changed
+        txn.add_tree(src, "/", delete=True)
+    assert txn.summary.revision is None and pub.head().revision == rev
+    # shrink everything: the automatic catalogs fall under the minimum and are merged back
+    import shutil
+
+    for pkg in range(4):
+        for sub in range(3):
+            d = src / f"pkg{pkg}" / f"v{sub}"
+            shutil.rmtree(d)
+            d.mkdir()
+            (d / "only").write_bytes(b"x")
+    with pub.transaction() as txn:
+        txn.add_tree(src, "/", delete=True)
+    with reader(pub, tmp_path / "c2") as r, r.open_revision() as view:
+        assert sorted(dict(view.catalogs())) == [b""]
+        assert not any(f.name == ".cvmfsautocatalog" for _d, _ds, fs in view.walk("/")
+                       for f in fs)

@@ -164,6 +164,10 @@ class CatalogTree:
         """Mount points of the catalogs loaded so far."""
         return sorted(self._open)
 
+    def catalog_rows(self, mp: bytes) -> list[tuple[bytes, EntryRow]]:
+        """Every row of the loaded catalog at ``mp`` with its path."""
+        return self._open[mp].writer.all_rows()
+
     def entry_count(self, mp: bytes) -> int:
         return self._open[mp].writer.count_entries()
 

@@ -127,6 +127,8 @@ class _Syncer:
                 txn._put_row(p, special_row(p, meta, stat.S_IFMT(st.st_mode), st.st_rdev))
         if self.delete:
             present = {os.fsencode(e.name) for e in entries}
+            if b".cvmfsautocatalog" in existing:  # the publisher's own markers stay
+                present |= {b".cvmfscatalog", b".cvmfsautocatalog"}
             for name in existing:
                 if name not in present:
                     txn.remove(repo + b"/" + name)

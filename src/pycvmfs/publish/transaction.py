@@ -332,6 +332,10 @@ class Transaction:
 
         self._apply_pending()
         apply_catalog_markers(self, self._dirs_touched)
+        if self.pub.settings.autocatalogs and self._changed:
+            from pycvmfs.publish.autocatalog import balance_catalogs
+
+            balance_catalogs(self)
         st = self.ingester.stats
         for k, v in st.to_dict().items():
             setattr(self.summary, k, v)
