@@ -1,15 +1,13 @@
-"""The end-to-end demonstration behind the README's first command (``python -m pycvmfs.demo``)."""
+"""The main job end to end, behind the README's first command (``python -m pycvmfs.demo``):
+create a repository, publish a tree, serve it on loopback, read it back through the client."""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
-import http.server
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -17,77 +15,87 @@ from pycvmfs.client.export import export_tree
 from pycvmfs.client.repository import open_repository
 from pycvmfs.client.verify import verify_repository
 from pycvmfs.errors import CvmfsError
+from pycvmfs.format.chunking import ChunkingParams
+from pycvmfs.publish.config import ServerSettings
+from pycvmfs.publish.repository import Publisher
 
-FQRN = "golden.example.org"
-
-
-def _find_fixture(explicit: str | None) -> Path:
-    candidates = [explicit, os.environ.get("PYCVMFS_SHARED") and
-                  os.path.join(os.environ["PYCVMFS_SHARED"], "fixtures", "cvmfs-golden")]
-    here = Path(__file__).resolve()
-    candidates += [str(p / "shared" / "fixtures" / "cvmfs-golden") for p in here.parents]
-    for c in candidates:
-        if c and (Path(c) / FQRN / ".cvmfspublished").is_file():
-            return Path(c)
-    raise SystemExit("pycvmfs demo: the golden fixture (shared/fixtures/cvmfs-golden) was not "
-                     "found; pass --fixture DIR")
+FQRN = "demo.example.org"
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    disable_nagle_algorithm = True
+def make_sample_tree(root: Path) -> dict[str, str]:
+    """A small software-release-like tree; returns {path: sha1} of its files."""
+    files = {
+        "README": b"pycvmfs demo repository\n",
+        "releases/1.0/bin/hello": b"#!/bin/sh\necho hello from CernVM-FS\n",
+        "releases/1.0/include/demo.h": b"#pragma once\nint demo(void);\n" * 50,
+        "releases/1.0/lib/libdemo.so": bytes((i * 131 + i // 7) % 256 for i in range(600_000)),
+        "releases/1.0/share/data.txt": b"".join(b"line %d\n" % i for i in range(20_000)),
+        "releases/1.0/.cvmfscatalog": b"",
+    }
+    out = {}
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        out[rel] = hashlib.sha1(data).hexdigest()
+    os.chmod(root / "releases/1.0/bin/hello", 0o755)
+    os.symlink("1.0", root / "releases/latest")
+    return out
 
-    def log_message(self, *args) -> None:
-        pass
 
+def run(workdir: Path) -> int:
+    from pycvmfs.server.http import RepositoryServer
 
-def run(fixture: Path, workdir: Path) -> int:
-    handler = functools.partial(_Quiet, directory=str(fixture))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/{FQRN}"
-    print(f"serving {fixture / FQRN} at {url}")
-    try:
-        with open_repository(url, keys=[fixture / "keys"], cache_dir=workdir / "cache") as repo:
-            st = repo.refresh()
-            m = st.manifest
-            print(f"verified {FQRN}: revision {m.revision}, root catalog {m.root_catalog}, "
-                  f"certificate {st.certificate.fingerprint().fingerprint()}, "
-                  f"whitelist valid until {st.whitelist.expires:%Y-%m-%d}")
-            print("tags: " + ", ".join(f"{t.name}(r{t.revision})" for t in repo.tags()))
-            with repo.open_revision() as view:
-                print("/ contains: " + " ".join(view.listdir("/")))
-                data = view.read_bytes("bin/blob-3m.bin")
-                print(f"read bin/blob-3m.bin: {len(data)} bytes in "
-                      f"{len(view.chunks('bin/blob-3m.bin'))} chunks, "
-                      f"sha1 {hashlib.sha1(data).hexdigest()}")
-                t0 = time.monotonic()
-                report = export_tree(view, "/", workdir / "export")
-                print(f"exported {report.files} files and {report.dirs} directories to "
-                      f"{workdir / 'export'} in {time.monotonic() - t0:.2f} s")
-            with repo.open_revision(tag="v1") as old:
-                print(f"text/hello.txt at tag v1: {old.read_bytes('text/hello.txt')!r}")
-            rep = verify_repository(repo, tags=True)
-            print(f"verify: {rep.objects} objects checked over revisions {rep.revisions}, "
-                  f"{len(rep.failures)} failed, {rep.objects / rep.seconds:.0f} objects/s")
-            return 0 if rep.ok else 1
-    except CvmfsError as e:
-        print(f"pycvmfs demo: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    src, storage = workdir / "src", workdir / "srv" / FQRN
+    expected = make_sample_tree(src)
+    t0 = time.monotonic()
+    settings = ServerSettings(chunking=ChunkingParams(64 << 10, 128 << 10, 256 << 10))
+    pub = Publisher.mkfs(FQRN, storage, config_dir=workdir / "etc", settings=settings)
+    print(f"1. created {FQRN} in {storage} (keys in {pub.config.keys_dir})")
+    with pub.transaction(tag="v1.0", message="first release") as txn:
+        txn.add_tree(src, "/", delete=True)
+    s = txn.summary
+    print(f"2. published revision {s.revision}: {s.files} files, {s.bytes_in} bytes, "
+          f"{s.objects_new} new objects in {s.seconds:.2f} s (tag v1.0)")
+    with RepositoryServer({FQRN: storage}, host="127.0.0.1", port=0) as server:
+        url = f"{server.url}/cvmfs/{FQRN}"
+        print(f"3. serving {url}")
+        try:
+            with open_repository(url, keys=[pub.config.key_path("pub")],
+                                 cache_dir=workdir / "cache") as repo:
+                st = repo.refresh()
+                print(f"4. client verified whitelist, certificate "
+                      f"{st.certificate.fingerprint().fingerprint()[:23]}..., manifest "
+                      f"revision {st.manifest.revision}")
+                with repo.open_revision(tag="v1.0") as view:
+                    bad = [p for p, sha in expected.items()
+                           if hashlib.sha1(view.read_bytes(p)).hexdigest() != sha]
+                    print(f"   read back {len(expected)} files through HTTP: "
+                          f"{'all identical' if not bad else 'MISMATCH ' + ', '.join(bad)}")
+                    print(f"   releases/latest -> {view.readlink('releases/latest')}, "
+                          f"lib chunks: {len(view.chunks('releases/1.0/lib/libdemo.so'))}, "
+                          f"nested catalogs: {view.loaded_catalog_count()}+")
+                    rep = export_tree(view, "/", workdir / "export")
+                    print(f"   exported {rep.files} files to {workdir / 'export'}")
+                report = verify_repository(repo, tags=True)
+                print(f"5. verify: {report.objects} objects checked, "
+                      f"{len(report.failures)} failed")
+        except CvmfsError as e:
+            print(f"pycvmfs demo: error: {e}", file=sys.stderr)
+            return 1
+    print(f"done in {time.monotonic() - t0:.1f} s")
+    return 0 if not bad and report.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pycvmfs-demo", description=__doc__)
-    ap.add_argument("--fixture", help="the cvmfs-golden fixture folder")
-    ap.add_argument("--workdir", help="where to put the cache and the export (default: a temp dir)")
+    ap.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
     args = ap.parse_args(argv)
-    fixture = _find_fixture(args.fixture)
     if args.workdir:
-        return run(fixture, Path(args.workdir))
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        return run(Path(args.workdir))
     with tempfile.TemporaryDirectory(prefix="pycvmfs-demo-") as tmp:
-        return run(fixture, Path(tmp))
+        return run(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def test_sigkill_at_random_moments_never_breaks_the_repository(publisher, tmp_pa
             report = verify_repository(repo)
             assert report.ok, (generation, delay, report.failures[:3])
             assert repo.manifest.revision == after.revision
-        # the lock died with the process: the next publish succeeds at once
+        # the lock died with the process: the next publish succeeds at once, and first takes
+        # back the objects of a publish that never switched the manifest
         res = subprocess.run(_publish_cmd(publisher, src), capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
         assert publisher.head().revision == after.revision + (1 if after == before else 0)

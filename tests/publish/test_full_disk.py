@@ -34,21 +34,24 @@ def test_a_full_disk_aborts_the_publish_and_keeps_the_revision(small_disk, tmp_p
     pub = Publisher.mkfs("full.example.org", small_disk / "srv", config_dir=tmp_path / "etc",
                          settings=settings)
     before = pub.head()
+    stored_before = sorted(p.name for p in (small_disk / "srv" / "data").rglob("*")
+                           if p.is_file())
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(12):
-        (src / f"f{i}").write_bytes(os.urandom(700_000))  # incompressible: 8 MB > 4 MB disk
+    for i in range(300):  # incompressible, 9 MB > 4 MB disk; > 256 files: workers start
+        (src / f"f{i}").write_bytes(os.urandom(30_000))
     with pytest.raises(PublishError, match="No space left on device"), \
             pub.transaction() as txn:
         txn.add_tree(src, "/")
     assert pub.head() == before
     with reader(pub, tmp_path / "cache") as repo:
         assert verify_repository(repo).ok
-    # after freeing space (fewer files), the next publish succeeds
-    for i in range(3, 12):
+    # the aborted publish took back every object it had stored: the storage is as before
+    objects = sorted(p.name for p in (small_disk / "srv" / "data").rglob("*") if p.is_file())
+    assert objects == stored_before
+    # with fewer files the next publish succeeds
+    for i in range(20, 300):
         (src / f"f{i}").unlink()
-    for leftover in (small_disk / "srv" / "data" / "txn").iterdir():
-        leftover.unlink()
     with pub.transaction() as txn:
         txn.add_tree(src, "/")
     assert pub.head().revision == before.revision + 1

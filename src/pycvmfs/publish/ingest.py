@@ -83,11 +83,25 @@ class Ingester:
         self.stats = IngestStats()
         self._procs: list[ProcessPoolExecutor] = []
         self._batches: list[list] = []
+        self.journal = None  # an ObjectJournal; workers collect into _new_objects instead
+        self._new_objects: list[str] = []
+        self._processes_after: int | None = None
+        self._submitted = 0
         # bound the work queued ahead so memory stays flat on huge trees
         self._slots = threading.BoundedSemaphore(self.workers * 4)
 
     # -- public --------------------------------------------------------------------------
+    def prefer_processes(self, after: int = 256) -> None:
+        """Switch to worker processes once ``after`` files were submitted (a big tree): small
+        change sets never pay for starting them. Contents met before the switch may be
+        compressed once more by a worker (at most ``after`` files)."""
+        self._processes_after = after
+
     def submit_path(self, path: str | os.PathLike, size: int | None = None) -> Future[Ingested]:
+        if self._processes_after is not None and not self._procs:
+            self._submitted += 1
+            if self._submitted > self._processes_after:
+                self.start_processes()
         if self._procs:
             return self._submit_proc(Path(path), size)
         self._slots.acquire()
@@ -154,7 +168,9 @@ class Ingester:
     def _batch_done(self, f: Future, items: list) -> None:
         self._inflight.release()
         try:
-            results, delta = f.result()
+            results, delta, created = f.result()
+            if self.journal is not None:
+                self.journal.record_many(created)
         except BaseException as e:  # a worker died: every file of the batch fails
             err = IngestError(f"ingest worker failed ({e})")
             for _p, _n, fut in items:
@@ -276,6 +292,13 @@ class Ingester:
             return Ingested(size, h, None, self.compression, self.algorithm)
         return Ingested(size, None, tuple(pieces), self.compression, self.algorithm)
 
+    def _created(self, rel: str) -> None:
+        if self.journal is not None:
+            self.journal.record(rel)
+        else:
+            with self._lock:
+                self._new_objects.append(rel)
+
     def _store_piece(self, data: bytes, kind: ObjectKind) -> ContentHash:
         key = hashlib.sha1(data).digest() + kind.value.encode()
         with self._lock:
@@ -328,6 +351,7 @@ class Ingester:
                 raise IngestError(f"storage {self._root}: cannot write {rel} "
                                   f"({e.strerror})") from None
             raise
+        self._created(rel)
         with self._lock:
             self.stats.objects_new += 1
             self.stats.bytes_stored += len(blob)
@@ -361,6 +385,7 @@ class Ingester:
                 dest = self.store.root / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, dest)
+                self._created(rel)
                 with self._lock:
                     self.stats.objects_new += 1
                     self.stats.bytes_stored += dest.stat().st_size
@@ -386,7 +411,7 @@ def _proc_init(root: str, algorithm: int, compression: int, chunking: tuple | No
                        max_file_size=max_file_size, workers=1)
 
 
-def _proc_batch(items: list[tuple[str, int]]) -> tuple[list, dict[str, int]]:
+def _proc_batch(items: list[tuple[str, int]]) -> tuple[list, dict[str, int], list[str]]:
     w = _WORKER
     before = w.stats.to_dict()
     out: list = []
@@ -396,7 +421,8 @@ def _proc_batch(items: list[tuple[str, int]]) -> tuple[list, dict[str, int]]:
         except IngestError as e:
             out.append(e)
     after = w.stats.to_dict()
-    return out, {k: after[k] - before[k] for k in after}
+    created, w._new_objects = w._new_objects, []
+    return out, {k: after[k] - before[k] for k in after}, created
 
 
 class _BytesReader:

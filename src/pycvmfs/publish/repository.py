@@ -15,7 +15,7 @@ from pycvmfs.errors import ConfigError, PublishError, TagNotFoundError
 from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.dirent import make_flags
-from pycvmfs.format.hashes import ContentHash, ObjectKind
+from pycvmfs.format.hashes import ContentHash, ObjectKind, hash_bytes
 from pycvmfs.format.history import History, Tag
 from pycvmfs.format.manifest import Manifest
 from pycvmfs.format.metainfo import make_skeleton
@@ -23,6 +23,7 @@ from pycvmfs.format.whitelist import create_whitelist, resign_whitelist
 from pycvmfs.publish.catalog_tree import CatalogTree, CommitResult
 from pycvmfs.publish.config import RepositoryConfig, ServerSettings, check_fqrn, default_config_dir
 from pycvmfs.publish.ingest import Ingester
+from pycvmfs.publish.journal import ObjectJournal, recover
 from pycvmfs.publish.keys import RepositoryKeys
 from pycvmfs.publish.lock import publish_lock
 from pycvmfs.publish.signing import read_head, store_object, switch_manifest
@@ -43,6 +44,8 @@ class Publisher:
         self.config = config
         self.keys = keys
         self.store = LocalStorage(config.storage, fsync=False)
+        self._journal: ObjectJournal | None = None
+        self.recovered_objects = 0
 
     # -- creating and opening ------------------------------------------------------------
     @classmethod
@@ -118,7 +121,22 @@ class Publisher:
         return read_head(self.store, self.keys, self.fqrn)
 
     def _store_fn(self, data: bytes, kind: ObjectKind) -> ContentHash:
-        return store_object(self.store, data, kind, self.settings.hash_algorithm)
+        h = hash_bytes(data, self.settings.hash_algorithm)
+        rel = h.object_path(kind)
+        if not self.store.exists(rel):
+            self.store.put_bytes(rel, data)
+            if self._journal is not None:
+                self._journal.record(rel)
+        return h
+
+    def open_journal(self, head: Manifest) -> ObjectJournal:
+        """Start recording the objects of a transaction (after cleaning up a dead one's)."""
+        path = self.config.repo_dir / "objects.journal"
+        removed = recover(path, self.store.root, head.root_catalog)
+        if removed:
+            self.recovered_objects = removed
+        self._journal = ObjectJournal(path, self.store.root, head.root_catalog)
+        return self._journal
 
     def open_tree(self, root: ContentHash | None, *, root_entry: EntryRow | None = None
                   ) -> CatalogTree:

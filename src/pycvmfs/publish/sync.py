@@ -56,7 +56,7 @@ def sync_directory(txn: Transaction, src: Path, dest: bytes, *, delete: bool = F
     if not stat.S_ISDIR(st.st_mode):
         raise PublishError(f"{src}: not a directory")
     if txn.pub.settings.ingest_processes:
-        txn.ingester.start_processes()
+        txn.ingester.prefer_processes()
     _Syncer(txn, delete, checksum).run(src, dest, st)
 
 

@@ -104,6 +104,7 @@ class Transaction:
         self._changed = False
         self._started = 0.0
         self.tree: CatalogTree | None = None
+        self.journal = None
         self.ingester: Ingester | None = None
         self._lock_cm = None
 
@@ -114,29 +115,40 @@ class Transaction:
         self._lock_cm.__enter__()
         try:
             self.head = self.pub.head()
+            self.journal = self.pub.open_journal(self.head)
             self.tree = self.pub.open_tree(self.head.root_catalog)
             report = None
             if self.progress is not None:
                 def report(files: int, size: int) -> None:
                     self.progress("ingesting", files, None)
             self.ingester = self.pub.new_ingester(on_progress=report)
+            self.ingester.journal = self.journal
         except BaseException:
             self._finish()
             raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        committed = False
         try:
             if exc_type is None:
                 self._commit()
+            committed = True
         finally:
-            self._finish()
+            aborted = exc_type is not None or not committed
+            self._finish(aborted=aborted)
 
-    def _finish(self) -> None:
+    def _finish(self, *, aborted: bool = True) -> None:
         if self.ingester is not None:
             self.ingester.close()
         if self.tree is not None:
             self.tree.close()
+        if self.journal is not None:
+            if aborted:  # nothing references what this transaction stored: take it back
+                self.journal.discard_objects()
+            else:
+                self.journal.remove()
+            self.pub._journal = None
         if self._lock_cm is not None:
             self._lock_cm.__exit__(None, None, None)
             self._lock_cm = None
