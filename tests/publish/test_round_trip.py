@@ -302,3 +302,27 @@ def test_automatic_catalogs_split_heavy_and_merge_light_catalogs(make_publisher,
         assert sorted(dict(view.catalogs())) == [b""]
         assert not any(f.name == ".cvmfsautocatalog" for _d, _ds, fs in view.walk("/")
                        for f in fs)
+
+
+def test_dirtab_rules_make_nested_catalogs(publisher, tmp_path):
+    src = tmp_path / "dt"
+    for pkg in ("ROOT", "Geant4", ".hidden"):
+        for ver in ("1.0", "2.0"):
+            (src / "sw" / pkg / ver / "lib").mkdir(parents=True)
+            (src / "sw" / pkg / ver / "lib" / "x.so").write_bytes(b"so")
+    (src / "sw" / "ROOT" / "latest").symlink_to("2.0")
+    (src / "sw" / "scratch").mkdir()
+    (src / ".cvmfsdirtab").write_bytes(b"# one catalog per version\n/sw/*/*\n! /sw/Geant4/1.0\n")
+    with publisher.transaction() as txn:
+        txn.add_tree(src, "/", delete=True)
+    with reader(publisher, tmp_path / "c") as r, r.open_revision() as view:
+        roots = sorted(mp for mp, _ in view.catalogs())
+        # glibc: a wildcard in a middle component skips dot names (/sw/.hidden/*)
+        assert roots == [b"", b"/sw/Geant4/2.0", b"/sw/ROOT/1.0", b"/sw/ROOT/2.0"]
+        assert b"/sw/ROOT/latest" not in roots  # a symlink matched last is skipped
+        assert view.exists("sw/ROOT/2.0/.cvmfscatalog")
+        assert not view.exists("sw/Geant4/1.0/.cvmfscatalog")  # the negative rule
+    rev = publisher.head().revision
+    with publisher.transaction() as txn:  # markers it made are kept: no change
+        txn.add_tree(src, "/", delete=True)
+    assert publisher.head().revision == rev

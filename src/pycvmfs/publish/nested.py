@@ -43,3 +43,109 @@ def apply_catalog_markers(txn: Transaction, dirs: set[bytes]) -> None:
             continue
         if tree.is_catalog_root(d) and tree.lookup(d + b"/" + MARKER) is None:
             tree.merge_nested(d)
+
+
+class _CatalogDirtabTree:
+    """The repository being published, as :class:`pycvmfs.format.dirtab.DirtabTree` sees it."""
+
+    def __init__(self, txn: Transaction) -> None:
+        self.tree = txn.tree
+        self.prefix = b"/cvmfs/" + txn.pub.fqrn.encode()
+
+    def listdir(self, path: bytes) -> list[tuple[bytes, str]]:
+        row = self.tree.lookup(path.rstrip(b"/"))
+        if row is None or not row.flags & Flags.DIR:
+            return []
+        out = []
+        for name, r in self.tree.listdir(path.rstrip(b"/")):
+            if r.flags & Flags.DIR:
+                kind = "dir"
+            elif r.flags & Flags.LINK:
+                kind = "symlink"
+            elif r.flags & Flags.SPECIAL:
+                kind = "other"
+            else:
+                kind = "file"
+            out.append((name, kind))
+        return out
+
+    def resolve_dir(self, path: bytes) -> bytes | None:
+        pending = [c for c in path.split(b"/") if c][::-1]
+        real: list[bytes] = []
+        links = 0
+        while pending:
+            name = pending.pop()
+            if name == b".":
+                continue
+            if name == b"..":
+                if not real:
+                    return None
+                real.pop()
+                continue
+            p = b"/" + b"/".join([*real, name])
+            row = self.tree.lookup(p)
+            if row is None:
+                return None
+            if row.flags & Flags.LINK:
+                links += 1
+                if links > 40:
+                    return None
+                target = row.symlink
+                if target.startswith(b"/"):
+                    if target != self.prefix and not target.startswith(self.prefix + b"/"):
+                        return None
+                    target = target[len(self.prefix):]
+                    real = []
+                pending.extend([c for c in target.split(b"/") if c][::-1])
+                continue
+            if not row.flags & Flags.DIR:
+                return None
+            real.append(name)
+        return b"/" + b"/".join(real) if real else b""
+
+
+def apply_dirtab(txn: Transaction) -> int:
+    """Create ``.cvmfscatalog`` markers where ``/.cvmfsdirtab`` asks for catalogs (format doc
+    §7.2): in every matching directory that is not a catalog root yet; creating a marker bumps
+    its directory's mtime, as it does on the stock union file system. Returns markers made."""
+    import time
+
+    from pycvmfs.format.compression import Compression
+    from pycvmfs.format.dirtab import Dirtab
+    from pycvmfs.format.hashes import ObjectKind
+    from pycvmfs.storage.objects import download_verified
+
+    tree = txn.tree
+    row = tree.lookup(b"/.cvmfsdirtab")
+    if row is None or row.flags & (Flags.DIR | Flags.LINK | Flags.SPECIAL):
+        return 0
+    data = bytearray()
+    if row.flags & Flags.CHUNKED:
+        for c in tree.chunks(b"/.cvmfsdirtab"):
+            download_verified(txn.pub.store, c.hash, ObjectKind.PARTIAL,
+                              Compression.from_flag_code((row.flags >> 11) & 7), data.extend)
+    else:
+        download_verified(txn.pub.store, row.hash, ObjectKind.FILE,
+                          Compression.from_flag_code((row.flags >> 11) & 7), data.extend)
+    dirtab = Dirtab.parse(bytes(data), what="/.cvmfsdirtab")
+    made = 0
+    now = int(time.time())
+    seen: set[bytes] = set()
+    for match in dirtab.candidates(_CatalogDirtabTree(txn)):
+        d = match.real_path
+        if d in seen or not d or tree.is_catalog_root(d):
+            continue
+        seen.add(d)
+        if tree.lookup(d + b"/" + MARKER) is not None:
+            continue
+        txn.add_file(d + b"/" + MARKER, b"", mode=0o644, mtime=now)
+        old = tree.lookup(d)
+        tree.put(d, _with_mtime(old, now))
+        made += 1
+    return made
+
+
+def _with_mtime(row, mtime: int):
+    from dataclasses import replace
+
+    return replace(row, mtime=mtime)

@@ -69,6 +69,7 @@ class _Syncer:
         self.xattrs = s.include_xattrs
         self.mtime_ns = s.mtime_ns
         self.ignore_special = s.ignore_special_files
+        self.dirtab = txn.lookup(b"/.cvmfsdirtab") is not None
 
     def _meta(self, path: str, st: os.stat_result) -> Meta:
         return meta_from_stat(st, xattrs=read_user_xattrs(path) if self.xattrs else None,
@@ -129,6 +130,8 @@ class _Syncer:
             present = {os.fsencode(e.name) for e in entries}
             if b".cvmfsautocatalog" in existing:  # the publisher's own markers stay
                 present |= {b".cvmfscatalog", b".cvmfsautocatalog"}
+            elif self.dirtab:  # markers made for .cvmfsdirtab rules stay too
+                present.add(b".cvmfscatalog")
             for name in existing:
                 if name not in present:
                     txn.remove(repo + b"/" + name)

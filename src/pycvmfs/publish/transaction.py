@@ -340,9 +340,11 @@ class Transaction:
         self._pending.clear()
 
     def _commit(self) -> None:
-        from pycvmfs.publish.nested import apply_catalog_markers
+        from pycvmfs.publish.nested import apply_catalog_markers, apply_dirtab
 
         self._apply_pending()
+        if self._changed and apply_dirtab(self):
+            self._apply_pending()
         apply_catalog_markers(self, self._dirs_touched)
         if self.pub.settings.autocatalogs and self._changed:
             from pycvmfs.publish.autocatalog import balance_catalogs
