@@ -12,10 +12,11 @@ import tarfile
 import threading
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from pycvmfs.errors import CvmfsError, PublishError
 from pycvmfs.format.catalog import parent_path
@@ -32,6 +33,7 @@ STREAM_OVER = 8 << 20  # members larger than this are ingested in the reading th
 _IN_FLIGHT = 256 << 20  # bytes of small members read ahead of the worker threads, at most
 _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 _XATTR = "SCHILY.xattr."
+_T = TypeVar("_T")
 _SPECIAL = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
             tarfile.FIFOTYPE: stat.S_IFIFO}
 
@@ -173,14 +175,16 @@ class _Unpacker:
         self.seen: dict[bytes, _Seen] = {}
         self.budget = _Budget(_IN_FLIGHT)
         self.idents = 0
+        self.linked: set[int] = set()  # contents that hard links name
+        self.dirs: set[bytes] = set()  # directories known to exist (members and parents)
         # hard-link group keys are shared by the whole transaction: make ours unique
         self.group_prefix = b"tar:" + os.urandom(8).hex().encode() + b":"
+        self.last: str | None = None  # the member read before, and the one being read
+        self.current: str | None = None
 
     # -- the archive ---------------------------------------------------------------------
     def run(self, raw: BinaryIO) -> None:
         self._prepare_target()
-        self.last: str | None = None  # the member read before, and the one being read
-        self.current: str | None = None
         try:
             stream = _decompressed(raw, self.name)
             with self._checked(lambda: tarfile.open(
@@ -214,7 +218,7 @@ class _Unpacker:
     def _where(self) -> str:
         return f"after member {self.last!r}" if self.last is not None else "at its start"
 
-    def _checked(self, read_header):
+    def _checked(self, read_header: Callable[[], _T]) -> _T:
         """Header parsing: what ``tarfile`` lets through as an end or a ValueError is refused."""
         try:
             return read_header()
@@ -241,9 +245,10 @@ class _Unpacker:
         if ti.isdir():
             if p:  # '.' at the repository root: the root keeps its attributes
                 check_name(p)
-                self._replace(p, is_dir=True)
-                self.txn._ensure_parents(p, self.dir_meta)
+                self.seen.pop(p, None)
+                self._parents(p)
                 self.txn._put_dir(p, self._meta(ti))
+                self.dirs.add(p)
             return
         if not rel:
             raise PublishError(f"only a directory can stand for {os.fsdecode(self.to) or '/'}")
@@ -263,6 +268,7 @@ class _Unpacker:
             if tp == p:
                 return
             if seen.content is not None:
+                self.linked.add(seen.ident)
                 self._put_file(p, seen)
             elif seen.file_type:
                 self._put_special(p, seen)
@@ -300,42 +306,56 @@ class _Unpacker:
         return fut
 
     def _put_file(self, p: bytes, seen: _Seen) -> None:
-        self._replace(p, is_dir=False)
-        self.txn._ensure_parents(p, self.dir_meta)
+        self._replace(p, check_tree=False)  # add_content removes a directory it finds
+        self._parents(p)
         self.txn.add_content(p, seen.meta, seen.content)
         self.seen[p] = seen
 
     def _put_symlink(self, p: bytes, seen: _Seen) -> None:
         row = symlink_row(p, seen.meta, seen.target)
-        self._replace(p, is_dir=False)
-        self.txn._ensure_parents(p, self.dir_meta)
+        self._replace(p, check_tree=True)
+        self._parents(p)
         self.txn._put_row(p, row)
         self.seen[p] = seen
 
     def _put_special(self, p: bytes, seen: _Seen) -> None:
         row = special_row(p, seen.meta, seen.file_type, seen.rdev)
-        self._replace(p, is_dir=False)
-        self.txn._ensure_parents(p, self.dir_meta)
+        self._replace(p, check_tree=True)
+        self._parents(p)
         self.txn._put_row(p, row)
         self.seen[p] = seen
 
-    def _replace(self, p: bytes, *, is_dir: bool) -> None:
-        """Forget what the member at ``p`` replaces (tar semantics: the later member wins)."""
-        self.seen.pop(p, None)
-        if is_dir:
+    def _parents(self, p: bytes) -> None:
+        """Make missing parents of ``p`` (owned like the members); each is checked once."""
+        parent = parent_path(p)
+        if not parent or parent in self.dirs:
             return
-        row = self.txn.lookup(p)
-        if row is not None and row.flags & Flags.DIR:
+        self.txn._ensure_parents(p, self.dir_meta)
+        while parent and parent not in self.dirs:
+            self.dirs.add(parent)
+            parent = parent_path(parent)
+
+    def _replace(self, p: bytes, *, check_tree: bool) -> None:
+        """A non-directory member goes to ``p``: forget what it replaces (tar semantics: the
+        later member wins). Every member's parents are in ``dirs``, so a directory that is not
+        has no members below it: only the transaction's own entries (``check_tree``)."""
+        self.seen.pop(p, None)
+        if p in self.dirs:
             self.txn.remove(p)
             prefix = p + b"/"
+            self.dirs = {d for d in self.dirs if d != p and not d.startswith(prefix)}
             for k in [k for k in self.seen if k.startswith(prefix)]:
                 del self.seen[k]
+        elif check_tree:
+            row = self.txn.lookup(p)
+            if row is not None and row.flags & Flags.DIR:
+                self.txn.remove(p)
 
     def _group_hardlinks(self) -> None:
         """Names of one content in one directory become a hard-link group (format §4.7)."""
         groups: dict[tuple[int, bytes], list[bytes]] = defaultdict(list)
         for p, seen in self.seen.items():
-            if seen.content is not None:
+            if seen.content is not None and seen.ident in self.linked:
                 groups[(seen.ident, parent_path(p))].append(p)
         for (ident, directory), paths in groups.items():
             if len(paths) < 2:
