@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pycvmfs import __version__
-from pycvmfs.cli import client_cmds, publish_cmds
+from pycvmfs.cli import client_cmds, publish_cmds, serve_cmd
 from pycvmfs.cli.common import CvmfsGroup
 
 
@@ -17,6 +17,7 @@ def cli() -> None:
 
 client_cmds.register(cli)
 publish_cmds.register(cli)
+serve_cmd.register(cli)
 
 
 def main() -> None:
