@@ -247,7 +247,71 @@ def resign(fqrn: str, days: int, config_dir: str | None) -> None:
     click.echo(f"whitelist of {fqrn} renewed for {days} days")
 
 
-def register(group: click.Group) -> None:
-    for cmd in (mkfs, publish, ingest, rm_cmd, tag, rollback, resign):
-        group.add_command(cmd)
 
+
+
+@click.command()
+@click.argument("fqrn")
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("-r", "--keep-revisions", type=int,
+              help="Keep the newest revision plus this many previous ones.")
+@click.option("--keep-hours", type=float, default=72.0, show_default=True,
+              help="Keep revisions younger than this (the first older one too).")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def gc(fqrn: str, dry_run: bool, keep_revisions: int | None, keep_hours: float,
+       config_dir: str | None, as_json: bool) -> None:
+    """Delete objects no kept revision or named tag needs (like `cvmfs_server gc`)."""
+    from pycvmfs.publish.gc import collect_garbage
+
+    pub = _open(fqrn, config_dir)
+    report = collect_garbage(pub, keep_revisions=keep_revisions,
+                             keep_seconds=int(keep_hours * 3600), dry_run=dry_run)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{fqrn}: {verb} {report.objects} objects ({report.bytes / 1e6:.1f} MB), "
+               f"swept {len(report.root_catalogs_swept)} root catalogs, kept revisions "
+               f"{', '.join(map(str, report.revisions_kept))} and {len(report.tags_kept)} "
+               f"tags, in {report.seconds:.2f} s")
+    for w in report.warnings:
+        click.echo(f"pycvmfs: warning: {w}", err=True)
+
+
+@click.command()
+@click.argument("target")
+@click.option("-a", "--all-revisions", is_flag=True,
+              help="Also check every tagged and previous revision still stored.")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def check(target: str, all_revisions: bool, config_dir: str | None, as_json: bool) -> None:
+    """Check every object and catalog invariant of a repository (FQRN, or a storage path).
+
+    Exit status 1 when anything is wrong; each problem names the object and path."""
+    from pycvmfs.publish.check import check_repository
+
+    is_path = "/" in target or target.startswith(".")
+    subject = target if is_path else _open(target, config_dir)
+    with make_progress("checking") as progress:
+        report = check_repository(subject, all_revisions=all_revisions,
+                                  progress=lambda _stage, done, total: progress(done, total))
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.checked.items()))
+        click.echo(f"checked {sum(report.checked.values())} objects ({kinds}) in "
+                   f"{report.catalogs} catalogs, revisions {report.revisions}, "
+                   f"in {report.seconds:.2f} s")
+        for n in report.notes:
+            click.echo(f"note: {n}")
+        for p in report.problems:
+            click.echo(f"PROBLEM {p.object} {p.path or ''}: {p.message}")
+        click.echo(f"{len(report.problems)} problems")
+    if not report.ok:
+        sys.exit(1)
+
+
+def register(group: click.Group) -> None:
+    for cmd in (mkfs, publish, ingest, rm_cmd, tag, rollback, resign, gc, check):
+        group.add_command(cmd)

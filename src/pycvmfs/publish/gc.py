@@ -92,11 +92,12 @@ class ObjectSet:
 
 
 def open_scratch(path: Path) -> sqlite3.Connection:
-    """A throw-away SQLite database for object sets: no journal, no fsync, a bounded cache, and
-    one transaction for its whole life (nothing in it needs to survive a crash)."""
+    """A throw-away SQLite database for object sets: no fsync, a bounded cache, and one
+    transaction for its whole life (nothing in it needs to survive a crash). Every page is new
+    within that transaction, so the in-memory rollback journal stays empty."""
     path.unlink(missing_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA journal_mode = MEMORY")
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA cache_size = -8192")  # 8 MiB at most
     conn.execute("PRAGMA temp_store = FILE")
@@ -394,7 +395,6 @@ class _Collector:
             name = h.object_name(ObjectKind.CATALOG)
             if name in self.preserved or not self.visited.add(name):
                 continue
-            self.report.catalogs_swept += 1
             what = f"swept {h.describe(ObjectKind.CATALOG)}"
             try:
                 cat, _size = self._load(h, what)
@@ -410,6 +410,7 @@ class _Collector:
                     for obj in self.condemned.new_among(batch, excluding=(self.preserved,)):
                         self._delete(obj, _KIND_BY_SUFFIX[_suffix(obj)])
                 stack.extend(ref.hash for ref in cat.nested_catalogs() if ref.hash is not None)
+            self.report.catalogs_swept += 1
             self.db.execute("INSERT INTO condemned_catalogs (name) VALUES (?)", (name,))
 
     def _delete(self, name: str, kind: ObjectKind) -> None:
