@@ -526,6 +526,14 @@ class CatalogWriter:
         out.sort(key=lambda t: t[0])
         return out
 
+    def listing_stat(self, path: bytes) -> dict[bytes, tuple]:
+        """``name -> (flags, size, mode, mtime, mtimens, uid, gid, xattr, hardlinks)`` of the
+        children of ``path``: the columns a sync compares, without building rows."""
+        cur = self._db.execute("SELECT name, flags, size, mode, mtime, mtimens, uid, gid, xattr, "
+                               "hardlinks FROM catalog WHERE parent_1=? AND parent_2=?",
+                               md5_pair(path))
+        return {bytes(r[0]): r[1:] for r in cur}
+
     def chunks(self, path: bytes) -> list[Chunk]:
         row = self.get(path)
         if row is None:

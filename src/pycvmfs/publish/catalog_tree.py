@@ -154,6 +154,10 @@ class CatalogTree:
     def listdir(self, path: bytes) -> list[tuple[bytes, EntryRow]]:
         return self.catalog_for(path).writer.listing(path)
 
+    def listdir_stat(self, path: bytes) -> dict[bytes, tuple]:
+        """Children of ``path`` with the columns a sync compares (see CatalogWriter)."""
+        return self.catalog_for(path).writer.listing_stat(path)
+
     def chunks(self, path: bytes) -> list[Chunk]:
         return self.catalog_for(path).writer.chunks(path)
 

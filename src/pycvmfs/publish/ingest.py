@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import tempfile
 import threading
 import zlib
@@ -135,8 +136,27 @@ class Ingester:
                                                     self.chunking.avg_size,
                                                     self.chunking.max_size),
                 self.max_file_size)
-        self._procs = [ProcessPoolExecutor(1, mp_context=ctx, initializer=_proc_init,
-                                           initargs=args) for _ in range(n)]
+        procs = [ProcessPoolExecutor(1, mp_context=ctx, initializer=_proc_init, initargs=args)
+                 for _ in range(n)]
+        # workers re-import the caller's __main__ by path; a program read from stdin or -c
+        # has none to import, so hide a path that is not a file while the workers start
+        main = sys.modules.get("__main__")
+        hidden = getattr(main, "__file__", None)
+        if hidden is not None and not os.path.isfile(hidden):
+            del main.__file__
+        else:
+            hidden = None
+        try:
+            for p in procs:
+                p.submit(_proc_ping).result(timeout=120)
+        except Exception:  # no worker processes here: stay with threads
+            for p in procs:
+                p.shutdown(wait=False, cancel_futures=True)
+            return
+        finally:
+            if hidden is not None:
+                main.__file__ = hidden
+        self._procs = procs
         self._batches = [[] for _ in range(n)]
         self._batch_bytes = [0] * n
         self._inflight = threading.BoundedSemaphore(4 * n)
@@ -409,6 +429,10 @@ def _proc_init(root: str, algorithm: int, compression: int, chunking: tuple | No
                        compression=Compression(compression),
                        chunking=ChunkingParams(*chunking) if chunking else None,
                        max_file_size=max_file_size, workers=1)
+
+
+def _proc_ping() -> bool:
+    return _WORKER is not None
 
 
 def _proc_batch(items: list[tuple[str, int]]) -> tuple[list, dict[str, int], list[str]]:

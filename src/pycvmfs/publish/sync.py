@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pycvmfs.format.dirent import Flags
+from pycvmfs.format.xattr import encode_xattrs
 from pycvmfs.publish.rows import (
     Meta,
     PublishError,
@@ -77,22 +78,21 @@ class _Syncer:
 
     def run(self, src: Path, dest: bytes, st: os.stat_result) -> None:
         self.txn._put_dir(dest, self._meta(str(src), st), size=st.st_size)
-        stack = [(str(src), dest)]
+        stack = [(str(src), dest, True)]
         while stack:
-            local, repo = stack.pop()
-            stack.extend(reversed(self._sync_dir(local, repo)))
+            local, repo, known = stack.pop()
+            stack.extend(reversed(self._sync_dir(local, repo, known)))
 
-    def _sync_dir(self, local: str, repo: bytes) -> list[tuple[str, bytes]]:
+    def _sync_dir(self, local: str, repo: bytes,
+                  known: bool) -> list[tuple[str, bytes, bool]]:
+        """Sync one directory; ``known``: it existed in the repository before this sync."""
         txn = self.txn
         try:
             with os.scandir(local) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             raise PublishError(f"{local}: cannot list ({e.strerror})") from None
-        existing = {}
-        row = txn.lookup(repo)
-        if row is not None and row.flags & Flags.DIR:
-            existing = dict(txn.tree.listdir(repo))
+        existing: dict[bytes, tuple] = txn.tree.listdir_stat(repo) if known else {}
         stats = {}
         for e in entries:
             try:
@@ -105,13 +105,16 @@ class _Syncer:
         for e in entries:
             name = os.fsencode(e.name)
             p = repo + b"/" + name
-            check_name(p)
+            if len(name) > 255 or (not repo and name == b".cvmfs"):
+                check_name(p)  # raises with the reason
             st = stats[e.name]
             meta = self._meta(e.path, st)
             old = existing.get(name)
             if stat.S_ISDIR(st.st_mode):
-                txn._put_dir(p, meta, size=st.st_size)
-                subdirs.append((e.path, p))
+                was_dir = old is not None and old[0] & Flags.DIR
+                if not (was_dir and _same_dir(old, meta, st.st_size)):
+                    txn._put_dir(p, meta, size=st.st_size)
+                subdirs.append((e.path, p, bool(was_dir)))
             elif stat.S_ISREG(st.st_mode):
                 n = links.get((st.st_dev, st.st_ino), 1)
                 if not self.checksum and old is not None and _unchanged(old, meta, st, n):
@@ -138,13 +141,22 @@ class _Syncer:
         return subdirs
 
 
-def _unchanged(old, meta: Meta, st: os.stat_result, links: int) -> bool:
-    if old.flags & (Flags.DIR | Flags.LINK | Flags.SPECIAL) or not old.flags & Flags.FILE:
-        return False
-    from pycvmfs.format.xattr import encode_xattrs
-
+def _same_dir(old: tuple, meta: Meta, size: int) -> bool:
+    _flags, osize, mode, mtime, mtimens, uid, gid, xattr, _hl = old
     blob = encode_xattrs(meta.xattrs, what="") if meta.xattrs else None
-    return (old.size == st.st_size and old.mtime == meta.mtime and old.mtimens == meta.mtimens
-            and stat.S_IMODE(old.mode) == meta.perm and old.uid == meta.uid
-            and old.gid == meta.gid and old.xattr == blob
-            and (old.linkcount if old.hardlink_group else 1) == links)
+    return (osize == size and stat.S_IMODE(mode) == meta.perm and mtime == meta.mtime
+            and mtimens == meta.mtimens and uid == meta.uid and gid == meta.gid
+            and xattr == blob)
+
+
+def _unchanged(old: tuple, meta: Meta, st: os.stat_result, links: int) -> bool:
+    """``old`` is a ``listing_stat`` tuple of the catalog entry."""
+    flags, size, mode, mtime, mtimens, uid, gid, xattr, hardlinks = old
+    if flags & (Flags.DIR | Flags.LINK | Flags.SPECIAL) or not flags & Flags.FILE:
+        return False
+    if (size != st.st_size or mtime != meta.mtime or mtimens != meta.mtimens
+            or stat.S_IMODE(mode) != meta.perm or uid != meta.uid or gid != meta.gid):
+        return False
+    blob = encode_xattrs(meta.xattrs, what="") if meta.xattrs else None
+    group, count = (hardlinks & 0xFFFFFFFFFFFFFFFF) >> 32, hardlinks & 0xFFFFFFFF
+    return xattr == blob and (count if group else 1) == links
