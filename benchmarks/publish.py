@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from treegen import change_fraction, generate  # noqa: E402
+from treegen import change_fraction, generate
 
 _CHILD = r"""
 import json, sys, time

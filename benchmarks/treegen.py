@@ -1,4 +1,4 @@
-"""A deterministic release-like software tree for the benchmarks (``python benchmarks/treegen.py DIR``).
+"""A deterministic release-like software tree for benchmarks (``python treegen.py DIR``).
 
 About 20,000 files and 1 GiB by default: mostly small compressible text (headers, scripts,
 configuration), shared libraries of 1-20 MiB (compressible binary), a few files over 100 MiB, and
@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = np.array([w.encode() for w in (
-    "int void return struct include define static const char double float namespace class "
-    "template typename public private virtual override std vector string map set unique_ptr "
-    "auto for while if else switch case break continue nullptr true false size_t uint64_t "
-    "ROOT Geant4 Pythia8 HepMC boost tbb python numpy cmake export PATH LD_LIBRARY_PATH "
-    "x86_64 el9 gcc13 opt dbg lcg view release nightly setup sh bin lib include share").split()])
+_VOCABULARY = """
+int void return struct include define static const char double float namespace class template
+typename public private virtual override std vector string map set unique_ptr auto for while if
+else switch case break continue nullptr true false size_t uint64_t ROOT Geant4 Pythia8 HepMC boost
+tbb python numpy cmake export PATH LD_LIBRARY_PATH x86_64 el9 gcc13 opt dbg lcg view release
+nightly setup sh bin lib include share
+"""
+WORDS = np.array([w.encode() for w in _VOCABULARY.split()])
 
 
 def text_bytes(rng: np.random.Generator, size: int) -> bytes:
@@ -60,7 +62,8 @@ def generate(root: Path, *, files: int = 20_000, scale: float = 1.0, seed: int =
     for i in range(n_small):
         pkg = f"pkg{i % 120:03d}/{i % 7}.{i % 3}"
         sub = ["include", "src", "share", "bin", "python"][i % 5]
-        path = root / "releases" / pkg / sub / f"file{i:05d}.{['h', 'cc', 'txt', 'sh', 'py'][i % 5]}"
+        ext = ["h", "cc", "txt", "sh", "py"][i % 5]
+        path = root / "releases" / pkg / sub / f"file{i:05d}.{ext}"
         if pool and rng.random() < 0.3:
             data = pool[int(rng.integers(0, len(pool)))]
             stats["duplicates"] += 1
@@ -76,7 +79,8 @@ def generate(root: Path, *, files: int = 20_000, scale: float = 1.0, seed: int =
             data = libs[int(rng.integers(0, len(libs)))]
             stats["duplicates"] += 1
         else:
-            data = binary_bytes(rng, int(rng.integers(1 << 20, max(2 << 20, int((12 << 20) * scale)))))
+            top = max(2 << 20, int((12 << 20) * scale))
+            data = binary_bytes(rng, int(rng.integers(1 << 20, top)))
             libs.append(data)
         _write(path, data, stats)
     for i in range(n_big):
