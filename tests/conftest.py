@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PYCVMFS_SHARED", ROOT.parent / "shared"))
+SHARED = Path(os.environ.get("PYCVMFS_SHARED", ROOT.parent / "shared")).resolve()
 GOLDEN = SHARED / "fixtures" / "cvmfs-golden"
 GOLDEN_FQRN = "golden.example.org"
 
