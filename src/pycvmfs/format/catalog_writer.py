@@ -287,17 +287,7 @@ class CatalogWriter:
     def get(self, path: bytes) -> EntryRow | None:
         """The row stored at ``path``, or ``None``."""
         r = self._db.execute(_SELECT, md5_pair(path)).fetchone()
-        if r is None:
-            return None
-        hardlinks, digest, size, mode, mtime, mtimens, flags, symlink, uid, gid, xattr = r
-        h = None
-        if digest is not None:
-            h = ContentHash(Algorithm.from_flag_code((flags & Flags.HASH_MASK)
-                                                     >> Flags.HASH_SHIFT), digest)
-        hardlinks &= 0xFFFFFFFFFFFFFFFF
-        return EntryRow(mode=mode, flags=flags, size=size, mtime=mtime, mtimens=mtimens, hash=h,
-                        symlink=symlink, uid=uid, gid=gid, hardlink_group=hardlinks >> 32,
-                        linkcount=hardlinks & 0xFFFFFFFF, xattr=xattr)
+        return None if r is None else self._row(r)
 
     def remove(self, path: bytes) -> None:
         """Delete the entry at ``path`` and its chunk rows; a directory must be empty here."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -597,6 +598,51 @@ def _bracket(pat: bytes, pi: int, fn: int) -> tuple[bool | None, int]:
 
 # --- a tree on the local file system -----------------------------------------------------------
 
+def resolve_links(path: bytes, entry: Callable[[bytes], tuple[str, bytes] | None],
+                  absolute: Callable[[bytes], list[bytes] | None]) -> bytes | None:
+    """Follow the symbolic links along ``path`` like ``realpath()``, inside a tree.
+
+    ``entry(p)`` gives ``(kind, link target)`` of the tree path ``p`` (``b"/a/b"``) or ``None``
+    when it does not exist; ``absolute(target)`` maps an absolute link target to components
+    inside the tree, or ``None`` when it leads outside. Returns the real directory path
+    (``b"/"`` for the root), or ``None`` if the path does not lead to a directory, leaves the
+    tree, or loops.
+    """
+    pending = [c for c in path.split(b"/") if c][::-1]
+    real: list[bytes] = []
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name == b".":
+            continue
+        if name == b"..":
+            if not real:
+                return None
+            real.pop()
+            continue
+        found = entry(b"/" + b"/".join([*real, name]))
+        if found is None:
+            return None
+        kind, target = found
+        if kind == "symlink":
+            links += 1
+            if links > _MAX_SYMLINKS:
+                return None
+            if target.startswith(b"/"):
+                inside = absolute(target)
+                if inside is None:
+                    return None
+                real = []
+                pending.extend(reversed(inside))
+            else:
+                pending.extend(c for c in reversed(target.split(b"/")) if c)
+        elif kind == "dir":
+            real.append(name)
+        else:
+            return None
+    return b"/" + b"/".join(real)
+
+
 class LocalDirtabTree:
     """A :class:`DirtabTree` over a local directory ``root`` (e.g. the union mount).
 
@@ -648,41 +694,14 @@ class LocalDirtabTree:
         return None
 
     def resolve_dir(self, path: bytes) -> bytes | None:
-        pending = [c for c in path.split(b"/") if c][::-1]
-        real: list[bytes] = []
-        links = 0
-        while pending:
-            name = pending.pop()
-            if name == b".":
-                continue
-            if name == b"..":
-                if not real:
-                    return None
-                real.pop()
-                continue
-            host = self.root + b"/" + b"/".join([*real, name])
+        def entry(p: bytes) -> tuple[str, bytes] | None:
+            host = self.root + p
             try:
                 mode = os.lstat(host).st_mode
+                if stat.S_ISLNK(mode):
+                    return "symlink", os.readlink(host)
             except OSError:
                 return None
-            if stat.S_ISLNK(mode):
-                links += 1
-                if links > _MAX_SYMLINKS:
-                    return None
-                try:
-                    target = os.readlink(host)
-                except OSError:
-                    return None
-                if target.startswith(b"/"):
-                    inside = self._inside(target)
-                    if inside is None:
-                        return None
-                    real = []
-                    pending.extend(reversed(inside))
-                else:
-                    pending.extend(c for c in reversed(target.split(b"/")) if c)
-            elif stat.S_ISDIR(mode):
-                real.append(name)
-            else:
-                return None
-        return b"/" + b"/".join(real)
+            return ("dir" if stat.S_ISDIR(mode) else "file"), b""
+
+        return resolve_links(path, entry, self._inside)

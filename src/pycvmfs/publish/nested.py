@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from pycvmfs.errors import PublishError
 from pycvmfs.format.dirent import Flags
+from pycvmfs.format.dirtab import resolve_links
 
 if TYPE_CHECKING:
     from pycvmfs.publish.transaction import Transaction
@@ -70,38 +71,20 @@ class _CatalogDirtabTree:
         return out
 
     def resolve_dir(self, path: bytes) -> bytes | None:
-        pending = [c for c in path.split(b"/") if c][::-1]
-        real: list[bytes] = []
-        links = 0
-        while pending:
-            name = pending.pop()
-            if name == b".":
-                continue
-            if name == b"..":
-                if not real:
-                    return None
-                real.pop()
-                continue
-            p = b"/" + b"/".join([*real, name])
+        def entry(p: bytes) -> tuple[str, bytes] | None:
             row = self.tree.lookup(p)
             if row is None:
                 return None
             if row.flags & Flags.LINK:
-                links += 1
-                if links > 40:
-                    return None
-                target = row.symlink
-                if target.startswith(b"/"):
-                    if target != self.prefix and not target.startswith(self.prefix + b"/"):
-                        return None
-                    target = target[len(self.prefix):]
-                    real = []
-                pending.extend([c for c in target.split(b"/") if c][::-1])
-                continue
-            if not row.flags & Flags.DIR:
+                return "symlink", row.symlink
+            return ("dir" if row.flags & Flags.DIR else "file"), b""
+
+        def absolute(target: bytes) -> list[bytes] | None:
+            if target != self.prefix and not target.startswith(self.prefix + b"/"):
                 return None
-            real.append(name)
-        return b"/" + b"/".join(real) if real else b""
+            return [c for c in target[len(self.prefix):].split(b"/") if c]
+
+        return resolve_links(path, entry, absolute)
 
 
 def apply_dirtab(txn: Transaction) -> int:
@@ -132,7 +115,7 @@ def apply_dirtab(txn: Transaction) -> int:
     now = int(time.time())
     seen: set[bytes] = set()
     for match in dirtab.candidates(_CatalogDirtabTree(txn)):
-        d = match.real_path
+        d = match.real_path.rstrip(b"/")
         if d in seen or not d or tree.is_catalog_root(d):
             continue
         seen.add(d)
