@@ -72,9 +72,10 @@ def run(workdir: Path) -> int:
                            if hashlib.sha1(view.read_bytes(p)).hexdigest() != sha]
                     print(f"   read back {len(expected)} files through HTTP: "
                           f"{'all identical' if not bad else 'MISMATCH ' + ', '.join(bad)}")
+                    catalogs = [mp.decode() or "/" for mp, _ in view.catalogs()]
                     print(f"   releases/latest -> {view.readlink('releases/latest')}, "
                           f"lib chunks: {len(view.chunks('releases/1.0/lib/libdemo.so'))}, "
-                          f"nested catalogs: {view.loaded_catalog_count()}+")
+                          f"catalogs: {', '.join(catalogs)}")
                     rep = export_tree(view, "/", workdir / "export")
                     print(f"   exported {rep.files} files to {workdir / 'export'}")
                 report = verify_repository(repo, tags=True)
