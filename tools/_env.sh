@@ -5,12 +5,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT_DIR=$(pwd)
 
 _debian_packages() {
-    # python3 (>= 3.11) with venv, openssl (certificate checks in tests), attr tools
+    # python3 (>= 3.11) with venv, openssl (certificate checks in tests), attr tools;
+    # arguments: more Debian packages (tools/test.sh: squid nginx-light), installed if missing
     local need=()
     command -v python3 >/dev/null 2>&1 || need+=(python3)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
     command -v openssl >/dev/null 2>&1 || need+=(openssl)
-    for pkg in "$@"; do need+=("$pkg"); done
+    # the FUSE mount: libfuse3 (fusermount3) and what pip needs to build pyfuse3
+    command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+    pkg-config --exists fuse3 2>/dev/null || need+=(libfuse3-dev pkg-config)
+    command -v gcc >/dev/null 2>&1 || need+=(gcc)
+    python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null || need+=(python3-dev)
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
+    done
     if [ ${#need[@]} -gt 0 ]; then
         if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
             echo "pycvmfs: please install: ${need[*]}" >&2

@@ -255,3 +255,20 @@ def test_cache_is_shared_between_repository_objects(golden_repo, golden_keys, tm
     assert (tmp_path / "c" / "cvmfschecksum.golden.example.org").read_text().startswith(
         str(repo.manifest.root_catalog) + "T")
     _ = ObjectKind
+
+
+def test_concurrent_reads_of_one_open_file_return_the_right_bytes(location, golden_keys,
+                                                                   tmp_path):
+    """The kernel reads ahead in parallel on one file handle: positional reads must not mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with open_repository(location, keys=[golden_keys], cache_dir=tmp_path / "c") as repo, \
+            repo.open_revision() as view:
+        whole = view.read_bytes("bin/blob-3m.bin")
+        with view.open("bin/blob-3m.bin") as f:
+            rng = random.Random(11)
+            jobs = [(rng.randrange(0, len(whole)), rng.randrange(1, 300_000)) for _ in range(400)]
+            with ThreadPoolExecutor(8) as pool:
+                got = list(pool.map(lambda j: f.pread(j[1], j[0]), jobs))
+        for (off, n), data in zip(jobs, got, strict=True):
+            assert data == whole[off:off + n]

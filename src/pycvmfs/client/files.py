@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import io
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,11 +24,13 @@ class RepoFile(io.RawIOBase):
     """A seekable, read-only binary file over a repository file's object or chunks.
 
     Only the objects covering the bytes actually read are fetched: a read at any offset of a
-    chunked file downloads just the chunks it spans.
+    chunked file downloads just the chunks it spans. With ``release``, ``fetch`` pins each
+    object it returns and the file releases the pin when it moves to another object or closes.
     """
 
     def __init__(self, path: str, entry: DirectoryEntry, chunks: list[Chunk] | None,
-                 fetch: ObjectFetcher) -> None:
+                 fetch: ObjectFetcher,
+                 release: Callable[[ContentHash], None] | None = None) -> None:
         super().__init__()
         if entry.is_external:
             raise CvmfsError(f"{path}: external files (served from CVMFS_EXTERNAL_URL) are not "
@@ -38,9 +41,13 @@ class RepoFile(io.RawIOBase):
         self._chunks = chunks
         self._starts = [c.offset for c in chunks] if chunks else []
         self._fetch = fetch
+        self._unpin = release
         self._pos = 0
-        self._open_key: ContentHash | None = None
-        self._open_file: io.BufferedReader | None = None
+        # object hash -> [fd, readers]: positional reads (os.preadv) make concurrent reads of
+        # one file safe (the kernel reads ahead in parallel); a descriptor in use is never
+        # closed under a reader. Closing a descriptor releases the object's pin.
+        self._fds: dict[ContentHash, list[int]] = {}
+        self._fd_lock = threading.Lock()
 
     # -- io.RawIOBase --------------------------------------------------------------------
     def readable(self) -> bool:
@@ -80,9 +87,12 @@ class RepoFile(io.RawIOBase):
         return self.read(max(0, self._size - self._pos))
 
     def close(self) -> None:
-        if self._open_file is not None:
-            self._open_file.close()
-            self._open_file = None
+        with self._fd_lock:
+            for h, (fd, _readers) in list(self._fds.items()):
+                os.close(fd)
+                if self._unpin is not None:
+                    self._unpin(h)
+            self._fds.clear()
         super().close()
 
     # -- random access -------------------------------------------------------------------
@@ -107,22 +117,51 @@ class RepoFile(io.RawIOBase):
                 c = self._chunks[i]
                 obj, base, length = c.hash, c.offset, c.size
                 kind = ObjectKind.PARTIAL
-            f = self._object(obj, kind)
-            f.seek(pos - base)
             n = min(want - done, base + length - pos)
-            got = f.readinto(mv[done:done + n])
+            fd = self._acquire(obj, kind)
+            try:
+                got = os.preadv(fd, [mv[done:done + n]], pos - base)
+            finally:
+                self._done_with(obj)
             if got != n:
                 raise CvmfsError(f"{self.name}: cached object {obj} is shorter than the catalog "
-                                 f"says ({pos - base + (got or 0)} < {length} bytes)")
+                                 f"says ({pos - base + got} < {length} bytes)")
             done += n
         return done
 
-    def _object(self, h: ContentHash | None, kind: ObjectKind) -> io.BufferedReader:
+    def _acquire(self, h: ContentHash | None, kind: ObjectKind) -> int:
         if h is None:
             raise CvmfsError(f"{self.name}: file has no content hash")
-        if self._open_key != h or self._open_file is None:
-            if self._open_file is not None:
-                self._open_file.close()
-            self._open_file = open(self._fetch(h, kind), "rb")  # noqa: SIM115
-            self._open_key = h
-        return self._open_file
+        with self._fd_lock:
+            slot = self._fds.get(h)
+            if slot is not None:
+                slot[1] += 1
+                return slot[0]
+        path = self._fetch(h, kind)  # downloads and verifies outside the lock
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with self._fd_lock:
+            slot = self._fds.get(h)
+            if slot is not None:  # another reader opened it meanwhile (and pinned it once)
+                os.close(fd)
+                if self._unpin is not None:
+                    self._unpin(h)
+                slot[1] += 1
+                return slot[0]
+            self._close_idle()
+            self._fds[h] = [fd, 1]
+            return fd
+
+    def _done_with(self, h: ContentHash) -> None:
+        with self._fd_lock:
+            slot = self._fds.get(h)
+            if slot is not None:
+                slot[1] -= 1
+
+    def _close_idle(self) -> None:
+        """Keep few descriptors: close those no reader uses (called with the lock held)."""
+        if len(self._fds) < 4:
+            return
+        for key in [k for k, (_fd, readers) in self._fds.items() if readers == 0]:
+            os.close(self._fds.pop(key)[0])
+            if self._unpin is not None:
+                self._unpin(key)

@@ -1,0 +1,177 @@
+"""Mount commands: ``pycvmfs mount FQRN MOUNTPOINT`` and ``pycvmfs umount MOUNTPOINT``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+
+import click
+
+from pycvmfs.cli.common import revision_options, revision_selector
+from pycvmfs.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ...],
+                    cache_dir: str | None, proxies: tuple[str, ...], config_dir: str | None):
+    """A Repository from explicit options, else from the CernVM-FS configuration."""
+    from pycvmfs.client.cache import ObjectCache, default_cache_dir
+    from pycvmfs.client.repository import Repository, open_repository
+
+    if server_urls:
+        if not keys:
+            raise ConfigError("--server-url needs --key (the repository's public key)")
+        urls = ";".join(u.replace("@fqrn@", fqrn).replace("@org@", fqrn.split(".")[0])
+                        for u in server_urls)
+        return open_repository(urls, keys=list(keys), fqrn=fqrn, cache_dir=cache_dir,
+                               proxies=list(proxies) or ["DIRECT"])
+    try:
+        from pycvmfs.client.config import load_client_config
+    except ImportError:  # pragma: no cover - the configuration module is optional here
+        raise ConfigError("give --server-url and --key") from None
+    from pycvmfs.format.signature import load_public_keys
+    from pycvmfs.storage.http import HttpSource
+
+    cfg = load_client_config(fqrn, config_dir=config_dir)
+    urls = cfg.server_urls
+    if not urls:
+        raise ConfigError(f"{fqrn}: CVMFS_SERVER_URL is not configured")
+    groups = cfg.proxy_groups
+    source = HttpSource(urls, proxies=groups, timeout=cfg.timeout)
+    keys_found = load_public_keys(cfg.public_keys)
+    cache_base = cache_dir or cfg.cache_base or str(default_cache_dir())
+    cache = ObjectCache(os.path.join(cache_base, "shared"))
+    return Repository(source, public_keys=keys_found, fqrn=fqrn, cache=cache)
+
+
+@click.command()
+@click.argument("fqrn")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--server-url", "server_urls", multiple=True,
+              help="Repository URL (repeatable; @fqrn@ is substituted). Default: the "
+                   "CernVM-FS configuration's CVMFS_SERVER_URL.")
+@click.option("-k", "--key", "keys", multiple=True, type=click.Path(),
+              help="Public key file or directory (default: the configuration's keys).")
+@click.option("--proxy", "proxies", multiple=True, help="HTTP proxy or DIRECT (repeatable).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="CVMFS_CACHE_BASE",
+              help="Cache directory (default: CVMFS_CACHE_BASE of the configuration).")
+@click.option("--config-dir", type=click.Path(file_okay=False), envvar="PYCVMFS_CONFIG_DIR",
+              help="CernVM-FS configuration directory (default /etc/cvmfs).")
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground.")
+@click.option("--allow-other", is_flag=True, help="Let other users access the mount.")
+@click.option("--ttl", type=int, help="Re-check the manifest this often (seconds).")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Write the log here.")
+@click.option("-d", "--debug", is_flag=True, help="Debug logging (and libfuse debug output).")
+@revision_options
+def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, config_dir,
+          foreground: bool, allow_other: bool, ttl: int | None, log_file: str | None,
+          debug: bool, **kw) -> None:
+    """Mount repository FQRN read-only at MOUNTPOINT (FUSE)."""
+    from pycvmfs.client.fuse import MountOptions, run_mount
+
+    selector = revision_selector(kw)
+    if not os.path.isdir(mountpoint):
+        raise ConfigError(f"{mountpoint}: not a directory")
+    if os.path.ismount(mountpoint):
+        raise ConfigError(f"{mountpoint}: something is mounted there already")
+    options = MountOptions(ttl=ttl, allow_other=allow_other, debug=debug, selector=selector)
+    if foreground:
+        _logging(log_file, debug)
+        repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)
+        repo.refresh()
+        run_mount(repo, mountpoint, options)
+        return
+    # background: check the repository first, then serve from a detached child
+    probe = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)
+    probe.refresh()
+    probe.close()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        os.setsid()
+        code = 0
+        try:
+            _logging(log_file, debug)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)
+            os.write(w, b"ok")
+            os.close(w)
+            run_mount(repo, mountpoint, options)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                os.write(w, f"error: {e}".encode())
+            code = 1
+        os._exit(code)
+    os.close(w)
+    message = os.read(r, 4096).decode(errors="replace")
+    os.close(r)
+    if not message.startswith("ok"):
+        raise ConfigError(f"mount of {fqrn} failed: {message or 'the mount process died'}")
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mountpoint):
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        if done or time.monotonic() > deadline:
+            raise ConfigError(f"mount of {fqrn} at {mountpoint} did not come up"
+                              + (f" (see {log_file})" if log_file else ""))
+        time.sleep(0.05)
+    click.echo(f"mounted {fqrn} at {mountpoint} (pid {pid})")
+
+
+def _logging(log_file: str | None, debug: bool) -> None:
+    logging.basicConfig(filename=log_file, level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+def umount(mountpoint: str) -> None:
+    """Unmount a pycvmfs mount."""
+    if not os.path.ismount(mountpoint):
+        raise ConfigError(f"{mountpoint}: not mounted")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ConfigError(f"{mountpoint}: {proc.stderr.strip() or 'unmount failed'}")
+    deadline = time.monotonic() + 10
+    while os.path.ismount(mountpoint) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    click.echo(f"unmounted {mountpoint}")
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def status(mountpoint: str, as_json: bool) -> None:
+    """Show a mount's state from its magic extended attributes (revision, host, proxy...)."""
+    from pycvmfs.cli.common import emit_json
+
+    names = ("fqrn", "revision", "root_hash", "timestamp", "host", "proxy", "expires", "nclg",
+             "nioerr", "version", "uptime", "pid")
+    out = {}
+    for n in names:
+        try:
+            out[n] = os.getxattr(mountpoint, f"user.{n}").decode(errors="replace")
+        except OSError as e:
+            raise ConfigError(f"{mountpoint}: not a pycvmfs mount ({e.strerror})") from None
+    if as_json:
+        emit_json(out)
+        return
+    width = max(len(n) for n in names)
+    for n, v in out.items():
+        click.echo(f"{n:<{width}}  {v}")
+
+
+def register(group: click.Group) -> None:
+    for cmd in (mount, umount, status):
+        group.add_command(cmd)
+
+

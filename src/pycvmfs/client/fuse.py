@@ -1,0 +1,423 @@
+"""The FUSE file system: a read-only mount of a verified repository through libfuse3 (pyfuse3)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from pycvmfs import __version__
+from pycvmfs.client.files import RepoFile
+from pycvmfs.client.repository import Repository
+from pycvmfs.client.stat import Stat
+from pycvmfs.client.view import RevisionView
+from pycvmfs.errors import CvmfsError, PathError
+
+__all__ = ["CvmfsFilesystem", "MountOptions", "run_mount"]
+
+log = logging.getLogger("pycvmfs.fuse")
+
+_MAGIC_ROOT = ("user.fqrn", "user.revision", "user.root_hash", "user.host", "user.proxy",
+               "user.expires", "user.nclg", "user.nioerr", "user.version", "user.uptime",
+               "user.timestamp", "user.pid")
+_MAGIC_FILE = ("user.hash", "user.lhash", "user.chunks", "user.compression")
+
+
+@dataclass
+class MountOptions:
+    ttl: int | None = None  # manifest re-check period; None: the root catalog's TTL
+    max_ttl: int | None = None  # CVMFS_MAX_TTL cap
+    allow_other: bool = False
+    debug: bool = False
+    selector: dict = field(default_factory=dict)  # tag / revision / root_hash / date: pinned
+
+
+class _Inodes:
+    """Kernel inode numbers. A directory keeps one number per path across revisions; a file
+    or link gets one per path *and content*, and remembers the revision it came from, so the
+    kernel's page cache of an inode never mixes two contents and open files keep theirs.
+    Members of a hard-link group share one number."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[object, int] = {b"": pyfuse3.ROOT_INODE}
+        self._paths: dict[int, bytes] = {pyfuse3.ROOT_INODE: b""}
+        self._origin: dict[int, tuple[RevisionView, Stat]] = {}
+        self._next = pyfuse3.ROOT_INODE + 1
+        self._lock = threading.Lock()
+
+    def for_stat(self, path: bytes, s: Stat, view: RevisionView, generation: int) -> int:
+        if s.is_dir:
+            key: object = path
+        elif s.hardlink_group:
+            key = ("hl", generation, s.st_ino)
+        else:
+            key = ("f", path, s.entry.mode, s.entry.size, s.entry.mtime, s.entry.hash,
+                   s.entry.symlink, generation if s.is_chunked else None)
+        with self._lock:
+            ino = self._by_key.get(key)
+            if ino is None:
+                ino = self._next
+                self._next += 1
+                self._by_key[key] = ino
+                self._paths[ino] = path
+                if not s.is_dir:
+                    self._origin[ino] = (view, s)
+        return ino
+
+    def names(self) -> list[tuple[int, bytes]]:
+        """(parent inode, name) of every path handed to the kernel."""
+        with self._lock:
+            paths = set(self._paths.values())
+            out = []
+            for path in paths:
+                if not path:
+                    continue
+                parent = self._by_key.get(path[:path.rfind(b"/")])
+                if parent is not None:
+                    out.append((parent, path[path.rfind(b"/") + 1:]))
+            return out
+
+    def path(self, ino: int) -> bytes:
+        try:
+            return self._paths[ino]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+    def origin(self, ino: int) -> tuple[RevisionView, Stat] | None:
+        """For a file or link: the revision and attributes it was looked up in."""
+        return self._origin.get(ino)
+
+
+class CvmfsFilesystem(pyfuse3.Operations):
+    """Serves one repository; a newer revision becomes visible to new lookups after the TTL
+    while files already open keep reading the revision they were opened in."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, repo: Repository, options: MountOptions | None = None) -> None:
+        super().__init__()
+        self.repo = repo
+        self.options = options or MountOptions()
+        self.started = time.time()
+        self.generation = 0
+        self.view: RevisionView = repo.open_revision(**self.options.selector)
+        self._views = [self.view]
+        self.inodes = _Inodes()
+        self._files: dict[int, RepoFile] = {}
+        self._dirs: dict[int, list[Stat]] = {}
+        self._dir_views: dict[int, RevisionView] = {}
+        self._next_fh = 1
+        self._lock = threading.Lock()
+        self.expires = time.time() + self.ttl
+        self.io_errors = 0
+
+    # -- revisions -----------------------------------------------------------------------
+    @property
+    def ttl(self) -> int:
+        ttl = self.options.ttl or self.view.root_catalog.ttl or 240
+        if self.options.max_ttl:
+            ttl = min(ttl, self.options.max_ttl)
+        return max(1, ttl)
+
+    def check_for_update(self) -> bool:
+        """Re-read the manifest; switch to a newer revision (never an older one)."""
+        if self.options.selector:
+            return False  # pinned by tag / revision / hash / date
+        try:
+            state = self.repo.refresh()
+        except CvmfsError as e:
+            log.warning("keeping revision %s: %s", self.view.revision, e)
+            self.expires = time.time() + min(self.ttl, 180)
+            return False
+        self.expires = time.time() + self.ttl
+        m = state.manifest
+        if m.root_catalog == self.view.root_hash or m.revision <= (self.view.revision or 0):
+            return False
+        new = self.repo.open_revision()
+        with self._lock:
+            self.view = new
+            self._views.append(new)
+            self.generation += 1
+        log.info("now serving revision %s (%s)", new.revision, new.root_hash)
+        self._invalidate_entries()
+        return True
+
+    def _invalidate_entries(self) -> None:
+        """Ask the kernel to forget every name it cached, so the next access of any path looks
+        it up in the new revision (open files keep their inodes and contents)."""
+        for parent, name in self.inodes.names():
+            try:
+                pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            except Exception as e:
+                log.debug("invalidate %r: %s", name, e)
+                return
+
+    async def updater(self) -> None:
+        while True:
+            await trio.sleep(max(1.0, self.expires - time.time()))
+            await trio.to_thread.run_sync(self.check_for_update)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _attrs(self, s: Stat, ino: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.generation = 0
+        a.entry_timeout = self.ttl
+        a.attr_timeout = self.ttl
+        a.st_mode = s.st_mode
+        a.st_nlink = s.st_nlink
+        a.st_uid = s.st_uid
+        a.st_gid = s.st_gid
+        a.st_rdev = s.st_rdev
+        a.st_size = s.st_size
+        a.st_blksize = 4096
+        a.st_blocks = s.st_blocks
+        ns = s.st_mtime_ns
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        return a
+
+    def _stat_path(self, path: bytes) -> Stat:
+        try:
+            return self.view.lstat(path or b"/")
+        except PathError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.ENOENT) from None
+        except CvmfsError as e:
+            self.io_errors += 1
+            log.error("%s: %s", os.fsdecode(path) or "/", e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def _run(self, fn, *args):
+        """Blocking work (catalog and object downloads) off the event loop. Anything but a
+        FUSE error becomes EIO with a log line: one bad request never ends the mount."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            self.io_errors += 1
+            log.exception("request failed")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    # -- pyfuse3.Operations --------------------------------------------------------------
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self.inodes.path(parent_inode)
+        if name == b".":
+            path = parent
+        elif name == b"..":
+            path = parent[:parent.rfind(b"/")] if parent else b""
+        else:
+            path = parent + b"/" + name
+        view = self.view
+        s = await self._run(self._stat_path, path)
+        return self._attrs(s, self.inodes.for_stat(path, s, view, self.generation))
+
+    async def getattr(self, inode, ctx=None):
+        origin = self.inodes.origin(inode)
+        if origin is not None:
+            return self._attrs(origin[1], inode)
+        s = await self._run(self._stat_path, self.inodes.path(inode))
+        return self._attrs(s, inode)
+
+    async def readlink(self, inode, ctx):
+        origin = self.inodes.origin(inode)
+        s = origin[1] if origin else await self._run(self._stat_path, self.inodes.path(inode))
+        if not s.is_symlink:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return s.symlink_target or b""
+
+    async def opendir(self, inode, ctx):
+        path = self.inodes.path(inode)
+
+        def listing() -> list[Stat]:
+            try:
+                return self.view.scandir(path or b"/")
+            except PathError as e:
+                raise pyfuse3.FUSEError(e.errno or errno.ENOENT) from None
+            except CvmfsError as e:
+                self.io_errors += 1
+                log.error("%s: %s", os.fsdecode(path) or "/", e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
+        view = self.view
+        entries = await self._run(listing)
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._dirs[fh] = entries
+            self._dir_views[fh] = view
+        return fh
+
+    async def readdir(self, fh, start_id, token):
+        entries = self._dirs.get(fh, [])
+        for i in range(start_id, len(entries)):
+            s = entries[i]
+            path = os.fsencode(s.path) if s.path != "/" else b""
+            ino = self.inodes.for_stat(path, s, self._dir_views[fh], self.generation)
+            if not pyfuse3.readdir_reply(token, s.entry.name, self._attrs(s, ino), i + 1):
+                break
+
+    async def releasedir(self, fh):
+        self._dirs.pop(fh, None)
+        self._dir_views.pop(fh, None)
+
+    async def open(self, inode, flags, ctx):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        path = self.inodes.path(inode)
+        origin = self.inodes.origin(inode)
+        view = origin[0] if origin else self.view
+
+        def do_open() -> RepoFile:
+            try:
+                return view.open(path)
+            except PathError as e:
+                raise pyfuse3.FUSEError(e.errno or errno.ENOENT) from None
+            except CvmfsError as e:
+                self.io_errors += 1
+                log.error("%s: %s", os.fsdecode(path), e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
+        f = await self._run(do_open)
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._files[fh] = f
+        fi = pyfuse3.FileInfo(fh=fh)
+        fi.keep_cache = True  # a revision is immutable: the page cache stays valid
+        return fi
+
+    async def read(self, fh, off, size):
+        f = self._files.get(fh)
+        if f is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+
+        def do_read() -> bytes:
+            try:
+                return f.pread(size, off)
+            except CvmfsError as e:
+                self.io_errors += 1
+                log.error("%s: %s", f.name, e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
+        return await self._run(do_read)
+
+    async def release(self, fh):
+        f = self._files.pop(fh, None)
+        if f is not None:
+            f.close()
+
+    async def statfs(self, ctx):
+        st = pyfuse3.StatvfsData()
+        stats = self.view.root_catalog.statistics()
+        entries = sum(stats[f"{s}_{k}"] for s in ("self", "subtree")
+                      for k in ("regular", "symlink", "special", "dir"))
+        st.f_bsize = st.f_frsize = 4096
+        st.f_blocks = st.f_bfree = st.f_bavail = 0
+        st.f_files = entries
+        st.f_ffree = st.f_favail = 0
+        st.f_namemax = 255
+        return st
+
+    # -- extended attributes -------------------------------------------------------------
+    def _magic(self, path: bytes, s: Stat, name: str) -> bytes | None:
+        src = self.repo.source
+        m = self.repo.state.manifest
+        if name == "user.fqrn":
+            return (self.repo.fqrn or "").encode()
+        if name == "user.revision":
+            return str(self.view.revision if self.view.revision is not None
+                       else self.view.root_catalog.revision).encode()
+        if name == "user.root_hash":
+            return str(self.view.root_hash).encode()
+        if name == "user.timestamp":
+            return str(m.publish_timestamp).encode()
+        if name == "user.host":
+            return str(getattr(src, "current_url", None) or src.describe("")).encode()
+        if name == "user.proxy":
+            return str(getattr(src, "current_proxy", None) or "DIRECT").encode()
+        if name == "user.expires":
+            return str(max(0, int((self.expires - time.time()) / 60))).encode()
+        if name == "user.nclg":
+            return str(self.view.loaded_catalog_count()).encode()
+        if name == "user.nioerr":
+            stats = getattr(src, "stats", {}) or {}
+            net = stats.get("nioerr", stats.get("failovers", 0) + stats.get("bad_data", 0))
+            return str(self.io_errors + int(net)).encode()
+        if name == "user.version":
+            return f"pycvmfs {__version__}".encode()
+        if name == "user.uptime":
+            return str(int((time.time() - self.started) / 60)).encode()
+        if name == "user.pid":
+            return str(os.getpid()).encode()
+        if name in _MAGIC_FILE and s.is_file:
+            if name == "user.hash":
+                return str(s.hash).encode() if s.hash else None
+            if name == "user.lhash":
+                return str(s.hash).encode() if s.hash else None
+            if name == "user.chunks":
+                return str(max(1, len(self.view.chunks(path or b"/")))).encode()
+            if name == "user.compression":
+                return s.compression.config_name.encode()
+        return None
+
+    async def getxattr(self, inode, name, ctx):
+        path = self.inodes.path(inode)
+        key = os.fsdecode(name)
+
+        def get() -> bytes:
+            s = self._stat_path(path)
+            value = self._magic(path, s, key) if key in _MAGIC_ROOT + _MAGIC_FILE else None
+            if value is not None:
+                return value
+            stored = s.entry.xattrs(what=os.fsdecode(path))
+            if name in stored:
+                return stored[name]
+            raise pyfuse3.FUSEError(errno.ENODATA)
+
+        return await self._run(get)
+
+    async def listxattr(self, inode, ctx):
+        path = self.inodes.path(inode)
+        s = await self._run(self._stat_path, path)
+        names = list(s.entry.xattrs(what=os.fsdecode(path)))
+        magic = _MAGIC_ROOT + (_MAGIC_FILE if s.is_file else ())
+        return [*(n.encode() for n in magic), *(n for n in names if os.fsdecode(n) not in magic)]
+
+    async def access(self, inode, mode, ctx):
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return True
+
+
+def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = None) -> None:
+    """Mount and serve until unmounted (``pycvmfs umount`` / ``fusermount3 -u``) or signalled."""
+    options = options or MountOptions()
+    fs = CvmfsFilesystem(repo, options)
+    fuse_options = set(pyfuse3.default_options)
+    fuse_options.discard("default_permissions")
+    fuse_options |= {"ro", f"fsname={repo.fqrn}", "subtype=pycvmfs", "default_permissions"}
+    if options.allow_other:
+        fuse_options.add("allow_other")
+    if options.debug:
+        fuse_options.add("debug")
+    pyfuse3.init(fs, mountpoint, fuse_options)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.updater)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        pyfuse3.close(unmount=True)
+        for v in fs._views:
+            v.close()
+

@@ -1,0 +1,155 @@
+"""The FUSE mount, for real: /dev/fuse, libfuse3, plain OS calls on the mount point."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pycvmfs.server.http import RepositoryServer
+
+FUSE_OK = os.path.exists("/dev/fuse") and os.geteuid() == 0
+if not FUSE_OK and os.environ.get("CI"):
+    raise RuntimeError("CI needs /dev/fuse and root for the FUSE tests")
+pytestmark = pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and root")
+
+CLI = [sys.executable, "-m", "pycvmfs.cli.main"]
+
+
+def _run(*args, env=None, check=True):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, check=check,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def mounter(tmp_path):
+    """``mount(fqrn, url, key, *opts)`` -> mount point; everything is unmounted at teardown."""
+    mounted = []
+
+    def mount(fqrn: str, url: str, key, *opts: str) -> Path:
+        mp = tmp_path / f"mnt{len(mounted)}"
+        mp.mkdir()
+        res = _run("mount", fqrn, str(mp), "--server-url", url, "-k", str(key), "--cache-dir",
+                   str(tmp_path / f"cache{len(mounted)}"), "--log-file",
+                   str(tmp_path / f"mount{len(mounted)}.log"), *opts, check=False)
+        assert res.returncode == 0, res.stderr
+        mounted.append(mp)
+        return mp
+
+    yield mount
+    for mp in mounted:
+        if os.path.ismount(mp):
+            subprocess.run(["fusermount3", "-u", str(mp)], check=False)
+
+
+@pytest.fixture(scope="module")
+def golden_http(golden_repo):
+    with RepositoryServer({"golden.example.org": golden_repo}) as srv:
+        yield srv.repository_url("golden.example.org")
+
+
+def _walk(root: Path) -> dict[str, dict]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = os.lstat(p)
+            rel = str(p.relative_to(root))
+            e = {"mode": f"{stat.S_IMODE(st.st_mode):o}", "mtime": int(st.st_mtime)}
+            if stat.S_ISLNK(st.st_mode):
+                e.update(type="symlink", target=os.readlink(p), size=st.st_size)
+            elif stat.S_ISDIR(st.st_mode):
+                e["type"] = "dir"
+            else:
+                data = p.read_bytes()
+                e.update(type="file", size=st.st_size, sha1=hashlib.sha1(data).hexdigest(),
+                         nlink=st.st_nlink)
+                xa = {k: os.getxattr(p, k).hex() for k in os.listxattr(p)
+                      if k.startswith("user.") and k in ("user.comment", "user.empty",
+                                                         "user.binary")}
+                if xa:
+                    e["xattrs_hex"] = xa
+                assert len(data) == st.st_size
+            out[rel] = e
+    return out
+
+
+@pytest.mark.parametrize(("opts", "tree"), [((), "rev2"), (("--tag", "v1"), "rev1")])
+def test_every_path_of_the_golden_repository_through_the_mount(mounter, golden_http, golden_keys,
+                                                                golden_expected, opts, tree):
+    mp = mounter("golden.example.org", golden_http, golden_keys, *opts)
+    got = _walk(mp)
+    expected = golden_expected["trees"][tree]["entries"]
+    assert sorted(got) == sorted(expected)
+    for path, exp in expected.items():
+        g = got[path]
+        assert (g["type"], g["mode"], g["mtime"]) == (exp["type"], exp["mode"], exp["mtime"]), path
+        if exp["type"] == "file":
+            assert (g["size"], g["sha1"]) == (exp["size"], exp["sha1"]), path
+            assert g["nlink"] == exp["published_nlink"], path
+            assert g.get("xattrs_hex", {}) == exp.get("xattrs_hex", {}), path
+        if exp["type"] == "symlink":
+            assert (g["target"], g["size"]) == (exp["target"], exp["size"]), path
+    assert os.getxattr(mp, "user.fqrn") == b"golden.example.org"
+    rev = b"3" if tree == "rev2" else b"2"
+    assert os.getxattr(mp, "user.revision") == rev
+    assert int(os.getxattr(mp / "bin" / "blob-3m.bin", "user.chunks")) == 28
+    assert os.statvfs(mp).f_files == 1068 if tree == "rev2" else True
+    with pytest.raises(OSError):
+        (mp / "new-file").write_bytes(b"x")  # read-only
+
+
+def test_random_access_reads_and_status(mounter, golden_http, golden_keys):
+    mp = mounter("golden.example.org", golden_http, golden_keys)
+    path = mp / "bin" / "blob-1m.bin"
+    data = path.read_bytes()
+    with open(path, "rb") as f:
+        for off in (0, 72790, 500_000, len(data) - 5):
+            f.seek(off)
+            assert f.read(70_000) == data[off:off + 70_000]
+    res = _run("status", str(mp), "--json")
+    assert '"revision": "3"' in res.stdout and '"nioerr": "0"' in res.stdout
+
+
+def test_new_revision_after_the_ttl_while_open_files_keep_theirs(mounter, tmp_path):
+    from pycvmfs.publish.repository import Publisher
+
+    pub = Publisher.mkfs("live.example.org", tmp_path / "srv" / "live.example.org",
+                         config_dir=tmp_path / "etc")
+    with pub.transaction() as txn:
+        txn.add_file("/data.txt", b"first revision\n")
+    with RepositoryServer({"live.example.org": pub.config.storage}) as srv:
+        mp = mounter("live.example.org", srv.repository_url("live.example.org"),
+                     pub.config.key_path("pub"), "--ttl", "1")
+        old = open(mp / "data.txt", "rb")  # noqa: SIM115 - kept open across the update
+        try:
+            assert old.read() == b"first revision\n"
+            before = int(os.getxattr(mp, "user.revision"))
+            with pub.transaction() as txn:
+                txn.add_file("/data.txt", b"second revision, longer\n")
+                txn.add_file("/new.txt", b"new\n")
+            deadline = time.monotonic() + 20
+            while int(os.getxattr(mp, "user.revision")) == before:
+                assert time.monotonic() < deadline, "the new revision never appeared"
+                time.sleep(0.3)
+            # wait for the kernel's entry/attribute cache (TTL 1 s) as well
+            deadline = time.monotonic() + 10
+            while not (mp / "new.txt").exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            # the kernel's cached names are invalidated at the switch (queued): new opens see
+            # the new content
+            deadline = time.monotonic() + 5
+            while (mp / "data.txt").read_bytes() != b"second revision, longer\n":
+                assert time.monotonic() < deadline, (mp / "data.txt").read_bytes()
+                time.sleep(0.2)
+            old.seek(0)
+            assert old.read() == b"first revision\n"  # the open file keeps its revision
+        finally:
+            old.close()
