@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import http.server
+import itertools
+import random
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,9 +18,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from pycvmfs import __version__
-from pycvmfs.errors import FetchError, HashMismatchError, IntegrityError, ObjectNotFoundError
+from pycvmfs.errors import (
+    ConfigError,
+    FetchError,
+    HashMismatchError,
+    IntegrityError,
+    ObjectNotFoundError,
+)
 from pycvmfs.storage.base import Source, fetch_bytes
-from pycvmfs.storage.http import HttpSource
+from pycvmfs.storage.http import HttpSource, parse_proxy_spec
 from pycvmfs.storage.locate import open_source
 
 FQRN = "golden.example.org"
@@ -391,3 +400,155 @@ def test_open_source_splits_http_url_chains(golden_url: str, manifest: bytes) ->
     assert isinstance(src, HttpSource)
     assert src.urls == [dead, golden_url]
     assert fetch_bytes(src, ".cvmfspublished", what="manifest") == manifest
+
+
+# -- proxy groups, resets, timeouts ---------------------------------------------------------------
+
+
+def test_parse_proxy_spec_groups_members_and_direct() -> None:
+    spec = " http://p1:3128 | p2:3128 ;DIRECT; ;direct|http://p3:8080 "
+    assert parse_proxy_spec(spec) == [["http://p1:3128", "http://p2:3128"], ["DIRECT"],
+                                      ["DIRECT", "http://p3:8080"]]
+    assert parse_proxy_spec("DIRECT") == [["DIRECT"]]
+
+
+@pytest.mark.parametrize("spec", ["", " ; ", "auto", "http://p1:3128;auto", "ftp://p1:21"])
+def test_parse_proxy_spec_rejects_empty_auto_and_bad_urls(spec: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_proxy_spec(spec)
+
+
+def test_proxies_argument_forms_give_groups() -> None:
+    url = "http://127.0.0.1:1/cvmfs/x"
+    assert HttpSource([url]).proxy_groups == [["DIRECT"]]
+    assert HttpSource([url], proxies=["http://a:1", "DIRECT"]).proxy_groups == [
+        ["http://a:1"], ["DIRECT"]]
+    src = HttpSource([url], proxies=[["http://a:1", "http://b:1"], ["DIRECT"]])
+    assert src.proxy_groups == [["http://a:1", "http://b:1"], ["DIRECT"]]
+    assert src.proxies == ["http://a:1", "http://b:1", "DIRECT"]
+    assert src.proxy_spec == "http://a:1|http://b:1;DIRECT"
+    assert HttpSource([url], proxies="http://a:1|http://b:1;DIRECT").proxy_groups == \
+        src.proxy_groups
+    with pytest.raises(ConfigError):
+        HttpSource([url], proxies=[[]])
+
+
+def test_group_members_are_load_balanced(http_server, tmp_path: Path, golden_url: str) -> None:
+    logs: list[list] = [[], []]
+    members = [http_server(tmp_path, make_proxy(log)).url for log in logs]
+    firsts = set()
+    for seed in range(12):
+        src = HttpSource([golden_url], proxies=[members, ["DIRECT"]], rng=random.Random(seed))
+        firsts.add(src.current_proxy)
+        assert src.current_proxy in members
+    assert firsts == set(members)  # each member is picked first by some client
+
+
+def test_dead_group_member_moves_to_the_other_member_before_next_group(
+        http_server, tmp_path: Path, golden_url: str, manifest: bytes) -> None:
+    log: list = []
+    alive = http_server(tmp_path, make_proxy(log)).url
+    dead = closed_port_url().rsplit("/cvmfs", 1)[0]
+    failovers = 0
+    for seed in range(6):  # whichever member comes first
+        src = HttpSource([golden_url], proxies=[[dead, alive], ["DIRECT"]],
+                         rng=random.Random(seed), **FAST)
+        assert fetch_bytes(src, ".cvmfspublished", what="manifest") == manifest
+        assert src.current_proxy == alive  # DIRECT (the next group) was not needed
+        assert src.stats["proxy_failovers"] <= 1 and src.stats["nioerr"] == 0
+        failovers += src.stats["proxy_failovers"]
+    assert len(log) == 6 and failovers >= 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_host_reset_after_returns_to_the_first_server(http_server, golden_dir: Path,
+                                                      golden_url: str, manifest: bytes) -> None:
+    log: list = []
+    flaky_down = [True]
+
+    def down_while_flagged(h) -> bool:
+        if flaky_down[0]:
+            reply(h, 503, b"down\n")
+            return True
+        return False
+
+    first = http_server(golden_dir, make_handler(down_while_flagged, log))
+    clock = Clock()
+    src = HttpSource([f"{first.url}/{FQRN}", golden_url], host_reset_after=60, clock=clock,
+                     **FAST)
+    fetch_bytes(src, ".cvmfspublished", what="manifest")
+    assert src.current_url == golden_url and src.stats["failovers"] == 1
+    flaky_down[0] = False
+    clock.now += 59
+    fetch_bytes(src, ".cvmfspublished", what="manifest")
+    assert len(log) == 1 and src.current_url == golden_url  # still sticky
+    clock.now += 1
+    assert src.current_url == f"{first.url}/{FQRN}"
+    assert fetch_bytes(src, ".cvmfspublished", what="manifest") == manifest
+    assert len(log) == 2
+
+
+def test_proxy_reset_after_returns_to_the_first_group(http_server, tmp_path: Path,
+                                                      golden_url: str, manifest: bytes) -> None:
+    log: list = []
+    refusing = [True]
+    squid_error = status(503, {"X-Squid-Error": "ERR_CONNECT_FAIL 111"})
+
+    def refuse_while_flagged(h) -> bool:
+        return squid_error(h) if refusing[0] else False
+
+    proxy = http_server(tmp_path, make_proxy(log, refuse_while_flagged)).url
+    clock = Clock()
+    src = HttpSource([golden_url], proxies=f"{proxy};DIRECT", proxy_reset_after=30,
+                     clock=clock, **FAST)
+    fetch_bytes(src, ".cvmfspublished", what="manifest")
+    assert src.current_proxy == "DIRECT" and src.stats["proxy_failovers"] == 1
+    refusing[0] = False
+    clock.now += 29
+    assert src.current_proxy == "DIRECT"
+    clock.now += 1
+    assert src.current_proxy == proxy
+    assert fetch_bytes(src, ".cvmfspublished", what="manifest") == manifest
+    assert len(log) == 2 and src.stats["proxy_failovers"] == 1
+
+
+def test_direct_and_proxy_timeouts_are_separate(http_server, golden_dir: Path,
+                                                tmp_path: Path) -> None:
+    def stall(h) -> bool:
+        time.sleep(0.6)
+        return False
+
+    slow = http_server(golden_dir, make_handler(stall))
+    url = f"{slow.url}/{FQRN}"
+    src = HttpSource([url], timeout=5.0, timeout_direct=0.2, retries=0)
+    with pytest.raises(FetchError, match="read timeout"):
+        fetch_bytes(src, ".cvmfspublished", what="manifest")
+    assert src.stats["nioerr"] == 1
+    proxy = http_server(tmp_path, make_proxy([])).url
+    via = HttpSource([url], proxies=proxy, timeout=5.0, timeout_direct=0.2, retries=0)
+    assert fetch_bytes(via, ".cvmfspublished", what="manifest")  # 0.6 s < 5 s through a proxy
+
+
+def test_retries_back_off_exponentially_between_bounds(http_server, golden_dir: Path) -> None:
+    times: list[float] = []
+
+    def busy(h) -> bool:
+        times.append(time.monotonic())
+        reply(h, 429, b"busy\n")
+        return True
+
+    srv = http_server(golden_dir, make_handler(busy))
+    src = HttpSource([f"{srv.url}/{FQRN}"], retries=3, backoff=(0.1, 0.25))
+    with pytest.raises(FetchError):
+        fetch_bytes(src, ".cvmfspublished", what="manifest")
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) == 3 and src.stats["retries"] == 3 and src.stats["nioerr"] == 1
+    assert 0.1 <= gaps[0] < 0.35  # first: between init and twice init
+    assert 0.2 <= gaps[1] < 0.39 and 0.24 <= gaps[2] < 0.39  # doubled, capped at 0.25

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -21,6 +22,10 @@ T = TypeVar("T")
 
 #: The proxy name meaning "connect to the server directly".
 DIRECT = "DIRECT"
+
+#: What ``proxies=`` accepts: a ``CVMFS_HTTP_PROXY`` string, a list of such strings (each one or
+#: more groups, in fail-over order), or a list of groups (lists of proxy URLs / ``DIRECT``).
+ProxySpec = str | Sequence[str | Sequence[str]]
 
 #: Headers asking caches on the way for a fresh copy (§8.6).
 NO_CACHE_HEADERS = {"Pragma": "no-cache", "Cache-Control": "no-cache"}
@@ -73,18 +78,27 @@ class HttpSource:
     """A :class:`~pycvmfs.storage.base.Source` over a chain of repository base URLs.
 
     ``urls`` are tried in order (``http://host:port/cvmfs/<fqrn>``); the order is sticky: after a
-    failover, later fetches start at the server that last delivered. ``proxies`` are tried in
-    order for each server, ``DIRECT`` meaning no proxy; the last working proxy is sticky too.
-    One urllib3 pool manager per proxy keeps connections alive; the object is safe to share
-    between threads.
+    failover, later fetches start at the server that last delivered, until ``host_reset_after``
+    seconds have passed since that failover (then the first server is preferred again; ``0``:
+    never). One urllib3 pool manager per proxy keeps connections alive; the object is safe to
+    share between threads.
 
-    Failover (§8.6, simplified): a connection error, timeout or HTTP 429 is retried on the same
-    URL up to ``retries`` times, sleeping ``backoff[0]`` doubled per retry (at most
-    ``backoff[1]``) seconds, then the next proxy is tried, then the next server. A 3xx (redirects
-    are never followed), 400, 404 or 5xx moves to the next server; so does an error a proxy
-    reports about itself (``X-Squid-Error`` / ``Proxy-Status: ...error=`` headers, other 4xx
-    through a proxy), after the remaining proxies have been tried. When the consumer raises
-    :class:`~pycvmfs.errors.IntegrityError` the same URL is fetched once more with
+    Proxies (§8.1) come in *groups* tried in fail-over order; the members of a group share the
+    load: the current proxy is a random member, on its failure the other members of the group
+    follow in random order, then the next groups (each starting at a random member), wrapping
+    around. ``DIRECT`` (no proxy) may be a member. ``proxies`` is a ``CVMFS_HTTP_PROXY`` string
+    (see :func:`parse_proxy_spec`), a list of such strings, or a list of groups. The working
+    proxy is sticky; ``proxy_reset_after`` seconds after a fail-over to a later group the first
+    group is preferred again (``0``: never). Requests through a proxy use ``timeout`` seconds,
+    direct ones ``timeout_direct`` (default: ``timeout``).
+
+    Failover (§8.6): a connection error, timeout or HTTP 429 is retried on the same URL up to
+    ``retries`` times, sleeping between ``backoff[0]`` and twice that for the first retry, doubled
+    per retry, at most ``backoff[1]`` seconds; then the next proxy is tried, then the next server.
+    A 3xx (redirects are never followed), 400, 404 or 5xx moves to the next server; so does an
+    error a proxy reports about itself (``X-Squid-Error`` / ``Proxy-Status: ...error=`` headers,
+    other 4xx through a proxy), after the remaining proxies have been tried. When the consumer
+    raises :class:`~pycvmfs.errors.IntegrityError` the same URL is fetched once more with
     ``Pragma: no-cache`` and ``Cache-Control: no-cache`` (unless those were already sent), then
     the next server is tried.
     """
@@ -93,46 +107,60 @@ class HttpSource:
         self,
         urls: Sequence[str],
         *,
-        proxies: Sequence[str] = (DIRECT,),
+        proxies: ProxySpec = (DIRECT,),
         timeout: float = 10.0,
+        timeout_direct: float | None = None,
         retries: int = 1,
         backoff: tuple[float, float] = (0.05, 1.0),
+        host_reset_after: float = 0.0,
+        proxy_reset_after: float = 0.0,
         user_agent: str = f"pycvmfs/{__version__}",
         pool_size: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         if isinstance(urls, str):
             urls = [urls]
         self._urls = [_check_url(u) for u in urls]
         if not self._urls:
             raise ConfigError("HttpSource: no server URL given")
-        if isinstance(proxies, str):
-            proxies = [proxies]
-        self._proxies = [_check_proxy(p) for p in proxies]
-        if not self._proxies:
-            raise ConfigError("HttpSource: empty proxy list (use 'DIRECT' for no proxy)")
-        if timeout <= 0 or retries < 0 or backoff[0] < 0 or backoff[1] < backoff[0]:
-            raise ConfigError(f"HttpSource: invalid timeout={timeout}, retries={retries} or "
-                              f"backoff={backoff}")
+        self._groups = _proxy_groups(proxies)
+        if timeout_direct is None:
+            timeout_direct = timeout
+        if (timeout <= 0 or timeout_direct <= 0 or retries < 0 or backoff[0] < 0
+                or backoff[1] < backoff[0] or host_reset_after < 0 or proxy_reset_after < 0):
+            raise ConfigError(f"HttpSource: invalid timeout={timeout}/{timeout_direct}, "
+                              f"retries={retries}, backoff={backoff} or reset "
+                              f"{host_reset_after}/{proxy_reset_after}")
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._timeout_direct = urllib3.Timeout(connect=timeout_direct, read=timeout_direct)
         self._retries = retries
         self._backoff = backoff
+        self._host_reset_after = host_reset_after
+        self._proxy_reset_after = proxy_reset_after
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
         self._headers = {"Connection": "keep-alive", "User-Agent": user_agent}
-        self._pools = [self._make_pool(p, pool_size) for p in self._proxies]
+        self._pools = {p: self._make_pool(p, pool_size) for g in self._groups for p in g}
         self._lock = threading.Lock()
         self._server = 0
-        self._proxy = 0
+        self._host_failover_at = 0.0
+        self._group = 0
+        self._member = self._rng.randrange(len(self._groups[0]))
+        self._proxy_failover_at = 0.0
         self._stats = {"requests": 0, "retries": 0, "failovers": 0, "proxy_failovers": 0,
-                       "bad_data": 0}
+                       "bad_data": 0, "nioerr": 0}
 
     def _make_pool(self, proxy: str, pool_size: int) -> urllib3.PoolManager:
+        timeout = self._timeout_direct if proxy == DIRECT else self._timeout
         kw: dict[str, Any] = {"num_pools": max(10, len(self._urls)), "maxsize": pool_size,
-                              "block": False, "retries": False, "timeout": self._timeout}
+                              "block": False, "retries": False, "timeout": timeout}
         if proxy == DIRECT:
             return urllib3.PoolManager(**kw)
         return urllib3.ProxyManager(proxy, **kw)
 
     def __repr__(self) -> str:
-        return f"HttpSource({self._urls!r}, proxies={self._proxies!r})"
+        return f"HttpSource({self._urls!r}, proxies={self.proxy_spec!r})"
 
     def __enter__(self) -> HttpSource:
         return self
@@ -148,24 +176,37 @@ class HttpSource:
 
     @property
     def proxies(self) -> list[str]:
-        return list(self._proxies)
+        """Every proxy, group after group (``DIRECT`` for none)."""
+        return [p for g in self._groups for p in g]
+
+    @property
+    def proxy_groups(self) -> list[list[str]]:
+        return [list(g) for g in self._groups]
+
+    @property
+    def proxy_spec(self) -> str:
+        """The proxy groups in ``CVMFS_HTTP_PROXY`` syntax."""
+        return ";".join("|".join(g) for g in self._groups)
 
     @property
     def current_url(self) -> str:
-        """The server the next fetch starts with."""
+        """The server the next fetch starts with (the ``user.host`` xattr)."""
         with self._lock:
+            self._maybe_reset()
             return self._urls[self._server]
 
     @property
     def current_proxy(self) -> str:
-        """The proxy the next request starts with (``DIRECT`` for none)."""
+        """The proxy the next request starts with, ``DIRECT`` for none (``user.proxy``)."""
         with self._lock:
-            return self._proxies[self._proxy]
+            self._maybe_reset()
+            return self._groups[self._group][self._member]
 
     @property
     def stats(self) -> dict[str, int]:
         """Counters: ``requests`` sent, ``retries`` of a URL, ``failovers`` to another server,
-        ``proxy_failovers`` to another proxy, ``bad_data`` (bodies the consumer rejected)."""
+        ``proxy_failovers`` to another proxy, ``bad_data`` (bodies the consumer rejected),
+        ``nioerr`` (fetches that failed for good: the client's I/O errors)."""
         with self._lock:
             return dict(self._stats)
 
@@ -180,8 +221,34 @@ class HttpSource:
 
     def close(self) -> None:
         """Close every pooled connection (the source stays usable; connections reopen)."""
-        for pool in self._pools:
+        for pool in self._pools.values():
             pool.clear()
+
+    # -- sticky choices ----------------------------------------------------------------------
+
+    def _maybe_reset(self) -> None:
+        """Return to the first server / proxy group once the reset delays passed (lock held)."""
+        now = self._clock()
+        if (self._server and self._host_reset_after
+                and now - self._host_failover_at >= self._host_reset_after):
+            self._server = 0
+        if (self._group and self._proxy_reset_after
+                and now - self._proxy_failover_at >= self._proxy_reset_after):
+            self._group = 0
+            self._member = self._rng.randrange(len(self._groups[0]))
+
+    def _proxy_order(self) -> list[tuple[int, int]]:
+        """(group, member) pairs in the order one server is tried through them."""
+        with self._lock:
+            order = [(self._group, self._member)]
+            n = len(self._groups)
+            for step in range(n):
+                g = (self._group + step) % n
+                members = [m for m in range(len(self._groups[g]))
+                           if step or m != self._member]
+                self._rng.shuffle(members)
+                order += [(g, m) for m in members]
+        return order
 
     # -- fetching ----------------------------------------------------------------------------
 
@@ -189,6 +256,7 @@ class HttpSource:
         """GET ``<server>/<relpath>`` and stream the body into ``consume``; see the class doc."""
         path = quote(check_relpath(relpath), safe="/-._~,:@+=")
         with self._lock:
+            self._maybe_reset()
             start = self._server
         attempts: list[str] = []
         finals: list[_Outcome] = []
@@ -200,9 +268,12 @@ class HttpSource:
             out = self._from_server(index, path, consume, fresh, attempts)
             if out.kind == _OK:
                 with self._lock:
+                    if index != self._server:
+                        self._host_failover_at = self._clock()
                     self._server = index
                 return out.value
             finals.append(out)
+        self._count("nioerr")
         if all(o.kind == _NOT_FOUND for o in finals):
             raise ObjectNotFoundError(what, attempts)
         if all(o.kind == _BAD_DATA for o in finals):
@@ -215,27 +286,29 @@ class HttpSource:
                      attempts: list[str]) -> _Outcome:
         """Try one server through each proxy in turn; returns success or the host's failure."""
         url = f"{self._urls[index]}/{path}"
-        with self._lock:
-            pstart = self._proxy
         no_cache = fresh
         out = _Outcome(_NET)
-        for pstep in range(len(self._proxies)):
-            pindex = (pstart + pstep) % len(self._proxies)
+        for pstep, (group, member) in enumerate(self._proxy_order()):
+            proxy = self._groups[group][member]
             if pstep:
                 self._count("proxy_failovers")
             tries = 0
+            delay = 0.0
             while True:
-                out = self._attempt(url, pindex, consume, no_cache)
+                out = self._attempt(url, proxy, consume, no_cache)
                 if out.kind == _OK:
                     with self._lock:
-                        self._proxy = pindex
+                        if group != self._group:
+                            self._proxy_failover_at = self._clock()
+                        self._group, self._member = group, member
                     return out
-                via = self._proxies[pindex]
-                attempts.append(f"{url}: {out.reason}" + ("" if via == DIRECT else f" (via {via})"))
+                attempts.append(f"{url}: {out.reason}"
+                                + ("" if proxy == DIRECT else f" (via {proxy})"))
                 if out.kind == _NET and tries < self._retries:
                     tries += 1
                     self._count("retries")
-                    time.sleep(min(self._backoff[1], self._backoff[0] * 2 ** (tries - 1)))
+                    delay = self._next_backoff(delay)
+                    time.sleep(delay)
                     continue
                 if out.kind == _BAD_DATA and not no_cache:
                     no_cache = True
@@ -246,14 +319,23 @@ class HttpSource:
                 return out
         return out
 
-    def _attempt(self, url: str, pindex: int, consume: Consumer[T], no_cache: bool) -> _Outcome:
+    def _next_backoff(self, previous: float) -> float:
+        """Stock backoff: first in [init, 2*init], then doubled, capped at the maximum."""
+        low, high = self._backoff
+        if previous <= 0:
+            with self._lock:
+                previous = low * (1.0 + self._rng.random()) / 2
+        return min(high, previous * 2)
+
+    def _attempt(self, url: str, proxy: str, consume: Consumer[T], no_cache: bool) -> _Outcome:
         headers = {**self._headers, **NO_CACHE_HEADERS} if no_cache else dict(self._headers)
-        via_proxy = self._proxies[pindex] != DIRECT
+        via_proxy = proxy != DIRECT
         self._count("requests")
         try:
-            resp = self._pools[pindex].urlopen(
+            resp = self._pools[proxy].urlopen(
                 "GET", url, headers=headers, redirect=False, retries=False,
-                preload_content=False, timeout=self._timeout)
+                preload_content=False,
+                timeout=self._timeout if via_proxy else self._timeout_direct)
         except (Urllib3Error, OSError) as e:
             return _Outcome(_NET, _reason(e))
         if resp.status != 200:
@@ -333,3 +415,43 @@ def _check_proxy(proxy: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{proxy!r}: proxy must be DIRECT or http://host:port")
     return proxy
+
+
+def parse_proxy_spec(text: str) -> list[list[str]]:
+    """The proxy groups of a ``CVMFS_HTTP_PROXY`` value (§8.1).
+
+    ``;`` separates groups (fail-over order), ``|`` the members of a group (load-balanced);
+    ``DIRECT`` (any case) means no proxy; a member without scheme gets ``http://``. Blank
+    groups and members (``"a;;b"``, a trailing ``;``) are ignored. An empty value and ``auto``
+    (proxy auto-discovery through PAC files, which pycvmfs does not implement) raise
+    :class:`~pycvmfs.errors.ConfigError`: say ``DIRECT`` to mean no proxy.
+    """
+    groups = []
+    for chunk in text.split(";"):
+        members = [m.strip() for m in chunk.split("|") if m.strip()]
+        if any(m.lower() == "auto" for m in members):
+            raise ConfigError(f"proxy spec {text!r}: 'auto' (PAC proxy discovery) is not "
+                              "supported; list the proxies or use DIRECT")
+        if members:
+            groups.append([_check_proxy(m) for m in members])
+    if not groups:
+        raise ConfigError(f"proxy spec {text!r} names no proxy (use 'DIRECT' for none)")
+    return groups
+
+
+def _proxy_groups(proxies: ProxySpec) -> list[list[str]]:
+    """Normalize the ``proxies=`` argument of :class:`HttpSource` to a list of groups."""
+    if isinstance(proxies, str):
+        return parse_proxy_spec(proxies)
+    groups: list[list[str]] = []
+    for item in proxies:
+        if isinstance(item, str):
+            groups += parse_proxy_spec(item)
+            continue
+        group = [_check_proxy(m) for m in item]
+        if not group:
+            raise ConfigError(f"HttpSource: empty proxy group in {proxies!r}")
+        groups.append(group)
+    if not groups:
+        raise ConfigError("HttpSource: empty proxy list (use 'DIRECT' for no proxy)")
+    return groups

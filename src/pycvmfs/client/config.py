@@ -1,0 +1,404 @@
+"""CernVM-FS client configuration: /etc/cvmfs files read in stock order, with typed accessors."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pycvmfs.errors import ConfigError
+
+__all__ = ["DIRECT", "ClientConfig", "ConfigValue", "config_files", "default_client_config_dir",
+           "load_client_config", "shell_quote"]
+
+#: The proxy name meaning "no proxy" in ``CVMFS_HTTP_PROXY``.
+DIRECT = "DIRECT"
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_ASSIGNMENT = re.compile(rf"(?:(?:export|readonly)\s+)?({_NAME})=")
+_EXPORT_ONLY = re.compile(rf"(?:export|readonly)(?:\s+{_NAME})+")
+_NAME_AT = re.compile(_NAME)
+_SAFE_VALUE = re.compile(r"[0-9A-Za-z/:._,-]*")
+
+
+def default_client_config_dir() -> Path:
+    """``$PYCVMFS_CONFIG_DIR`` if set, else ``/etc/cvmfs``."""
+    return Path(os.environ.get("PYCVMFS_CONFIG_DIR") or "/etc/cvmfs")
+
+
+@dataclass(frozen=True)
+class ConfigValue:
+    """One variable's final value and where it was set."""
+
+    value: str
+    source: str
+    line: int
+
+
+def _domain(fqrn: str) -> str:
+    labels = fqrn.split(".")
+    if len(labels) < 2 or not all(labels):
+        raise ConfigError(f"{fqrn!r}: not a fully qualified repository name (need a domain)")
+    return ".".join(labels[1:])
+
+
+def config_files(fqrn: str, config_dir: str | os.PathLike) -> list[Path]:
+    """The files the stock client would read for ``fqrn``, lowest precedence first (whether or
+    not they exist; ``default.d/*.conf`` as found now, sorted)."""
+    d = Path(config_dir)
+    domain = _domain(fqrn)
+    dist = sorted(p for p in (d / "default.d").glob("*.conf") if p.is_file())
+    return [d / "default.conf", *dist, d / "default.local",
+            d / "domain.d" / f"{domain}.conf", d / "domain.d" / f"{domain}.local",
+            d / "config.d" / f"{fqrn}.conf", d / "config.d" / f"{fqrn}.local"]
+
+
+class _LineParser:
+    """Evaluates the right-hand side of one ``NAME=VALUE`` line like ``sh`` would, for the
+    subset of shell that configuration files use: quotes, backslashes, ``$VAR``, ``${VAR}`` and
+    ``${VAR:-word}`` / ``${VAR-word}``. Anything else is rejected with the file and line."""
+
+    def __init__(self, text: str, pos: int, lookup: Callable[[str], str | None],
+                 where: str) -> None:
+        self.s, self.i, self.lookup, self.where = text, pos, lookup, where
+
+    def fail(self, why: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {why}: {self.s.strip()!r}")
+
+    def value(self) -> str:
+        s, out = self.s, []
+        while self.i < len(s):
+            c = s[self.i]
+            if c in " \t":
+                break
+            if c in ";|&<>()`":
+                raise self.fail(f"unsupported shell syntax {c!r}")
+            if c == "'":
+                end = s.find("'", self.i + 1)
+                if end < 0:
+                    raise self.fail("unterminated single quote")
+                out.append(s[self.i + 1:end])
+                self.i = end + 1
+            elif c == '"':
+                out.append(self._double_quoted())
+            elif c == "\\":
+                if self.i + 1 >= len(s):
+                    raise self.fail("line continuation is not supported")
+                out.append(s[self.i + 1])
+                self.i += 2
+            elif c == "$":
+                out.append(self._expansion())
+            else:
+                out.append(c)
+                self.i += 1
+        rest = s[self.i:].strip()
+        if rest and not rest.startswith("#"):
+            raise self.fail("unexpected text after the value (one assignment per line)")
+        return "".join(out)
+
+    def _double_quoted(self) -> str:
+        s, out = self.s, []
+        self.i += 1
+        while self.i < len(s):
+            c = s[self.i]
+            if c == '"':
+                self.i += 1
+                return "".join(out)
+            if c == "`":
+                raise self.fail("command substitution is not supported")
+            if c == "\\" and self.i + 1 < len(s) and s[self.i + 1] in '$`"\\':
+                out.append(s[self.i + 1])
+                self.i += 2
+            elif c == "$":
+                out.append(self._expansion())
+            else:
+                out.append(c)
+                self.i += 1
+        raise self.fail("unterminated double quote")
+
+    def _expansion(self) -> str:
+        s = self.s
+        self.i += 1  # the '$'
+        if self.i < len(s) and s[self.i] == "(":
+            raise self.fail("command substitution is not supported")
+        if self.i < len(s) and s[self.i] == "{":
+            end = s.find("}", self.i)
+            if end < 0:
+                raise self.fail("unterminated ${")
+            body = s[self.i + 1:end]
+            self.i = end + 1
+            m = _NAME_AT.match(body)
+            if not m:
+                raise self.fail(f"bad substitution ${{{body}}}")
+            name, op = m.group(), body[m.end():]
+            value = self.lookup(name)
+            if op == "":
+                return value or ""
+            if op.startswith(":-"):
+                return value if value else op[2:]
+            if op.startswith("-"):
+                return value if value is not None else op[1:]
+            raise self.fail(f"unsupported substitution ${{{body}}}")
+        m = _NAME_AT.match(s, self.i)
+        if not m:
+            return "$"  # a lone '$' is literal, as in sh
+        self.i = m.end()
+        return self.lookup(m.group()) or ""
+
+
+def _parse_file(path: Path, values: dict[str, ConfigValue],
+                environ: Mapping[str, str]) -> None:
+    """Apply the assignments of one file to ``values`` (earlier values visible to ``$VAR``)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from e
+
+    def lookup(name: str) -> str | None:
+        if name in values:
+            return values[name].value
+        return environ.get(name)
+
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#") or _EXPORT_ONLY.fullmatch(line):
+            continue
+        where = f"{path}:{lineno}"
+        m = _ASSIGNMENT.match(line)
+        if not m:
+            raise ConfigError(f"{where}: not a NAME=VALUE assignment: {line!r}")
+        value = _LineParser(line, m.end(), lookup, where).value()
+        values[m.group(1)] = ConfigValue(value, str(path), lineno)
+
+
+def load_client_config(fqrn: str, *, config_dir: str | os.PathLike | None = None,
+                       environ: Mapping[str, str] | None = None) -> ClientConfig:
+    """Read the client configuration of ``fqrn`` the way the stock client does
+    (``OptionsManager::ParseDefault``): ``default.conf``, ``default.d/*.conf`` (sorted),
+    ``default.local``, ``domain.d/<domain>.conf``, ``domain.d/<domain>.local``,
+    ``config.d/<fqrn>.conf``, ``config.d/<fqrn>.local``; later assignments win.
+
+    Like stock, the environment (``environ``, default ``os.environ``, plus ``CVMFS_FQRN``) is only
+    visible to ``$VAR`` references; it never overrides nor adds configuration variables.
+    """
+    directory = Path(config_dir) if config_dir is not None else default_client_config_dir()
+    env = dict(os.environ if environ is None else environ)
+    env["CVMFS_FQRN"] = fqrn
+    values: dict[str, ConfigValue] = {}
+    read: list[Path] = []
+    for path in config_files(fqrn, directory):
+        if path.is_file():
+            _parse_file(path, values, env)
+            read.append(path)
+    return ClientConfig(fqrn, directory, values, read)
+
+
+def shell_quote(value: str) -> str:
+    """Quote a value the way ``cvmfs_config showconfig`` prints it (``EscapeShell``)."""
+    if _SAFE_VALUE.fullmatch(value):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+class ClientConfig:
+    """The merged configuration of one repository; typed accessors apply stock defaults."""
+
+    def __init__(self, fqrn: str, config_dir: Path, values: Mapping[str, ConfigValue],
+                 files: list[Path]) -> None:
+        self.fqrn = fqrn
+        self.config_dir = config_dir
+        self.files = list(files)
+        self._values = dict(values)
+
+    def __repr__(self) -> str:
+        return f"ClientConfig({self.fqrn!r}, {len(self._values)} variables from {self.config_dir})"
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The value of ``name``, or ``default`` when no file sets it."""
+        v = self._values.get(name)
+        return v.value if v is not None else default
+
+    def entry(self, name: str) -> ConfigValue | None:
+        """Value, source file and line of ``name``."""
+        return self._values.get(name)
+
+    def source(self, name: str) -> str | None:
+        """The file that set ``name`` last."""
+        v = self._values.get(name)
+        return v.source if v is not None else None
+
+    def items(self) -> list[tuple[str, str, str]]:
+        """``(name, value, source file)`` of every variable, sorted by name."""
+        return [(k, v.value, v.source) for k, v in sorted(self._values.items())]
+
+    def showconfig(self) -> str:
+        """Every variable as ``NAME=value    # from <file>`` lines, like ``cvmfs_config``."""
+        return "".join(f"{k}={shell_quote(v)}    # from {src}\n" for k, v, src in self.items())
+
+    def to_json(self) -> dict:
+        return {
+            "fqrn": self.fqrn, "config_dir": str(self.config_dir),
+            "files": [str(p) for p in self.files],
+            "variables": {k: {"value": v.value, "source": v.source, "line": v.line}
+                          for k, v in sorted(self._values.items())},
+        }
+
+    # -- typed accessors ----------------------------------------------------------------------
+
+    def _where(self, name: str) -> str:
+        v = self._values.get(name)
+        return f"{name} ({v.source}:{v.line})" if v is not None else name
+
+    def _int(self, name: str, default: int | None) -> int | None:
+        text = (self.get(name) or "").strip()
+        if not text:
+            return default
+        try:
+            return int(text, 10)
+        except ValueError:
+            raise ConfigError(f"{self._where(name)}: not an integer: {text!r}") from None
+
+    def _uint(self, name: str, default: int) -> int:
+        n = self._int(name, default)
+        assert n is not None
+        if n < 0:
+            raise ConfigError(f"{self._where(name)}: must not be negative: {n}")
+        return n
+
+    def _text(self, name: str) -> str | None:
+        return (self.get(name) or "").strip() or None
+
+    def _flag(self, name: str, default: bool) -> bool:
+        text = self._text(name)
+        if text is None:
+            return default
+        return text.upper() in ("YES", "ON", "1")  # OptionsManager::IsOn
+
+    @property
+    def server_urls(self) -> list[str]:
+        """``CVMFS_SERVER_URL`` split at ``;`` with ``@fqrn@`` and ``@org@`` substituted."""
+        text = self._text("CVMFS_SERVER_URL")
+        if text is None:
+            raise ConfigError(f"{self.fqrn}: CVMFS_SERVER_URL is not set in {self.config_dir}")
+        org = self.fqrn.split(".", 1)[0]
+        urls = [u.strip().replace("@fqrn@", self.fqrn).replace("@org@", org)
+                for u in text.split(";")]
+        return [u for u in urls if u]
+
+    def _groups(self, name: str) -> list[list[str]]:
+        groups = []
+        for group in (self.get(name) or "").split(";"):
+            if not group.strip():
+                continue
+            members = [m.strip() for m in group.split("|")]
+            if any(not m for m in members):
+                raise ConfigError(f"{self._where(name)}: empty proxy in group {group!r}")
+            if any(m.lower() == "auto" for m in members):
+                raise ConfigError(f"{self._where(name)}: 'auto' (WPAD) proxies are not supported")
+            groups.append([DIRECT if m.upper() == DIRECT else m for m in members])
+        return groups
+
+    @property
+    def proxy_groups(self) -> list[list[str]]:
+        """``CVMFS_HTTP_PROXY`` groups (fail-over order; members load-balanced), then the
+        ``CVMFS_FALLBACK_PROXY`` groups. A missing or empty ``CVMFS_HTTP_PROXY`` is an error."""
+        groups = self._groups("CVMFS_HTTP_PROXY")
+        if not groups:
+            raise ConfigError(f"{self.fqrn}: CVMFS_HTTP_PROXY is required (use DIRECT for no "
+                              f"proxy); not set in {self.config_dir}")
+        return groups + self._groups("CVMFS_FALLBACK_PROXY")
+
+    @property
+    def proxies(self) -> list[str]:
+        """All proxies in try order, groups flattened (no load-balancing shuffle)."""
+        return [p for group in self.proxy_groups for p in group]
+
+    @property
+    def timeout(self) -> int:
+        """Seconds for connections through a proxy (``CVMFS_TIMEOUT``, default 5)."""
+        return self._uint("CVMFS_TIMEOUT", 5)
+
+    @property
+    def timeout_direct(self) -> int:
+        """Seconds for direct connections (``CVMFS_TIMEOUT_DIRECT``, default 10)."""
+        return self._uint("CVMFS_TIMEOUT_DIRECT", 10)
+
+    @property
+    def max_retries(self) -> int:
+        return self._uint("CVMFS_MAX_RETRIES", 1)
+
+    @property
+    def backoff_init(self) -> int:
+        return self._uint("CVMFS_BACKOFF_INIT", 2)
+
+    @property
+    def backoff_max(self) -> int:
+        return self._uint("CVMFS_BACKOFF_MAX", 10)
+
+    @property
+    def host_reset_after(self) -> int:
+        """Seconds before returning to the first host (0: never)."""
+        return self._uint("CVMFS_HOST_RESET_AFTER", 0)
+
+    @property
+    def proxy_reset_after(self) -> int:
+        """Seconds before returning to the first proxy group (0: never)."""
+        return self._uint("CVMFS_PROXY_RESET_AFTER", 0)
+
+    @property
+    def public_keys(self) -> list[Path]:
+        """``CVMFS_PUBLIC_KEY`` (``:``-separated), else the ``*.pub`` files directly in
+        ``CVMFS_KEYS_DIR``, else in ``<config_dir>/keys`` (not recursive, like stock
+        ``FindFilesBySuffix``)."""
+        if "CVMFS_PUBLIC_KEY" in self._values:
+            return [Path(p) for p in (self.get("CVMFS_PUBLIC_KEY") or "").split(":") if p]
+        if "CVMFS_KEYS_DIR" in self._values:
+            keys_dir = Path(self.get("CVMFS_KEYS_DIR") or "")
+        else:
+            keys_dir = self.config_dir / "keys"
+        if not str(keys_dir) or not keys_dir.is_dir():
+            return []
+        return sorted(p for p in keys_dir.glob("*.pub") if p.is_file())
+
+    @property
+    def cache_base(self) -> Path:
+        return Path(self._text("CVMFS_CACHE_BASE") or "/var/lib/cvmfs")
+
+    @property
+    def quota_limit_mb(self) -> int | None:
+        """``CVMFS_QUOTA_LIMIT`` in MB; None when unset or -1 (unlimited)."""
+        n = self._int("CVMFS_QUOTA_LIMIT", None)
+        if n is None or n == -1:
+            return None
+        if n < 0:
+            raise ConfigError(f"{self._where('CVMFS_QUOTA_LIMIT')}: invalid quota {n}")
+        return n
+
+    @property
+    def shared_cache(self) -> bool:
+        return self._flag("CVMFS_SHARED_CACHE", True)
+
+    @property
+    def repository_tag(self) -> str | None:
+        return self._text("CVMFS_REPOSITORY_TAG")
+
+    @property
+    def repository_date(self) -> str | None:
+        return self._text("CVMFS_REPOSITORY_DATE")
+
+    @property
+    def root_hash(self) -> str | None:
+        return self._text("CVMFS_ROOT_HASH")
+
+    @property
+    def max_ttl(self) -> int | None:
+        """The catalog TTL cap in **seconds** (``CVMFS_MAX_TTL`` is in minutes); None: no cap."""
+        minutes = self._uint("CVMFS_MAX_TTL", 0)
+        return minutes * 60 if minutes else None

@@ -1,0 +1,203 @@
+"""The documented nginx configuration (docs/nginx-cvmfs.conf), run by a real nginx on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from pycvmfs.client.cache import ObjectCache
+from pycvmfs.client.repository import Repository
+from pycvmfs.format.signature import load_public_keys
+from pycvmfs.storage.http import HttpSource
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE_CONF = ROOT / "docs" / "nginx-cvmfs.conf"
+NGINX = "/usr/sbin/nginx"
+FQRN = "golden.example.org"
+CATALOG = "data/43/4e2742ad19baa1f5be5ffcb3c755ecabae7562C"
+THREE_DAYS = 3 * 24 * 3600
+
+MAIN_CONF = """\
+{user}daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    include {dir}/cvmfs.conf;
+}}
+"""
+
+
+def require_binary(path: str, package: str) -> None:
+    """Fail (under CI) or skip when a daemon the test needs is not installed."""
+    if os.access(path, os.X_OK):
+        return
+    message = (f"{path} not found: install the Debian package '{package}' "
+               "(tools/test.sh does this)")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def world_readable(top: Path) -> bool:
+    """Whether an unprivileged user (nginx's workers) can read everything below ``top``."""
+    for p in [*top.parents, top]:
+        if not os.stat(p).st_mode & stat.S_IXOTH:
+            return False
+    for dirpath, _dirs, files in os.walk(top):
+        if not os.stat(dirpath).st_mode & stat.S_IXOTH:
+            return False
+        if any(not os.stat(os.path.join(dirpath, f)).st_mode & stat.S_IROTH for f in files):
+            return False
+    return True
+
+
+def site_config(port: int, storage: Path) -> str:
+    """docs/nginx-cvmfs.conf with the listen address and the storage path substituted."""
+    text = SITE_CONF.read_text()
+    for old, new in (("listen 80;", f"listen 127.0.0.1:{port};"),
+                     ("alias /srv/cvmfs/;", f"alias {storage}/;")):
+        assert text.count(old) == 1, f"{SITE_CONF}: expected one '{old}'"
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture(scope="module")
+def nginx(golden_dir: Path) -> Iterator[str]:
+    """nginx serving the golden fixture folder; yields the ``/cvmfs/`` base URL."""
+    require_binary(NGINX, "nginx-light")
+    tmp = Path(tempfile.mkdtemp(prefix="pycvmfs-nginx-"))
+    storage = golden_dir
+    user = ""
+    if os.geteuid() == 0:
+        user = "user nobody nogroup;\n"  # workers drop root; they must reach the files
+        if not world_readable(golden_dir):
+            storage = tmp / "storage"
+            shutil.copytree(golden_dir / FQRN, storage / FQRN)
+            for p in [storage, *storage.rglob("*")]:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+            tmp.chmod(0o755)
+    port = free_port()
+    (tmp / "cvmfs.conf").write_text(site_config(port, storage))
+    (tmp / "nginx.conf").write_text(MAIN_CONF.format(user=user, dir=tmp))
+    out = open(tmp / "stderr.log", "wb")  # noqa: SIM115 (closed at teardown)
+    proc = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
+                             "-e", str(tmp / "error.log")], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited with {proc.returncode}:\n"
+                                   + (tmp / "stderr.log").read_text()
+                                   + (tmp / "error.log").read_text())
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx did not listen on 127.0.0.1:{port}") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/cvmfs"
+    finally:
+        proc.terminate()  # SIGTERM: fast shutdown of master and workers
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        out.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_golden_repository_read_through_nginx(nginx: str, golden_keys: Path,
+                                              golden_expected: dict, tmp_path: Path) -> None:
+    src = HttpSource([f"{nginx}/{FQRN}"], timeout=5.0)
+    repo = Repository(src, public_keys=load_public_keys([golden_keys]), fqrn=FQRN,
+                      cache=ObjectCache(tmp_path / "cache"))
+    count = 0
+    with repo:
+        for tag, tree in (("v1", "rev1"), ("v2", "rev2")):
+            entries = golden_expected["trees"][tree]["entries"]
+            with repo.open_revision(tag=tag) as view:
+                seen = set()
+                for _dirpath, dirs, files in view.walk("/"):
+                    for s in dirs + files:
+                        path = s.path.lstrip("/")
+                        seen.add(path)
+                        if entries[path]["type"] == "file":
+                            data = view.read_bytes(s.path)
+                            assert hashlib.sha1(data).hexdigest() == entries[path]["sha1"], path
+                            count += 1
+                assert seen == set(entries)
+    assert count > 1000
+    assert src.stats["failovers"] == 0 and src.stats["nioerr"] == 0
+
+
+def _expires_after(resp: urllib3.BaseHTTPResponse) -> float:
+    date = email.utils.parsedate_to_datetime(resp.headers["Date"])
+    expires = email.utils.parsedate_to_datetime(resp.headers["Expires"])
+    return (expires - date).total_seconds()
+
+
+@pytest.mark.parametrize("name", [".cvmfspublished", ".cvmfswhitelist", ".cvmfsreflog"])
+def test_cvmfs_files_expire_after_61_seconds(nginx: str, golden_repo: Path, name: str) -> None:
+    with urllib3.PoolManager() as pm:
+        resp = pm.request("GET", f"{nginx}/{FQRN}/{name}", retries=False)
+    assert resp.status == 200 and resp.data == (golden_repo / name).read_bytes()
+    assert resp.headers["Content-Type"] == "application/x-cvmfs"
+    assert resp.headers["Cache-Control"] == "max-age=61"
+    assert _expires_after(resp) == 61
+    assert "Last-Modified" not in resp.headers and "ETag" not in resp.headers
+
+
+def test_data_objects_expire_after_three_days(nginx: str, golden_repo: Path) -> None:
+    with urllib3.PoolManager() as pm:
+        resp = pm.request("GET", f"{nginx}/{FQRN}/{CATALOG}", retries=False)
+        assert resp.status == 200 and resp.data == (golden_repo / CATALOG).read_bytes()
+        assert resp.headers["Content-Type"] == "application/octet-stream"
+        assert resp.headers["Cache-Control"] == f"max-age={THREE_DAYS}"
+        assert _expires_after(resp) == THREE_DAYS
+        assert "Last-Modified" not in resp.headers and "ETag" not in resp.headers
+        # If-Modified-Since is ignored: never a 304 a proxy could mishandle
+        again = pm.request("GET", f"{nginx}/{FQRN}/{CATALOG}", retries=False,
+                           headers={"If-Modified-Since": resp.headers["Date"]})
+        assert again.status == 200 and again.data == resp.data
+        missing = pm.request("GET", f"{nginx}/{FQRN}/data/00/{'0' * 38}", retries=False)
+        assert missing.status == 404
+        assert "max-age" not in missing.headers.get("Cache-Control", "")
+
+
+def test_connections_are_kept_alive(nginx: str) -> None:
+    with urllib3.HTTPConnectionPool("127.0.0.1", int(nginx.split(":")[2].split("/")[0]),
+                                    maxsize=1, block=True) as pool:
+        for _ in range(3):
+            resp = pool.request("GET", f"/cvmfs/{FQRN}/.cvmfspublished", retries=False)
+            assert resp.status == 200 and resp.headers.get("Connection") != "close"
+        assert pool.num_connections == 1
