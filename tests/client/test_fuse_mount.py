@@ -153,3 +153,27 @@ def test_new_revision_after_the_ttl_while_open_files_keep_theirs(mounter, tmp_pa
             assert old.read() == b"first revision\n"  # the open file keeps its revision
         finally:
             old.close()
+
+
+def test_mount_from_a_cernvmfs_configuration_directory(golden_http, golden_keys, tmp_path):
+    """No --server-url: CVMFS_SERVER_URL, CVMFS_HTTP_PROXY, CVMFS_KEYS_DIR and
+    CVMFS_REPOSITORY_TAG come from default.local and config.d/<fqrn>.conf."""
+    etc = tmp_path / "etc-cvmfs"
+    (etc / "config.d").mkdir(parents=True)
+    base = golden_http.rsplit("/", 1)[0]
+    (etc / "default.local").write_text(f'CVMFS_HTTP_PROXY="DIRECT"\n'
+                                       f"CVMFS_SERVER_URL={base}/@fqrn@\n"
+                                       f"CVMFS_KEYS_DIR={golden_keys}\n")
+    (etc / "config.d" / "golden.example.org.conf").write_text("CVMFS_REPOSITORY_TAG=v1\n")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    res = _run("mount", "golden.example.org", str(mp), "--config-dir", str(etc), "--cache-dir",
+               str(tmp_path / "cache"), check=False)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert os.getxattr(mp, "user.revision") == b"2"  # pinned to tag v1 by the config
+        assert (mp / "text" / "hello.txt").read_bytes() == b"Hello, CernVM-FS!\n"
+        shown = _run("config", "showconfig", "golden.example.org", "--config-dir", str(etc))
+        assert "CVMFS_REPOSITORY_TAG=v1" in shown.stdout
+    finally:
+        _run("umount", str(mp))

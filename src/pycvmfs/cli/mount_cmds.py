@@ -41,12 +41,30 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
     urls = cfg.server_urls
     if not urls:
         raise ConfigError(f"{fqrn}: CVMFS_SERVER_URL is not configured")
-    groups = cfg.proxy_groups
-    source = HttpSource(urls, proxies=groups, timeout=cfg.timeout)
-    keys_found = load_public_keys(cfg.public_keys)
+    source = HttpSource(urls, proxies=list(proxies) or cfg.proxy_groups, timeout=cfg.timeout,
+                        timeout_direct=cfg.timeout_direct, retries=cfg.max_retries,
+                        backoff=(cfg.backoff_init, cfg.backoff_max),
+                        host_reset_after=cfg.host_reset_after or 0,
+                        proxy_reset_after=cfg.proxy_reset_after or 0)
+    keys_found = load_public_keys(list(keys) or cfg.public_keys)
     cache_base = cache_dir or cfg.cache_base or str(default_cache_dir())
     cache = ObjectCache(os.path.join(cache_base, "shared"))
     return Repository(source, public_keys=keys_found, fqrn=fqrn, cache=cache)
+
+
+def config_selector(fqrn: str, config_dir: str | None) -> dict:
+    """CVMFS_REPOSITORY_TAG / _DATE / CVMFS_ROOT_HASH of the configuration, if any."""
+    try:
+        from pycvmfs.client.config import load_client_config
+
+        cfg = load_client_config(fqrn, config_dir=config_dir)
+    except Exception:
+        return {}
+    for key, value in (("tag", cfg.repository_tag), ("date", cfg.repository_date),
+                       ("root_hash", cfg.root_hash)):
+        if value:
+            return {key: value}
+    return {}
 
 
 @click.command()
@@ -75,6 +93,8 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
     from pycvmfs.client.fuse import MountOptions, run_mount
 
     selector = revision_selector(kw)
+    if not selector and not server_urls:
+        selector = config_selector(fqrn, config_dir)
     if not os.path.isdir(mountpoint):
         raise ConfigError(f"{mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
