@@ -177,3 +177,42 @@ def test_mount_from_a_cernvmfs_configuration_directory(golden_http, golden_keys,
         assert "CVMFS_REPOSITORY_TAG=v1" in shown.stdout
     finally:
         _run("umount", str(mp))
+
+
+def test_failover_to_the_second_server_through_the_mount(golden_repo, golden_copy,
+                                                         golden_keys, golden_expected, tmp_path):
+    """The first server serves a corrupted object, then dies in the middle of a walk: every
+    read still returns the right bytes, from the second server, and the failures are counted."""
+    from pycvmfs.format.hashes import ContentHash
+
+    bad = golden_expected["published"]["files"]["rev2"]["text/about-200k.txt"]["chunk_list"][0]
+    p = golden_copy / ContentHash.parse(bad["hash"]).object_path()
+    p = p.with_name(p.name + "P")
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    first = RepositoryServer({"golden.example.org": golden_copy}).start()
+    second = RepositoryServer({"golden.example.org": golden_repo}).start()
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    res = _run("mount", "golden.example.org", str(mp),
+               "--server-url", first.repository_url("golden.example.org"),
+               "--server-url", second.repository_url("golden.example.org"),
+               "-k", str(golden_keys), "--cache-dir", str(tmp_path / "cache"), check=False)
+    assert res.returncode == 0, res.stderr
+    try:
+        expected = golden_expected["trees"]["rev2"]["entries"]
+        files = sorted(p for p, e in expected.items() if e["type"] == "file")
+        exp = expected["text/about-200k.txt"]["sha1"]
+        assert hashlib.sha1((mp / "text/about-200k.txt").read_bytes()).hexdigest() == exp
+        assert int(os.getxattr(mp, "user.nioerr")) >= 1  # the bad chunk was counted
+        for i, rel in enumerate(files):
+            if i == len(files) // 3:
+                first.stop()  # the first server goes away mid-walk
+            got = hashlib.sha1((mp / rel).read_bytes()).hexdigest()
+            assert got == expected[rel]["sha1"], rel
+        assert os.getxattr(mp, "user.host").decode().startswith(second.url)
+    finally:
+        _run("umount", str(mp), check=False)
+        second.stop()
+        first.stop()

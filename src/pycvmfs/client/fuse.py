@@ -345,10 +345,11 @@ class CvmfsFilesystem(pyfuse3.Operations):
             return str(max(0, int((self.expires - time.time()) / 60))).encode()
         if name == "user.nclg":
             return str(self.view.loaded_catalog_count()).encode()
-        if name == "user.nioerr":
+        if name == "user.nioerr":  # I/O errors returned plus every network failure met
             stats = getattr(src, "stats", {}) or {}
-            net = stats.get("nioerr", stats.get("failovers", 0) + stats.get("bad_data", 0))
-            return str(self.io_errors + int(net)).encode()
+            net = sum(int(stats.get(k, 0)) for k in ("nioerr", "failovers", "bad_data",
+                                                      "proxy_failovers"))
+            return str(self.io_errors + net).encode()
         if name == "user.version":
             return f"pycvmfs {__version__}".encode()
         if name == "user.uptime":
