@@ -201,3 +201,33 @@ def test_connections_are_kept_alive(nginx: str) -> None:
             resp = pool.request("GET", f"/cvmfs/{FQRN}/.cvmfspublished", retries=False)
             assert resp.status == 200 and resp.headers.get("Connection") != "close"
         assert pool.num_connections == 1
+
+
+def test_golden_repository_mounted_through_nginx(nginx: str, golden_keys: Path,
+                                                 golden_expected: dict, tmp_path: Path) -> None:
+    """The FUSE mount against nginx: every file of the newest revision through plain reads."""
+    import hashlib
+    import os
+    import sys
+
+    if not (os.path.exists("/dev/fuse") and os.geteuid() == 0):
+        if os.environ.get("CI"):
+            raise RuntimeError("CI needs /dev/fuse and root for the FUSE tests")
+        pytest.skip("needs /dev/fuse and root")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    cli = [sys.executable, "-m", "pycvmfs.cli.main"]
+    res = subprocess.run([*cli, "mount", "golden.example.org", str(mp), "--server-url",
+                          f"{nginx}/@fqrn@", "-k", str(golden_keys), "--cache-dir",
+                          str(tmp_path / "cache")], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    try:
+        entries = golden_expected["trees"]["rev2"]["entries"]
+        for rel, e in entries.items():
+            if e["type"] == "file":
+                assert hashlib.sha1((mp / rel).read_bytes()).hexdigest() == e["sha1"], rel
+            elif e["type"] == "symlink":
+                assert os.readlink(mp / rel) == e["target"], rel
+        assert os.getxattr(mp, "user.host").decode().startswith(nginx)
+    finally:
+        subprocess.run([*cli, "umount", str(mp)], capture_output=True, check=False)
