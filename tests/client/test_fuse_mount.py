@@ -216,3 +216,33 @@ def test_failover_to_the_second_server_through_the_mount(golden_repo, golden_cop
         _run("umount", str(mp), check=False)
         second.stop()
         first.stop()
+
+
+def test_a_small_quota_holds_while_reading_the_whole_repository(golden_http, golden_keys,
+                                                                golden_expected, tmp_path):
+    """CVMFS_QUOTA_LIMIT=2 (MB) while reading every file (5 MB of content): the cache stays
+    under the quota and every read is right."""
+    etc = tmp_path / "etc-cvmfs"
+    etc.mkdir()
+    base = golden_http.rsplit("/", 1)[0]
+    (etc / "default.local").write_text(f"CVMFS_HTTP_PROXY=DIRECT\nCVMFS_SERVER_URL={base}/@fqrn@\n"
+                                       f"CVMFS_KEYS_DIR={golden_keys}\nCVMFS_QUOTA_LIMIT=2\n"
+                                       f"CVMFS_CACHE_BASE={tmp_path / 'cache'}\n")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    _run("mount", "golden.example.org", str(mp), "--config-dir", str(etc))
+    shared = tmp_path / "cache" / "shared"
+    try:
+        entries = golden_expected["trees"]["rev2"]["entries"]
+        for n, (rel, e) in enumerate(sorted(entries.items())):
+            if e["type"] == "file":
+                assert hashlib.sha1((mp / rel).read_bytes()).hexdigest() == e["sha1"], rel
+            if n % 100 == 0:
+                used = sum(p.stat().st_size for p in shared.glob("[0-9a-f][0-9a-f]/*"))
+                assert used <= 2 << 20, (rel, used)
+    finally:
+        _run("umount", str(mp))
+    import json
+
+    stats = json.loads(_run("cache", "stat", "--cache-dir", str(shared), "--json").stdout)
+    assert 0 < stats["total_bytes"] <= 2 << 20 and stats["objects"] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pycvmfs import __version__
-from pycvmfs.cli import client_cmds, config_cmds, mount_cmds, publish_cmds, serve_cmd
+from pycvmfs.cli import cache_cmds, client_cmds, config_cmds, mount_cmds, publish_cmds, serve_cmd
 from pycvmfs.cli.common import CvmfsGroup
 
 
@@ -16,6 +16,7 @@ def cli() -> None:
 
 
 client_cmds.register(cli)
+cache_cmds.register(cli)
 config_cmds.register(cli)
 publish_cmds.register(cli)
 serve_cmd.register(cli)

@@ -28,8 +28,11 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
             raise ConfigError("--server-url needs --key (the repository's public key)")
         urls = ";".join(u.replace("@fqrn@", fqrn).replace("@org@", fqrn.split(".")[0])
                         for u in server_urls)
+        from pycvmfs.client.quota import quota_limit_from_env
+
         return open_repository(urls, keys=list(keys), fqrn=fqrn, cache_dir=cache_dir,
-                               proxies=list(proxies) or ["DIRECT"])
+                               proxies=list(proxies) or ["DIRECT"],
+                               quota_limit=quota_limit_from_env())
     try:
         from pycvmfs.client.config import load_client_config
     except ImportError:  # pragma: no cover - the configuration module is optional here
@@ -48,7 +51,13 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
                         proxy_reset_after=cfg.proxy_reset_after or 0)
     keys_found = load_public_keys(list(keys) or cfg.public_keys)
     cache_base = cache_dir or cfg.cache_base or str(default_cache_dir())
-    cache = ObjectCache(os.path.join(cache_base, "shared"))
+    directory = os.path.join(cache_base, "shared" if cfg.shared_cache else fqrn)
+    quota = None
+    if cfg.quota_limit_mb:
+        from pycvmfs.client.quota import QuotaManager
+
+        quota = QuotaManager(directory, cfg.quota_limit_mb << 20)
+    cache = ObjectCache(directory, quota=quota)
     return Repository(source, public_keys=keys_found, fqrn=fqrn, cache=cache)
 
 

@@ -9,11 +9,15 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
 from pycvmfs.storage.objects import download_verified
+
+if TYPE_CHECKING:
+    from pycvmfs.client.quota import QuotaManager
 
 __all__ = ["Breadcrumb", "ObjectCache", "default_cache_dir"]
 
@@ -70,10 +74,16 @@ class ObjectCache:
     Objects are written to ``<dir>/txn/`` and renamed into place only after their hash was
     verified, so a crash never leaves a half-written object under its final name. Concurrent
     requests for one object within a process are collapsed into one download.
+
+    With a :class:`~pycvmfs.client.quota.QuotaManager`, every object is recorded (and room made
+    for it under the quota) before it is moved into place, cache hits are touched, and
+    ``fetch(..., pin=True)`` pins the object (before looking for it, so that no other process
+    can evict it between the lookup and the caller opening it) until :meth:`unpin`.
     """
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, quota: QuotaManager | None = None) -> None:
         self.directory = Path(directory)
+        self.quota = quota
         self.txn = self.directory / "txn"
         self.txn.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, threading.Lock] = {}
@@ -95,22 +105,48 @@ class ObjectCache:
             yield
 
     def fetch(self, source: Source, h: ContentHash, kind: ObjectKind,
-              compression: Compression = Compression.ZLIB, *, what: str | None = None) -> Path:
-        """The path of the decompressed object, downloading and verifying it if needed."""
+              compression: Compression = Compression.ZLIB, *, what: str | None = None,
+              pin: bool = False) -> Path:
+        """The path of the decompressed object, downloading and verifying it if needed.
+
+        With ``pin`` (and a quota), the object stays pinned until :meth:`unpin` is called.
+        """
+        if not pin or self.quota is None:
+            return self._fetch(source, h, kind, compression, what)
+        self.quota.pin(h)
+        try:
+            return self._fetch(source, h, kind, compression, what)
+        except BaseException:
+            self.quota.unpin(h)
+            raise
+
+    def pin(self, h: ContentHash) -> None:
+        """Protect a cached object from eviction (no-op without a quota)."""
+        if self.quota is not None:
+            self.quota.pin(h)
+
+    def unpin(self, h: ContentHash) -> None:
+        """Release one pin taken by :meth:`pin` or ``fetch(..., pin=True)``."""
+        if self.quota is not None:
+            self.quota.unpin(h)
+
+    def _fetch(self, source: Source, h: ContentHash, kind: ObjectKind,
+               compression: Compression, what: str | None) -> Path:
         dest = self.path_for(h)
         if dest.is_file():
-            self.stats["hits"] += 1
-            return dest
+            return self._hit(h, dest)
         with self._lock(str(h)):
             if dest.is_file():
-                self.stats["hits"] += 1
-                return dest
+                return self._hit(h, dest)
             self.stats["misses"] += 1
-            fd, tmp = tempfile.mkstemp(dir=self.txn, prefix="obj.")
+            fd, tmp = tempfile.mkstemp(dir=self.txn, prefix=f"obj.{os.getpid()}.")
             try:
                 with os.fdopen(fd, "wb") as f:
                     stored, _plain = download_verified(source, h, kind, compression, _FileSink(f),
                                                        what=what)
+                    size = f.tell()
+                if self.quota is not None:
+                    self.quota.insert(h, size, kind)  # makes room before the object appears
                 dest.parent.mkdir(exist_ok=True)
                 os.replace(tmp, dest)
             except BaseException:
@@ -119,6 +155,12 @@ class ObjectCache:
                 raise
             self.stats["bytes_downloaded"] += stored
             return dest
+
+    def _hit(self, h: ContentHash, dest: Path) -> Path:
+        self.stats["hits"] += 1
+        if self.quota is not None:
+            self.quota.touch(h)
+        return dest
 
     # -- breadcrumbs ---------------------------------------------------------------------
     def _breadcrumb_path(self, fqrn: str) -> Path:
@@ -137,7 +179,7 @@ class ObjectCache:
             newer = (crumb.revision, crumb.timestamp)
             if old is not None and (old.revision, old.timestamp) >= newer:
                 return
-            fd, tmp = tempfile.mkstemp(dir=self.txn, prefix="crumb.")
+            fd, tmp = tempfile.mkstemp(dir=self.txn, prefix=f"crumb.{os.getpid()}.")
             with os.fdopen(fd, "w") as f:
                 f.write(crumb.to_text())
             os.replace(tmp, self._breadcrumb_path(fqrn))

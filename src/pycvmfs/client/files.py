@@ -137,8 +137,13 @@ class RepoFile(io.RawIOBase):
             if slot is not None:
                 slot[1] += 1
                 return slot[0]
-        path = self._fetch(h, kind)  # downloads and verifies outside the lock
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        path = self._fetch(h, kind)  # downloads, verifies (and pins) outside the lock
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            if self._unpin is not None:
+                self._unpin(h)
+            raise
         with self._fd_lock:
             slot = self._fds.get(h)
             if slot is not None:  # another reader opened it meanwhile (and pinned it once)

@@ -146,8 +146,18 @@ class Repository:
         path = self.fetch_object(h, ObjectKind.CATALOG)
         return Catalog.open(path, what=what or h.describe(ObjectKind.CATALOG), hash=h)
 
+    def _load_pinned_catalog(self, h: ContentHash, mountpoint: bytes, what: str) -> Catalog:
+        # a view's catalogs stay pinned in the cache until the view closes (release_object)
+        path = self.cache.fetch(self.source, h, ObjectKind.CATALOG, pin=True)
+        try:
+            return Catalog.open(path, what=what or h.describe(ObjectKind.CATALOG), hash=h)
+        except BaseException:
+            self.cache.unpin(h)
+            raise
+
     def _fetch_for_entry(self, h: ContentHash, kind: ObjectKind, entry: DirectoryEntry) -> Path:
-        return self.fetch_object(h, kind, entry.compression)
+        # pinned until the RepoFile reading it lets go (release_object below)
+        return self.cache.fetch(self.source, h, kind, entry.compression, pin=True)
 
     # -- history -------------------------------------------------------------------------
     def history(self) -> History | None:
@@ -222,9 +232,10 @@ class Repository:
         m = self.state.manifest
         return RevisionView(
             fqrn=self.fqrn or "", root_hash=h,
-            load_catalog=lambda ch, mp, what: self.load_catalog(ch, mp, what),
+            load_catalog=self._load_pinned_catalog,
             fetch_object=self._fetch_for_entry, env=self.env, revision=rev,
-            timestamp=m.publish_timestamp if h == m.root_catalog else None)
+            timestamp=m.publish_timestamp if h == m.root_catalog else None,
+            release_object=self.cache.unpin)
 
     head = open_revision
 
@@ -265,9 +276,12 @@ def open_repository(location: str, *, keys: Sequence[str | os.PathLike] | Sequen
                     fqrn: str | None = None, cache_dir: str | os.PathLike | None = None,
                     proxies: Sequence[str] = ("DIRECT",), timeout: float = 10.0,
                     now: Callable[[], _dt.datetime] | None = None,
-                    env: Callable[[str], str | None] | None = None) -> Repository:
+                    env: Callable[[str], str | None] | None = None,
+                    quota_limit: int | None = None) -> Repository:
     """Open a repository from a URL (``http://host/cvmfs/fqrn``, several separated by ``;``) or
-    a local storage directory, trusting the given public keys (files or directories)."""
+    a local storage directory, trusting the given public keys (files or directories).
+
+    ``quota_limit`` (bytes) keeps the cache under that size with LRU eviction (``cachedb``)."""
     from pycvmfs.format.signature import load_public_keys
     from pycvmfs.storage.locate import open_source
 
@@ -281,5 +295,11 @@ def open_repository(location: str, *, keys: Sequence[str | os.PathLike] | Sequen
         source = open_source(location)
     if fqrn is None:
         fqrn = guess_fqrn(location.split(";")[0])
-    cache = ObjectCache(cache_dir if cache_dir is not None else default_cache_dir())
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+    quota = None
+    if quota_limit is not None:
+        from pycvmfs.client.quota import QuotaManager
+
+        quota = QuotaManager(cache_dir, quota_limit)
+    cache = ObjectCache(cache_dir, quota=quota)
     return Repository(source, public_keys=public_keys, fqrn=fqrn, cache=cache, now=now, env=env)

@@ -62,11 +62,15 @@ class RevisionView:
     def __init__(self, *, fqrn: str, root_hash: ContentHash, load_catalog: CatalogLoader,
                  fetch_object: Callable[[ContentHash, ObjectKind, DirectoryEntry], os.PathLike],
                  env: Callable[[str], str | None] | None = None, revision: int | None = None,
-                 timestamp: int | None = None) -> None:
+                 timestamp: int | None = None,
+                 release_object: Callable[[ContentHash], None] | None = None) -> None:
         self.fqrn = fqrn
         self.root_hash = root_hash
         self._load = load_catalog
         self._fetch_object = fetch_object
+        # set when fetch_object and load_catalog pin what they return: released on close
+        self._release_object = release_object
+        self._pinned_catalogs: list[ContentHash] = []
         self._env = env if env is not None else os.environ.get
         self._lock = threading.RLock()
         self._catalogs: dict[bytes, LoadedCatalog] = {}
@@ -80,6 +84,7 @@ class RevisionView:
     # -- catalogs ------------------------------------------------------------------------
     def _attach(self, mountpoint: bytes, h: ContentHash, what: str) -> LoadedCatalog:
         cat = self._load(h, mountpoint, what)
+        self._pinned_catalogs.append(h)
         if cat.root_prefix != mountpoint:
             cat.close()
             raise FormatError(f"{what}: root_prefix {_display(cat.root_prefix)!r} does not match "
@@ -256,7 +261,7 @@ class RevisionView:
             raise NoSuchPathError(f"{_display(p)} (not a regular file)")
         chunks = lc.catalog.chunks(p, e) if e.is_chunked else None
         return RepoFile(_display(p), e, chunks,
-                        lambda h, kind: self._fetch_object(h, kind, e))
+                        lambda h, kind: self._fetch_object(h, kind, e), self._release_object)
 
     def read_bytes(self, path: str | bytes) -> bytes:
         with self.open(path) as f:
@@ -299,6 +304,10 @@ class RevisionView:
             for lc in self._catalogs.values():
                 lc.catalog.close()
             self._catalogs.clear()
+            pinned, self._pinned_catalogs = self._pinned_catalogs, []
+            if self._release_object is not None:
+                for h in pinned:
+                    self._release_object(h)
 
     def __enter__(self) -> RevisionView:
         return self
