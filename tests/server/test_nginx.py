@@ -22,6 +22,8 @@ from pycvmfs.client.repository import Repository
 from pycvmfs.format.signature import load_public_keys
 from pycvmfs.storage.http import HttpSource
 
+from helpers.daemons import free_port, require_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 SITE_CONF = ROOT / "docs" / "nginx-cvmfs.conf"
 NGINX = "/usr/sbin/nginx"
@@ -47,23 +49,6 @@ http {{
     include {dir}/cvmfs.conf;
 }}
 """
-
-
-def require_binary(path: str, package: str) -> None:
-    """Fail (under CI) or skip when a daemon the test needs is not installed."""
-    if os.access(path, os.X_OK):
-        return
-    message = (f"{path} not found: install the Debian package '{package}' "
-               "(tools/test.sh does this)")
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def world_readable(top: Path) -> bool:

@@ -22,6 +22,8 @@ from pycvmfs.client.repository import Repository
 from pycvmfs.format.signature import load_public_keys
 from pycvmfs.storage.http import DIRECT, HttpSource
 
+from helpers.daemons import free_port, require_binary
+
 FQRN = "golden.example.org"
 SQUID = "/usr/sbin/squid"
 FAST = {"timeout": 2.0, "retries": 1, "backoff": (0.01, 0.05)}
@@ -45,23 +47,6 @@ refresh_pattern . 1440 100% 4320
 http_access allow localhost
 http_access deny all
 """
-
-
-def require_binary(path: str, package: str) -> None:
-    """Fail (under CI) or skip when a daemon the test needs is not installed."""
-    if os.access(path, os.X_OK):
-        return
-    message = (f"{path} not found: install the Debian package '{package}' "
-               "(tools/test.sh does this)")
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, log: Path,

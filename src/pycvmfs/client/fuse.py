@@ -182,15 +182,20 @@ class CvmfsFilesystem(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         return a
 
-    def _stat_path(self, path: bytes) -> Stat:
+    def _call(self, path: bytes, fn, *args):
+        """``fn(*args)`` with repository errors turned into FUSE errors (logged as I/O
+        errors unless the path simply does not resolve)."""
         try:
-            return self.view.lstat(path or b"/")
+            return fn(*args)
         except PathError as e:
             raise pyfuse3.FUSEError(e.errno or errno.ENOENT) from None
         except CvmfsError as e:
             self.io_errors += 1
             log.error("%s: %s", os.fsdecode(path) or "/", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _stat_path(self, path: bytes) -> Stat:
+        return self._call(path, self.view.lstat, path or b"/")
 
     async def _run(self, fn, *args):
         """Blocking work (catalog and object downloads) off the event loop. Anything but a
@@ -234,18 +239,8 @@ class CvmfsFilesystem(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         path = self.inodes.path(inode)
 
-        def listing() -> list[Stat]:
-            try:
-                return self.view.scandir(path or b"/")
-            except PathError as e:
-                raise pyfuse3.FUSEError(e.errno or errno.ENOENT) from None
-            except CvmfsError as e:
-                self.io_errors += 1
-                log.error("%s: %s", os.fsdecode(path) or "/", e)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-
         view = self.view
-        entries = await self._run(listing)
+        entries = await self._run(self._call, path, view.scandir, path or b"/")
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
@@ -273,17 +268,7 @@ class CvmfsFilesystem(pyfuse3.Operations):
         origin = self.inodes.origin(inode)
         view = origin[0] if origin else self.view
 
-        def do_open() -> RepoFile:
-            try:
-                return view.open(path)
-            except PathError as e:
-                raise pyfuse3.FUSEError(e.errno or errno.ENOENT) from None
-            except CvmfsError as e:
-                self.io_errors += 1
-                log.error("%s: %s", os.fsdecode(path), e)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-
-        f = await self._run(do_open)
+        f: RepoFile = await self._run(self._call, path, view.open, path)
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
