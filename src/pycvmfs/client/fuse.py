@@ -112,6 +112,8 @@ class CvmfsFilesystem(pyfuse3.Operations):
         self._files: dict[int, RepoFile] = {}
         self._dirs: dict[int, list[Stat]] = {}
         self._dir_views: dict[int, RevisionView] = {}
+        self._listings: dict[tuple[int, bytes], list[Stat]] = {}  # (view, dir) -> entries
+        self._attr_cache: dict[tuple[int, int], pyfuse3.EntryAttributes] = {}
         self._next_fh = 1
         self._lock = threading.Lock()
         self.expires = time.time() + self.ttl
@@ -240,7 +242,15 @@ class CvmfsFilesystem(pyfuse3.Operations):
         path = self.inodes.path(inode)
 
         view = self.view
-        entries = await self._run(self._call, path, view.scandir, path or b"/")
+        key = (id(view), path)
+        cached = self._listings.get(key)
+        if cached is not None:  # a revision is immutable: listings can be reused
+            entries = cached
+        else:
+            entries = await self._run(self._call, path, view.scandir, path or b"/")
+            if len(self._listings) >= 4096:
+                self._listings.pop(next(iter(self._listings)))
+            self._listings[key] = entries
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
@@ -250,11 +260,20 @@ class CvmfsFilesystem(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         entries = self._dirs.get(fh, [])
+        view = self._dir_views.get(fh)
+        vid = id(view)
+        cache = self._attr_cache
         for i in range(start_id, len(entries)):
             s = entries[i]
-            path = os.fsencode(s.path) if s.path != "/" else b""
-            ino = self.inodes.for_stat(path, s, self._dir_views[fh], self.generation)
-            if not pyfuse3.readdir_reply(token, s.entry.name, self._attrs(s, ino), i + 1):
+            key = (vid, id(s))
+            attrs = cache.get(key)
+            if attrs is None:
+                path = os.fsencode(s.path) if s.path != "/" else b""
+                attrs = self._attrs(s, self.inodes.for_stat(path, s, view, self.generation))
+                if len(cache) >= 200_000:
+                    cache.clear()
+                cache[key] = attrs
+            if not pyfuse3.readdir_reply(token, s.entry.name, attrs, i + 1):
                 break
 
     async def releasedir(self, fh):

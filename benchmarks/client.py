@@ -1,0 +1,108 @@
+"""Client benchmark: the FUSE mount against local disk on the release-like tree.
+
+Run by hand as root (needs /dev/fuse):  .venv/bin/python benchmarks/client.py [--tree DIR]
+
+Publishes the tree of ``benchmarks/treegen.py``, serves it with ``pycvmfs serve`` on loopback,
+mounts it, and compares with the same operation on the source tree on local disk, in the same
+run: a cold-cache full read (``tar`` to /dev/null), a warm-cache full read, a metadata walk
+(``find`` + stat of every entry, warm); plus the mount process's peak RSS. Targets (issue 4):
+warm metadata walk <= 2x local disk, cold read >= 100 MB/s, RSS < 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import contextlib
+
+from treegen import generate
+
+FQRN = "bench.example.org"
+
+
+def _timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _tar(directory: Path) -> list[str]:
+    # GNU tar does not read file data when the archive is /dev/null: pipe it through cat
+    return ["sh", "-c", f"tar cf - -C '{directory}' . | cat > /dev/null"]
+
+
+def _drop_caches() -> None:
+    subprocess.run(["sync"], check=False)
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _rss_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tree", type=Path)
+    ap.add_argument("--files", type=int, default=20_000)
+    ap.add_argument("--scale", type=float, default=1.0)
+    args = ap.parse_args()
+    from pycvmfs.publish.repository import Publisher
+    from pycvmfs.server.http import RepositoryServer
+
+    with tempfile.TemporaryDirectory(prefix="pycvmfs-client-bench-") as tmp:
+        tmp = Path(tmp)
+        tree = args.tree or tmp / "tree"
+        if not (tree / "releases").exists():
+            generate(tree, files=args.files, scale=args.scale)
+        size = _tree_bytes(tree)
+        pub = Publisher.mkfs(FQRN, tmp / "srv" / FQRN, config_dir=tmp / "etc")
+        with pub.transaction() as txn:
+            txn.add_tree(tree, "/", delete=True)
+        print(f"tree: {txn.summary.files} files, {size / 1e6:.0f} MB, published in "
+              f"{txn.summary.seconds:.1f} s")
+        mp = tmp / "mnt"
+        mp.mkdir()
+        with RepositoryServer({FQRN: pub.config.storage}) as srv:
+            cli = [sys.executable, "-m", "pycvmfs.cli.main"]
+            subprocess.run([*cli, "mount", FQRN, str(mp), "--server-url",
+                            srv.repository_url(FQRN), "-k", str(pub.config.key_path("pub")),
+                            "--cache-dir", str(tmp / "cache")], check=True)
+            pid = int(os.getxattr(mp, "user.pid"))
+            try:
+                _drop_caches()
+                local_cold = _timed(_tar(tree))
+                local_warm = _timed(_tar(tree))
+                local_walk = _timed(["find", str(tree), "-printf", "%s %m %T@\n"])
+                cold = _timed(_tar(mp))
+                warm = _timed(_tar(mp))
+                _timed(["find", str(mp), "-printf", "%s %m %T@\n"])
+                walk = _timed(["find", str(mp), "-printf", "%s %m %T@\n"])
+                rss = _rss_of(pid)
+            finally:
+                subprocess.run([*cli, "umount", str(mp)], check=False)
+        print(f"cold full read (tar):  mount {cold:6.2f} s = {size / cold / 1e6:6.1f} MB/s  "
+              f"(local disk, caches dropped {local_cold:6.2f} s; target >= 100 MB/s)")
+        print(f"warm full read (tar):  mount {warm:6.2f} s = {size / warm / 1e6:6.1f} MB/s  "
+              f"= {warm / local_warm:5.2f}x local disk ({local_warm:.2f} s)")
+        print(f"warm metadata walk:    mount {walk:6.2f} s = {walk / local_walk:5.2f}x local disk "
+              f"({local_walk:.2f} s; target <= 2x)")
+        print(f"mount process peak RSS {rss / 2**20:.0f} MiB (target < 200 MiB)")
+
+
+if __name__ == "__main__":
+    main()
