@@ -287,7 +287,10 @@ class CvmfsFilesystem(pyfuse3.Operations):
         origin = self.inodes.origin(inode)
         view = origin[0] if origin else self.view
 
-        f: RepoFile = await self._run(self._call, path, view.open, path)
+        if origin is not None and origin[1].is_file and not origin[1].is_chunked:
+            f: RepoFile = self._call(path, view.open_stat, origin[1])  # no I/O until read
+        else:
+            f = await self._run(self._call, path, view.open, path)
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1

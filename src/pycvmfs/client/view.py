@@ -263,6 +263,15 @@ class RevisionView:
         return RepoFile(_display(p), e, chunks,
                         lambda h, kind: self._fetch_object(h, kind, e), self._release_object)
 
+    def open_stat(self, s: Stat) -> RepoFile:
+        """Open an unchunked regular file from a :class:`Stat` of this view without resolving
+        its path again (the FUSE mount keeps the Stat of every inode)."""
+        if not s.is_file or s.is_chunked:
+            return self.open(s.path)
+        e = s.entry
+        return RepoFile(s.path, e, None, lambda h, kind: self._fetch_object(h, kind, e),
+                        release=self._release_object)
+
     def read_bytes(self, path: str | bytes) -> bytes:
         with self.open(path) as f:
             return f.read()
