@@ -79,3 +79,37 @@ def test_sigkill_at_random_moments_never_breaks_the_repository(publisher, tmp_pa
                 repo.open_revision() as view:
             assert view.read_bytes("d1/f1.txt").startswith(f"{generation}-1-1\n".encode())
     assert outcomes["old"] > 0, outcomes  # some kills really interrupted a publish
+
+
+def test_a_crash_between_reflog_upload_and_checksum_is_recovered(publisher, tmp_path):
+    """The reflog was uploaded but its checksum not yet recorded (the publisher died in
+    between): the next publish accepts it; a reflog changed by anyone else is still refused."""
+    import shutil
+
+    from pycvmfs.errors import IntegrityError
+    from pycvmfs.format.reflog import Reflog, reflog_hash
+
+    known = publisher.config.reflog_checksum_path
+    reflog = publisher.config.storage / ".cvmfsreflog"
+    # simulate the window: a new reflog in place, its checksum only pending
+    work = tmp_path / "r.db"
+    shutil.copyfile(reflog, work)
+    r = Reflog.open(work, what="test", writable=True)
+    r.add(publisher.head().root_catalog, __import__("pycvmfs.format.hashes",
+                                                     fromlist=["ObjectKind"]).ObjectKind.CATALOG)
+    r.close()
+    new = work.read_bytes()
+    pending = known.with_name(known.name + ".pending")
+    pending.write_text(str(reflog_hash(new)))
+    reflog.write_bytes(new)
+    with publisher.transaction() as txn:
+        txn.add_file("/after-crash", b"ok\n")
+    assert txn.summary.revision is not None
+    assert not pending.exists()
+    # tampering is still caught
+    reflog.write_bytes(reflog.read_bytes() + b"\0")
+    import pytest
+
+    with pytest.raises(IntegrityError, match="behind the publisher's back"), \
+            publisher.transaction() as txn:
+        txn.add_file("/x", b"x")

@@ -18,7 +18,8 @@ from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.format.history import History
 from pycvmfs.format.manifest import Manifest
-from pycvmfs.format.reflog import Reflog, reflog_hash
+from pycvmfs.format.reflog import Reflog
+from pycvmfs.publish.signing import reflog_trusted, upload_reflog
 from pycvmfs.storage.objects import download_verified
 
 if TYPE_CHECKING:
@@ -271,23 +272,18 @@ class _Collector:
         if not known.exists():
             raise ConfigError(f"{known}: missing; the reflog {src} cannot be trusted without "
                               "its checksum")
-        expected = ContentHash.parse(known.read_text().strip(), what=str(known))
         copy = self.work / "reflog.db"
         shutil.copyfile(src, copy)
-        actual = reflog_hash(copy, expected.algorithm)
-        if actual != expected:
-            raise IntegrityError(f"{src}: hash {actual} differs from {known} ({expected}); "
+        if not reflog_trusted(known, copy):
+            raise IntegrityError(f"{src}: its hash differs from {known}; "
                                  "refusing to collect garbage with an unknown reflog")
         return Reflog.open(copy, what=str(src), writable=True)
 
     def _save_reflog(self) -> None:
         self.reflog.close()
         data = (self.work / "reflog.db").read_bytes()
-        self.store.put_bytes(REFLOG, data)
-        known = self.pub.config.reflog_checksum_path
-        part = known.with_suffix(".tmp")
-        part.write_text(str(reflog_hash(data, self.head.algorithm)))
-        os.replace(part, known)
+        upload_reflog(self.store, self.pub.config.reflog_checksum_path, data,
+                      self.head.algorithm)
 
     # -- preserving ----------------------------------------------------------------------
     def _load(self, h: ContentHash, what: str) -> tuple[Catalog, int]:

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pycvmfs.errors import ConfigError, IntegrityError
+from pycvmfs.errors import ConfigError, CvmfsError, IntegrityError
 from pycvmfs.format.compression import compress
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, hash_bytes
 from pycvmfs.format.manifest import Manifest, parse_signed_manifest, sign_manifest, verify_manifest
@@ -19,7 +19,8 @@ from pycvmfs.publish.config import RepositoryConfig
 from pycvmfs.publish.keys import RepositoryKeys
 from pycvmfs.storage.local import LocalStorage
 
-__all__ = ["MANIFEST", "REFLOG", "read_head", "store_object", "switch_manifest", "sync_storage"]
+__all__ = ["MANIFEST", "REFLOG", "read_head", "reflog_trusted", "store_object",
+           "switch_manifest", "sync_storage", "upload_reflog"]
 
 MANIFEST = ".cvmfspublished"
 REFLOG = ".cvmfsreflog"
@@ -75,12 +76,9 @@ def _update_reflog(store: LocalStorage, cfg: RepositoryConfig, algorithm: Algori
         tmp.unlink()
     if src.exists():
         known = cfg.reflog_checksum_path
-        if known.exists():
-            expected = ContentHash.parse(known.read_text().strip(), what=str(known))
-            actual = reflog_hash(src, expected.algorithm)
-            if actual != expected:
-                raise IntegrityError(f"{src}: hash {actual} differs from {known} ({expected}); "
-                                     "the reflog was changed behind the publisher's back")
+        if known.exists() and not reflog_trusted(known, src):
+            raise IntegrityError(f"{src}: its hash differs from {known}; "
+                                 "the reflog was changed behind the publisher's back")
         shutil.copyfile(src, tmp)
         reflog = Reflog.open(tmp, what=str(src), writable=True)
     else:
@@ -91,14 +89,51 @@ def _update_reflog(store: LocalStorage, cfg: RepositoryConfig, algorithm: Algori
     finally:
         reflog.close()
     data = tmp.read_bytes()
-    store.put_bytes(REFLOG, data)
-    y = reflog_hash(data, algorithm)
-    cfg.reflog_checksum_path.parent.mkdir(parents=True, exist_ok=True)
-    part = cfg.reflog_checksum_path.with_suffix(".tmp")
-    part.write_text(str(y))
-    os.replace(part, cfg.reflog_checksum_path)
+    y = upload_reflog(store, cfg.reflog_checksum_path, data, algorithm)
     tmp.unlink()
     return y
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    part = path.with_name(path.name + ".tmp")
+    part.write_text(text)
+    os.replace(part, path)
+
+
+def upload_reflog(store: LocalStorage, known: Path, data: bytes,
+                  algorithm: Algorithm) -> ContentHash:
+    """Replace ``.cvmfsreflog`` and record its checksum in ``known``. A crash between the two
+    must not look like tampering: the new checksum is recorded as pending first, and a reflog
+    matching a pending checksum is accepted (:func:`reflog_trusted`)."""
+    y = reflog_hash(data, algorithm)
+    known.parent.mkdir(parents=True, exist_ok=True)
+    pending = known.with_name(known.name + ".pending")
+    _write_atomic(pending, str(y))
+    store.put_bytes(REFLOG, data)
+    os.replace(pending, known)
+    return y
+
+
+def reflog_trusted(known: Path, reflog: Path) -> bool:
+    """Whether ``reflog`` is the one this publisher wrote last (by ``known`` or a pending
+    checksum left by a crash)."""
+    expected = ContentHash.parse(known.read_text().strip(), what=str(known))
+    return reflog_hash(reflog, expected.algorithm) == expected or _pending_matches(known, reflog)
+
+
+def _pending_matches(known: Path, reflog: Path) -> bool:
+    """After a crash between uploading the reflog and recording its checksum: the reflog is
+    the one the publisher wrote if it matches the pending checksum; that checksum then
+    becomes the known one."""
+    pending = known.with_name(known.name + ".pending")
+    try:
+        h = ContentHash.parse(pending.read_text().strip(), what=str(pending))
+    except (FileNotFoundError, CvmfsError):
+        return False
+    if reflog_hash(reflog, h.algorithm) != h:
+        return False
+    os.replace(pending, known)
+    return True
 
 
 def switch_manifest(store: LocalStorage, cfg: RepositoryConfig, keys: RepositoryKeys,
