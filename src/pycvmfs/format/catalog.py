@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
 from pycvmfs.errors import FormatError
@@ -13,7 +13,7 @@ from pycvmfs.format.dirent import DirectoryEntry, Flags, split_hardlinks
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, md5_pair
 from pycvmfs.format.sqlite import open_database, read_properties
 
-__all__ = ["COUNTER_NAMES", "Catalog", "Chunk", "NestedRef", "parent_path"]
+__all__ = ["COUNTER_NAMES", "Catalog", "Chunk", "NestedRef", "covering_mountpoint", "parent_path"]
 
 #: The 24 statistics counters every schema-2.5 catalog carries (format doc §4.14).
 COUNTER_FIELDS = ("regular", "symlink", "special", "dir", "nested", "chunked", "chunks",
@@ -45,6 +45,18 @@ class NestedRef:
 def parent_path(path: bytes) -> bytes:
     """Everything before the last ``/``; the root's children have parent ``b""``."""
     return path[:path.rfind(b"/")] if b"/" in path else b""
+
+
+def covering_mountpoint(path: bytes, mountpoints: Container[bytes], *,
+                        include_self: bool = True) -> bytes | None:
+    """The mount point in ``mountpoints`` that is ``path`` or contains it (the deepest one),
+    found by walking the path's ancestors: O(depth), whatever the number of nested catalogs."""
+    p = path if include_self else parent_path(path)
+    while p:
+        if p in mountpoints:
+            return p
+        p = parent_path(p)
+    return None
 
 
 def _fs(b: bytes) -> str:
@@ -87,6 +99,7 @@ class Catalog:
             exprs[_ENTRY_COLUMNS.index("hardlinks")] = "1"
         self._select = "SELECT rowid, " + ", ".join(exprs) + " FROM catalog "
         self._nested: list[NestedRef] | None = None
+        self._nested_by_path: dict[bytes, NestedRef] | None = None
         self._tables = {_col_name(r[0])
                         for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
@@ -363,12 +376,10 @@ class Catalog:
 
     def find_nested(self, path: bytes) -> NestedRef | None:
         """The direct child catalog whose mount point is ``path`` or contains it."""
-        best = None
-        for ref in self.nested_catalogs():
-            inside = path == ref.path or path.startswith(ref.path + b"/")
-            if inside and (best is None or len(ref.path) > len(best.path)):
-                best = ref
-        return best
+        if self._nested_by_path is None:
+            self._nested_by_path = {r.path: r for r in self.nested_catalogs()}
+        mp = covering_mountpoint(path, self._nested_by_path)
+        return None if mp is None else self._nested_by_path[mp]
 
     # -- statistics ----------------------------------------------------------------------
     def statistics(self) -> dict[str, int]:

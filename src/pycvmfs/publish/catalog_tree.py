@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycvmfs.errors import FormatError
-from pycvmfs.format.catalog import COUNTER_FIELDS, Chunk, parent_path
+from pycvmfs.format.catalog import COUNTER_FIELDS, Chunk, covering_mountpoint, parent_path
 from pycvmfs.format.catalog_writer import CatalogWriter, EntryRow
 from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.dirent import Flags
@@ -133,13 +133,7 @@ class CatalogTree:
         """The catalog holding ``path`` (a mount point: the child, unless asked otherwise)."""
         cur = self._open[b""]
         while True:
-            nxt = None
-            for mp in cur.nested:
-                if path == mp or path.startswith(mp + b"/"):
-                    if path == mp and not mountpoint_in_child:
-                        continue
-                    nxt = mp
-                    break
+            nxt = covering_mountpoint(path, cur.nested, include_self=mountpoint_in_child)
             if nxt is None:
                 return cur
             cur = self._child(cur, nxt)
