@@ -197,7 +197,7 @@ class CvmfsFilesystem(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     def _stat_path(self, path: bytes) -> Stat:
-        return self._call(path, self.view.lstat, path or b"/")
+        return self._call(path, self.view.lstat_canonical, path)
 
     async def _run(self, fn, *args):
         """Blocking work (catalog and object downloads) off the event loop. Anything but a

@@ -216,6 +216,12 @@ class RevisionView:
         p, e, lc = self._resolve(path, follow=False)
         return self._stat(p, e, lc)
 
+    def lstat_canonical(self, path: bytes) -> Stat:
+        """``lstat`` of a canonical path (``b""`` or ``b"/a/b"``, no ``.``/``..``, no symlink
+        in it, as the FUSE mount has them): one keyed lookup instead of a walk from the root."""
+        e, lc = self._entry_at(path)
+        return self._stat(path, e, lc)
+
     def exists(self, path: str | bytes) -> bool:
         try:
             self.lstat(path)
