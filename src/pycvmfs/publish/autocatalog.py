@@ -12,7 +12,6 @@ from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.compression import compress
 from pycvmfs.format.dirent import Flags, make_flags
 from pycvmfs.format.hashes import ObjectKind
-from pycvmfs.publish.signing import store_object
 
 if TYPE_CHECKING:
     from pycvmfs.publish.transaction import Transaction
@@ -39,7 +38,7 @@ def _weights(rows: list[tuple[bytes, EntryRow]], root: bytes) -> dict[bytes, int
 def _marker_rows(txn: Transaction, directory: bytes) -> list[tuple[bytes, EntryRow]]:
     """The two empty marker files of an automatic catalog (format doc §7.3)."""
     s = txn.pub.settings
-    h = store_object(txn.pub.store, compress(b""), ObjectKind.FILE, s.hash_algorithm)
+    h = txn.pub.store_object(compress(b""), ObjectKind.FILE)
     parent = txn.tree.lookup(directory)
     mode = stat.S_IFREG | 0o600
     row = EntryRow(mode=mode, flags=make_flags(mode=mode, algorithm=s.hash_algorithm,

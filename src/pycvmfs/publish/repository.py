@@ -15,7 +15,7 @@ from pycvmfs.errors import ConfigError, PublishError, TagNotFoundError
 from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.dirent import make_flags
-from pycvmfs.format.hashes import ContentHash, ObjectKind, hash_bytes
+from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.format.history import History, Tag
 from pycvmfs.format.manifest import Manifest
 from pycvmfs.format.metainfo import make_skeleton
@@ -95,7 +95,7 @@ class Publisher:
                         uid=s.owner_uid or 0, gid=s.owner_gid or 0, linkcount=2)
         tree = self.open_tree(None, root_entry=root)
         try:
-            result = tree.commit(self._store_fn, now=now, ttl=None, root_revision=0,
+            result = tree.commit(self.store_object, now=now, ttl=None, root_revision=0,
                                  record_previous=False)
         finally:
             tree.close()
@@ -120,14 +120,10 @@ class Publisher:
     def head(self) -> Manifest:
         return read_head(self.store, self.keys, self.fqrn)
 
-    def _store_fn(self, data: bytes, kind: ObjectKind) -> ContentHash:
-        h = hash_bytes(data, self.settings.hash_algorithm)
-        rel = h.object_path(kind)
-        if not self.store.exists(rel):
-            self.store.put_bytes(rel, data)
-            if self._journal is not None:
-                self._journal.record(rel)
-        return h
+    def store_object(self, data: bytes, kind: ObjectKind) -> ContentHash:
+        """Store compressed ``data`` with the repository's algorithm (journaled in a
+        transaction)."""
+        return store_object(self.store, data, kind, self.settings.hash_algorithm, self._journal)
 
     def open_journal(self, head: Manifest) -> ObjectJournal:
         """Start recording the objects of a transaction (after cleaning up a dead one's)."""
@@ -177,7 +173,7 @@ class Publisher:
         """Store the changed catalogs, the next history and a signed manifest (the switch)."""
         now = int(time.time())
         summary.warnings += self.check_limits(tree)
-        result = tree.commit(self._store_fn, now=now, ttl=self.settings.ttl,
+        result = tree.commit(self.store_object, now=now, ttl=self.settings.ttl,
                              root_revision=head.revision + 1)
         history = self._next_history(head, result, now, tag=tag, message=message,
                                      summary=summary)
@@ -210,7 +206,7 @@ class Publisher:
 
     def _store_history(self, name: str) -> ContentHash:
         path = self.config.work_dir / f"{name}.db"
-        h = self._store_fn(compress(path.read_bytes()), ObjectKind.HISTORY)
+        h = self.store_object(compress(path.read_bytes()), ObjectKind.HISTORY)
         path.unlink()
         return h
 
@@ -299,7 +295,7 @@ class Publisher:
                 w.set_property("TTL", self.settings.ttl)
                 w.close()
                 data = work.read_bytes()
-                new_root = self._store_fn(compress(data), ObjectKind.CATALOG)
+                new_root = self.store_object(compress(data), ObjectKind.CATALOG)
                 work.unlink()
                 hist.rollback_to(tag, new_root, head.revision + 1, now, len(data))
             h = self._store_history("history")

@@ -16,6 +16,7 @@ from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, hash_bytes
 from pycvmfs.format.manifest import Manifest, parse_signed_manifest, sign_manifest, verify_manifest
 from pycvmfs.format.reflog import Reflog, reflog_hash
 from pycvmfs.publish.config import RepositoryConfig
+from pycvmfs.publish.journal import ObjectJournal
 from pycvmfs.publish.keys import RepositoryKeys
 from pycvmfs.storage.local import LocalStorage
 
@@ -26,13 +27,16 @@ MANIFEST = ".cvmfspublished"
 REFLOG = ".cvmfsreflog"
 
 
-def store_object(store: LocalStorage, data: bytes, kind: ObjectKind,
-                 algorithm: Algorithm) -> ContentHash:
-    """Store already-compressed ``data`` under the hash of its bytes (kept if present)."""
+def store_object(store: LocalStorage, data: bytes, kind: ObjectKind, algorithm: Algorithm,
+                 journal: ObjectJournal | None = None) -> ContentHash:
+    """Store already-compressed ``data`` under the hash of its bytes (kept if present); a new
+    object is recorded in ``journal`` so an aborted transaction can take it back."""
     h = hash_bytes(data, algorithm)
     rel = h.object_path(kind)
     if not store.exists(rel):
         store.put_bytes(rel, data)
+        if journal is not None:
+            journal.record(rel)
     return h
 
 
