@@ -292,7 +292,6 @@ class Publisher:
                 w.set_property("revision", head.revision + 1)
                 w.set_property("last_modified", now)
                 w.set_property("previous_revision", str(head.root_catalog))
-                w.set_property("TTL", self.settings.ttl)
                 w.close()
                 data = work.read_bytes()
                 new_root = self.store_object(compress(data), ObjectKind.CATALOG)
