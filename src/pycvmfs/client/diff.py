@@ -69,20 +69,10 @@ def diff_revisions(a: RevisionView, b: RevisionView, path: str = "/") -> Iterato
     sa, sb = _maybe_lstat(a, path), _maybe_lstat(b, path)
     if sa is None and sb is None:
         a.lstat(path)  # raises: the path exists in neither revision
-    if sa is None or sb is None or not (sa.is_dir and sb.is_dir):
-        if sa is None:
-            yield from _subtree(b, sb, "added")
-        elif sb is None:
-            yield from _subtree(a, sa, "removed")
-        else:
-            fields = _changed_fields(a, sa, b, sb)
-            if "type" in fields:
-                yield from _subtree(a, sa, "removed")
-                yield from _subtree(b, sb, "added")
-            elif fields:
-                yield Change("changed", sa.path, sa.type, fields)
-        return
-    yield from _diff_dir(a, b, sa.path)
+    if sa is not None and sb is not None and sa.is_dir and sb.is_dir:
+        yield from _diff_dir(a, b, sa.path)
+    else:
+        yield from _diff_entry(a, sa, b, sb)
 
 
 def _maybe_lstat(view: RevisionView, path: str) -> Stat | None:
@@ -94,6 +84,26 @@ def _maybe_lstat(view: RevisionView, path: str) -> Stat | None:
         return None
 
 
+def _diff_entry(a: RevisionView, sa: Stat | None, b: RevisionView,
+                sb: Stat | None) -> Iterator[Change]:
+    """One name in both revisions (either side may be missing), then below it."""
+    if sb is None:
+        yield from _subtree(a, sa, "removed")
+        return
+    if sa is None:
+        yield from _subtree(b, sb, "added")
+        return
+    fields = _changed_fields(a, sa, b, sb)
+    if "type" in fields:
+        yield from _subtree(a, sa, "removed")
+        yield from _subtree(b, sb, "added")
+        return
+    if fields:
+        yield Change("changed", sa.path, sa.type, fields)
+    if sa.is_dir:
+        yield from _diff_dir(a, b, sa.path)
+
+
 def _diff_dir(a: RevisionView, b: RevisionView, path: str) -> Iterator[Change]:
     ha, hb = a.nested_hash(normalize_path(path)), b.nested_hash(normalize_path(path))
     if ha is not None and ha == hb:
@@ -101,18 +111,4 @@ def _diff_dir(a: RevisionView, b: RevisionView, path: str) -> Iterator[Change]:
     la = {s.name: s for s in a.scandir(path, include_hidden=True)}
     lb = {s.name: s for s in b.scandir(path, include_hidden=True)}
     for name in sorted(la.keys() | lb.keys()):
-        sa, sb = la.get(name), lb.get(name)
-        if sb is None:
-            yield from _subtree(a, sa, "removed")
-        elif sa is None:
-            yield from _subtree(b, sb, "added")
-        else:
-            fields = _changed_fields(a, sa, b, sb)
-            if "type" in fields:
-                yield from _subtree(a, sa, "removed")
-                yield from _subtree(b, sb, "added")
-                continue
-            if fields:
-                yield Change("changed", sa.path, sa.type, fields)
-            if sa.is_dir:
-                yield from _diff_dir(a, b, sa.path)
+        yield from _diff_entry(a, la.get(name), b, lb.get(name))
