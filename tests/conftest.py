@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import http.server
 import os
@@ -13,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from helpers.xattrs import xattrs_supported
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PYCVMFS_SHARED", ROOT.parent / "shared")).resolve()
@@ -103,20 +104,6 @@ def golden_server(golden_dir: Path) -> Iterator[LoopbackServer]:
     s.stop()
 
 
-def _xattrs_supported(directory: Path) -> bool:
-    probe = directory / ".xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.pycvmfs-probe", b"1")
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-            return False
-        raise
-    finally:
-        probe.unlink()
-    return True
-
-
 @pytest.fixture(scope="session")
 def golden_source_trees(golden_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with ``rev1/`` and ``rev2/``: the golden repository's source trees.
@@ -131,7 +118,7 @@ def golden_source_trees(golden_dir: Path, tmp_path_factory: pytest.TempPathFacto
     refused = []
     for base in candidates:
         base.mkdir(parents=True, exist_ok=True)
-        if not _xattrs_supported(base):
+        if not xattrs_supported(base):
             refused.append(str(base))
             continue
         out = base / "trees"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import hashlib
 import os
 import re
@@ -13,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from helpers.xattrs import xattrs_supported
 
 GOLDEN_FQRN = "golden.example.org"
 
@@ -291,20 +292,6 @@ def test_cat_into_a_closed_pipe_ends_quietly(golden_repo, golden_keys, pycvmfs_a
 # -- get -----------------------------------------------------------------------------------------
 
 
-def _xattrs_supported(directory: Path) -> bool:
-    probe = directory / ".xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.pycvmfs-probe", b"1")
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-            return False
-        raise
-    finally:
-        probe.unlink()
-    return True
-
-
 def _subtree(expected: dict, rev: str, top: str) -> dict[str, dict]:
     """expected.json entries below ``top`` ("" for all), keyed relative to ``top``."""
     if not top:
@@ -317,7 +304,7 @@ def _tree_mismatches(dest: Path, expected: dict, rev: str, top: str = "") -> lis
     """Every difference between the exported ``dest`` and expected.json's ``trees.rev`` (below
     ``top``): type, mode, mtime, size, content, link count, symlink target, user xattrs."""
     entries = _subtree(expected, rev, top)
-    xattrs = _xattrs_supported(dest.parent)
+    xattrs = xattrs_supported(dest.parent)
     bad: list[str] = []
     found = {}
     for dirpath, dirnames, filenames in os.walk(dest):

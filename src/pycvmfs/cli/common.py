@@ -39,7 +39,7 @@ class CvmfsGroup(click.Group):
             ctx.exit(130)
 
 
-def _default_keys(fqrn_hint: str | None) -> list[str]:
+def _default_keys() -> list[str]:
     env = os.environ.get("CVMFS_PUBLIC_KEY")
     if env:
         return [p for p in env.split(":") if p]
@@ -91,12 +91,12 @@ def revision_selector(kwargs: dict) -> dict:
 
 
 def open_repo(url: str, kwargs: dict):
-    from pycvmfs.client.repository import guess_fqrn, open_repository
+    from pycvmfs.client.repository import open_repository
 
     keys = list(kwargs.pop("keys", ()) or ())
     fqrn = kwargs.pop("fqrn", None)
     if not keys:
-        keys = _default_keys(fqrn or guess_fqrn(url))
+        keys = _default_keys()
     if not keys:
         raise ConfigError("no public key: give --key FILE (or a directory of *.pub keys), or "
                           "set CVMFS_PUBLIC_KEY / CVMFS_KEYS_DIR")
