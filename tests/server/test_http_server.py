@@ -26,8 +26,8 @@ from pycvmfs.server.http import (
     LONG_TTL,
     SHORT_TTL,
     RepositoryServer,
+    Site,
     find_repositories,
-    make_app,
     parse_range,
     split_target,
 )
@@ -268,7 +268,7 @@ def test_split_target_decodes_only_plain_segments():
 
 
 def test_large_files_are_sent_without_loop_sendfile_too(golden_repo, http, monkeypatch):
-    # uvloop has no loop.sendfile(); the server then copies the file itself
+    # event loops without loop.sendfile() (uvloop): the server then copies the file itself
     import asyncio
 
     def no_sendfile(*args, **kwargs):
@@ -439,6 +439,8 @@ def test_repositories_json_lists_the_served_repositories(server, http, tmp_path,
     assert r.status == 200
     assert r.headers["Content-Type"] == "application/json"
     assert r.headers["Cache-Control"] == "max-age=61"
+    expires = email.utils.parsedate_to_datetime(r.headers["Expires"])
+    assert (expires - email.utils.parsedate_to_datetime(r.headers["Date"])).total_seconds() == 61
     assert json.loads(r.data) == {
         "schema": 1,
         "repositories": [
@@ -514,14 +516,14 @@ def test_find_repositories_accepts_one_storage_or_a_folder_of_them(tmp_path, gol
         find_repositories(tmp_path / "stray-file")
 
 
-def test_make_app_refuses_unusable_names_and_missing_storage(tmp_path, golden_repo):
+def test_site_refuses_unusable_names_and_missing_storage(tmp_path, golden_repo):
     for name in ("info", "..", "a/b", "a b", ""):
         with pytest.raises(ConfigError):
-            make_app({name: golden_repo})
+            Site({name: golden_repo})
     with pytest.raises(ConfigError, match="not a directory"):
-        make_app({FQRN: tmp_path / "missing"})
+        Site({FQRN: tmp_path / "missing"})
     with pytest.raises(ConfigError, match="access log"):
-        make_app({FQRN: golden_repo}, access_log=tmp_path / "no-such-dir" / "access.log")
+        Site({FQRN: golden_repo}, access_log=tmp_path / "no-such-dir" / "access.log")
 
 
 def test_repository_server_picks_a_free_port_and_stops_cleanly(golden_repo, http):

@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import socket
-import stat
 import subprocess
 import tempfile
 import time
@@ -51,17 +50,24 @@ http {{
 """
 
 
-def world_readable(top: Path) -> bool:
-    """Whether an unprivileged user (nginx's workers) can read everything below ``top``."""
-    for p in [*top.parents, top]:
-        if not os.stat(p).st_mode & stat.S_IXOTH:
-            return False
-    for dirpath, _dirs, files in os.walk(top):
-        if not os.stat(dirpath).st_mode & stat.S_IXOTH:
-            return False
-        if any(not os.stat(os.path.join(dirpath, f)).st_mode & stat.S_IROTH for f in files):
-            return False
-    return True
+STATUS_JSON = b'{"last_snapshot": "Tue Nov 24 20:50:00 UTC 2026"}\n'
+META_JSON = b'{"administrator": "nobody"}\n'
+IN_FLIGHT = b"half-written upload\n"
+
+
+def storage_copy(golden_dir: Path, tmp: Path) -> Path:
+    """A world-readable copy of the golden fixture folder (a server's workers may run as
+    ``nobody``) with the JSON files and the ``data/txn/`` upload a storage can also hold."""
+    storage = tmp / "storage"
+    shutil.copytree(golden_dir / FQRN, storage / FQRN)
+    (storage / FQRN / ".cvmfs_status.json").write_bytes(STATUS_JSON)
+    (storage / FQRN / "meta.json").write_bytes(META_JSON)
+    (storage / FQRN / "data" / "txn").mkdir(exist_ok=True)
+    (storage / FQRN / "data" / "txn" / "upload.tmp").write_bytes(IN_FLIGHT)
+    for p in [storage, *storage.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    tmp.chmod(0o755)
+    return storage
 
 
 def site_config(port: int, storage: Path) -> str:
@@ -79,16 +85,9 @@ def nginx(golden_dir: Path) -> Iterator[str]:
     """nginx serving the golden fixture folder; yields the ``/cvmfs/`` base URL."""
     require_binary(NGINX, "nginx-light")
     tmp = Path(tempfile.mkdtemp(prefix="pycvmfs-nginx-"))
-    storage = golden_dir
-    user = ""
-    if os.geteuid() == 0:
-        user = "user nobody nogroup;\n"  # workers drop root; they must reach the files
-        if not world_readable(golden_dir):
-            storage = tmp / "storage"
-            shutil.copytree(golden_dir / FQRN, storage / FQRN)
-            for p in [storage, *storage.rglob("*")]:
-                p.chmod(0o755 if p.is_dir() else 0o644)
-            tmp.chmod(0o755)
+    storage = storage_copy(golden_dir, tmp)
+    # workers drop root; they must reach the files
+    user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
     port = free_port()
     (tmp / "cvmfs.conf").write_text(site_config(port, storage))
     (tmp / "nginx.conf").write_text(MAIN_CONF.format(user=user, dir=tmp))
@@ -160,6 +159,28 @@ def test_cvmfs_files_expire_after_61_seconds(nginx: str, golden_repo: Path, name
     assert resp.headers["Cache-Control"] == "max-age=61"
     assert _expires_after(resp) == 61
     assert "Last-Modified" not in resp.headers and "ETag" not in resp.headers
+
+
+@pytest.mark.parametrize(("name", "ctype", "body"), [
+    (".cvmfs_status.json", "application/x-cvmfs", STATUS_JSON),
+    ("meta.json", "application/json", META_JSON),
+])
+def test_json_files_expire_after_61_seconds(nginx: str, name: str, ctype: str,
+                                            body: bytes) -> None:
+    with urllib3.PoolManager() as pm:
+        resp = pm.request("GET", f"{nginx}/{FQRN}/{name}", retries=False)
+    assert resp.status == 200 and resp.data == body
+    assert resp.headers["Content-Type"] == ctype
+    assert resp.headers["Cache-Control"] == "max-age=61"
+    assert _expires_after(resp) == 61
+    assert "Last-Modified" not in resp.headers and "ETag" not in resp.headers
+
+
+def test_uploads_in_flight_are_not_served(nginx: str) -> None:
+    with urllib3.PoolManager() as pm:
+        resp = pm.request("GET", f"{nginx}/{FQRN}/data/txn/upload.tmp", retries=False)
+    assert resp.status == 404
+    assert IN_FLIGHT not in resp.data
 
 
 def test_data_objects_expire_after_three_days(nginx: str, golden_repo: Path) -> None:

@@ -6,13 +6,15 @@ import mimetypes
 import os
 import re
 import stat
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote
 
-__all__ = ["JSON_KIND", "LONG_TTL", "SHORT_TTL", "UNSATISFIABLE", "Kind", "StorageDir", "classify",
-           "open_regular_file", "parse_range", "split_target", "usable_name"]
+__all__ = ["JSON_KIND", "LONG_TTL", "SHORT_TTL", "UNSATISFIABLE", "CachedFile", "Kind",
+           "SmallFileCache", "StorageDir", "classify", "open_regular_file", "parse_range",
+           "split_target", "usable_name"]
 
 #: Lifetime of ``.cvmfs*`` and ``.json`` files (§1.7; Squid does not cache 60 s or less).
 SHORT_TTL = 61
@@ -141,8 +143,9 @@ def usable_name(name: str) -> bool:
     return bool(_SEGMENT.fullmatch(name)) and name not in (".", "..")
 
 
-def open_regular_file(storage: StorageDir, rel: str) -> tuple[int, int] | None:
-    """An fd and size for a regular file whose real path lies inside ``storage``, else ``None``.
+def open_regular_file(storage: StorageDir, rel: str) -> tuple[int, os.stat_result] | None:
+    """An fd and ``fstat`` for a regular file whose real path lies inside ``storage``, else
+    ``None``.
 
     On Linux the file is first opened with ``O_PATH`` (no side effects on devices or FIFOs) and
     its real path is read back from ``/proc/self/fd``, so the check applies to the very file that
@@ -161,11 +164,12 @@ def open_regular_file(storage: StorageDir, rel: str) -> tuple[int, int] | None:
             proc = f"/proc/self/fd/{pfd}"
             if not storage.contains(os.readlink(proc)):
                 return None
-            return os.open(proc, os.O_RDONLY | os.O_CLOEXEC), st.st_size
+            fd = os.open(proc, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         finally:
             os.close(pfd)
+        return fd, st
     try:
         real = os.path.realpath(path, strict=True)
     except OSError:
@@ -181,4 +185,75 @@ def open_regular_file(storage: StorageDir, rel: str) -> tuple[int, int] | None:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         return None
-    return fd, st.st_size
+    return fd, st
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class CachedFile:
+    """A small file's bytes with its prebuilt ``200`` head, valid while the file is unchanged."""
+
+    __slots__ = ("body", "head", "identity", "kind", "path")
+
+    def __init__(self, path: str, st: os.stat_result, kind: Kind, head: bytes,
+                 body: bytes) -> None:
+        self.path = path
+        self.identity = _identity(st)
+        self.kind = kind
+        self.head = head
+        self.body = body
+
+
+class SmallFileCache:
+    """Small files by request target, so that a hit costs one ``lstat`` instead of the checked
+    open, read and close.
+
+    A hit is served only if ``lstat`` of the file's path still shows the very inode that was
+    checked and read (same device, inode, size, mtime and ctime); a replaced, rewritten or
+    removed file, or one turned into a symlink, is a miss. Files changed less than
+    :attr:`SETTLE` seconds ago are not cached (timestamps are coarser than nanoseconds). At most
+    ``max_bytes`` are held (file bytes, targets and :attr:`OVERHEAD` per entry); the oldest
+    entries go first.
+    """
+
+    SETTLE = 2.0
+    OVERHEAD = 512
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: dict[bytes, CachedFile] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, target: bytes) -> CachedFile | None:
+        entry = self._entries.get(target)
+        if entry is None:
+            return None
+        try:
+            st = os.lstat(entry.path)
+        except OSError:
+            st = None
+        if st is None or _identity(st) != entry.identity:
+            self._drop(target)
+            return None
+        return entry
+
+    def put(self, target: bytes, entry: CachedFile) -> None:
+        size = len(entry.body) + len(entry.head) + len(target) + self.OVERHEAD
+        st_time = max(entry.identity[3], entry.identity[4]) / 1e9
+        if size > self.max_bytes or st_time > time.time() - self.SETTLE:
+            return
+        self._drop(target)
+        while self._bytes + size > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+        self._entries[target] = entry
+        self._bytes += size
+
+    def _drop(self, target: bytes) -> None:
+        entry = self._entries.pop(target, None)
+        if entry is not None:
+            self._bytes -= len(entry.body) + len(entry.head) + len(target) + self.OVERHEAD
