@@ -135,3 +135,16 @@ def golden_source_trees(golden_dir: Path, tmp_path_factory: pytest.TempPathFacto
         "no directory accepting user xattrs for the golden source trees (tried "
         + ", ".join(refused) + "); set PYCVMFS_XATTR_TMPDIR to one that does"
     )
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):
+    """A real SeaweedFS S3 endpoint on loopback for the whole session (``helpers.seaweed``):
+    ``seaweed.endpoint``, ``new_bucket()``, ``http_url(bucket)``, ``write_s3_conf(...)``."""
+    from helpers.seaweed import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -45,8 +45,15 @@ def _parse_chunks(text: str):
 
 @click.command()
 @click.argument("fqrn")
-@click.option("--storage", "-s", required=True, type=click.Path(file_okay=False),
-              help="Directory that will hold the repository (.cvmfspublished, data/).")
+@click.option("--storage", "-s", type=click.Path(file_okay=False),
+              help="Directory that will hold the repository (.cvmfspublished, data/); with "
+                   "--s3-config, the local spool directory (default <config>/repositories.d/"
+                   "<fqrn>/spool).")
+@click.option("--s3-config", type=click.Path(dir_okay=False, exists=True),
+              help="Publish into S3: a CernVM-FS s3.conf (CVMFS_S3_HOST, CVMFS_S3_BUCKET, ...); "
+                   "objects go below <fqrn>/ in the bucket.")
+@click.option("--upstream", "-u", metavar="SPEC",
+              help="The stock upstream spec instead: S3,<spool dir>,<alias>@<s3.conf>.")
 @config_option
 @click.option("--hash-algorithm", type=click.Choice(["sha1", "rmd160", "shake128"]),
               default="sha1", show_default=True)
@@ -62,14 +69,30 @@ def _parse_chunks(text: str):
 @click.option("--ttl", type=int, default=240, show_default=True, help="Client catalog TTL (s).")
 @click.option("--whitelist-days", type=int, default=30, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def mkfs(fqrn: str, storage: str, config_dir: str | None, hash_algorithm: str, compression: str,
+def mkfs(fqrn: str, storage: str | None, s3_config: str | None, upstream: str | None,
+         config_dir: str | None, hash_algorithm: str, compression: str,
          chunk_sizes: str | None, no_chunking: bool, xattrs: bool, no_auto_tag: bool,
          garbage_collectable: bool, ttl: int, whitelist_days: int, as_json: bool) -> None:
-    """Create repository FQRN in --storage, with new keys (like `cvmfs_server mkfs`)."""
+    """Create repository FQRN in --storage or in S3, with new keys (like `cvmfs_server mkfs`)."""
+    from pathlib import Path
+
     from pycvmfs.format.compression import Compression
     from pycvmfs.format.hashes import Algorithm
-    from pycvmfs.publish.config import ServerSettings
-    from pycvmfs.publish.repository import Publisher
+    from pycvmfs.publish.config import ServerSettings, default_config_dir
+    from pycvmfs.publish.repository import Publisher, s3_upstream_spec
+
+    if s3_config and upstream:
+        raise ConfigError("give either --s3-config or --upstream, not both")
+    if s3_config:
+        spool = storage or (Path(config_dir) if config_dir else default_config_dir()) / \
+            "repositories.d" / fqrn / "spool"
+        upstream = s3_upstream_spec(spool, fqrn, s3_config)
+    elif upstream:
+        if not upstream.startswith("S3,"):
+            raise ConfigError(f"--upstream {upstream!r}: expected S3,<spool dir>,<alias>@<s3.conf>"
+                              " (for a local storage use --storage)")
+    elif not storage:
+        raise ConfigError("give --storage DIR (or --s3-config FILE for S3)")
 
     settings = ServerSettings(hash_algorithm=Algorithm.from_config_name(hash_algorithm),
                               compression=Compression.from_config_name(compression),
@@ -78,10 +101,12 @@ def mkfs(fqrn: str, storage: str, config_dir: str | None, hash_algorithm: str, c
                               ttl=ttl)
     if chunk_sizes:
         settings.chunking = _parse_chunks(chunk_sizes)
-    pub = Publisher.mkfs(fqrn, storage, config_dir=config_dir, settings=settings,
+    pub = Publisher.mkfs(fqrn, None if upstream else storage, upstream=upstream,
+                         config_dir=config_dir, settings=settings,
                          whitelist_days=whitelist_days)
     head = pub.head()
-    info = {"fqrn": fqrn, "storage": str(pub.config.storage),
+    where = pub.store.describe() if upstream else str(pub.config.storage)
+    info = {"fqrn": fqrn, "storage": where,
             "config": str(pub.config.server_conf), "public_key": str(pub.config.key_path("pub")),
             "revision": head.revision, "root_hash": str(head.root_catalog)}
     if as_json:

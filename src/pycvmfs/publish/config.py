@@ -195,7 +195,9 @@ class RepositoryConfig:
     """Where one repository's configuration, keys, state and storage live.
 
     ``<config_dir>/repositories.d/<fqrn>/server.conf`` holds the settings (and
-    ``CVMFS_UPSTREAM_STORAGE=local,<storage>/data/txn,<storage>`` as stock writes it);
+    ``CVMFS_UPSTREAM_STORAGE=local,<storage>/data/txn,<storage>`` as stock writes it, or for a
+    repository in S3 the stock ``S3,<spool dir>,<alias>@<s3.conf>``: then ``upstream`` is that
+    value and ``storage`` the local spool directory where objects wait for their upload);
     ``<config_dir>/keys/<fqrn>.{masterkey,pub,crt,key}`` the keys, as in ``/etc/cvmfs/keys``;
     ``<config_dir>/repositories.d/<fqrn>/`` also the publish lock and ``reflog.chksum``.
     """
@@ -204,6 +206,7 @@ class RepositoryConfig:
     config_dir: Path
     storage: Path
     settings: ServerSettings
+    upstream: str | None = None  # an S3 CVMFS_UPSTREAM_STORAGE; None: local storage
 
     @property
     def repo_dir(self) -> Path:
@@ -244,16 +247,24 @@ class RepositoryConfig:
             raise ConfigError(f"repository {fqrn} is not configured here ({conf_path} missing; "
                               "create it with `pycvmfs mkfs` or pass --config-dir)") from None
         upstream = conf.get("CVMFS_UPSTREAM_STORAGE", "")
+        settings = ServerSettings.from_conf(conf)
+        if upstream.startswith("S3,"):
+            from pycvmfs.storage.locate import parse_s3_upstream
+
+            spool, _alias, _conf = parse_s3_upstream(upstream)
+            return cls(fqrn, config_dir, Path(spool), settings, upstream)
         parts = upstream.split(",")
         if len(parts) != 3 or parts[0] != "local":
             raise ConfigError(f"{conf_path}: CVMFS_UPSTREAM_STORAGE={upstream!r} "
-                              "(expected local,<tmp dir>,<storage dir>)")
-        return cls(fqrn, config_dir, Path(parts[2]), ServerSettings.from_conf(conf))
+                              "(expected local,<tmp dir>,<storage dir> or "
+                              "S3,<tmp dir>,<alias>@<s3.conf>)")
+        return cls(fqrn, config_dir, Path(parts[2]), settings)
 
     def save(self) -> None:
         self.repo_dir.mkdir(parents=True, exist_ok=True)
         values = {"CVMFS_REPOSITORY_NAME": self.fqrn, "CVMFS_REPOSITORY_TYPE": "stratum0",
-                  "CVMFS_UPSTREAM_STORAGE": f"local,{self.storage}/data/txn,{self.storage}"}
+                  "CVMFS_UPSTREAM_STORAGE": self.upstream
+                  or f"local,{self.storage}/data/txn,{self.storage}"}
         values.update(self.settings.to_conf())
         write_conf(self.server_conf, values,
                    f"pycvmfs server configuration of {self.fqrn} (CernVM-FS variable names)")

@@ -19,7 +19,8 @@ from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.format.history import History
 from pycvmfs.format.manifest import Manifest
 from pycvmfs.format.reflog import Reflog
-from pycvmfs.publish.signing import reflog_trusted, upload_reflog
+from pycvmfs.publish.signing import copy_to_file, reflog_trusted, upload_reflog
+from pycvmfs.storage.local import LocalStorage
 from pycvmfs.storage.objects import download_verified
 
 if TYPE_CHECKING:
@@ -264,20 +265,19 @@ class _Collector:
 
     # -- the reflog ----------------------------------------------------------------------
     def _open_reflog(self) -> Reflog:
-        src = self.store.root / REFLOG
+        src = self.store.describe(REFLOG)
         known = self.pub.config.reflog_checksum_path
-        if not src.exists():
+        copy = self.work / "reflog.db"
+        if not copy_to_file(self.store, REFLOG, copy, what=src):
             raise ConfigError(f"{src}: no reflog; garbage collection needs the list of objects "
                               "the repository ever published")
         if not known.exists():
             raise ConfigError(f"{known}: missing; the reflog {src} cannot be trusted without "
                               "its checksum")
-        copy = self.work / "reflog.db"
-        shutil.copyfile(src, copy)
         if not reflog_trusted(known, copy):
             raise IntegrityError(f"{src}: its hash differs from {known}; "
                                  "refusing to collect garbage with an unknown reflog")
-        return Reflog.open(copy, what=str(src), writable=True)
+        return Reflog.open(copy, what=src, writable=True)
 
     def _save_reflog(self) -> None:
         self.reflog.close()
@@ -411,9 +411,8 @@ class _Collector:
 
     def _delete(self, name: str, kind: ObjectKind) -> None:
         rel = object_relpath(name)
-        try:
-            size = os.stat(self.store.root / rel).st_size
-        except FileNotFoundError:
+        size = self._stored_size(rel)
+        if size is None:
             return
         if not self.dry_run:
             self.store.delete(rel)
@@ -424,6 +423,16 @@ class _Collector:
             r.deleted.append(rel)
         if self.log is not None:
             self.log.write(name + "\n")
+
+
+    def _stored_size(self, rel: str) -> int | None:
+        """The object's stored size, None when it is not there (a stat, or a HEAD upstream)."""
+        if isinstance(self.store, LocalStorage):
+            try:
+                return os.stat(self.store.root / rel).st_size
+            except FileNotFoundError:
+                return None
+        return self.store.size(rel)
 
 
 def _suffix(name: str) -> str:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pycvmfs.errors import ConfigError, PublishError, TagNotFoundError
+from pycvmfs.errors import ConfigError, ObjectNotFoundError, PublishError, TagNotFoundError
 from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.dirent import make_flags
@@ -26,24 +26,47 @@ from pycvmfs.publish.ingest import Ingester
 from pycvmfs.publish.journal import ObjectJournal, recover
 from pycvmfs.publish.keys import RepositoryKeys
 from pycvmfs.publish.lock import publish_lock
-from pycvmfs.publish.signing import read_head, store_object, switch_manifest
+from pycvmfs.publish.signing import MANIFEST, read_head, store_object, switch_manifest
 from pycvmfs.publish.transaction import PublishSummary, Transaction
+from pycvmfs.publish.upstream import SpooledStore, manifest_key
+from pycvmfs.storage.base import fetch_bytes
 from pycvmfs.storage.local import LocalStorage
 from pycvmfs.storage.objects import download_verified
 
-__all__ = ["Publisher"]
+__all__ = ["Publisher", "open_publisher_store", "s3_upstream_spec"]
 
 MASTER_REPLICA_TEXT = b"This file marks the repository as replicatable to stratum 1 servers\n"
 WHITELIST = ".cvmfswhitelist"
 
 
+def s3_upstream_spec(spool: str | os.PathLike, alias: str, s3_config: str | os.PathLike) -> str:
+    """The stock ``CVMFS_UPSTREAM_STORAGE`` value for a repository in S3."""
+    return f"S3,{Path(spool).absolute()},{alias}@{Path(s3_config).absolute()}"
+
+
+def open_publisher_store(config: RepositoryConfig) -> LocalStorage | SpooledStore:
+    """The storage a publisher writes: the local storage directory, or for an S3 upstream a
+    :class:`SpooledStore` (spool directory + bucket)."""
+    if config.upstream is None:
+        return LocalStorage(config.storage, fsync=False)
+    from pycvmfs.storage.locate import open_s3
+
+    return SpooledStore(config.storage, open_s3(config.upstream),
+                        config.repo_dir / "upload.journal")
+
+
 class Publisher:
-    """The write side of one repository: its configuration, keys and storage."""
+    """The write side of one repository: its configuration, keys and storage.
+
+    ``store`` is a :class:`LocalStorage` (the storage directory) or, for a repository in S3, a
+    :class:`SpooledStore`; everything but the ingest pipeline goes through the ObjectStore
+    protocol.
+    """
 
     def __init__(self, config: RepositoryConfig, keys: RepositoryKeys) -> None:
         self.config = config
         self.keys = keys
-        self.store = LocalStorage(config.storage, fsync=False)
+        self.store: LocalStorage | SpooledStore = open_publisher_store(config)
         self._journal: ObjectJournal | None = None
         self.recovered_objects = 0
 
@@ -54,23 +77,38 @@ class Publisher:
         return cls(cfg, RepositoryKeys.load(cfg.keys_dir, fqrn))
 
     @classmethod
-    def mkfs(cls, fqrn: str, storage: str | os.PathLike, *,
-             config_dir: str | os.PathLike | None = None,
+    def mkfs(cls, fqrn: str, storage: str | os.PathLike | None = None, *,
+             upstream: str | None = None, config_dir: str | os.PathLike | None = None,
              settings: ServerSettings | None = None, whitelist_days: int = 30,
              keys: RepositoryKeys | None = None, now: int | None = None) -> Publisher:
         """Create a repository like ``cvmfs_server mkfs``: keys, whitelist, revision 0 (empty
-        root catalog, meta-info skeleton), then revision 1 holding ``/new_repository``."""
+        root catalog, meta-info skeleton), then revision 1 holding ``/new_repository``.
+
+        ``storage`` is the storage directory; or ``upstream`` an S3 upstream
+        ``S3,<spool dir>,<alias>@<s3.conf>`` (see :func:`s3_upstream_spec`)."""
         check_fqrn(fqrn)
         config_dir = Path(config_dir) if config_dir else default_config_dir()
+        if upstream is not None:
+            from pycvmfs.storage.locate import parse_s3_upstream
+
+            spool, alias, conf = parse_s3_upstream(upstream)
+            upstream = s3_upstream_spec(spool, alias, conf)
+            storage = spool
+        elif storage is None:
+            raise ConfigError(f"mkfs {fqrn}: give a storage directory or an S3 upstream")
         storage = Path(storage).absolute()
         settings = settings or ServerSettings()
         if settings.owner_uid is None:
             settings.owner_uid, settings.owner_gid = os.getuid(), os.getgid()
-        cfg = RepositoryConfig(fqrn, config_dir, storage, settings)
+        cfg = RepositoryConfig(fqrn, config_dir, storage, settings, upstream)
         if cfg.server_conf.exists():
             raise ConfigError(f"repository {fqrn} exists already ({cfg.server_conf})")
-        if (storage / ".cvmfspublished").exists():
-            raise ConfigError(f"{storage} holds a repository already")
+        store = open_publisher_store(cfg)
+        try:
+            if store.exists(MANIFEST):
+                raise ConfigError(f"{store.describe()} holds a repository already")
+        finally:
+            store.close()
         keys = keys or RepositoryKeys.generate(fqrn)
         keys.save(cfg.keys_dir, fqrn)
         cfg.save()
@@ -120,6 +158,19 @@ class Publisher:
     def head(self) -> Manifest:
         return read_head(self.store, self.keys, self.fqrn)
 
+    def _begin_change(self) -> Manifest:
+        """The head, for a change outside a transaction (tag, rollback): with an S3 upstream,
+        leftovers of a publisher that died are cleaned up first."""
+        head = self.head()
+        if isinstance(self.store, SpooledStore):
+            self.recovered_objects = self.store.recover(manifest_key(head))
+        return head
+
+    @property
+    def spooled(self) -> bool:
+        """Whether the repository lives in a remote upstream (S3) behind a local spool."""
+        return isinstance(self.store, SpooledStore)
+
     def store_object(self, data: bytes, kind: ObjectKind) -> ContentHash:
         """Store compressed ``data`` with the repository's algorithm (journaled in a
         transaction)."""
@@ -129,9 +180,14 @@ class Publisher:
         """Start recording the objects of a transaction (after cleaning up a dead one's)."""
         path = self.config.repo_dir / "objects.journal"
         removed = recover(path, self.store.root, head.root_catalog)
+        discard = None
+        if isinstance(self.store, SpooledStore):
+            removed += self.store.recover(manifest_key(head))
+            discard = self.store.discard_uploads
         if removed:
             self.recovered_objects = removed
-        self._journal = ObjectJournal(path, self.store.root, head.root_catalog)
+        self._journal = ObjectJournal(path, self.store.root, head.root_catalog,
+                                      on_discard=discard)
         return self._journal
 
     def open_tree(self, root: ContentHash | None, *, root_entry: EntryRow | None = None
@@ -243,7 +299,7 @@ class Publisher:
             remove: bool = False) -> Manifest:
         """Add (or with ``remove`` delete) a named tag; re-signs the manifest, S unchanged."""
         with self.lock():
-            head = self.head()
+            head = self._begin_change()
             with self._history_copy(head, "history") as hist:
                 if remove:
                     if not hist.remove(name):
@@ -278,7 +334,7 @@ class Publisher:
         from pycvmfs.format.catalog_writer import CatalogWriter
 
         with self.lock():
-            head = self.head()
+            head = self._begin_change()
             with self._history_copy(head, "history") as hist:
                 tag = hist.get(target)
                 if tag is None or tag.branch != "":
@@ -307,8 +363,11 @@ class Publisher:
     def resign(self, *, days: int = 30) -> None:
         """Renew the whitelist (``cvmfs_server resign``)."""
         with self.lock():
-            path = self.store.root / WHITELIST
-            old = path.read_bytes() if path.exists() else None
+            try:
+                old = fetch_bytes(self.store, WHITELIST, what=self.store.describe(WHITELIST),
+                                  limit=1 << 20, fresh=True)
+            except ObjectNotFoundError:
+                old = None
             data = resign_whitelist(old, self.keys.certificate,
                                     self.keys.require_master(self.config.keys_dir, self.fqrn),
                                     days=days, fqrn=self.fqrn,

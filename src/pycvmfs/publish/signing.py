@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import os
-import shutil
 import time
 from pathlib import Path
 
-from pycvmfs.errors import ConfigError, CvmfsError, IntegrityError
+from pycvmfs.errors import ConfigError, CvmfsError, IntegrityError, ObjectNotFoundError
 from pycvmfs.format.compression import compress
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, hash_bytes
 from pycvmfs.format.manifest import Manifest, parse_signed_manifest, sign_manifest, verify_manifest
@@ -18,16 +16,18 @@ from pycvmfs.format.reflog import Reflog, reflog_hash
 from pycvmfs.publish.config import RepositoryConfig
 from pycvmfs.publish.journal import ObjectJournal
 from pycvmfs.publish.keys import RepositoryKeys
+from pycvmfs.publish.upstream import SpooledStore, manifest_key
+from pycvmfs.storage.base import ObjectStore, fetch_bytes
 from pycvmfs.storage.local import LocalStorage
 
-__all__ = ["MANIFEST", "REFLOG", "read_head", "reflog_trusted", "store_object",
+__all__ = ["MANIFEST", "REFLOG", "copy_to_file", "read_head", "reflog_trusted", "store_object",
            "switch_manifest", "sync_storage", "upload_reflog"]
 
 MANIFEST = ".cvmfspublished"
 REFLOG = ".cvmfsreflog"
 
 
-def store_object(store: LocalStorage, data: bytes, kind: ObjectKind, algorithm: Algorithm,
+def store_object(store: ObjectStore, data: bytes, kind: ObjectKind, algorithm: Algorithm,
                  journal: ObjectJournal | None = None) -> ContentHash:
     """Store already-compressed ``data`` under the hash of its bytes (kept if present); a new
     object is recorded in ``journal`` so an aborted transaction can take it back."""
@@ -51,14 +51,34 @@ def sync_storage(store: LocalStorage) -> None:
         os.close(fd)
 
 
-def read_head(store: LocalStorage, keys: RepositoryKeys, fqrn: str) -> Manifest:
-    """The current manifest, checked against our own certificate."""
+def copy_to_file(store: ObjectStore, relpath: str, dest: Path, *, what: str) -> bool:
+    """Copy a storage file to the local ``dest``; False (and no ``dest``) when it is absent."""
+    dest.unlink(missing_ok=True)
+
+    def consume(blocks) -> None:
+        with open(dest, "wb") as f:
+            for b in blocks:
+                f.write(b)
+
     try:
-        data = (store.root / MANIFEST).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{store.root}: no {MANIFEST}; not a repository storage "
+        store.fetch(relpath, consume, what=what, fresh=True)
+    except ObjectNotFoundError:
+        dest.unlink(missing_ok=True)
+        return False
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def read_head(store: ObjectStore, keys: RepositoryKeys, fqrn: str) -> Manifest:
+    """The current manifest, checked against our own certificate."""
+    what = store.describe(MANIFEST)
+    try:
+        data = fetch_bytes(store, MANIFEST, what=what, limit=1 << 20, fresh=True)
+    except ObjectNotFoundError:
+        raise ConfigError(f"{store.describe()}: no {MANIFEST}; not a repository storage "
                           "(create it with `pycvmfs mkfs`)") from None
-    what = f"{store.root / MANIFEST}"
     try:
         m = verify_manifest(data, keys.certificate, what=what)
     except IntegrityError:
@@ -70,21 +90,18 @@ def read_head(store: LocalStorage, keys: RepositoryKeys, fqrn: str) -> Manifest:
     return m
 
 
-def _update_reflog(store: LocalStorage, cfg: RepositoryConfig, algorithm: Algorithm,
+def _update_reflog(store: ObjectStore, cfg: RepositoryConfig, algorithm: Algorithm,
                    add: list[tuple[ContentHash, ObjectKind]], now: int) -> ContentHash:
-    src = store.root / REFLOG
+    src = store.describe(REFLOG)
     work = cfg.work_dir
     work.mkdir(parents=True, exist_ok=True)
     tmp = work / "reflog.db"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    if src.exists():
+    if copy_to_file(store, REFLOG, tmp, what=src):
         known = cfg.reflog_checksum_path
-        if known.exists() and not reflog_trusted(known, src):
+        if known.exists() and not reflog_trusted(known, tmp):
             raise IntegrityError(f"{src}: its hash differs from {known}; "
                                  "the reflog was changed behind the publisher's back")
-        shutil.copyfile(src, tmp)
-        reflog = Reflog.open(tmp, what=str(src), writable=True)
+        reflog = Reflog.open(tmp, what=src, writable=True)
     else:
         reflog = Reflog.create(tmp, cfg.fqrn)
     try:
@@ -104,7 +121,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(part, path)
 
 
-def upload_reflog(store: LocalStorage, known: Path, data: bytes,
+def upload_reflog(store: ObjectStore, known: Path, data: bytes,
                   algorithm: Algorithm) -> ContentHash:
     """Replace ``.cvmfsreflog`` and record its checksum in ``known``. A crash between the two
     must not look like tampering: the new checksum is recorded as pending first, and a reflog
@@ -140,7 +157,7 @@ def _pending_matches(known: Path, reflog: Path) -> bool:
     return True
 
 
-def switch_manifest(store: LocalStorage, cfg: RepositoryConfig, keys: RepositoryKeys,
+def switch_manifest(store: ObjectStore, cfg: RepositoryConfig, keys: RepositoryKeys,
                     manifest: Manifest, *, previous: Manifest | None,
                     extra_reflog: list[tuple[ContentHash, ObjectKind]] = (),
                     now: int | None = None) -> Manifest:
@@ -148,7 +165,9 @@ def switch_manifest(store: LocalStorage, cfg: RepositoryConfig, keys: Repository
 
     Stores the certificate object, records C/X/H/M (and ``extra_reflog``) in the reflog, flushes
     the storage, then replaces ``.cvmfspublished`` atomically: until that rename, readers see the
-    previous revision; after it, everything the new manifest names is on disk.
+    previous revision; after it, everything the new manifest names is on disk. With a remote
+    upstream (:class:`SpooledStore`) the spooled objects are uploaded before the reflog, and the
+    manifest upload is the switch.
     """
     algorithm = manifest.root_catalog.algorithm
     stamp = int(now if now is not None else time.time())
@@ -163,12 +182,19 @@ def switch_manifest(store: LocalStorage, cfg: RepositoryConfig, keys: Repository
     if manifest.meta_info is not None:
         refs.append((manifest.meta_info, ObjectKind.METAINFO))
     refs.extend(extra_reflog)
+    spooled = isinstance(store, SpooledStore)
+    if spooled:
+        store.upload_staged(manifest_key(previous))
     y = _update_reflog(store, cfg, algorithm, refs, stamp)
     signed = dataclasses.replace(
         manifest, fqrn=cfg.fqrn, certificate=cert_hash, publish_timestamp=stamp, reflog=y,
         garbage_collectable=cfg.settings.garbage_collection, alt_catalog_paths=False,
         root_path_md5="d41d8cd98f00b204e9800998ecf8427e")
     data = sign_manifest(signed, keys.repo_key)
+    if spooled:
+        store.put_manifest(data)  # the commit point: one PUT replaces it atomically
+        store.staged_committed()
+        return signed
     sync_storage(store)
     LocalStorage(store.root, fsync=True).put_bytes(MANIFEST, data)  # the commit point
     _fsync_dir(store.root)
