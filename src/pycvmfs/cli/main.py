@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from pycvmfs import __version__
-from pycvmfs.cli import cache_cmds, client_cmds, config_cmds, mount_cmds, publish_cmds, serve_cmd
+from pycvmfs.cli import (
+    cache_cmds,
+    client_cmds,
+    config_cmds,
+    mount_cmds,
+    publish_cmds,
+    replica_cmds,
+    serve_cmd,
+)
 from pycvmfs.cli.common import CvmfsGroup
 
 
@@ -21,6 +29,7 @@ config_cmds.register(cli)
 publish_cmds.register(cli)
 serve_cmd.register(cli)
 mount_cmds.register(cli)
+replica_cmds.register(cli)
 
 
 def main() -> None:

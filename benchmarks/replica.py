@@ -1,0 +1,233 @@
+"""Stratum-1 benchmark: `pycvmfs snapshot` of a release-like repository served by nginx.
+
+Run by hand:  .venv/bin/python benchmarks/replica.py [--files N] [--scale F] [--workers N]
+(quick run: --files 2000 --scale 0.1)
+
+Publishes the tree of benchmarks/treegen.py with our publisher, serves the storage with a real
+nginx on 127.0.0.1 (docs/nginx-cvmfs.conf), and measures in the same run: a full snapshot
+(objects/s, MB/s, peak RSS) against `curl --parallel --parallel-max N` downloading the same object
+URLs from the same server into files (ratio; target >= 0.8x), an incremental snapshot after a 1 %
+change (objects fetched = objects the publish added), and a no-op snapshot (target < 0.5 s).
+Numbers on a shared machine are noisy: run it twice.
+
+Extra measurements plug in through ``HOOKS`` (callables taking a :class:`BenchContext`), e.g.
+"pycvmfs serve vs nginx requests/s" from benchmarks/serve.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from treegen import change_fraction, generate
+
+from publish import publish
+
+ROOT = Path(__file__).resolve().parents[1]
+NGINX = "/usr/sbin/nginx"
+FQRN = "bench.example.org"
+
+_MAIN_CONF = """\
+{user}daemon off;
+worker_processes 2;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    include {dir}/cvmfs.conf;
+}}
+"""
+
+# The snapshot runs in a child process so that its peak RSS is its own.
+_CHILD = r"""
+import json, sys
+from pathlib import Path
+from pycvmfs.replica.snapshot import snapshot
+from pycvmfs.storage.http import HttpSource
+from pycvmfs.storage.local import LocalStorage
+url, dest, state, key, workers = sys.argv[1:6]
+src = HttpSource([url], pool_size=int(workers))
+store = LocalStorage(dest, fsync=False)
+store.create_skeleton()
+r = snapshot(src, store, "bench.example.org", [key], state_dir=state, workers=int(workers))
+rss = 0
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        rss = int(line.split()[1]) * 1024
+print(json.dumps({**r.to_dict(), "rss": rss}))
+"""
+
+
+@dataclass
+class BenchContext:
+    """What a hook gets: the published storage, the nginx base URL, the keys, a scratch dir."""
+
+    storage: Path  # <srv>/<fqrn>: the stratum 0's storage directory
+    nginx_url: str  # http://127.0.0.1:PORT/cvmfs (repository: nginx_url + "/" + fqrn)
+    fqrn: str
+    public_key: Path
+    scratch: Path
+
+
+#: Extra measurements run after the snapshot ones, e.g. serve-vs-nginx from benchmarks/serve.py.
+HOOKS: list[Callable[[BenchContext], None]] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def nginx(srv: Path, work: Path) -> Iterator[str]:
+    """nginx with docs/nginx-cvmfs.conf serving ``srv`` on loopback; yields the /cvmfs URL."""
+    if not os.access(NGINX, os.X_OK):
+        sys.exit(f"{NGINX} not found: apt-get install nginx-light")
+    port = free_port()
+    site = (ROOT / "docs" / "nginx-cvmfs.conf").read_text()
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    site = site.replace("alias /srv/cvmfs/;", f"alias {srv}/;")
+    (work / "cvmfs.conf").write_text(site)
+    user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
+    (work / "nginx.conf").write_text(_MAIN_CONF.format(user=user, dir=work))
+    proc = subprocess.Popen([NGINX, "-p", str(work), "-c", str(work / "nginx.conf"),
+                             "-e", str(work / "error.log")])
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("nginx did not start: " + (work / "error.log").read_text())
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/cvmfs"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def data_objects(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in (root / "data").rglob("*")
+                  if p.is_file() and p.parent.name != "txn")
+
+
+def curl_parallel(base: str, objects: list[str], out: Path, parallel: int) -> float:
+    """Seconds for curl to download every object into files under ``out``."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    conf = out.parent / "curl.conf"
+    conf.write_text("".join(f'url = "{base}/{rel}"\noutput = "{out}/{rel}"\n'
+                            for rel in objects))
+    t0 = time.perf_counter()
+    subprocess.run(["curl", "--no-progress-meter", "--fail", "--create-dirs", "--parallel",
+                    "--parallel-max", str(parallel), "--config", str(conf)], check=True)
+    return time.perf_counter() - t0
+
+
+def snapshot_child(url: str, dest: Path, state: Path, key: Path, workers: int) -> dict:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _CHILD, url, str(dest), str(state), str(key),
+                          str(workers)], check=True, capture_output=True, text=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["wall"] = time.perf_counter() - t0
+    return res
+
+
+def cli_noop(url: str, dest: Path, state: Path, key: Path) -> float:
+    """Wall time of `pycvmfs snapshot URL DEST` when nothing changed (startup included)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pycvmfs.cli.main", "snapshot", url, str(dest), "-k",
+                    str(key), "--fqrn", FQRN, "--state-dir", str(state)], check=True,
+                   capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tree", type=Path, help="reuse/generate the tree here")
+    ap.add_argument("--files", type=int, default=20_000)
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--workers", type=int, default=16)
+    args = ap.parse_args()
+    from pycvmfs.publish.repository import Publisher
+
+    with tempfile.TemporaryDirectory(prefix="pycvmfs-s1bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        tmp.chmod(0o755)  # nginx workers (nobody) must reach the storage
+        tree = args.tree or tmp / "tree"
+        if not (tree / "releases").exists():
+            print(f"generated {generate(tree, files=args.files, scale=args.scale)}")
+        srv = tmp / "srv"
+        pub = Publisher.mkfs(FQRN, srv / FQRN, config_dir=tmp / "etc")
+        publish(FQRN, tmp / "etc", tree)
+        key = pub.config.key_path("pub")
+        subprocess.run(["chmod", "-R", "a+rX", str(srv)], check=True)
+        (tmp / "nginx").mkdir()
+        with nginx(srv, tmp / "nginx") as base:
+            url = f"{base}/{FQRN}"
+            objects = data_objects(srv / FQRN)
+            size = sum((srv / FQRN / rel).stat().st_size for rel in objects)
+            print(f"source: {len(objects)} objects, {size / 1e6:.0f} MB stored")
+            curl_parallel(url, objects, tmp / "curl", args.workers)  # warm the page cache
+            dest, state = tmp / "replica", tmp / "state"
+            full = snapshot_child(url, dest, state, key, args.workers)
+            copied = data_objects(dest)
+            assert set(copied) <= set(objects), "the replica has objects the source has not"
+            # the same objects as the snapshot (it skips mkfs's revision 0 and old histories)
+            curl_s = curl_parallel(url, copied, tmp / "curl", args.workers)
+            shutil.rmtree(tmp / "curl")
+            csize = sum((dest / rel).stat().st_size for rel in copied)
+            print(f"curl --parallel-max {args.workers} into files: {curl_s:.2f} s = "
+                  f"{len(copied) / curl_s:.0f} objects/s, {csize / curl_s / 1e6:.1f} MB/s")
+            secs = full["seconds"]
+            print(f"full snapshot: {secs:.2f} s = {len(copied) / secs:.0f} objects/s, "
+                  f"{full['bytes_fetched'] / secs / 1e6:.1f} MB/s, peak RSS "
+                  f"{full['rss'] / 2**20:.0f} MiB (target < 200 MiB), "
+                  f"{full['objects_fetched']} data objects + {full['catalogs_fetched']} catalogs")
+            print(f"  ratio to curl: {curl_s / secs:.2f}x (target >= 0.8x)")
+
+            before = set(objects)
+            changed = change_fraction(tree, 0.01)
+            publish(FQRN, tmp / "etc", tree)
+            subprocess.run(["chmod", "-R", "a+rX", str(srv)], check=True)
+            new = set(data_objects(srv / FQRN)) - before
+            inc = snapshot_child(url, dest, state, key, args.workers)
+            print(f"incremental snapshot ({changed} files changed, {len(new)} new objects): "
+                  f"{inc['seconds']:.2f} s = {inc['seconds'] / secs * 100:.1f} % of the full "
+                  f"one, {inc['objects_fetched']} data objects + {inc['catalogs_fetched']} "
+                  f"catalogs fetched, {inc['objects_present']} looked at and present")
+            noop = snapshot_child(url, dest, state, key, args.workers)
+            print(f"no-op snapshot: {noop['seconds'] * 1000:.0f} ms in the API "
+                  f"(target < 500 ms), {cli_noop(url, dest, state, key) * 1000:.0f} ms for "
+                  "the whole `pycvmfs snapshot` command")
+            ctx = BenchContext(srv / FQRN, base, FQRN, key, tmp / "hooks")
+            for hook in HOOKS:
+                hook(ctx)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,586 @@
+"""The parallel pull of a stratum 1: catalogs walked, missing objects copied with their hash
+checked, and every catalog stored only after everything it references (format doc §9)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from pycvmfs.errors import CvmfsError, FormatError, HashMismatchError, ObjectNotFoundError
+from pycvmfs.format.catalog import Catalog
+from pycvmfs.format.compression import Compression, Inflater
+from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
+from pycvmfs.format.sqlite import open_database
+from pycvmfs.storage.base import ObjectStore, Source
+from pycvmfs.storage.objects import download_verified
+
+__all__ = ["Progress", "PullStats", "Puller"]
+
+#: progress(stage, done, total or None); called from worker threads, at most ~10 times a second.
+Progress = Callable[[str, int, int | None], None]
+
+_DONE = "done"
+_FAILED = "failed"
+_PRESENT = "present"
+_SKIPPED = "skipped"
+_ZERO = bytes(20)
+_PROGRESS_EVERY = 0.1
+
+
+@dataclass
+class PullStats:
+    """What one pull did."""
+
+    objects_fetched: int = 0  # data objects and chunks copied
+    bytes_fetched: int = 0  # stored bytes of everything copied (catalogs included)
+    objects_present: int = 0  # referenced objects that were on the destination already
+    catalogs_fetched: int = 0  # catalogs downloaded and walked
+    catalogs_present: int = 0  # catalogs found on the destination (subtree complete)
+    skipped_catalogs: list[str] = field(default_factory=list)  # absent on a collectable source
+    stored_roots: list[ContentHash] = field(default_factory=list)  # root catalogs stored now
+
+
+@dataclass
+class _Loaded:
+    """A downloaded catalog: its verified compressed bytes and the decompressed database."""
+
+    hash: ContentHash
+    raw: Path
+    db: Path
+    previous: ContentHash | None
+    nested: list[ContentHash]
+
+
+class _Node:
+    """A catalog waiting for its objects and child catalogs before it can be stored."""
+
+    __slots__ = ("db_users", "dependents", "failed", "loaded", "pending", "root", "state")
+
+    def __init__(self, loaded: _Loaded, root: bool) -> None:
+        self.loaded = loaded
+        self.root = root
+        self.pending = 1  # released when the walker has scheduled everything below
+        self.failed = False
+        self.dependents: list[_Node] = []
+        self.state = ""  # "", _DONE or _FAILED
+        self.db_users = 0  # the walker reads the database as a baseline
+
+
+class _VerifyingReader:
+    """A read-only stream over a body's blocks that fails at its end if the hash is wrong, so
+    that an atomic ``put_file`` never keeps bad bytes."""
+
+    def __init__(self, blocks: Iterator[bytes], h: ContentHash, what: str) -> None:
+        self._blocks = blocks
+        self._hasher = h.algorithm.new()
+        self._hash = h
+        self._what = what
+        self._buf = b""
+        self.eof = False  # the end was reached and the hash matched
+        self.error: HashMismatchError | None = None
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bytes:
+        for block in self._blocks:
+            if block:
+                self._hasher.update(block)
+                self.count += len(block)
+                return block
+        if not self.eof:
+            actual = ContentHash(self._hash.algorithm, self._hasher.digest())
+            if actual != self._hash:
+                self.error = HashMismatchError(self._what, str(self._hash), str(actual))
+                raise self.error
+            self.eof = True
+        return b""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [self._buf]
+            while block := self._next():
+                parts.append(block)
+            self._buf = b""
+            return b"".join(parts)
+        if not self._buf:
+            self._buf = self._next()
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+
+class Puller:
+    """Copies catalog trees from ``source`` to ``dest`` with ``workers`` parallel fetchers.
+
+    :meth:`pull` walks one tree in the calling thread and hands the objects to the pool; a
+    catalog is written to ``dest`` by whichever thread finishes its last dependency, so a
+    catalog on the destination always means its whole subtree is there (a killed pull resumes
+    where it stopped). Objects a catalog shares with its previous revision are not looked at
+    when that revision is complete on the destination or pulled in the same run. ``tmp_dir``
+    holds the catalogs in flight. Call :meth:`wait` once everything is scheduled.
+    """
+
+    def __init__(self, source: Source, dest: ObjectStore, tmp_dir: Path, *, workers: int = 16,
+                 garbage_collectable: bool = False, progress: Progress | None = None) -> None:
+        self.source = source
+        self.dest = dest
+        self.tmp = Path(tmp_dir)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.gc = garbage_collectable
+        self.stats = PullStats()
+        self._workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="pycvmfs-pull")
+        self._slots = threading.BoundedSemaphore(self._workers * 4)
+        self._lock = threading.Lock()
+        self._objects: dict[str, str | list[_Node]] = {}
+        self._catalogs: dict[str, str | _Node] = {}
+        self._prefetch: dict[str, Future] = {}
+        self._error: BaseException | None = None
+        self._scheduled = 0
+        self._finished = 0
+        self._progress = progress
+        self._last_progress = 0.0
+
+    # -- public ------------------------------------------------------------------------------
+
+    def pull(self, h: ContentHash, *, history: bool, optional: bool = False,
+             root: bool = True) -> None:
+        """Schedule the tree of catalog ``h`` (and, with ``history``, its previous revisions
+        back to one the destination has). ``optional``: a missing ``h`` is skipped."""
+        self._tree(h, None, history=history, optional=optional, root=root)
+
+    def wait(self) -> None:
+        """Wait for every scheduled copy; raise the first error."""
+        self._pool.shutdown(wait=True)
+        self._report(force=True)
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            stuck = [n for n in self._catalogs.values() if isinstance(n, _Node)]
+        if stuck:  # cannot happen unless the bookkeeping is wrong; never store a manifest then
+            raise CvmfsError(f"{stuck[0].loaded.hash.describe(ObjectKind.CATALOG)}: "
+                             "not stored although the pull finished")
+
+    def close(self) -> None:
+        """Stop (cancelling what did not start) and remove the temporary files."""
+        with self._lock:
+            if self._error is None:
+                self._error = CvmfsError("pull cancelled")
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for p in self.tmp.glob("pull.*"):
+            p.unlink(missing_ok=True)
+
+    def copy_object(self, h: ContentHash, kind: ObjectKind, *, check_zlib: bool = False) -> int:
+        """Copy one object unless the destination has it; its stored bytes (0 if present).
+        ``check_zlib`` also requires a complete zlib stream (certificate, meta-info)."""
+        relpath = h.object_path(kind)
+        if self.dest.exists(relpath):
+            return 0
+        what = self._what(h, kind)
+        if check_zlib:
+            download_verified(self.source, h, kind, Compression.ZLIB, None, what=what)
+        n = self._copy(h, kind, relpath)
+        with self._lock:
+            self.stats.bytes_fetched += n
+        return n
+
+    def load_database(self, h: ContentHash, kind: ObjectKind) -> Path:
+        """A decompressed copy of a small SQLite object (history): from the destination when it
+        has it, else fetched verified and stored there unchanged."""
+        relpath = h.object_path(kind)
+        name = h.object_name(kind)
+        if self.dest.exists(relpath):
+            return self._from_dest(h, kind, self.tmp / f"pull.{name}.db")
+        loaded_raw, db = self._download(h, kind)
+        with open(loaded_raw, "rb") as f:
+            self.dest.put_file(relpath, f)
+        with self._lock:
+            self.stats.bytes_fetched += loaded_raw.stat().st_size
+        loaded_raw.unlink()
+        return db
+
+    # -- the walk (calling thread) -----------------------------------------------------------
+
+    def _tree(self, h: ContentHash, parent: _Node | None, *, history: bool, optional: bool,
+              root: bool) -> None:
+        self._check()
+        chain: list[_Loaded] = []
+        anchor: _Node | None = None  # a pending catalog the oldest new one waits for
+        base: Path | None = None  # its database, or that of a complete previous revision
+        base_from_dest = False
+        cur: ContentHash | None = h
+        cur_optional = optional
+        while cur is not None:
+            state = self._catalog_state(cur)
+            if isinstance(state, _Node):
+                anchor = state
+                break
+            if state == _DONE:
+                if chain:
+                    base, base_from_dest = self._from_dest(cur, ObjectKind.CATALOG), True
+                break
+            loaded = self._load(cur, optional=cur_optional)
+            if loaded is None:
+                break
+            chain.append(loaded)
+            prev = loaded.previous
+            if not history:
+                if prev is not None and self._catalog_state(prev) == _DONE:
+                    base, base_from_dest = self._from_dest(prev, ObjectKind.CATALOG), True
+                elif prev is not None and isinstance(self._catalog_state(prev), _Node):
+                    anchor = self._catalog_state(prev)  # type: ignore[assignment]
+                break
+            cur, cur_optional = prev, self.gc  # a collected old revision may be gone
+        if not chain:
+            if anchor is not None and parent is not None:
+                self._depend(parent, anchor)
+            return
+        if anchor is not None:
+            with self._lock:
+                anchor.db_users += 1
+            base = anchor.loaded.db
+        try:
+            newest = self._walk_chain(chain, anchor, base, history=history, root=root)
+        finally:
+            if anchor is not None:
+                self._drop_db_user(anchor)
+            if base_from_dest and base is not None:
+                base.unlink(missing_ok=True)
+        if parent is not None:
+            self._depend(parent, newest)
+        self._release(newest, ok=True)
+
+    def _walk_chain(self, chain: list[_Loaded], anchor: _Node | None, base: Path | None, *,
+                    history: bool, root: bool) -> _Node:
+        """Schedule the catalogs of a previous-revision chain, oldest first; returns the newest
+        node with one extra pending count that the caller releases."""
+        prev_node = anchor
+        node: _Node | None = None
+        for i, loaded in enumerate(reversed(chain)):
+            node = _Node(loaded, root)
+            node.pending += 1 if i == len(chain) - 1 else 0  # the caller's hold on the newest
+            with self._lock:
+                self._catalogs[loaded.hash.object_name(ObjectKind.CATALOG)] = node
+                node.db_users += 1
+            if prev_node is not None:
+                self._depend(node, prev_node)
+            try:
+                self._schedule_objects(node, base)
+                for child in loaded.nested:
+                    self._start_prefetch(child)
+                for child in loaded.nested:
+                    self._tree(child, node, history=history, optional=False, root=False)
+            finally:
+                if prev_node is not None and prev_node is not anchor:
+                    self._drop_db_user(prev_node)
+            base = loaded.db
+            prev_node = node
+            self._release(node, ok=True)
+        assert node is not None
+        if node is not anchor:
+            self._drop_db_user(node)
+        return node
+
+    def _catalog_state(self, h: ContentHash) -> str | _Node | None:
+        """_DONE when the destination has the catalog, its node while pending, else None."""
+        name = h.object_name(ObjectKind.CATALOG)
+        with self._lock:
+            state = self._catalogs.get(name)
+        if isinstance(state, _Node) or state == _DONE:
+            return state
+        fut = self._prefetch.get(name)
+        if fut is not None and fut.done() and fut.exception() is None and \
+                fut.result() == _PRESENT:
+            present = True
+        else:
+            present = self.dest.exists(h.object_path(ObjectKind.CATALOG))
+        if present:
+            with self._lock:
+                self._catalogs[name] = _DONE
+                self.stats.catalogs_present += 1
+            return _DONE
+        return None
+
+    def _load(self, h: ContentHash, *, optional: bool) -> _Loaded | None:
+        name = h.object_name(ObjectKind.CATALOG)
+        fut = self._prefetch.pop(name, None)
+        try:
+            got = fut.result() if fut is not None else self._fetch_catalog(h, check=False)
+        except ObjectNotFoundError:
+            if not optional:
+                raise
+            self.stats.skipped_catalogs.append(str(h))
+            return None
+        if got == _PRESENT:
+            return None
+        assert isinstance(got, _Loaded)
+        return got
+
+    def _start_prefetch(self, h: ContentHash) -> None:
+        name = h.object_name(ObjectKind.CATALOG)
+        with self._lock:
+            if name in self._catalogs or name in self._prefetch:
+                return
+        self._prefetch[name] = self._pool.submit(self._fetch_catalog, h, check=True)
+
+    def _fetch_catalog(self, h: ContentHash, *, check: bool) -> _Loaded | str:
+        if check and self.dest.exists(h.object_path(ObjectKind.CATALOG)):
+            return _PRESENT
+        raw, db = self._download(h, ObjectKind.CATALOG)
+        what = self._what(h, ObjectKind.CATALOG)
+        with Catalog.open(db, what=what, hash=h) as cat:
+            previous = cat.previous_revision
+            nested = [r.hash for r in cat.nested_catalogs() if r.hash is not None]
+        with self._lock:
+            self.stats.catalogs_fetched += 1
+            self.stats.bytes_fetched += raw.stat().st_size
+        return _Loaded(h, raw, db, previous, nested)
+
+    # -- objects -----------------------------------------------------------------------------
+
+    def _schedule_objects(self, node: _Node, base: Path | None) -> None:
+        for h, kind in _referenced(node.loaded.db, base, what=self._what(
+                node.loaded.hash, ObjectKind.CATALOG)):
+            self._check()
+            name = h.object_name(kind)
+            with self._lock:
+                state = self._objects.get(name)
+                if state == _DONE:
+                    continue
+                if state == _FAILED:
+                    raise self._error or CvmfsError(f"{name}: failed")
+                node.pending += 1
+                if isinstance(state, list):
+                    state.append(node)
+                    continue
+                self._objects[name] = [node]
+                self._scheduled += 1
+            self._slots.acquire()
+            try:
+                self._pool.submit(self._object_task, h, kind, name)
+            except BaseException:
+                self._slots.release()
+                raise
+
+    def _object_task(self, h: ContentHash, kind: ObjectKind, name: str) -> None:
+        ok = False
+        try:
+            if self._error is None:
+                relpath = h.object_path(kind)
+                if self.dest.exists(relpath):
+                    with self._lock:
+                        self.stats.objects_present += 1
+                else:
+                    n = self._copy(h, kind, relpath)
+                    with self._lock:
+                        self.stats.objects_fetched += 1
+                        self.stats.bytes_fetched += n
+                ok = True
+        except BaseException as e:
+            self._fail(e)
+        finally:
+            self._slots.release()
+            with self._lock:
+                waiters = self._objects[name]
+                self._objects[name] = _DONE if ok else _FAILED
+                self._finished += 1
+            assert isinstance(waiters, list)
+            for n in waiters:
+                self._release(n, ok=ok)
+            self._report()
+
+    def _copy(self, h: ContentHash, kind: ObjectKind, relpath: str) -> int:
+        what = self._what(h, kind)
+
+        def consume(blocks: Iterator[bytes]) -> int:
+            reader = _VerifyingReader(blocks, h, what)
+            try:
+                self.dest.put_file(relpath, reader)  # type: ignore[arg-type]
+            except BaseException:
+                if reader.error is not None:  # a store may wrap what the stream raised
+                    raise reader.error from None
+                raise
+            if not reader.eof:  # the store stopped reading early: never keep unchecked bytes
+                self.dest.delete(relpath)
+                raise CvmfsError(f"{what}: {self.dest.describe(relpath)} did not read the "
+                                 "whole object")
+            return reader.count
+
+        return self.source.fetch(relpath, consume, what=what)
+
+    def _download(self, h: ContentHash, kind: ObjectKind) -> tuple[Path, Path]:
+        """Fetch a compressed SQLite object: its verified bytes and its decompressed file."""
+        name = h.object_name(kind)
+        raw, db = self.tmp / f"pull.{name}", self.tmp / f"pull.{name}.db"
+        what = self._what(h, kind)
+
+        def consume(blocks: Iterator[bytes]) -> None:
+            hasher = h.algorithm.new()
+            inflater = Inflater(Compression.ZLIB, what=what)
+            broken: CvmfsError | None = None
+            with open(raw, "wb") as fr, open(db, "wb") as fd:
+                for block in blocks:
+                    hasher.update(block)
+                    fr.write(block)
+                    if broken is None:
+                        try:
+                            for piece in inflater.feed(block):
+                                fd.write(piece)
+                        except CvmfsError as e:
+                            broken = e
+                actual = ContentHash(h.algorithm, hasher.digest())
+                if actual != h:
+                    raise HashMismatchError(what, str(h), str(actual))
+                if broken is not None:
+                    raise broken
+                fd.write(inflater.finish())
+
+        try:
+            self.source.fetch(h.object_path(kind), consume, what=what)
+        except BaseException:
+            raw.unlink(missing_ok=True)
+            db.unlink(missing_ok=True)
+            raise
+        return raw, db
+
+    def _from_dest(self, h: ContentHash, kind: ObjectKind, dest_path: Path | None = None) -> Path:
+        """The decompressed copy of an object the destination has (a baseline catalog)."""
+        path = dest_path or self.tmp / f"pull.{h.object_name(kind)}.base"
+        with open(path, "wb") as f:
+            download_verified(self.dest, h, kind, Compression.ZLIB, f.write,
+                              what=f"{h.describe(kind)} on {self.dest.describe()}")
+        return path
+
+    # -- completion (any thread) -------------------------------------------------------------
+
+    def _depend(self, waiter: _Node, on: _Node) -> None:
+        with self._lock:
+            if on.state == _DONE:
+                return
+            waiter.pending += 1
+            if on.state == _FAILED:
+                waiter.pending -= 1
+                waiter.failed = True
+                return
+            on.dependents.append(waiter)
+
+    def _release(self, node: _Node, *, ok: bool) -> None:
+        with self._lock:
+            node.pending -= 1
+            if not ok:
+                node.failed = True
+            if node.pending > 0:
+                return
+            ok = not node.failed and self._error is None
+        if ok:
+            try:
+                self._store(node)
+            except BaseException as e:
+                self._fail(e)
+                ok = False
+        with self._lock:
+            node.state = _DONE if ok else _FAILED
+            self._catalogs[node.loaded.hash.object_name(ObjectKind.CATALOG)] = node.state
+            dependents, node.dependents = node.dependents, []
+            if node.db_users == 0:
+                node.loaded.db.unlink(missing_ok=True)
+        for d in dependents:
+            self._release(d, ok=ok)
+
+    def _store(self, node: _Node) -> None:
+        loaded = node.loaded
+        with open(loaded.raw, "rb") as f:
+            self.dest.put_file(loaded.hash.object_path(ObjectKind.CATALOG), f)
+        loaded.raw.unlink(missing_ok=True)
+        if node.root:
+            with self._lock:
+                self.stats.stored_roots.append(loaded.hash)
+
+    def _drop_db_user(self, node: _Node) -> None:
+        with self._lock:
+            node.db_users -= 1
+            gone = node.db_users == 0 and node.state in (_DONE, _FAILED)
+        if gone:
+            node.loaded.db.unlink(missing_ok=True)
+
+    def _fail(self, e: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = e
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _what(self, h: ContentHash, kind: ObjectKind) -> str:
+        return f"{h.describe(kind)} ({self.source.describe(h.object_path(kind))})"
+
+    def _report(self, force: bool = False) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < _PROGRESS_EVERY:
+            return
+        self._last_progress = now
+        with contextlib.suppress(Exception):
+            self._progress("objects", self._finished, self._scheduled)
+
+
+_ALGORITHMS = {code: Algorithm.from_flag_code(code) for code in range(3)}
+
+
+def _referenced(db: Path, base: Path | None, *, what: str) -> Iterator[tuple[ContentHash,
+                                                                          ObjectKind]]:
+    """The data objects and chunks a catalog references (external files excluded), minus those
+    its ``base`` catalog references too."""
+    conn = open_database(db, what=what)
+    try:
+        schemas = ["main"]
+        if base is not None:
+            conn.execute("ATTACH DATABASE ? AS base",
+                         (f"file:{quote(str(base.resolve()))}?mode=ro&immutable=1",))
+            schemas.append("base")
+        for kind, build in ((ObjectKind.FILE, _files_sql), (ObjectKind.PARTIAL, _chunks_sql)):
+            parts = [build(s) for s in schemas if _has_table(conn, s, _TABLES[kind])]
+            if not parts or not _has_table(conn, "main", _TABLES[kind]):
+                continue
+            sql = parts[0] + (" EXCEPT " + parts[1] if len(parts) > 1 else "")
+            for digest, code in conn.execute(sql):
+                if not isinstance(digest, bytes) or len(digest) != 20 or digest == _ZERO:
+                    continue
+                algorithm = _ALGORITHMS.get(code)
+                if algorithm is None:
+                    raise FormatError(f"{what}: unknown hash algorithm code {code} in flags")
+                yield ContentHash(algorithm, digest), kind
+    except sqlite3.DatabaseError as e:
+        raise CvmfsError(f"{what}: cannot list the referenced objects ({e})") from None
+    finally:
+        conn.close()
+
+
+_TABLES = {ObjectKind.FILE: "catalog", ObjectKind.PARTIAL: "chunks"}
+
+
+def _has_table(conn: sqlite3.Connection, schema: str, table: str) -> bool:
+    row = conn.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?",
+                       (table,)).fetchone()
+    return row is not None
+
+
+def _files_sql(schema: str) -> str:
+    return (f"SELECT hash, (flags >> 8) & 7 FROM {schema}.catalog "
+            "WHERE hash IS NOT NULL AND (flags & 128) = 0")
+
+
+def _chunks_sql(schema: str) -> str:
+    return (f"SELECT c.hash, (k.flags >> 8) & 7 FROM {schema}.chunks AS c "
+            f"JOIN {schema}.catalog AS k ON c.md5path_1 = k.md5path_1 "
+            "AND c.md5path_2 = k.md5path_2 WHERE (k.flags & 128) = 0")
