@@ -8,6 +8,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from pathlib import Path
 from pycvmfs.errors import ConfigError, CvmfsError
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 
-__all__ = ["CacheEntry", "QuotaManager", "QuotaStats", "quota_limit_from_env"]
+__all__ = ["CacheEntry", "QuotaManager", "QuotaStats", "quota_limit_from_env",
+           "remove_dead_temporaries"]
 
 CATALOG, REGULAR = "catalog", "regular"
 _BUSY_TIMEOUT_MS = 30_000
@@ -52,6 +54,26 @@ def quota_limit_from_env(env: Callable[[str], str | None] = os.environ.get) -> i
     except ValueError:
         raise ConfigError(f"CVMFS_QUOTA_LIMIT={text!r} is not a number of megabytes") from None
     return None if mb < 0 else mb * 1024 * 1024
+
+
+def remove_dead_temporaries(txn: Path) -> int:
+    """Delete the temporary files (``<prefix>.<pid>.<random>``) that processes which are no
+    longer running left in a cache's ``txn/`` directory; returns how many."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for f in txn.iterdir():
+            m = _TXN_NAME.match(f.name)
+            if m and not _pid_alive(int(m.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+                    removed += 1
+    return removed
+
+
+def _call(ref: weakref.ref, method: str, *args) -> None:
+    obj = ref()
+    if obj is not None:
+        getattr(obj, method)(*args)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -106,7 +128,9 @@ class QuotaManager:
     ``_TOUCH_BATCH`` touches or ``_TOUCH_INTERVAL`` seconds, before a cleanup, at close).
     When an insertion takes the total over ``limit``, least-recently-used unpinned objects are
     evicted (file first, then row) down to half the limit, as stock ``CVMFS_QUOTA_LIMIT`` does
-    (§8.7). Pins are recorded per process id, so pins of a process that died are dropped.
+    (§8.7). Pins are recorded per process id, so pins of a process that died are dropped (when
+    the cache is opened, with the objects it had reserved and its temporary files, and at each
+    eviction). The connection is closed before a ``fork()`` and reopened on next use.
     """
 
     def __init__(self, directory: str | os.PathLike, limit: int | None = None, *,
@@ -123,19 +147,68 @@ class QuotaManager:
         self._last_flush = time.monotonic()
         self._pins: dict[str, int] = {}  # this process's pin counts; the db holds one row each
         self._pid = os.getpid()
+        self._closed = False
+        self._db: sqlite3.Connection | None = None
         try:
-            self._db = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_MS / 1000,
-                                       isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            self.journal_mode = str(mode).lower()
-            self._db.execute("PRAGMA synchronous = NORMAL")
             with self._write() as db:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+            self._recover()
         except sqlite3.DatabaseError as e:
             raise CvmfsError(f"{self.db_path}: cannot open the cache database: {e}") from e
+        # A SQLite connection must not cross fork(): the child would share the parent's lock
+        # state without holding its locks, and the parent closing last would delete the WAL
+        # under the child's commits. Close it before a fork; each side reopens on next use.
+        ref = weakref.ref(self)
+        os.register_at_fork(before=lambda: _call(ref, "_before_fork"),
+                            after_in_parent=lambda: _call(ref, "_after_fork", False),
+                            after_in_child=lambda: _call(ref, "_after_fork", True))
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            if self._closed:
+                raise CvmfsError(f"{self.db_path}: the cache database was closed")
+            try:
+                db = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_MS / 1000,
+                                     isolation_level=None, check_same_thread=False)
+                db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                self.journal_mode = str(mode).lower()
+                db.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.DatabaseError as e:
+                raise CvmfsError(f"{self.db_path}: cannot open the cache database: {e}") from e
+            self._db = db
+        return self._db
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()  # held across the fork: no transaction is cut in two
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def _after_fork(self, child: bool) -> None:
+        if child:  # the parent's pins are not the child's
+            self._pid = os.getpid()
+            self._pins.clear()
+        self._lock.release()
+
+    def _recover(self) -> None:
+        """Clean up after processes that died while using this cache (``kill -9``, a crash):
+        drop their pins, the rows of objects they had reserved (:meth:`insert`) but never moved
+        into place, and their temporary files."""
+        with self._write() as db:
+            pids = [r[0] for r in db.execute("SELECT DISTINCT pid FROM pins")]
+            dead = [p for p in pids if p != self._pid and not _pid_alive(p)]
+            if dead:
+                marks = ",".join("?" * len(dead))
+                held = [r[0] for r in db.execute(
+                    f"SELECT DISTINCT hash FROM pins WHERE pid IN ({marks})", dead)]
+                self._drop_dead_pins(db)
+                db.executemany("DELETE FROM cache_catalog WHERE hash = ? AND pinned = 0",
+                               ((h,) for h in held if not self._path(h).exists()))
+        remove_dead_temporaries(self.directory / "txn")
 
     @property
     def cleanup_target(self) -> int | None:
@@ -146,13 +219,14 @@ class QuotaManager:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, holding the database lock from its start."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
 
     def _path(self, text: str) -> Path:
         return self.directory / text[:2] / text[2:]
@@ -278,8 +352,8 @@ class QuotaManager:
 
     def is_pinned(self, h: ContentHash | str) -> bool:
         with self._lock:
-            row = self._db.execute("SELECT 1 FROM pins WHERE hash = ? LIMIT 1",
-                                   (str(h),)).fetchone()
+            row = self._connect().execute("SELECT 1 FROM pins WHERE hash = ? LIMIT 1",
+                                          (str(h),)).fetchone()
             return row is not None
 
     # -- maintenance -------------------------------------------------------------------
@@ -296,7 +370,7 @@ class QuotaManager:
     def stats(self) -> QuotaStats:
         with self._lock:
             self.flush()
-            db = self._db
+            db = self._connect()
             n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) "
                                   "FROM cache_catalog").fetchone()
             nc, cb = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cache_catalog "
@@ -310,8 +384,8 @@ class QuotaManager:
         """All recorded objects, least recently used first."""
         with self._lock:
             self.flush()
-            rows = self._db.execute("SELECT hash, size, acseq, type, pinned FROM cache_catalog "
-                                    "ORDER BY acseq").fetchall()
+            rows = self._connect().execute("SELECT hash, size, acseq, type, pinned "
+                                           "FROM cache_catalog ORDER BY acseq").fetchall()
         return [CacheEntry(*r) for r in rows]
 
     def rebuild(self) -> dict[str, int]:
@@ -332,15 +406,7 @@ class QuotaManager:
                     continue
                 on_disk[text] = st.st_size
                 mtimes[text] = st.st_mtime_ns
-        removed_tmp = 0
-        txn = self.directory / "txn"
-        if txn.is_dir():
-            for f in txn.iterdir():
-                m = _TXN_NAME.match(f.name)
-                if m and not _pid_alive(int(m.group(1))):
-                    with contextlib.suppress(FileNotFoundError):
-                        f.unlink()
-                        removed_tmp += 1
+        removed_tmp = remove_dead_temporaries(self.directory / "txn")
         with self._write() as db:
             self._apply_touches(db)
             dead = self._drop_dead_pins(db)
@@ -361,9 +427,9 @@ class QuotaManager:
     def close(self) -> None:
         """Write pending touches, release this process's pins and close the database."""
         with self._lock:
-            if self._db is None:
+            if self._closed:
                 return
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error, CvmfsError):
                 with self._write() as db:
                     self._apply_touches(db)
                     for text in self._pins:
@@ -372,8 +438,10 @@ class QuotaManager:
                             db.execute("UPDATE cache_catalog SET pinned = MAX(pinned - 1, 0) "
                                        "WHERE hash = ?", (text,))
                 self._pins.clear()
-            self._db.close()
-            self._db = None
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def __enter__(self) -> QuotaManager:
         return self
