@@ -44,7 +44,9 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
     urls = cfg.server_urls
     if not urls:
         raise ConfigError(f"{fqrn}: CVMFS_SERVER_URL is not configured")
+    # pool_size: keep-alive connections for the read-ahead threads and the readers together
     source = HttpSource(urls, proxies=list(proxies) or cfg.proxy_groups, timeout=cfg.timeout,
+                        pool_size=16,
                         timeout_direct=cfg.timeout_direct, retries=cfg.max_retries,
                         backoff=(cfg.backoff_init, cfg.backoff_max),
                         host_reset_after=cfg.host_reset_after or 0,
@@ -94,10 +96,15 @@ def config_selector(fqrn: str, config_dir: str | None) -> dict:
 @click.option("--ttl", type=int, help="Re-check the manifest this often (seconds).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Write the log here.")
 @click.option("-d", "--debug", is_flag=True, help="Debug logging (and libfuse debug output).")
+@click.option("--readahead-threads", type=click.IntRange(0, 64), default=6, show_default=True,
+              help="Threads downloading ahead of sequential reads (0: no read-ahead).")
+@click.option("--catalog-idle", type=click.FloatRange(0), default=600.0, show_default=True,
+              help="Unload nested catalogs unused for this many seconds (0: only when the "
+                   "kernel forgets their inodes).")
 @revision_options
 def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, config_dir,
           foreground: bool, allow_other: bool, ttl: int | None, log_file: str | None,
-          debug: bool, **kw) -> None:
+          debug: bool, readahead_threads: int, catalog_idle: float, **kw) -> None:
     """Mount repository FQRN read-only at MOUNTPOINT (FUSE)."""
     from pycvmfs.client.fuse import MountOptions, run_mount
 
@@ -108,7 +115,8 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
         raise ConfigError(f"{mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
         raise ConfigError(f"{mountpoint}: something is mounted there already")
-    options = MountOptions(ttl=ttl, allow_other=allow_other, debug=debug, selector=selector)
+    options = MountOptions(ttl=ttl, allow_other=allow_other, debug=debug, selector=selector,
+                           prefetch_workers=readahead_threads, catalog_idle=catalog_idle)
     if foreground:
         _logging(log_file, debug)
         repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)

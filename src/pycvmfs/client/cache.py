@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pycvmfs.client.quota import remove_dead_temporaries
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
@@ -72,7 +73,8 @@ class ObjectCache:
     """Decompressed objects at ``<dir>/<2 hex>/<rest of textual hash>``.
 
     Objects are written to ``<dir>/txn/`` and renamed into place only after their hash was
-    verified, so a crash never leaves a half-written object under its final name. Concurrent
+    verified, so a crash never leaves a half-written object under its final name; temporary
+    files of processes that died are removed when the cache is opened. Concurrent
     requests for one object within a process are collapsed into one download.
 
     With a :class:`~pycvmfs.client.quota.QuotaManager`, every object is recorded (and room made
@@ -86,6 +88,8 @@ class ObjectCache:
         self.quota = quota
         self.txn = self.directory / "txn"
         self.txn.mkdir(parents=True, exist_ok=True)
+        if quota is None:  # (a QuotaManager does this when it opens)
+            remove_dead_temporaries(self.txn)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.stats = {"hits": 0, "misses": 0, "bytes_downloaded": 0}
@@ -120,6 +124,18 @@ class ObjectCache:
             self.quota.unpin(h)
             raise
 
+    def lookup(self, h: ContentHash, *, pin: bool = False) -> Path | None:
+        """The path of ``h`` if it is in the cache (counted as a hit), else None: never
+        downloads. With ``pin`` (and a quota) a found object stays pinned until :meth:`unpin`."""
+        if pin and self.quota is not None:
+            self.quota.pin(h)
+        dest = self.path_for(h)
+        if dest.is_file():
+            return self._hit(h, dest)
+        if pin and self.quota is not None:
+            self.quota.unpin(h)
+        return None
+
     def pin(self, h: ContentHash) -> None:
         """Protect a cached object from eviction (no-op without a quota)."""
         if self.quota is not None:
@@ -147,8 +163,11 @@ class ObjectCache:
                     size = f.tell()
                 if self.quota is not None:
                     self.quota.insert(h, size, kind)  # makes room before the object appears
-                dest.parent.mkdir(exist_ok=True)
-                os.replace(tmp, dest)
+                try:
+                    os.replace(tmp, dest)
+                except FileNotFoundError:  # first object of its <2 hex> directory
+                    dest.parent.mkdir(exist_ok=True)
+                    os.replace(tmp, dest)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)

@@ -4,20 +4,99 @@ from __future__ import annotations
 
 import bisect
 import io
+import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pycvmfs.errors import CvmfsError
 from pycvmfs.format.catalog import Chunk
+from pycvmfs.format.compression import Compression
 from pycvmfs.format.dirent import DirectoryEntry
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 
-__all__ = ["RepoFile"]
+__all__ = ["Prefetcher", "RepoFile"]
+
+log = logging.getLogger("pycvmfs.prefetch")
 
 #: fetch(hash, kind) -> path of the verified, decompressed object in the cache
 ObjectFetcher = Callable[[ContentHash, ObjectKind], Path]
+#: lookup(hash, kind) -> path of the object if cached (pinned like fetch), never downloading
+ObjectLookup = Callable[[ContentHash, ObjectKind], Path | None]
+#: readahead(hash, kind) -> None: start fetching an object into the cache in the background
+ReadAhead = Callable[[ContentHash, ObjectKind], None]
+
+#: sequential reads of a chunked file keep this many bytes of chunks downloading ahead
+READAHEAD_BYTES = 32 << 20
+READAHEAD_CHUNKS = 4
+
+
+class WouldBlock(Exception):
+    """Raised by :meth:`RepoFile.pread_nowait` when the bytes are not in the cache yet."""
+
+
+class Prefetcher:
+    """Downloads objects into the cache in background threads (read-ahead).
+
+    ``fetch(hash, kind, compression)`` does the work (the cache's verified download);
+    ``cached(hash)`` tells whether it can be skipped. An object is in flight at most once,
+    recently requested hashes are remembered so repeated requests cost a dict lookup, and
+    requests beyond ``backlog`` queued ones are dropped (read-ahead is a hint). Nothing is
+    pinned or served from here: readers fetch through the cache as always and find the object
+    in place (or wait for the download in flight, which the cache collapses into one).
+    """
+
+    def __init__(self, fetch: Callable[[ContentHash, ObjectKind, Compression], object],
+                 cached: Callable[[ContentHash], bool], *, workers: int = 6,
+                 backlog: int = 64, remember: int = 8192) -> None:
+        self._fetch = fetch
+        self._cached = cached
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="pycvmfs-ahead")
+        self._backlog = backlog
+        self._remember = remember
+        self._recent: OrderedDict[ContentHash, None] = OrderedDict()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.stats = {"submitted": 0, "fetched": 0, "failed": 0}
+
+    def submit(self, h: ContentHash | None, kind: ObjectKind,
+               compression: Compression = Compression.ZLIB) -> bool:
+        """Queue ``h`` unless it was requested recently or the queue is full."""
+        if h is None:
+            return False
+        with self._lock:
+            if self._closed or h in self._recent or self._queued >= self._backlog:
+                return False
+            self._recent[h] = None
+            if len(self._recent) > self._remember:
+                self._recent.popitem(last=False)
+            self._queued += 1
+            self.stats["submitted"] += 1
+        self._pool.submit(self._run, h, kind, compression)
+        return True
+
+    def _run(self, h: ContentHash, kind: ObjectKind, compression: Compression) -> None:
+        try:
+            if not self._cached(h):
+                self._fetch(h, kind, compression)
+                self.stats["fetched"] += 1
+        except Exception as e:  # the reader fetches again and reports the error
+            self.stats["failed"] += 1
+            with self._lock:
+                self._recent.pop(h, None)
+            log.debug("read-ahead of %s failed: %s", h, e)
+        finally:
+            with self._lock:
+                self._queued -= 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RepoFile(io.RawIOBase):
@@ -30,7 +109,9 @@ class RepoFile(io.RawIOBase):
 
     def __init__(self, path: str, entry: DirectoryEntry, chunks: list[Chunk] | None,
                  fetch: ObjectFetcher,
-                 release: Callable[[ContentHash], None] | None = None) -> None:
+                 release: Callable[[ContentHash], None] | None = None, *,
+                 lookup: ObjectLookup | None = None,
+                 readahead: ReadAhead | None = None) -> None:
         super().__init__()
         if entry.is_external:
             raise CvmfsError(f"{path}: external files (served from CVMFS_EXTERNAL_URL) are not "
@@ -41,6 +122,10 @@ class RepoFile(io.RawIOBase):
         self._chunks = chunks
         self._starts = [c.offset for c in chunks] if chunks else []
         self._fetch = fetch
+        self._lookup = lookup
+        self._readahead = readahead
+        self._ahead = -1  # chunks up to this index were handed to read-ahead
+        self._last_chunk = -2  # index of the chunk read last (sequential-read detection)
         self._unpin = release
         self._pos = 0
         # object hash -> [fd, readers]: positional reads (os.preadv) make concurrent reads of
@@ -101,7 +186,14 @@ class RepoFile(io.RawIOBase):
         n = self.pread_into(memoryview(buf), offset)
         return bytes(buf[:n])
 
-    def pread_into(self, mv: memoryview, offset: int) -> int:
+    def pread_nowait(self, size: int, offset: int) -> bytes:
+        """:meth:`pread` if every object it needs is in the cache; else :class:`WouldBlock`
+        (no download is started: call :meth:`pread` from a thread)."""
+        buf = bytearray(max(0, min(size, self._size - offset)))
+        n = self.pread_into(memoryview(buf), offset, wait=False)
+        return bytes(buf[:n])
+
+    def pread_into(self, mv: memoryview, offset: int, *, wait: bool = True) -> int:
         """Fill ``mv`` from ``offset``; returns the number of bytes read (0 at end of file)."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
@@ -117,8 +209,12 @@ class RepoFile(io.RawIOBase):
                 c = self._chunks[i]
                 obj, base, length = c.hash, c.offset, c.size
                 kind = ObjectKind.PARTIAL
+                if i != self._last_chunk:
+                    if self._readahead is not None and i in (0, self._last_chunk + 1):
+                        self._read_ahead(i)
+                    self._last_chunk = i
             n = min(want - done, base + length - pos)
-            fd = self._acquire(obj, kind)
+            fd = self._acquire(obj, kind, wait)
             try:
                 got = os.preadv(fd, [mv[done:done + n]], pos - base)
             finally:
@@ -129,7 +225,20 @@ class RepoFile(io.RawIOBase):
             done += n
         return done
 
-    def _acquire(self, h: ContentHash | None, kind: ObjectKind) -> int:
+    def _read_ahead(self, i: int) -> None:
+        """Sequential reading entered chunk ``i``: keep the next chunks downloading."""
+        chunks = self._chunks or []
+        start = max(i + 1, self._ahead + 1)
+        ahead = 0
+        j = i + 1
+        while j < len(chunks) and j <= i + READAHEAD_CHUNKS and ahead < READAHEAD_BYTES:
+            if j >= start and chunks[j].hash is not None:
+                self._readahead(chunks[j].hash, ObjectKind.PARTIAL)
+                self._ahead = j
+            ahead += chunks[j].size
+            j += 1
+
+    def _acquire(self, h: ContentHash | None, kind: ObjectKind, wait: bool = True) -> int:
         if h is None:
             raise CvmfsError(f"{self.name}: file has no content hash")
         with self._fd_lock:
@@ -137,7 +246,13 @@ class RepoFile(io.RawIOBase):
             if slot is not None:
                 slot[1] += 1
                 return slot[0]
-        path = self._fetch(h, kind)  # downloads, verifies (and pins) outside the lock
+        if wait:
+            path = self._fetch(h, kind)  # downloads, verifies (and pins) outside the lock
+        else:
+            found = self._lookup(h, kind) if self._lookup is not None else None
+            if found is None:
+                raise WouldBlock(h)
+            path = found
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:

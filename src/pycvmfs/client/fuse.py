@@ -13,11 +13,12 @@ import pyfuse3
 import trio
 
 from pycvmfs import __version__
-from pycvmfs.client.files import RepoFile
+from pycvmfs.client.files import Prefetcher, RepoFile, WouldBlock
 from pycvmfs.client.repository import Repository
 from pycvmfs.client.stat import Stat
 from pycvmfs.client.view import RevisionView
 from pycvmfs.errors import CvmfsError, PathError
+from pycvmfs.format.hashes import ObjectKind
 
 __all__ = ["CvmfsFilesystem", "MountOptions", "run_mount"]
 
@@ -36,6 +37,106 @@ class MountOptions:
     allow_other: bool = False
     debug: bool = False
     selector: dict = field(default_factory=dict)  # tag / revision / root_hash / date: pinned
+    prefetch_workers: int = 6  # read-ahead threads (0: no read-ahead)
+    catalog_idle: float = 600.0  # unload nested catalogs unused this long (0: never by time)
+
+
+#: a sequential scan of a directory downloads the next files of its listing ahead of the reader
+PREFETCH_FILES = 16
+PREFETCH_MAX_SIZE = 4 << 20  # unchunked files up to this size
+_JANITOR_PERIOD = 2.0  # seconds between closing dropped catalogs / unloading idle ones
+_RETIRE_GRACE = 5.0  # a dropped catalog is closed this long after no lookup can reach it
+
+
+class _Listing:
+    """A directory listing of one revision, with the reply attributes computed once."""
+
+    __slots__ = ("attrs", "entries", "first_file", "index", "last_opened")
+
+    def __init__(self, entries: list[Stat]) -> None:
+        self.entries = entries
+        self.attrs: list[pyfuse3.EntryAttributes | None] = [None] * len(entries)
+        self.index: dict[bytes, int] | None = None  # name -> position, built on first open
+        self.first_file = -1  # position of the first regular file
+        self.last_opened = -2  # position of the file opened last (sequential-scan detection)
+
+    def position(self, name: bytes) -> int | None:
+        if self.index is None:
+            self.index = {s.entry.name: i for i, s in enumerate(self.entries)}
+            self.first_file = next((i for i, s in enumerate(self.entries) if s.is_file), -1)
+        return self.index.get(name)
+
+
+class _CatalogUse:
+    """Which nested catalogs the kernel still needs: for each catalog mount point, how many
+    inodes below it the kernel holds (lookup counts, FUSE ``forget``) and how many files and
+    directories below it are open. A catalog nobody needs is unloaded; it is loaded (and
+    verified) again on its next use."""
+
+    def __init__(self) -> None:
+        self.nlookup: dict[int, int] = {}
+        self.mps_of: dict[int, tuple[bytes, ...]] = {}  # inode -> mount points it counts in
+        self.refs: dict[bytes, int] = {}
+        self.open_refs: dict[bytes, int] = {}
+
+    @staticmethod
+    def covering(path: bytes, known: set[bytes] | frozenset[bytes]) -> tuple[bytes, ...]:
+        if not known or not path:
+            return ()
+        out = []
+        cut = len(path)
+        while cut > 0:
+            prefix = path[:cut]
+            if prefix in known:
+                out.append(prefix)
+            cut = path.rfind(b"/", 0, cut)
+        return tuple(out)
+
+    def looked_up(self, ino: int, path: bytes, known: set[bytes]) -> None:
+        n = self.nlookup.get(ino, 0)
+        self.nlookup[ino] = n + 1
+        if n == 0:
+            mps = self.covering(path, known)
+            if mps:
+                self.mps_of[ino] = mps
+                for mp in mps:
+                    self.refs[mp] = self.refs.get(mp, 0) + 1
+
+    def forget(self, ino: int, n: int) -> tuple[bytes, ...]:
+        """Lower ``ino``'s lookup count; the mount points that lost their last reference."""
+        left = self.nlookup.get(ino, 0) - n
+        if left > 0:
+            self.nlookup[ino] = left
+            return ()
+        self.nlookup.pop(ino, None)
+        freed = []
+        for mp in self.mps_of.pop(ino, ()):
+            r = self.refs.get(mp, 0) - 1
+            if r > 0:
+                self.refs[mp] = r
+            else:
+                self.refs.pop(mp, None)
+                freed.append(mp)
+        return tuple(freed)
+
+    def opened(self, mps: tuple[bytes, ...]) -> None:
+        for mp in mps:
+            self.open_refs[mp] = self.open_refs.get(mp, 0) + 1
+
+    def closed(self, mps: tuple[bytes, ...]) -> None:
+        for mp in mps:
+            r = self.open_refs.get(mp, 0) - 1
+            if r > 0:
+                self.open_refs[mp] = r
+            else:
+                self.open_refs.pop(mp, None)
+
+    def needed(self, mp: bytes, *, kernel: bool = True) -> bool:
+        """Whether anything at or below mount point ``mp`` is held (open, or known to the
+        kernel unless ``kernel`` is false)."""
+        below = mp + b"/"
+        tables = (self.open_refs, self.refs) if kernel else (self.open_refs,)
+        return any(m == mp or m.startswith(below) for t in tables for m in t)
 
 
 class _Inodes:
@@ -105,15 +206,26 @@ class CvmfsFilesystem(pyfuse3.Operations):
         self.repo = repo
         self.options = options or MountOptions()
         self.started = time.time()
+        self._ttl = 0
+        self._ttl_for: RevisionView | None = None
         self.generation = 0
         self.view: RevisionView = repo.open_revision(**self.options.selector)
         self._views = [self.view]
         self.inodes = _Inodes()
         self._files: dict[int, RepoFile] = {}
-        self._dirs: dict[int, list[Stat]] = {}
-        self._dir_views: dict[int, RevisionView] = {}
-        self._listings: dict[tuple[int, bytes], list[Stat]] = {}  # (view, dir) -> entries
-        self._attr_cache: dict[tuple[int, int], pyfuse3.EntryAttributes] = {}
+        self._dirs: dict[int, tuple[_Listing, RevisionView]] = {}
+        self._listings: dict[tuple[int, bytes], _Listing] = {}  # (view, dir) -> listing
+        self._handle_mps: dict[int, tuple[bytes, ...]] = {}  # open handle -> mount points
+        self.use = _CatalogUse()
+        self._mountpoints: set[bytes] = set()  # nested catalog mount points seen so far
+        self._forgotten: set[bytes] = set()  # mount points whose last inode was forgotten
+        self.prefetcher: Prefetcher | None = None
+        if self.options.prefetch_workers > 0:
+            cache, source = repo.cache, repo.source
+            self.prefetcher = Prefetcher(
+                lambda h, kind, comp: cache.fetch(source, h, kind, comp),
+                cache.contains, workers=self.options.prefetch_workers)
+            self.view.readahead = self.prefetcher.submit
         self._next_fh = 1
         self._lock = threading.Lock()
         self.expires = time.time() + self.ttl
@@ -122,6 +234,13 @@ class CvmfsFilesystem(pyfuse3.Operations):
     # -- revisions -----------------------------------------------------------------------
     @property
     def ttl(self) -> int:
+        if self._ttl_for is self.view:
+            return self._ttl
+        self._ttl = self._compute_ttl()
+        self._ttl_for = self.view
+        return self._ttl
+
+    def _compute_ttl(self) -> int:
         ttl = self.options.ttl or self.view.root_catalog.ttl or 240
         if self.options.max_ttl:
             ttl = min(ttl, self.options.max_ttl)
@@ -142,6 +261,8 @@ class CvmfsFilesystem(pyfuse3.Operations):
         if m.root_catalog == self.view.root_hash or m.revision <= (self.view.revision or 0):
             return False
         new = self.repo.open_revision()
+        if self.prefetcher is not None:
+            new.readahead = self.prefetcher.submit
         with self._lock:
             self.view = new
             self._views.append(new)
@@ -164,6 +285,50 @@ class CvmfsFilesystem(pyfuse3.Operations):
         while True:
             await trio.sleep(max(1.0, self.expires - time.time()))
             await trio.to_thread.run_sync(self.check_for_update)
+
+    # -- nested catalogs: loaded on first use, dropped when unused -----------------------
+    def _note_mountpoints(self, view: RevisionView) -> None:
+        """Remember the mount points of nested catalogs loaded (after work that may load)."""
+        self._mountpoints.update(mp for mp in view.loaded_mountpoints() if mp)
+
+    def unneeded_catalogs(self) -> list[bytes]:
+        """Mount points to unload now: those whose inodes the kernel forgot, and those idle
+        for ``catalog_idle`` seconds, unless a file or directory below them is open (or, for
+        the first kind, the kernel learnt of an inode below them again)."""
+        pending, self._forgotten = self._forgotten, set()
+        out = [mp for mp in pending if not self.use.needed(mp)]
+        if self.options.catalog_idle > 0:
+            for v in self._views:
+                out += [mp for mp in v.idle_mountpoints(self.options.catalog_idle)
+                        if not self.use.needed(mp, kernel=False)]
+        return out
+
+    def drop_catalogs(self, mountpoints: list[bytes]) -> int:
+        """Unload the catalogs at ``mountpoints`` (and below) in every revision served, and
+        close those dropped more than a grace period ago; returns how many were dropped."""
+        dropped = 0
+        for mp in dict.fromkeys(mountpoints):
+            for v in self._views:
+                if v.drop_catalog(mp):
+                    dropped += 1
+                    log.debug("unloaded nested catalog %s", os.fsdecode(mp))
+        for v in self._views:
+            v.close_retired(_RETIRE_GRACE)
+        return dropped
+
+    async def janitor(self) -> None:
+        while True:
+            await trio.sleep(_JANITOR_PERIOD)
+            todo = self.unneeded_catalogs()
+            if todo or any(v.has_retired() for v in self._views):
+                await trio.to_thread.run_sync(self.drop_catalogs, todo)
+
+    async def forget(self, inode_list):
+        for ino, n in inode_list:
+            self._forgotten.update(self.use.forget(ino, n))
+
+    def _looked_up(self, ino: int, path: bytes) -> None:
+        self.use.looked_up(ino, path, self._mountpoints)
 
     # -- helpers -------------------------------------------------------------------------
     def _attrs(self, s: Stat, ino: int) -> pyfuse3.EntryAttributes:
@@ -199,6 +364,23 @@ class CvmfsFilesystem(pyfuse3.Operations):
     def _stat_path(self, path: bytes) -> Stat:
         return self._call(path, self.view.lstat_canonical, path)
 
+    async def _stat_fast(self, path: bytes) -> Stat:
+        """The path's attributes: on the event loop when its catalog is loaded (one SQLite
+        query), else in a thread (the catalog is downloaded and verified first)."""
+        view = self.view
+        try:
+            s = self._call(path, view.lstat_loaded, path)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:  # as in _run: one bad request never ends the mount
+            self.io_errors += 1
+            log.exception("lookup of %s failed", os.fsdecode(path) or "/")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        if s is None:
+            s = await self._run(self._stat_path, path)
+            self._note_mountpoints(view)
+        return s
+
     async def _run(self, fn, *args):
         """Blocking work (catalog and object downloads) off the event loop. Anything but a
         FUSE error becomes EIO with a log line: one bad request never ends the mount."""
@@ -221,14 +403,16 @@ class CvmfsFilesystem(pyfuse3.Operations):
         else:
             path = parent + b"/" + name
         view = self.view
-        s = await self._run(self._stat_path, path)
-        return self._attrs(s, self.inodes.for_stat(path, s, view, self.generation))
+        s = await self._stat_fast(path)
+        ino = self.inodes.for_stat(path, s, view, self.generation)
+        self._looked_up(ino, path)
+        return self._attrs(s, ino)
 
     async def getattr(self, inode, ctx=None):
         origin = self.inodes.origin(inode)
         if origin is not None:
             return self._attrs(origin[1], inode)
-        s = await self._run(self._stat_path, self.inodes.path(inode))
+        s = await self._stat_fast(self.inodes.path(inode))
         return self._attrs(s, inode)
 
     async def readlink(self, inode, ctx):
@@ -240,45 +424,47 @@ class CvmfsFilesystem(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx):
         path = self.inodes.path(inode)
-
         view = self.view
         key = (id(view), path)
-        cached = self._listings.get(key)
-        if cached is not None:  # a revision is immutable: listings can be reused
-            entries = cached
-        else:
+        listing = self._listings.get(key)
+        if listing is None:  # a revision is immutable: listings can be reused
             entries = await self._run(self._call, path, view.scandir, path or b"/")
+            self._note_mountpoints(view)
+            listing = _Listing(entries)
             if len(self._listings) >= 4096:
                 self._listings.pop(next(iter(self._listings)))
-            self._listings[key] = entries
+            self._listings[key] = listing
+        mps = _CatalogUse.covering(path, self._mountpoints)
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
-            self._dirs[fh] = entries
-            self._dir_views[fh] = view
+            self._dirs[fh] = (listing, view)
+        if mps:
+            self._handle_mps[fh] = mps
+            self.use.opened(mps)
         return fh
 
     async def readdir(self, fh, start_id, token):
-        entries = self._dirs.get(fh, [])
-        view = self._dir_views.get(fh)
-        vid = id(view)
-        cache = self._attr_cache
+        got = self._dirs.get(fh)
+        if got is None:
+            return
+        listing, view = got
+        entries, attrs = listing.entries, listing.attrs
         for i in range(start_id, len(entries)):
             s = entries[i]
-            key = (vid, id(s))
-            attrs = cache.get(key)
-            if attrs is None:
+            a = attrs[i]
+            if a is None:
                 path = os.fsencode(s.path) if s.path != "/" else b""
-                attrs = self._attrs(s, self.inodes.for_stat(path, s, view, self.generation))
-                if len(cache) >= 200_000:
-                    cache.clear()
-                cache[key] = attrs
-            if not pyfuse3.readdir_reply(token, s.entry.name, attrs, i + 1):
+                a = attrs[i] = self._attrs(s, self.inodes.for_stat(path, s, view,
+                                                                   self.generation))
+            if not pyfuse3.readdir_reply(token, s.entry.name, a, i + 1):
                 break
+            # readdirplus: the kernel counts every entry returned as a lookup
+            self._looked_up(a.st_ino, os.fsencode(s.path))
 
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)
-        self._dir_views.pop(fh, None)
+        self.use.closed(self._handle_mps.pop(fh, ()))
 
     async def open(self, inode, flags, ctx):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
@@ -289,20 +475,54 @@ class CvmfsFilesystem(pyfuse3.Operations):
 
         if origin is not None and origin[1].is_file and not origin[1].is_chunked:
             f: RepoFile = self._call(path, view.open_stat, origin[1])  # no I/O until read
+            if self.prefetcher is not None:
+                self._prefetch_siblings(view, path)
         else:
             f = await self._run(self._call, path, view.open, path)
+            self._note_mountpoints(view)
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
             self._files[fh] = f
+        mps = _CatalogUse.covering(path, self._mountpoints)
+        if mps:
+            self._handle_mps[fh] = mps
+            self.use.opened(mps)
         fi = pyfuse3.FileInfo(fh=fh)
         fi.keep_cache = True  # a revision is immutable: the page cache stays valid
         return fi
+
+    def _prefetch_siblings(self, view: RevisionView, path: bytes) -> None:
+        """Read-ahead of whole small files: when files of a directory listing are opened in
+        order (``tar``, ``cp -r``, a build reading its sources), the next ones are downloaded
+        in the background while the current one is read."""
+        cut = path.rfind(b"/")
+        listing = self._listings.get((id(view), path[:cut]))
+        if listing is None:
+            return
+        i = listing.position(path[cut + 1:])
+        if i is None:
+            return
+        entries = listing.entries
+        sequential = i in (listing.last_opened + 1, listing.first_file)
+        listing.last_opened = i
+        if not sequential:
+            return
+        submit = self.prefetcher.submit
+        for s in entries[i + 1:i + 1 + PREFETCH_FILES]:
+            e = s.entry
+            if (e.is_regular and not e.is_chunked and not e.is_external and e.hash is not None
+                    and 0 < e.size <= PREFETCH_MAX_SIZE):
+                submit(e.hash, ObjectKind.FILE, e.compression)
 
     async def read(self, fh, off, size):
         f = self._files.get(fh)
         if f is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        try:  # bytes in the cache are read on the event loop: no thread hop
+            return f.pread_nowait(size, off)
+        except (WouldBlock, CvmfsError, OSError):
+            pass  # a download, or an error: read (and report) from a thread
 
         def do_read() -> bytes:
             try:
@@ -318,6 +538,7 @@ class CvmfsFilesystem(pyfuse3.Operations):
         f = self._files.pop(fh, None)
         if f is not None:
             f.close()
+        self.use.closed(self._handle_mps.pop(fh, ()))
 
     async def statfs(self, ctx):
         st = pyfuse3.StatvfsData()
@@ -419,6 +640,7 @@ def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fs.updater)
+            nursery.start_soon(fs.janitor)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
@@ -426,6 +648,8 @@ def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = 
         trio.run(main)
     finally:
         pyfuse3.close(unmount=True)
+        if fs.prefetcher is not None:
+            fs.prefetcher.close()
         for v in fs._views:
             v.close()
 

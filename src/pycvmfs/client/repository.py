@@ -163,6 +163,10 @@ class Repository:
         # pinned until the RepoFile reading it lets go (release_object below)
         return self.cache.fetch(self.source, h, kind, entry.compression, pin=True)
 
+    def _lookup_for_entry(self, h: ContentHash) -> Path | None:
+        # cached objects only, pinned like _fetch_for_entry; None: download in a thread
+        return self.cache.lookup(h, pin=True)
+
     # -- history -------------------------------------------------------------------------
     def history(self) -> History | None:
         with self._lock:
@@ -239,7 +243,10 @@ class Repository:
             load_catalog=self._load_pinned_catalog,
             fetch_object=self._fetch_for_entry, env=self.env, revision=rev,
             timestamp=m.publish_timestamp if h == m.root_catalog else None,
-            release_object=self.cache.unpin)
+            release_object=self.cache.unpin,
+            # without a quota a cache lookup is one stat(); with one, pinning writes the
+            # quota database, which may wait for other processes: not on an event loop
+            lookup_object=self._lookup_for_entry if self.cache.quota is None else None)
 
     head = open_revision
 

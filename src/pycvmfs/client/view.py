@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class LoadedCatalog:
     catalog: Catalog
     ino_base: int
     max_rowid: int
+    last_used: float = 0.0  # time.monotonic() of the last path resolved through it
 
 
 class RevisionView:
@@ -63,17 +65,26 @@ class RevisionView:
                  fetch_object: Callable[[ContentHash, ObjectKind, DirectoryEntry], os.PathLike],
                  env: Callable[[str], str | None] | None = None, revision: int | None = None,
                  timestamp: int | None = None,
-                 release_object: Callable[[ContentHash], None] | None = None) -> None:
+                 release_object: Callable[[ContentHash], None] | None = None,
+                 lookup_object: Callable[[ContentHash], os.PathLike | None] | None = None
+                 ) -> None:
         self.fqrn = fqrn
         self.root_hash = root_hash
         self._load = load_catalog
         self._fetch_object = fetch_object
         # set when fetch_object and load_catalog pin what they return: released on close
         self._release_object = release_object
+        # cached-only lookup (pinned like fetch_object); lets a reader skip a thread hop
+        self._lookup_object = lookup_object
+        #: set by a reader (the FUSE mount) to download objects ahead of sequential reads
+        self.readahead: Callable[[ContentHash, ObjectKind], None] | None = None
         self._pinned_catalogs: list[ContentHash] = []
         self._env = env if env is not None else os.environ.get
         self._lock = threading.RLock()
         self._catalogs: dict[bytes, LoadedCatalog] = {}
+        # mount point -> inode base, kept when a catalog is dropped so a reload keeps numbers
+        self._ino_bases: dict[bytes, int] = {}
+        self._retired: list[tuple[float, LoadedCatalog]] = []  # dropped, closed after a grace
         self._next_ino = 256
         root = self._attach(b"", root_hash, f"root catalog {root_hash}C")
         self.root_catalog = root.catalog
@@ -90,8 +101,11 @@ class RevisionView:
             raise FormatError(f"{what}: root_prefix {_display(cat.root_prefix)!r} does not match "
                               f"its mount point {_display(mountpoint)!r}")
         maxrow = cat.max_rowid()
-        loaded = LoadedCatalog(mountpoint, cat, self._next_ino, maxrow)
-        self._next_ino += maxrow + cat.max_hardlink_group() + 1
+        base = self._ino_bases.get(mountpoint)
+        if base is None:
+            base = self._ino_bases[mountpoint] = self._next_ino
+            self._next_ino += maxrow + cat.max_hardlink_group() + 1
+        loaded = LoadedCatalog(mountpoint, cat, base, maxrow, time.monotonic())
         self._catalogs[mountpoint] = loaded
         return loaded
 
@@ -109,13 +123,19 @@ class RevisionView:
             return self._attach(ref.path, ref.hash,
                                 f"nested catalog {ref.hash}C at {_display(ref.path)}")
 
-    def _catalog_for(self, path: bytes, *, into_mountpoint: bool) -> LoadedCatalog:
-        """The catalog holding ``path`` (for a mount point: the child if ``into_mountpoint``)."""
+    def _catalog_for(self, path: bytes, *, into_mountpoint: bool,
+                     load: bool = True) -> LoadedCatalog | None:
+        """The catalog holding ``path`` (for a mount point: the child if ``into_mountpoint``);
+        None if it is not loaded and ``load`` is false."""
+        now = time.monotonic()
         cur = self._catalogs[b""]
         while True:
+            cur.last_used = now
             ref = cur.catalog.find_nested(path)
             if ref is None or (ref.path == path and not into_mountpoint):
                 return cur
+            if not load and ref.path not in self._catalogs:
+                return None
             cur = self._nested(cur, ref)
 
     def catalogs(self) -> Iterator[tuple[bytes, Catalog]]:
@@ -139,6 +159,51 @@ class RevisionView:
 
     def loaded_catalog_count(self) -> int:
         return len(self._catalogs)
+
+    def loaded_mountpoints(self) -> list[bytes]:
+        """Mount points of the catalogs loaded now (``b""`` is the root)."""
+        return list(self._catalogs)
+
+    def idle_mountpoints(self, seconds: float) -> list[bytes]:
+        """Loaded nested catalogs no path was resolved through for ``seconds``."""
+        limit = time.monotonic() - seconds
+        return [mp for mp, lc in list(self._catalogs.items()) if mp and lc.last_used < limit]
+
+    def drop_catalog(self, mountpoint: bytes) -> bool:
+        """Unload the nested catalog at ``mountpoint`` and those below it (the root stays): they
+        are reloaded, verified again, on their next use. Their SQLite handles are closed and
+        their cache pins released by :meth:`close_retired` after a grace period, so a lookup
+        running in another thread never sees its catalog closed under it."""
+        if not mountpoint:
+            return False
+        with self._lock:
+            below = mountpoint + b"/"
+            gone = [mp for mp in self._catalogs if mp == mountpoint or mp.startswith(below)]
+            now = time.monotonic()
+            for mp in gone:
+                self._retired.append((now, self._catalogs.pop(mp)))
+            return bool(gone)
+
+    def has_retired(self) -> bool:
+        return bool(self._retired)
+
+    def close_retired(self, grace: float = 5.0) -> int:
+        """Close catalogs dropped at least ``grace`` seconds ago; returns how many."""
+        limit = time.monotonic() - grace
+        with self._lock:
+            done = [lc for t, lc in self._retired if t <= limit]
+            self._retired = [(t, lc) for t, lc in self._retired if t > limit]
+            for lc in done:
+                self._release_catalog(lc)
+        return len(done)
+
+    def _release_catalog(self, lc: LoadedCatalog) -> None:
+        lc.catalog.close()
+        h = lc.catalog.hash
+        if h is not None and h in self._pinned_catalogs:
+            self._pinned_catalogs.remove(h)
+            if self._release_object is not None:
+                self._release_object(h)
 
     # -- path resolution -----------------------------------------------------------------
     def _entry_at(self, path: bytes) -> tuple[DirectoryEntry, LoadedCatalog]:
@@ -222,6 +287,17 @@ class RevisionView:
         e, lc = self._entry_at(path)
         return self._stat(path, e, lc)
 
+    def lstat_loaded(self, path: bytes) -> Stat | None:
+        """:meth:`lstat_canonical` if the catalog holding ``path`` is loaded (no download, so
+        callers may run it on an event loop), else None."""
+        lc = self._catalog_for(path, into_mountpoint=False, load=False)
+        if lc is None:
+            return None
+        entry = lc.catalog.lookup(path)
+        if entry is None:
+            raise NoSuchPathError(_display(path))
+        return self._stat(path, entry, lc)
+
     def exists(self, path: str | bytes) -> bool:
         try:
             self.lstat(path)
@@ -266,17 +342,22 @@ class RevisionView:
         if not e.is_regular:
             raise NoSuchPathError(f"{_display(p)} (not a regular file)")
         chunks = lc.catalog.chunks(p, e) if e.is_chunked else None
-        return RepoFile(_display(p), e, chunks,
-                        lambda h, kind: self._fetch_object(h, kind, e), self._release_object)
+        return self._repo_file(_display(p), e, chunks)
+
+    def _repo_file(self, path: str, e: DirectoryEntry, chunks: list[Chunk] | None) -> RepoFile:
+        look = self._lookup_object
+        ahead = self.readahead
+        return RepoFile(path, e, chunks, lambda h, kind: self._fetch_object(h, kind, e),
+                        self._release_object,
+                        lookup=None if look is None else lambda h, kind: look(h),
+                        readahead=None if ahead is None or chunks is None else ahead)
 
     def open_stat(self, s: Stat) -> RepoFile:
         """Open an unchunked regular file from a :class:`Stat` of this view without resolving
         its path again (the FUSE mount keeps the Stat of every inode)."""
         if not s.is_file or s.is_chunked:
             return self.open(s.path)
-        e = s.entry
-        return RepoFile(s.path, e, None, lambda h, kind: self._fetch_object(h, kind, e),
-                        release=self._release_object)
+        return self._repo_file(s.path, s.entry, None)
 
     def read_bytes(self, path: str | bytes) -> bytes:
         with self.open(path) as f:
@@ -318,7 +399,10 @@ class RevisionView:
         with self._lock:
             for lc in self._catalogs.values():
                 lc.catalog.close()
+            for _t, lc in self._retired:
+                lc.catalog.close()
             self._catalogs.clear()
+            self._retired.clear()
             pinned, self._pinned_catalogs = self._pinned_catalogs, []
             if self._release_object is not None:
                 for h in pinned:
