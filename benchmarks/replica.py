@@ -18,46 +18,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' nginx
 from treegen import change_fraction, generate
 
 from publish import publish
 
-ROOT = Path(__file__).resolve().parents[1]
-NGINX = "/usr/sbin/nginx"
-FQRN = "bench.example.org"
+from helpers.webservers import nginx_server
 
-_MAIN_CONF = """\
-{user}daemon off;
-worker_processes 2;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    sendfile on;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    include {dir}/cvmfs.conf;
-}}
-"""
+FQRN = "bench.example.org"
 
 # The snapshot runs in a child process so that its peak RSS is its own.
 _CHILD = r"""
@@ -92,42 +70,6 @@ class BenchContext:
 
 #: Extra measurements run after the snapshot ones, e.g. serve-vs-nginx from benchmarks/serve.py.
 HOOKS: list[Callable[[BenchContext], None]] = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def nginx(srv: Path, work: Path) -> Iterator[str]:
-    """nginx with docs/nginx-cvmfs.conf serving ``srv`` on loopback; yields the /cvmfs URL."""
-    if not os.access(NGINX, os.X_OK):
-        sys.exit(f"{NGINX} not found: apt-get install nginx-light")
-    port = free_port()
-    site = (ROOT / "docs" / "nginx-cvmfs.conf").read_text()
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
-    site = site.replace("alias /srv/cvmfs/;", f"alias {srv}/;")
-    (work / "cvmfs.conf").write_text(site)
-    user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
-    (work / "nginx.conf").write_text(_MAIN_CONF.format(user=user, dir=work))
-    proc = subprocess.Popen([NGINX, "-p", str(work), "-c", str(work / "nginx.conf"),
-                             "-e", str(work / "error.log")])
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    sys.exit("nginx did not start: " + (work / "error.log").read_text())
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/cvmfs"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def data_objects(root: Path) -> list[str]:
@@ -186,8 +128,8 @@ def main() -> None:
         publish(FQRN, tmp / "etc", tree)
         key = pub.config.key_path("pub")
         subprocess.run(["chmod", "-R", "a+rX", str(srv)], check=True)
-        (tmp / "nginx").mkdir()
-        with nginx(srv, tmp / "nginx") as base:
+        with nginx_server(srv, workers=2, benchmark=True) as server:
+            base = server.url
             url = f"{base}/{FQRN}"
             objects = data_objects(srv / FQRN)
             size = sum((srv / FQRN / rel).stat().st_size for rel in objects)

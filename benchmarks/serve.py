@@ -17,42 +17,18 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-NGINX_SITE = ROOT / "docs" / "nginx-cvmfs.conf"
-NGINX = "/usr/sbin/nginx"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' nginx
+from helpers.daemons import free_port, stop_process, wait_for_port
+from helpers.webservers import WebServer, nginx_server
+
 WRK = "/usr/bin/wrk"
 GOLDEN = Path("/work/shared/fixtures/cvmfs-golden/golden.example.org")
-
-NGINX_MAIN = """\
-{user}daemon off;
-worker_processes {workers};
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    include {dir}/cvmfs.conf;
-}}
-"""
 
 # Every thread reads the URL list and walks it from its own offset; done() prints one JSON line.
 WRK_SCRIPT = """\
@@ -76,35 +52,6 @@ done = function(summary, latency, requests)
     latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _cpu_seconds(root_pid: int) -> float:
@@ -131,42 +78,27 @@ def _cpu_seconds(root_pid: int) -> float:
 
 
 @contextlib.contextmanager
-def nginx_server(serve_root: Path, workers: int) -> Iterator[tuple[int, subprocess.Popen]]:
-    """nginx with docs/nginx-cvmfs.conf serving ``serve_root/<fqrn>/`` at ``/cvmfs/<fqrn>/``."""
-    if not os.access(NGINX, os.X_OK):
-        raise RuntimeError(f"{NGINX} not found: install the Debian package nginx-light")
-    tmp = Path(tempfile.mkdtemp(prefix="pycvmfs-bench-nginx-"))
-    try:
-        port = _free_port()
-        site = NGINX_SITE.read_text().replace("listen 80;", f"listen 127.0.0.1:{port};")
-        site = site.replace("alias /srv/cvmfs/;", f"alias {serve_root}/;")
-        (tmp / "cvmfs.conf").write_text(site)
-        user = "user root root;\n" if os.geteuid() == 0 else ""
-        (tmp / "nginx.conf").write_text(NGINX_MAIN.format(user=user, dir=tmp, workers=workers))
-        proc = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"),
-                                 "-e", str(tmp / "error.log")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_listening(port, proc, "nginx")
-            yield port, proc
-        finally:
-            _stop(proc)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def nginx_benchmarked(serve_root: Path, workers: int) -> Iterator[WebServer]:
+    """nginx with docs/nginx-cvmfs.conf and ``workers`` workers, tuned for load, serving
+    ``serve_root/<fqrn>/`` at ``/cvmfs/<fqrn>/``."""
+    # workers as root: the storage (by default the golden fixture) may not be world-readable
+    with nginx_server(serve_root, workers=workers, benchmark=True,
+                      user=("root", "root")) as server:
+        yield server
 
 
 @contextlib.contextmanager
-def pycvmfs_server(serve_root: Path, workers: int) -> Iterator[tuple[int, subprocess.Popen]]:
+def pycvmfs_server(serve_root: Path, workers: int) -> Iterator[WebServer]:
     """``pycvmfs serve`` on the repositories below ``serve_root``."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pycvmfs.cli.main", "serve", str(serve_root),
                              "--port", str(port), "--workers", str(workers)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_listening(port, proc, "pycvmfs serve")
-        yield port, proc
+        wait_for_port(port, proc, "pycvmfs serve", limit=20)
+        yield WebServer(port, proc)
     finally:
-        _stop(proc)
+        stop_process(proc, timeout=15)
 
 
 def object_paths(storage_dir: Path) -> list[str]:
@@ -224,11 +156,11 @@ def compare_serve(storage_dir: Path, fqrn: str, seconds: float, *,
         runs: dict[int, dict] = {}
         for w in workers:
             run: dict[str, dict] = {}
-            for name, starter in (("nginx", nginx_server), ("pycvmfs", pycvmfs_server)):
-                with starter(serve_root, w) as (port, proc):
-                    run_wrk(port, url_list, script, 1, connections)  # warm up
-                    run[name] = run_wrk(port, url_list, script, seconds, connections,
-                                        pid=proc.pid)
+            for name, starter in (("nginx", nginx_benchmarked), ("pycvmfs", pycvmfs_server)):
+                with starter(serve_root, w) as server:
+                    run_wrk(server.port, url_list, script, 1, connections)  # warm up
+                    run[name] = run_wrk(server.port, url_list, script, seconds, connections,
+                                        pid=server.proc.pid)
             n, p = run["nginx"], run["pycvmfs"]
             runs[w] = {**run, "ratio": p["requests_per_s"] / n["requests_per_s"],
                        "ratio_per_cpu_s": (p["requests_per_cpu_s"] / n["requests_per_cpu_s"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,12 +11,10 @@ import pytest
 
 from pycvmfs.server.http import RepositoryServer
 
-FUSE_OK = os.path.exists("/dev/fuse") and os.geteuid() == 0
-if not FUSE_OK and os.environ.get("CI"):
-    raise RuntimeError("CI needs /dev/fuse and root for the FUSE tests")
-pytestmark = pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and root")
+from helpers.fuse import mount, needs_fuse
 
-CLI = [sys.executable, "-m", "pycvmfs.cli.main"]
+pytestmark = needs_fuse
+
 FQRN = "nested.example.org"
 N_NESTED = 12
 
@@ -47,15 +44,9 @@ def nested_mount(tmp_path):
             txn.add_file(f"/d{i:02d}/file.txt", f"file {i}\n".encode())
             txn.add_file(f"/d{i:02d}/deep/.cvmfscatalog", b"")
             txn.add_file(f"/d{i:02d}/deep/more.txt", f"more {i}\n".encode() * 100)
-    mp = tmp_path / "mnt"
-    mp.mkdir()
     with RepositoryServer({FQRN: pub.config.storage}) as srv:
-        res = subprocess.run([*CLI, "mount", FQRN, str(mp), "--server-url",
-                              srv.repository_url(FQRN), "-k", str(pub.config.key_path("pub")),
-                              "--cache-dir", str(tmp_path / "cache"),
-                              "--log-file", str(tmp_path / "mount.log")],
-                             capture_output=True, text=True, check=False)
-        assert res.returncode == 0, res.stderr
+        mp = mount(FQRN, tmp_path / "mnt", srv.repository_url(FQRN), pub.config.key_path("pub"),
+                   tmp_path / "cache", log_file=tmp_path / "mount.log")
         try:
             yield mp
         finally:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,12 +12,10 @@ import pytest
 
 from pycvmfs.server.http import RepositoryServer
 
-FUSE_OK = os.path.exists("/dev/fuse") and os.geteuid() == 0
-if not FUSE_OK and os.environ.get("CI"):
-    raise RuntimeError("CI needs /dev/fuse and root for the FUSE tests")
-pytestmark = pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and root")
+from helpers.fuse import CLI, mount, needs_fuse
+from helpers.mount_walk import assert_matches_expected, walk_mount
 
-CLI = [sys.executable, "-m", "pycvmfs.cli.main"]
+pytestmark = needs_fuse
 
 
 def _run(*args, env=None, check=True):
@@ -32,17 +28,13 @@ def mounter(tmp_path):
     """``mount(fqrn, url, key, *opts)`` -> mount point; everything is unmounted at teardown."""
     mounted = []
 
-    def mount(fqrn: str, url: str, key, *opts: str) -> Path:
-        mp = tmp_path / f"mnt{len(mounted)}"
-        mp.mkdir()
-        res = _run("mount", fqrn, str(mp), "--server-url", url, "-k", str(key), "--cache-dir",
-                   str(tmp_path / f"cache{len(mounted)}"), "--log-file",
-                   str(tmp_path / f"mount{len(mounted)}.log"), *opts, check=False)
-        assert res.returncode == 0, res.stderr
-        mounted.append(mp)
-        return mp
+    def mount_next(fqrn: str, url: str, key, *opts: str) -> Path:
+        n = len(mounted)
+        mounted.append(mount(fqrn, tmp_path / f"mnt{n}", url, key, tmp_path / f"cache{n}", *opts,
+                             log_file=tmp_path / f"mount{n}.log"))
+        return mounted[-1]
 
-    yield mount
+    yield mount_next
     for mp in mounted:
         if os.path.ismount(mp):
             subprocess.run(["fusermount3", "-u", str(mp)], check=False)
@@ -54,48 +46,11 @@ def golden_http(golden_repo):
         yield srv.repository_url("golden.example.org")
 
 
-def _walk(root: Path) -> dict[str, dict]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = os.lstat(p)
-            rel = str(p.relative_to(root))
-            e = {"mode": f"{stat.S_IMODE(st.st_mode):o}", "mtime": int(st.st_mtime)}
-            if stat.S_ISLNK(st.st_mode):
-                e.update(type="symlink", target=os.readlink(p), size=st.st_size)
-            elif stat.S_ISDIR(st.st_mode):
-                e["type"] = "dir"
-            else:
-                data = p.read_bytes()
-                e.update(type="file", size=st.st_size, sha1=hashlib.sha1(data).hexdigest(),
-                         nlink=st.st_nlink)
-                xa = {k: os.getxattr(p, k).hex() for k in os.listxattr(p)
-                      if k.startswith("user.") and k in ("user.comment", "user.empty",
-                                                         "user.binary")}
-                if xa:
-                    e["xattrs_hex"] = xa
-                assert len(data) == st.st_size
-            out[rel] = e
-    return out
-
-
 @pytest.mark.parametrize(("opts", "tree"), [((), "rev2"), (("--tag", "v1"), "rev1")])
 def test_every_path_of_the_golden_repository_through_the_mount(mounter, golden_http, golden_keys,
                                                                 golden_expected, opts, tree):
     mp = mounter("golden.example.org", golden_http, golden_keys, *opts)
-    got = _walk(mp)
-    expected = golden_expected["trees"][tree]["entries"]
-    assert sorted(got) == sorted(expected)
-    for path, exp in expected.items():
-        g = got[path]
-        assert (g["type"], g["mode"], g["mtime"]) == (exp["type"], exp["mode"], exp["mtime"]), path
-        if exp["type"] == "file":
-            assert (g["size"], g["sha1"]) == (exp["size"], exp["sha1"]), path
-            assert g["nlink"] == exp["published_nlink"], path
-            assert g.get("xattrs_hex", {}) == exp.get("xattrs_hex", {}), path
-        if exp["type"] == "symlink":
-            assert (g["target"], g["size"]) == (exp["target"], exp["size"]), path
+    assert_matches_expected(walk_mount(mp), golden_expected["trees"][tree]["entries"])
     assert os.getxattr(mp, "user.fqrn") == b"golden.example.org"
     rev = b"3" if tree == "rev2" else b"2"
     assert os.getxattr(mp, "user.revision") == rev

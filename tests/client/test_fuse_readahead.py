@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -15,12 +14,10 @@ from pycvmfs.client.cache import ObjectCache
 from pycvmfs.format.hashes import ContentHash
 from pycvmfs.server.http import RepositoryServer
 
-FUSE_OK = os.path.exists("/dev/fuse") and os.geteuid() == 0
-if not FUSE_OK and os.environ.get("CI"):
-    raise RuntimeError("CI needs /dev/fuse and root for the FUSE tests")
-pytestmark = pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and root")
+from helpers.fuse import mount, needs_fuse
 
-CLI = [sys.executable, "-m", "pycvmfs.cli.main"]
+pytestmark = needs_fuse
+
 FQRN = "golden.example.org"
 
 
@@ -30,20 +27,15 @@ def golden_mount(golden_repo, golden_keys, tmp_path):
     mounted = []
     with RepositoryServer({FQRN: golden_repo}) as srv:
 
-        def mount(*opts: str):
-            mp = tmp_path / f"mnt{len(mounted)}"
-            cache = tmp_path / f"cache{len(mounted)}"
-            mp.mkdir()
-            res = subprocess.run([*CLI, "mount", FQRN, str(mp), "--server-url",
-                                  srv.repository_url(FQRN), "-k", str(golden_keys),
-                                  "--cache-dir", str(cache), *opts],
-                                 capture_output=True, text=True, check=False)
-            assert res.returncode == 0, res.stderr
-            mounted.append(mp)
-            return mp, ObjectCache(cache)
+        def mount_next(*opts: str):
+            n = len(mounted)
+            cache = tmp_path / f"cache{n}"
+            mounted.append(mount(FQRN, tmp_path / f"mnt{n}", srv.repository_url(FQRN),
+                                 golden_keys, cache, *opts))
+            return mounted[-1], ObjectCache(cache)
 
         try:
-            yield mount
+            yield mount_next
         finally:
             for mp in mounted:
                 subprocess.run(["fusermount3", "-u", str(mp)], check=False)

@@ -11,9 +11,7 @@ import os
 import random
 import signal
 import sqlite3
-import stat
 import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -30,14 +28,10 @@ from pycvmfs.publish.config import ServerSettings
 from pycvmfs.publish.repository import Publisher
 from pycvmfs.server.http import RepositoryServer
 
+from helpers.fuse import CLI, needs_fuse
+from helpers.mount_walk import assert_matches_expected, walk_mount
 from helpers.squid import Squid
 
-FUSE_OK = os.path.exists("/dev/fuse") and os.geteuid() == 0
-if not FUSE_OK and os.environ.get("CI"):
-    raise RuntimeError("CI needs /dev/fuse and root for the FUSE tests")
-needs_fuse = pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and root")
-
-CLI = [sys.executable, "-m", "pycvmfs.cli.main"]
 GOLDEN = "golden.example.org"
 BIG = "big.example.org"
 MB = 1 << 20
@@ -125,29 +119,6 @@ def golden_origin(golden_repo: Path) -> Iterator[RepositoryServer]:
         yield srv
 
 
-def _check_golden_tree(mp: Path, entries: dict) -> None:
-    """Every path of the mount against expected.json: names, types, modes, sizes, contents."""
-    seen = set()
-    for dirpath, dirnames, filenames in os.walk(mp):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(mp))
-            seen.add(rel)
-            exp = entries.get(rel)
-            assert exp is not None, f"{rel}: not in the repository"
-            st = os.lstat(p)
-            assert f"{stat.S_IMODE(st.st_mode):o}" == exp["mode"], rel
-            if exp["type"] == "file":
-                data = p.read_bytes()
-                assert (len(data), hashlib.sha1(data).hexdigest()) == (exp["size"],
-                                                                      exp["sha1"]), rel
-            elif exp["type"] == "symlink":
-                assert os.readlink(p) == exp["target"], rel
-            else:
-                assert stat.S_ISDIR(st.st_mode), rel
-    assert seen == set(entries)
-
-
 def _object_urls(squid: Squid, start: int, base: str) -> list[tuple[str, str]]:
     return [(code, url) for code, url in squid.log_lines()[start:]
             if url.startswith(f"{base}/data/")]
@@ -169,7 +140,7 @@ def test_mount_through_squid_is_served_from_its_cache_and_falls_back_to_direct_w
         mp = mounts.mount(GOLDEN, "mnt-squid1", "--cache-dir", str(tmp_path / "cache1"),
                           env={"PYCVMFS_CONFIG_DIR": str(etc)})
         assert os.getxattr(mp, "user.proxy").decode() == squid.url
-        _check_golden_tree(mp, entries)
+        assert_matches_expected(walk_mount(mp), entries)
         assert int(os.getxattr(mp, "user.nioerr")) == 0
         mounts.umount(mp)
         first = _object_urls(squid, 0, base)
@@ -182,7 +153,7 @@ def test_mount_through_squid_is_served_from_its_cache_and_falls_back_to_direct_w
         # a second mount with an empty cache: the same objects, now all from Squid's cache
         mp = mounts.mount(GOLDEN, "mnt-squid2", "--config-dir", str(etc),
                           "--cache-dir", str(tmp_path / "cache2"))
-        _check_golden_tree(mp, entries)
+        assert_matches_expected(walk_mount(mp), entries)
         mounts.umount(mp)
         second = _object_urls(squid, seen, base)
         assert {url for _, url in second} == {url for _, url in first}
@@ -195,7 +166,7 @@ def test_mount_through_squid_is_served_from_its_cache_and_falls_back_to_direct_w
                          "CVMFS_BACKOFF_INIT": "1", "CVMFS_BACKOFF_MAX": "1"})
         mp = mounts.mount(GOLDEN, "mnt-direct", "--config-dir", str(etc),
                           "--cache-dir", str(tmp_path / "cache3"))
-        _check_golden_tree(mp, entries)
+        assert_matches_expected(walk_mount(mp), entries)
         assert os.getxattr(mp, "user.proxy") == b"DIRECT"
         assert int(os.getxattr(mp, "user.nioerr")) >= 1  # the failed proxy was counted
         shown = json.loads(_cli("status", str(mp), "--json").stdout)
@@ -255,6 +226,15 @@ def _big_config(etc: Path, repo: BigRepository, cache_base: Path) -> Path:
     return _config(etc, CVMFS_SERVER_URL=repo.url.rsplit("/", 1)[0] + "/@fqrn@",
                    CVMFS_PUBLIC_KEY=str(repo.key), CVMFS_HTTP_PROXY="DIRECT",
                    CVMFS_QUOTA_LIMIT=str(QUOTA_MB), CVMFS_CACHE_BASE=str(cache_base))
+
+
+def _mount_big(repo: BigRepository, mounts: Mounts, tmp_path: Path,
+               *names: str) -> tuple[Path, Path, list[Path]]:
+    """``repo`` mounted at each of ``names``, all on one cache under the quota: (configuration
+    directory, shared cache directory, mount points)."""
+    etc = _big_config(tmp_path / "etc", repo, tmp_path / "cache")
+    return etc, tmp_path / "cache" / "shared", [mounts.mount(BIG, name, "--config-dir", str(etc))
+                                                for name in names]
 
 
 def _objects_on_disk(cache: Path) -> dict[str, int]:
@@ -339,9 +319,7 @@ def _check_cache(cache: Path, storage: Path, limit: int) -> dict:
 @needs_fuse
 def test_a_20_mb_quota_holds_while_reading_100_mb_through_the_mount(
         big_repo: BigRepository, mounts: Mounts, tmp_path: Path) -> None:
-    etc = _big_config(tmp_path / "etc", big_repo, tmp_path / "cache")
-    cache = tmp_path / "cache" / "shared"
-    mp = mounts.mount(BIG, "mnt", "--config-dir", str(etc))
+    _etc, cache, [mp] = _mount_big(big_repo, mounts, tmp_path, "mnt")
     names = sorted(big_repo.files)
     random.Random(1).shuffle(names)  # chunked and whole files interleaved
     with DiskWatch(cache) as watch:
@@ -389,10 +367,7 @@ def _join(threads: list[threading.Thread], limit: float = 300) -> None:
 @needs_fuse
 def test_two_mounts_share_one_cache_under_a_quota_while_reading_at_once(
         big_repo: BigRepository, mounts: Mounts, tmp_path: Path) -> None:
-    etc = _big_config(tmp_path / "etc", big_repo, tmp_path / "cache")
-    cache = tmp_path / "cache" / "shared"
-    a = mounts.mount(BIG, "mnt-a", "--config-dir", str(etc))
-    b = mounts.mount(BIG, "mnt-b", "--config-dir", str(etc))
+    _etc, cache, [a, b] = _mount_big(big_repo, mounts, tmp_path, "mnt-a", "mnt-b")
     assert os.getxattr(a, "user.pid") != os.getxattr(b, "user.pid")
     names = sorted(big_repo.files)
     rng = random.Random(2)
@@ -416,10 +391,7 @@ def test_two_mounts_share_one_cache_under_a_quota_while_reading_at_once(
 @needs_fuse
 def test_a_mount_killed_mid_read_leaves_the_other_reading_and_the_cache_usable(
         big_repo: BigRepository, mounts: Mounts, tmp_path: Path) -> None:
-    etc = _big_config(tmp_path / "etc", big_repo, tmp_path / "cache")
-    cache = tmp_path / "cache" / "shared"
-    a = mounts.mount(BIG, "mnt-a", "--config-dir", str(etc))
-    b = mounts.mount(BIG, "mnt-b", "--config-dir", str(etc))
+    etc, cache, [a, b] = _mount_big(big_repo, mounts, tmp_path, "mnt-a", "mnt-b")
     victim = int(os.getxattr(a, "user.pid"))
     names = sorted(big_repo.files)
     a_errors: list = []

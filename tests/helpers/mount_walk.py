@@ -29,6 +29,7 @@ def walk_mount(root: Path) -> dict[str, dict]:
                 xa = {k: os.getxattr(p, k).hex() for k in os.listxattr(p) if k in _XATTRS}
                 if xa:
                     e["xattrs_hex"] = xa
+                assert len(data) == st.st_size, p
             out[str(p.relative_to(root))] = e
     return out
 

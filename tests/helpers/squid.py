@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from helpers.daemons import free_port, require_binary
+from helpers.daemons import free_port, require_binary, stop_process, wait_for_port
 
 SQUID = "/usr/sbin/squid"
 
@@ -36,23 +34,6 @@ http_access deny all
 """
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, log: Path,
-                  limit: float = 15.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} at start-up:\n"
-                               + (log.read_text() if log.exists() else ""))
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {limit} s:\n"
-                       + (log.read_text() if log.exists() else ""))
-
-
 class Squid:
     """A Squid process in the foreground (``-N``) with its config, logs and pid in a temp dir."""
 
@@ -74,7 +55,7 @@ class Squid:
         self.proc = subprocess.Popen([SQUID, "-N", "-f", str(self.conf)],
                                      stdout=self._stderr, stderr=self._stderr)
         try:
-            wait_for_port(self.port, self.proc, "squid", self.dir / "cache.log")
+            wait_for_port(self.port, self.proc, "squid", [self.dir / "cache.log"])
         except BaseException:
             self.stop()
             raise
@@ -92,13 +73,7 @@ class Squid:
 
     def stop(self, *, kill: bool = False) -> None:
         """Shut Squid down (SIGTERM, about 2 s), or kill it at once like a crashed proxy."""
-        if self.proc.poll() is None:
-            self.proc.kill() if kill else self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, kill=kill)
         self._stderr.close()
 
     def remove(self) -> None:

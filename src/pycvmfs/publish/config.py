@@ -13,7 +13,9 @@ from pycvmfs.format.chunking import ChunkingParams
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm
 
-__all__ = ["RepositoryConfig", "ServerSettings", "default_config_dir", "parse_conf", "write_conf"]
+__all__ = ["UPSTREAM_FORMS", "RepositoryConfig", "RepositoryDirs", "ServerSettings",
+           "default_config_dir",
+           "local_storage", "local_upstream", "parse_bool", "parse_conf", "write_conf"]
 
 _FQRN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.[A-Za-z0-9_.-]*[A-Za-z0-9]$")
 
@@ -64,13 +66,45 @@ def write_conf(path: Path, values: dict[str, str], header: str) -> None:
     os.replace(tmp, path)
 
 
-def _bool(value: str, key: str) -> bool:
+def parse_bool(value: str, key: str) -> bool:
+    """A boolean setting as the stock tools accept it (true/yes/on/1, false/no/off/0/empty)."""
     v = value.strip().lower()
     if v in ("true", "yes", "on", "1"):
         return True
     if v in ("false", "no", "off", "0", ""):
         return False
     raise ConfigError(f"{key}={value!r} is not a boolean (true/false)")
+
+
+def local_upstream(storage: str | os.PathLike[str]) -> str:
+    """The ``CVMFS_UPSTREAM_STORAGE`` value of a storage directory, as stock writes it."""
+    return f"local,{os.fspath(storage)}/data/txn,{os.fspath(storage)}"
+
+
+def local_storage(upstream: str) -> Path | None:
+    """The storage directory of a ``local,<tmp dir>,<storage dir>`` upstream, else None."""
+    parts = upstream.split(",")
+    return Path(parts[2]) if len(parts) == 3 and parts[0] == "local" else None
+
+
+#: What ``CVMFS_UPSTREAM_STORAGE`` may hold, for error messages.
+UPSTREAM_FORMS = "expected local,<tmp dir>,<storage dir> or S3,<tmp dir>,<alias>@<s3.conf>"
+
+
+class RepositoryDirs:
+    """``<config_dir>/repositories.d/<fqrn>/`` and its ``server.conf``, for the configuration
+    dataclasses of a stratum 0 and of a stratum 1 (which define ``fqrn`` and ``config_dir``)."""
+
+    fqrn: str
+    config_dir: Path
+
+    @property
+    def repo_dir(self) -> Path:
+        return self.config_dir / "repositories.d" / self.fqrn
+
+    @property
+    def server_conf(self) -> Path:
+        return self.repo_dir / "server.conf"
 
 
 def _int(value: str, key: str) -> int:
@@ -143,7 +177,7 @@ class ServerSettings:
             elif attr == "compression":
                 setattr(s, attr, Compression.from_config_name(value))
             elif isinstance(current, bool):
-                setattr(s, attr, _bool(value, var))
+                setattr(s, attr, parse_bool(value, var))
             else:
                 setattr(s, attr, _int(value, var))
         sizes = [conf.get(k) for k in ("CVMFS_MIN_CHUNK_SIZE", "CVMFS_AVG_CHUNK_SIZE",
@@ -191,7 +225,7 @@ class ServerSettings:
 
 
 @dataclass
-class RepositoryConfig:
+class RepositoryConfig(RepositoryDirs):
     """Where one repository's configuration, keys, state and storage live.
 
     ``<config_dir>/repositories.d/<fqrn>/server.conf`` holds the settings (and
@@ -207,14 +241,6 @@ class RepositoryConfig:
     storage: Path
     settings: ServerSettings
     upstream: str | None = None  # an S3 CVMFS_UPSTREAM_STORAGE; None: local storage
-
-    @property
-    def repo_dir(self) -> Path:
-        return self.config_dir / "repositories.d" / self.fqrn
-
-    @property
-    def server_conf(self) -> Path:
-        return self.repo_dir / "server.conf"
 
     @property
     def keys_dir(self) -> Path:
@@ -253,18 +279,17 @@ class RepositoryConfig:
 
             spool, _alias, _conf = parse_s3_upstream(upstream)
             return cls(fqrn, config_dir, Path(spool), settings, upstream)
-        parts = upstream.split(",")
-        if len(parts) != 3 or parts[0] != "local":
+        storage = local_storage(upstream)
+        if storage is None:
             raise ConfigError(f"{conf_path}: CVMFS_UPSTREAM_STORAGE={upstream!r} "
-                              "(expected local,<tmp dir>,<storage dir> or "
-                              "S3,<tmp dir>,<alias>@<s3.conf>)")
-        return cls(fqrn, config_dir, Path(parts[2]), settings)
+                              f"({UPSTREAM_FORMS})")
+        return cls(fqrn, config_dir, storage, settings)
 
     def save(self) -> None:
         self.repo_dir.mkdir(parents=True, exist_ok=True)
         values = {"CVMFS_REPOSITORY_NAME": self.fqrn, "CVMFS_REPOSITORY_TYPE": "stratum0",
                   "CVMFS_UPSTREAM_STORAGE": self.upstream
-                  or f"local,{self.storage}/data/txn,{self.storage}"}
+                  or local_upstream(self.storage)}
         values.update(self.settings.to_conf())
         write_conf(self.server_conf, values,
                    f"pycvmfs server configuration of {self.fqrn} (CernVM-FS variable names)")

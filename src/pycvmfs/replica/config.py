@@ -7,21 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pycvmfs.errors import ConfigError
-from pycvmfs.publish.config import check_fqrn, default_config_dir, parse_conf, write_conf
+from pycvmfs.publish.config import (
+    UPSTREAM_FORMS,
+    RepositoryDirs,
+    check_fqrn,
+    default_config_dir,
+    local_storage,
+    local_upstream,
+    parse_bool,
+    parse_conf,
+    write_conf,
+)
 from pycvmfs.storage.base import ObjectStore, Source
 
 __all__ = ["DEFAULT_WORKERS", "ReplicaConfig", "local_upstream"]
 
 DEFAULT_WORKERS = 16
-
-
-def _bool(value: str, key: str) -> bool:
-    v = value.strip().lower()
-    if v in ("true", "yes", "on", "1"):
-        return True
-    if v in ("false", "no", "off", "0", ""):
-        return False
-    raise ConfigError(f"{key}={value!r} is not a boolean (true/false)")
 
 
 def _number(value: str, key: str, kind: type = int) -> float:
@@ -36,14 +37,8 @@ def _number(value: str, key: str, kind: type = int) -> float:
     return n
 
 
-def local_upstream(storage: str | os.PathLike[str]) -> str:
-    """The ``CVMFS_UPSTREAM_STORAGE`` value of a storage directory, as stock writes it."""
-    path = Path(os.path.abspath(os.fspath(storage)))
-    return f"local,{path}/data/txn,{path}"
-
-
 @dataclass
-class ReplicaConfig:
+class ReplicaConfig(RepositoryDirs):
     """Where one replica's settings and state live, and what it replicates.
 
     ``<config_dir>/repositories.d/<fqrn>/server.conf`` holds ``CVMFS_REPOSITORY_NAME``,
@@ -69,14 +64,6 @@ class ReplicaConfig:
     all_tags: bool = False
 
     @property
-    def repo_dir(self) -> Path:
-        return self.config_dir / "repositories.d" / self.fqrn
-
-    @property
-    def server_conf(self) -> Path:
-        return self.repo_dir / "server.conf"
-
-    @property
     def replica_conf(self) -> Path:
         return self.repo_dir / "replica.conf"
 
@@ -88,8 +75,7 @@ class ReplicaConfig:
     @property
     def storage_dir(self) -> Path | None:
         """The storage directory of a ``local`` upstream, else None."""
-        parts = self.upstream.split(",")
-        return Path(parts[2]) if len(parts) == 3 and parts[0] == "local" else None
+        return local_storage(self.upstream)
 
     def open_storage(self) -> ObjectStore:
         """The replica's storage: a directory (created with ``data/00``…``data/ff``) or S3."""
@@ -105,7 +91,7 @@ class ReplicaConfig:
 
             return open_store(self.upstream)
         raise ConfigError(f"{self.server_conf}: CVMFS_UPSTREAM_STORAGE={self.upstream!r} "
-                          "(expected local,<tmp dir>,<storage dir> or S3,<tmp>,<alias>@<conf>)")
+                          f"({UPSTREAM_FORMS})")
 
     def open_source(self) -> Source:
         """The stratum 0 (HTTP with this replica's timeout, retries, proxy and pool size)."""
@@ -149,7 +135,7 @@ class ReplicaConfig:
                                   float)),
             retries=int(_number(conf.get("CVMFS_HTTP_RETRIES", "3"), "CVMFS_HTTP_RETRIES")),
             proxy=conf.get("CVMFS_HTTP_PROXY") or "DIRECT",
-            all_tags=_bool(conf.get("PYCVMFS_SNAPSHOT_ALL_TAGS", "false"),
+            all_tags=parse_bool(conf.get("PYCVMFS_SNAPSHOT_ALL_TAGS", "false"),
                            "PYCVMFS_SNAPSHOT_ALL_TAGS"))
 
     def save(self, *, overwrite: bool = False) -> None:
@@ -193,7 +179,8 @@ class ReplicaConfig:
             if not os.path.exists(k):
                 raise ConfigError(f"{k}: no such public key file or directory")
             keys.append(os.path.abspath(k))
-        upstream = storage if storage.startswith("S3,") else local_upstream(storage)
+        upstream = (storage if storage.startswith("S3,")
+                    else local_upstream(os.path.abspath(storage)))
         base = Path(config_dir) if config_dir else default_config_dir()
         cfg = cls(fqrn=fqrn, config_dir=base, stratum0=stratum0.strip().rstrip("/"),
                   public_keys=keys, upstream=upstream)
