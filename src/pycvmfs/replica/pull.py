@@ -18,7 +18,10 @@ from pycvmfs.format.catalog import Catalog
 from pycvmfs.format.compression import Compression, Inflater
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
 from pycvmfs.format.sqlite import open_database
+from pycvmfs.replica.copying import BufferedObject, VerifyingReader
 from pycvmfs.storage.base import ObjectStore, Source
+from pycvmfs.storage.batch import BatchFetcher
+from pycvmfs.storage.http import HttpSource
 from pycvmfs.storage.objects import download_verified
 
 __all__ = ["Progress", "PullStats", "Puller"]
@@ -73,50 +76,6 @@ class _Node:
         self.db_users = 0  # the walker reads the database as a baseline
 
 
-class _VerifyingReader:
-    """A read-only stream over a body's blocks that fails at its end if the hash is wrong, so
-    that an atomic ``put_file`` never keeps bad bytes."""
-
-    def __init__(self, blocks: Iterator[bytes], h: ContentHash, what: str) -> None:
-        self._blocks = blocks
-        self._hasher = h.algorithm.new()
-        self._hash = h
-        self._what = what
-        self._buf = b""
-        self.eof = False  # the end was reached and the hash matched
-        self.error: HashMismatchError | None = None
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def _next(self) -> bytes:
-        for block in self._blocks:
-            if block:
-                self._hasher.update(block)
-                self.count += len(block)
-                return block
-        if not self.eof:
-            actual = ContentHash(self._hash.algorithm, self._hasher.digest())
-            if actual != self._hash:
-                self.error = HashMismatchError(self._what, str(self._hash), str(actual))
-                raise self.error
-            self.eof = True
-        return b""
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            parts = [self._buf]
-            while block := self._next():
-                parts.append(block)
-            self._buf = b""
-            return b"".join(parts)
-        if not self._buf:
-            self._buf = self._next()
-        out, self._buf = self._buf[:size], self._buf[size:]
-        return out
-
-
 class Puller:
     """Copies catalog trees from ``source`` to ``dest`` with ``workers`` parallel fetchers.
 
@@ -138,6 +97,10 @@ class Puller:
         self.stats = PullStats()
         self._workers = max(1, workers)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="pycvmfs-pull")
+        # over HTTP, objects travel through libcurl's multi interface (C-level I/O, one thread);
+        # the pool then only walks catalogs and retries what that fast path could not fetch
+        self._batch = (BatchFetcher(source, parallel=self._workers, on_error=self._fail)
+                       if isinstance(source, HttpSource) else None)
         self._slots = threading.BoundedSemaphore(self._workers * 4)
         self._lock = threading.Lock()
         self._objects: dict[str, str | list[_Node]] = {}
@@ -159,6 +122,8 @@ class Puller:
 
     def wait(self) -> None:
         """Wait for every scheduled copy; raise the first error."""
+        if self._batch is not None:
+            self._batch.close()  # its failures are retried in the pool: close that after
         self._pool.shutdown(wait=True)
         self._report(force=True)
         if self._error is not None:
@@ -174,6 +139,8 @@ class Puller:
         with self._lock:
             if self._error is None:
                 self._error = CvmfsError("pull cancelled")
+        if self._batch is not None:
+            self._batch.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         for p in self.tmp.glob("pull.*"):
             p.unlink(missing_ok=True)
@@ -365,10 +332,38 @@ class Puller:
                 self._scheduled += 1
             self._slots.acquire()
             try:
-                self._pool.submit(self._object_task, h, kind, name)
+                if self._batch is not None and not self.dest.exists(h.object_path(kind)):
+                    self._batch.submit(BufferedObject(h, kind, self.tmp, self._batch_done))
+                else:
+                    self._pool.submit(self._object_task, h, kind, name)
             except BaseException:
                 self._slots.release()
                 raise
+
+    def _batch_done(self, obj: BufferedObject, error: str | None) -> None:
+        """A fast-path transfer ended (driver thread): verified bytes are stored right here (one
+        writer: parallel file creation in one storage only adds lock contention), anything
+        else is fetched again in the pool through ``source.fetch`` with its fail-over and
+        no-cache rules."""
+        if self._error is None and error is None and obj.verified():
+            ok = False
+            try:
+                obj.store(self.dest)
+                with self._lock:
+                    self.stats.objects_fetched += 1
+                    self.stats.bytes_fetched += obj.size
+                ok = True
+            except BaseException as e:
+                self._fail(e)
+            finally:
+                obj.discard()
+                self._object_done(obj.name, ok=ok)
+            return
+        obj.discard()
+        if self._error is not None:
+            self._object_done(obj.name, ok=False)
+        else:
+            self._pool.submit(self._object_task, obj.h, obj.kind, obj.name)
 
     def _object_task(self, h: ContentHash, kind: ObjectKind, name: str) -> None:
         ok = False
@@ -387,21 +382,24 @@ class Puller:
         except BaseException as e:
             self._fail(e)
         finally:
-            self._slots.release()
-            with self._lock:
-                waiters = self._objects[name]
-                self._objects[name] = _DONE if ok else _FAILED
-                self._finished += 1
-            assert isinstance(waiters, list)
-            for n in waiters:
-                self._release(n, ok=ok)
-            self._report()
+            self._object_done(name, ok=ok)
+
+    def _object_done(self, name: str, *, ok: bool) -> None:
+        self._slots.release()
+        with self._lock:
+            waiters = self._objects[name]
+            self._objects[name] = _DONE if ok else _FAILED
+            self._finished += 1
+        assert isinstance(waiters, list)
+        for n in waiters:
+            self._release(n, ok=ok)
+        self._report()
 
     def _copy(self, h: ContentHash, kind: ObjectKind, relpath: str) -> int:
         what = self._what(h, kind)
 
         def consume(blocks: Iterator[bytes]) -> int:
-            reader = _VerifyingReader(blocks, h, what)
+            reader = VerifyingReader(blocks, h, what)
             try:
                 self.dest.put_file(relpath, reader)  # type: ignore[arg-type]
             except BaseException:

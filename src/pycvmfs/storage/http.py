@@ -140,6 +140,7 @@ class HttpSource:
         self._proxy_reset_after = proxy_reset_after
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
+        self.user_agent = user_agent
         self._headers = {"Connection": "keep-alive", "User-Agent": user_agent}
         self._pools = {p: self._make_pool(p, pool_size) for g in self._groups for p in g}
         self._lock = threading.Lock()
@@ -210,6 +211,15 @@ class HttpSource:
         with self._lock:
             return dict(self._stats)
 
+    def timeout_for(self, proxy: str) -> float:
+        """The connect/read timeout in seconds for requests through ``proxy`` (or DIRECT)."""
+        t = self._timeout_direct if proxy == DIRECT else self._timeout
+        return float(t.connect_timeout)  # type: ignore[arg-type]
+
+    def count_request(self) -> None:
+        """Count a request made on this source's behalf (by a batch fetcher)."""
+        self._count("requests")
+
     def _count(self, key: str) -> None:
         with self._lock:
             self._stats[key] += 1
@@ -254,7 +264,7 @@ class HttpSource:
 
     def fetch(self, relpath: str, consume: Consumer[T], *, what: str, fresh: bool = False) -> T:
         """GET ``<server>/<relpath>`` and stream the body into ``consume``; see the class doc."""
-        path = quote(check_relpath(relpath), safe="/-._~,:@+=")
+        path = quote_relpath(relpath)
         with self._lock:
             self._maybe_reset()
             start = self._server
@@ -393,6 +403,11 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, urllib3.exceptions.ProtocolError):
         return f"protocol error: {e}"
     return f"{type(e).__name__}: {e}"
+
+
+def quote_relpath(relpath: str) -> str:
+    """``relpath`` checked (no ``..``, no absolute path) and percent-encoded for a URL."""
+    return quote(check_relpath(relpath), safe="/-._~,:@+=")
 
 
 def _check_url(url: str) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
-import tempfile
+import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -64,6 +66,8 @@ class LocalStorage:
         self._prefix = self._root.rstrip("/") + "/"
         self._txn = os.path.join(self._root, TXN_DIR)
         self._fsync = fsync
+        self._folders: dict[str, str] = {}  # lexical folder -> its real path, checked inside
+        self._names = itertools.count()
 
     def __repr__(self) -> str:
         return f"LocalStorage({self._root!r})"
@@ -89,13 +93,21 @@ class LocalStorage:
         return real
 
     def _write_path(self, relpath: str) -> str:
-        """The path of ``relpath`` with its folder resolved; the folder must stay below root."""
+        """The path of ``relpath`` with its folder resolved; the folder must stay below root.
+
+        Folders are resolved once per store (a storage has a few hundred: ``data/XX``); the
+        file name itself is never followed when writing (rename replaces a symlink).
+        """
         lexical = self._prefix + check_relpath(relpath)
         folder, name = os.path.split(lexical)
-        real = os.path.realpath(folder)
-        if not self._inside(real):
-            raise ConfigError(f"{lexical}: its folder resolves to {real}, outside the storage "
-                              f"root {self._root}")
+        real = self._folders.get(folder)
+        if real is None:
+            real = os.path.realpath(folder)
+            if not self._inside(real):
+                raise ConfigError(f"{lexical}: its folder resolves to {real}, outside the "
+                                  f"storage root {self._root}")
+            if len(self._folders) < 4096:
+                self._folders[folder] = real
         return os.path.join(real, name)
 
     # -- Source ------------------------------------------------------------------------------
@@ -131,7 +143,20 @@ class LocalStorage:
 
         A path that resolves outside the root counts as absent.
         """
-        real = os.path.realpath(self._prefix + check_relpath(relpath))
+        check_relpath(relpath)  # bad syntax is an error, not an absent file
+        try:
+            path = self._write_path(relpath)
+        except ConfigError:  # its folder resolves outside the root
+            return False
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if stat.S_ISREG(st.st_mode):
+            return True
+        if not stat.S_ISLNK(st.st_mode):
+            return False
+        real = os.path.realpath(path)
         return self._inside(real) and os.path.isfile(real)
 
     def put_bytes(self, relpath: str, data: bytes) -> None:
@@ -140,20 +165,27 @@ class LocalStorage:
     def put_file(self, relpath: str, src: BinaryIO) -> None:
         self._put(relpath, lambda f: shutil.copyfileobj(src, f, BLOCK_SIZE))
 
-    def _put(self, relpath: str, write: Callable[[BinaryIO], object]) -> None:
-        dest = self._write_path(relpath)
+    def _temporary(self) -> tuple[int, str]:
+        """A new file in ``data/txn`` with a name unique to this process and thread."""
+        tmp = os.path.join(self._txn, f"put.{os.getpid()}.{threading.get_ident()}."
+                                      f"{next(self._names)}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd, tmp = tempfile.mkstemp(dir=self._txn, prefix="put.")
+            return os.open(tmp, flags, FILE_MODE), tmp
         except FileNotFoundError:
             os.makedirs(self._txn, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self._txn, prefix="put.")
+            return os.open(tmp, flags, FILE_MODE), tmp
+
+    def _put(self, relpath: str, write: Callable[[BinaryIO], object]) -> None:
+        dest = self._write_path(relpath)
+        fd, tmp = self._temporary()
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(fd, "wb", closefd=True) as f:
                 write(f)
                 f.flush()
-                os.fchmod(f.fileno(), FILE_MODE)
+                os.fchmod(fd, FILE_MODE)
                 if self._fsync:
-                    os.fsync(f.fileno())
+                    os.fsync(fd)
             try:
                 os.replace(tmp, dest)
             except FileNotFoundError:  # the folder (e.g. data/XX) does not exist yet

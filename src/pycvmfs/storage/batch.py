@@ -1,0 +1,159 @@
+"""BatchFetcher: many GETs at once over libcurl's multi interface, driven by one thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+import pycurl
+
+from pycvmfs.storage.http import DIRECT, HttpSource, quote_relpath
+
+__all__ = ["BatchFetcher", "Transfer"]
+
+#: libcurl hands over bodies in blocks of up to this size (``CURLOPT_BUFFERSIZE``).
+_BUFFER = 256 * 1024
+#: How long the driver waits on sockets before it looks at the queue of new transfers again.
+_SELECT = 0.005
+
+
+class Transfer(Protocol):
+    """One GET. ``write`` gets the body's blocks, then ``done`` once, in the driver thread.
+
+    ``done(None)`` means a 200 whose body arrived whole; otherwise the argument says what went
+    wrong (status, connection error, timeout) and the caller retries through the slow path
+    (:meth:`HttpSource.fetch`, which knows fail-over, no-cache retries and backoff).
+    """
+
+    relpath: str
+
+    def write(self, block: bytes) -> None: ...
+
+    def done(self, error: str | None) -> None: ...
+
+
+class BatchFetcher:
+    """Fetches from ``source``'s current server through its current proxy, ``parallel``
+    transfers at a time on keep-alive connections, with the HTTP work done in C.
+
+    :meth:`submit` is thread-safe and returns at once; ``Transfer.write``/``done`` run in the
+    driver thread, so they must be quick (hash, buffer, store). Only the first choice of server
+    and proxy is used here: a transfer that fails is reported to ``done`` with the reason, and
+    the caller falls back to ``source.fetch`` for it, which then also moves the source's
+    current server/proxy on for the transfers that follow.
+    """
+
+    def __init__(self, source: HttpSource, *, parallel: int = 16,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.source = source
+        self.parallel = max(1, parallel)
+        self._on_error = on_error
+        self._queue: queue.SimpleQueue[Transfer | None] = queue.SimpleQueue()
+        self._multi = pycurl.CurlMulti()
+        self._free = [self._easy() for _ in range(self.parallel)]
+        self._active: dict[pycurl.Curl, Transfer] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._drive, name="pycvmfs-batch", daemon=True)
+        self._thread.start()
+
+    def _easy(self) -> pycurl.Curl:
+        c = pycurl.Curl()
+        c.setopt(pycurl.NOSIGNAL, 1)
+        c.setopt(pycurl.FOLLOWLOCATION, 0)
+        c.setopt(pycurl.BUFFERSIZE, _BUFFER)
+        c.setopt(pycurl.HTTPHEADER, [f"User-Agent: {self.source.user_agent}",
+                                      "Connection: keep-alive"])
+        # libcurl's own proxy environment variables must not override CVMFS_HTTP_PROXY
+        c.setopt(pycurl.NOPROXY, "")
+        return c
+
+    def submit(self, transfer: Transfer) -> None:
+        if self._closed:
+            raise RuntimeError("BatchFetcher is closed")
+        self._queue.put(transfer)
+
+    def close(self) -> None:
+        """Finish what was submitted, then stop the driver thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+            for c in self._free:
+                c.close()
+            self._multi.close()
+
+    def __enter__(self) -> BatchFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the driver thread --------------------------------------------------------------------
+
+    def _start(self, t: Transfer) -> None:
+        c = self._free.pop()
+        base = self.source.current_url
+        proxy = self.source.current_proxy
+        timeout = self.source.timeout_for(proxy)
+        c.setopt(pycurl.URL, f"{base}/{quote_relpath(t.relpath)}")
+        c.setopt(pycurl.PROXY, "" if proxy == DIRECT else proxy)
+        c.setopt(pycurl.CONNECTTIMEOUT_MS, int(timeout * 1000))
+        # a read timeout as the stock client has it: less than 1 byte/s for that long
+        c.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        c.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeout)))
+        c.setopt(pycurl.WRITEFUNCTION, t.write)
+        self._active[c] = t
+        self._multi.add_handle(c)
+        self.source.count_request()
+
+    def _finish(self, c: pycurl.Curl, error: str | None) -> None:
+        t = self._active.pop(c)
+        self._multi.remove_handle(c)
+        if error is None:
+            status = c.getinfo(pycurl.RESPONSE_CODE)
+            if status != 200:
+                error = f"HTTP {status}"
+        c.setopt(pycurl.WRITEFUNCTION, _discard)  # drop the transfer's reference
+        self._free.append(c)
+        try:
+            t.done(error)
+        except BaseException as e:  # the caller's bookkeeping failed: report, keep driving
+            if self._on_error is None:
+                raise
+            self._on_error(e)
+
+    def _drive(self) -> None:
+        stopping = False
+        while not stopping or self._active:
+            # take new transfers while handles are free; block only when idle
+            while self._free and not stopping:
+                try:
+                    t = self._queue.get(block=not self._active, timeout=None)
+                except queue.Empty:
+                    break
+                if t is None:
+                    stopping = True
+                    break
+                self._start(t)
+            if not self._active:
+                continue
+            while True:
+                ret, _ = self._multi.perform()
+                if ret != pycurl.E_CALL_MULTI_PERFORM:
+                    break
+            while True:
+                left, ok, failed = self._multi.info_read()
+                for c in ok:
+                    self._finish(c, None)
+                for c, _code, message in failed:
+                    self._finish(c, message or "transfer failed")
+                if not left:
+                    break
+            if self._active and (not self._free or self._queue.empty()):
+                self._multi.select(_SELECT)
+
+
+def _discard(block: bytes) -> None:
+    return None
