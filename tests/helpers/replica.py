@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import threading
 import time
 from pathlib import Path
+
+from pycvmfs.client.repository import Repository
 
 GOLDEN_FQRN = "golden.example.org"
 SOURCE_FQRN = "source.example.org"
@@ -41,3 +44,25 @@ def data_files(root: Path) -> set[str]:
     """Relative paths of the objects below ``root/data`` (``data/txn`` excluded)."""
     return {str(p.relative_to(root)) for p in (root / "data").rglob("*")
             if p.is_file() and p.parent.name != "txn"}
+
+
+REVISIONS = [({}, "rev2"), ({"tag": "v1"}, "rev1"), ({"tag": "v2"}, "rev2")]
+
+
+def check_tree(repo: Repository, selector: dict, expected: dict) -> None:
+    """The revision ``selector`` of ``repo`` has exactly the ``expected`` entries of
+    ``expected.json`` (kinds, modes, mtimes, contents, xattrs, symlink targets)."""
+    with repo.open_revision(**selector) as view:
+        got = {s.path.lstrip("/"): s for _d, dirs, files in view.walk("/") for s in dirs + files}
+        assert sorted(got) == sorted(expected)
+        for path, exp in expected.items():
+            s = got[path]
+            assert (s.type, f"{s.permissions:o}", s.st_mtime) == (
+                exp["type"], exp["mode"], exp["mtime"]), path
+            if exp["type"] == "file":
+                data = view.read_bytes(path)
+                assert (len(data), hashlib.sha1(data).hexdigest()) == (exp["size"], exp["sha1"])
+                assert {k: v.hex() for k, v in view.xattrs(path).items()} == \
+                    exp.get("xattrs_hex", {}), path
+            elif exp["type"] == "symlink":
+                assert view.readlink(path) == exp["target"], path

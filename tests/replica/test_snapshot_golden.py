@@ -19,30 +19,10 @@ from pycvmfs.publish.lock import publish_lock
 from pycvmfs.server.http import RepositoryServer
 from pycvmfs.storage.local import LocalStorage
 
-from helpers.replica import GOLDEN_FQRN, data_files
+from helpers.replica import GOLDEN_FQRN, REVISIONS, check_tree, data_files
 
 DATE = re.compile(r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ 123][0-9] "
                   r"[0-2][0-9]:[0-5][0-9]:[0-5][0-9] UTC [0-9]{4}$")
-REVISIONS = [({}, "rev2"), ({"tag": "v1"}, "rev1"), ({"tag": "v2"}, "rev2")]
-
-
-def _check_tree(repo: Repository, selector: dict, expected: dict) -> None:
-    with repo.open_revision(**selector) as view:
-        got = {s.path.lstrip("/"): s for _d, dirs, files in view.walk("/") for s in dirs + files}
-        assert sorted(got) == sorted(expected)
-        for path, exp in expected.items():
-            s = got[path]
-            assert (s.type, f"{s.permissions:o}", s.st_mtime) == (
-                exp["type"], exp["mode"], exp["mtime"]), path
-            if exp["type"] == "file":
-                data = view.read_bytes(path)
-                assert (len(data), hashlib.sha1(data).hexdigest()) == (exp["size"], exp["sha1"])
-                assert {k: v.hex() for k, v in view.xattrs(path).items()} == \
-                    exp.get("xattrs_hex", {}), path
-            elif exp["type"] == "symlink":
-                assert view.readlink(path) == exp["target"], path
-
-
 @pytest.mark.parametrize(("selector", "tree"), REVISIONS, ids=["head", "v1", "v2"])
 def test_reader_on_the_replica_directory_matches_expected(golden_replica, golden_keys,
                                                           golden_expected, tmp_path, selector,
@@ -50,7 +30,7 @@ def test_reader_on_the_replica_directory_matches_expected(golden_replica, golden
     dest, _report = golden_replica
     with open_repository(str(dest), keys=[golden_keys], fqrn=GOLDEN_FQRN,
                          cache_dir=tmp_path / "cache") as repo:
-        _check_tree(repo, selector, golden_expected["trees"][tree]["entries"])
+        check_tree(repo, selector, golden_expected["trees"][tree]["entries"])
 
 
 def test_reader_over_http_from_the_replica_matches_expected(golden_replica, golden_keys,
@@ -61,7 +41,7 @@ def test_reader_over_http_from_the_replica_matches_expected(golden_replica, gold
         with open_repository(url, keys=[golden_keys], fqrn=GOLDEN_FQRN,
                              cache_dir=tmp_path / "cache") as repo:
             for selector, tree in REVISIONS:
-                _check_tree(repo, selector, golden_expected["trees"][tree]["entries"])
+                check_tree(repo, selector, golden_expected["trees"][tree]["entries"])
             assert {t.name for t in repo.tags()} == {
                 t["name"] for t in golden_expected["published"]["tags"]}
 

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
-
-import numpy as np
+from typing import Any, BinaryIO
 
 from pycvmfs.errors import ConfigError
+
+
+class _LazyNumpy:
+    """numpy, imported on first use: it costs ~150 ms, which every ``pycvmfs`` command would
+    otherwise pay at startup (the configuration imports this module for ChunkingParams)."""
+
+    def __getattr__(self, name: str) -> object:
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np: Any = _LazyNumpy()
 
 __all__ = [
     "DEFAULT_CHUNKING",
