@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import stat
 import threading
@@ -24,12 +25,20 @@ FILE_MODE = 0o644
 TXN_DIR = "data/txn"
 
 
+#: Paths that need no normalising: plain names joined by single slashes (object paths, the
+#: ``.cvmfs*`` files); those with ``.``/``..`` components are caught by the general rules.
+_PLAIN = re.compile(r"[A-Za-z0-9_+@=,~.-]+(?:/[A-Za-z0-9_+@=,~.-]+)*")
+
+
 def check_relpath(relpath: str, *, allow_empty: bool = False) -> str:
     """Validate a path relative to a repository's root and return it normalised.
 
     Rejects absolute paths, ``..`` components, NUL bytes and backslashes with
     :class:`~pycvmfs.errors.ConfigError`; drops empty and ``.`` components.
     """
+    if (isinstance(relpath, str) and _PLAIN.fullmatch(relpath)
+            and "." not in (relpath[:1], relpath[-1:]) and "/." not in relpath):
+        return relpath  # the common case, as fast as it can be: nothing to drop or refuse
     if not isinstance(relpath, str):
         raise ConfigError(f"{relpath!r}: repository path must be a string")
     if "\0" in relpath:
@@ -160,10 +169,14 @@ class LocalStorage:
         return self._inside(real) and os.path.isfile(real)
 
     def put_bytes(self, relpath: str, data: bytes) -> None:
-        self._put(relpath, lambda f: f.write(data))
+        self._put(relpath, lambda fd: _write_all(fd, data))
 
     def put_file(self, relpath: str, src: BinaryIO) -> None:
-        self._put(relpath, lambda f: shutil.copyfileobj(src, f, BLOCK_SIZE))
+        def copy(fd: int) -> None:
+            with open(fd, "wb", closefd=False) as f:
+                shutil.copyfileobj(src, f, BLOCK_SIZE)
+
+        self._put(relpath, copy)
 
     def _temporary(self) -> tuple[int, str]:
         """A new file in ``data/txn`` with a name unique to this process and thread."""
@@ -176,16 +189,17 @@ class LocalStorage:
             os.makedirs(self._txn, exist_ok=True)
             return os.open(tmp, flags, FILE_MODE), tmp
 
-    def _put(self, relpath: str, write: Callable[[BinaryIO], object]) -> None:
+    def _put(self, relpath: str, write: Callable[[int], object]) -> None:
         dest = self._write_path(relpath)
         fd, tmp = self._temporary()
         try:
-            with open(fd, "wb", closefd=True) as f:
-                write(f)
-                f.flush()
+            try:
+                write(fd)
                 os.fchmod(fd, FILE_MODE)
                 if self._fsync:
                     os.fsync(fd)
+            finally:
+                os.close(fd)
             try:
                 os.replace(tmp, dest)
             except FileNotFoundError:  # the folder (e.g. data/XX) does not exist yet
@@ -250,6 +264,12 @@ class LocalStorage:
         for i in range(256):
             (data / f"{i:02x}").mkdir(exist_ok=True)
         (self.root / TXN_DIR).mkdir(exist_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _blocks(f: BinaryIO, path: str, what: str) -> Iterator[bytes]:
