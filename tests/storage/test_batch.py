@@ -105,3 +105,14 @@ def test_a_snapshot_falls_back_to_the_second_server_when_the_first_fails_objects
     for rel in _objects(tmp_path / "replica"):
         assert (tmp_path / "replica" / rel).read_bytes() == (golden_dir / GOLDEN_FQRN / rel
                                                              ).read_bytes()
+
+
+def test_a_path_that_must_not_be_requested_ends_its_transfer_with_the_reason(golden_server):
+    results: dict = {}
+    lock = threading.Lock()
+    with BatchFetcher(HttpSource([f"{golden_server.url}/{GOLDEN_FQRN}"]), parallel=1) as bf:
+        bf.submit(_Collect("../secret", results, lock))
+        bf.submit(_Collect(".cvmfspublished", results, lock))  # the engine keeps going
+    assert results["../secret"][0].startswith("not requested:")
+    assert "'..'" in results["../secret"][0]
+    assert results[".cvmfspublished"][0] is None and results[".cvmfspublished"][1]

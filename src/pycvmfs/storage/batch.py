@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -93,11 +94,15 @@ class BatchFetcher:
     # -- the driver thread --------------------------------------------------------------------
 
     def _start(self, t: Transfer) -> None:
+        try:
+            url = f"{self.source.current_url}/{quote_relpath(t.relpath)}"
+        except Exception as e:  # e.g. a path that must not be asked for: the slow path says why
+            self._done(t, f"not requested: {e}")
+            return
         c = self._free.pop()
-        base = self.source.current_url
         proxy = self.source.current_proxy
         timeout = self.source.timeout_for(proxy)
-        c.setopt(pycurl.URL, f"{base}/{quote_relpath(t.relpath)}")
+        c.setopt(pycurl.URL, url)
         c.setopt(pycurl.PROXY, "" if proxy == DIRECT else proxy)
         c.setopt(pycurl.CONNECTTIMEOUT_MS, int(timeout * 1000))
         # a read timeout as the stock client has it: less than 1 byte/s for that long
@@ -117,6 +122,9 @@ class BatchFetcher:
                 error = f"HTTP {status}"
         c.setopt(pycurl.WRITEFUNCTION, _discard)  # drop the transfer's reference
         self._free.append(c)
+        self._done(t, error)
+
+    def _done(self, t: Transfer, error: str | None) -> None:
         try:
             t.done(error)
         except BaseException as e:  # the caller's bookkeeping failed: report, keep driving
@@ -125,6 +133,20 @@ class BatchFetcher:
             self._on_error(e)
 
     def _drive(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # never leave a transfer without its done(): callers wait
+            reason = f"transfer engine failed: {e}"
+            for c, t in list(self._active.items()):
+                with contextlib.suppress(Exception):
+                    self._multi.remove_handle(c)
+                self._free.append(c)
+                self._done(t, reason)
+            self._active.clear()
+            while (t := self._queue.get()) is not None:
+                self._done(t, reason)
+
+    def _loop(self) -> None:
         stopping = False
         while not stopping or self._active:
             # take new transfers while handles are free; block only when idle
