@@ -9,8 +9,10 @@ import pytest
 from pycvmfs.client.cache import ObjectCache
 from pycvmfs.client.repository import Repository
 from pycvmfs.format.signature import load_public_keys
+from pycvmfs.replica.snapshot import snapshot
 from pycvmfs.server.http import RepositoryServer
 from pycvmfs.storage.http import HttpSource
+from pycvmfs.storage.local import LocalStorage
 
 from helpers.replica import GOLDEN_FQRN
 from helpers.squid import Squid
@@ -53,3 +55,19 @@ def test_second_client_of_the_replica_is_a_squid_cache_hit(golden_replica, golde
               if url.startswith(f"{base}/data/")]
     assert len(second) >= first // 2  # the second client fetched the objects again...
     assert all(code in ("TCP_HIT", "TCP_MEM_HIT") for code, _ in second), second  # ...from Squid
+
+
+def test_a_snapshot_through_squid_fetches_its_objects_via_the_proxy(golden_server, golden_keys,
+                                                                    golden_repo, squid,
+                                                                    tmp_path):
+    base = f"{golden_server.url}/{GOLDEN_FQRN}"
+    src = HttpSource([base], proxies=squid.url, timeout=5.0)
+    dest = tmp_path / "replica"
+    report = snapshot(src, LocalStorage(dest, fsync=False), GOLDEN_FQRN, [golden_keys],
+                      state_dir=tmp_path / "state")
+    assert report.objects_fetched > 100
+    via_squid = {url for _code, url in squid.log_lines() if url.startswith(f"{base}/data/")}
+    stored = {f"{base}/{p.relative_to(dest)}" for p in dest.glob("data/*/*") if p.is_file()}
+    assert stored and stored <= via_squid  # every stored object came through the proxy
+    for p in dest.glob("data/*/*"):
+        assert p.read_bytes() == (golden_repo / p.relative_to(dest)).read_bytes()
