@@ -6,22 +6,21 @@ import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from pycvmfs.client.quota import remove_dead_temporaries
-from pycvmfs.format.compression import Compression
+from pycvmfs.errors import HashMismatchError, IntegrityError
+from pycvmfs.format.compression import Compression, Inflater
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
-from pycvmfs.storage.objects import download_verified
 
 if TYPE_CHECKING:
     from pycvmfs.client.quota import QuotaManager
 
-__all__ = ["Breadcrumb", "ObjectCache", "default_cache_dir"]
-
+__all__ = ["Breadcrumb", "Download", "ObjectCache", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
@@ -55,18 +54,115 @@ class Breadcrumb:
             return None
 
 
-class _FileSink:
-    """Writes decompressed blocks to a temporary file; restartable when a source retries."""
+class Download:
+    """One object on its way into the cache: its compressed blocks are hashed and inflated into
+    a temporary file in the cache's ``txn`` folder as they arrive; :meth:`finish` checks the
+    hash and moves the object into place (after the quota recorded it), :meth:`abort` drops it.
 
-    def __init__(self, f) -> None:
-        self.f = f
+    Made by :meth:`ObjectCache.begin_download`, which holds the cache's lock on the object until
+    the download finishes or is aborted, so the object is in flight at most once: readers that
+    need it meanwhile wait for it. A download that is neither finished nor aborted keeps that
+    lock, so every path must end in one of them.
+    """
+
+    def __init__(self, cache: ObjectCache, h: ContentHash, kind: ObjectKind,
+                 compression: Compression, what: str, release: Callable[[], None]) -> None:
+        self.h, self.kind, self.what = h, kind, what
+        self.relpath = h.object_path(kind)
+        self._cache = cache
+        self._compression = compression
+        self._release: Callable[[], None] | None = release
+        self._file: BinaryIO | None = None  # created with the first bytes, by the writer
+        self._tmp = ""
+        self.reset()
+
+    def _out(self) -> BinaryIO:
+        if self._file is None:
+            fd, self._tmp = tempfile.mkstemp(dir=self._cache.txn, prefix=f"obj.{os.getpid()}.")
+            self._file = os.fdopen(fd, "wb")
+        return self._file
 
     def reset(self) -> None:
-        self.f.seek(0)
-        self.f.truncate()
+        """Start over (a source retries the download from another server)."""
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+        self._hasher = self.h.algorithm.new()
+        self._inflater = Inflater(self._compression, what=self.what)
+        self._broken: IntegrityError | None = None  # reported only if the hash is right
+        self.stored = 0
 
-    def __call__(self, data: bytes) -> None:
-        self.f.write(data)
+    def write(self, block: bytes) -> None:
+        """Take the next block of the compressed body."""
+        self._hasher.update(block)
+        self.stored += len(block)
+        if self._broken is not None:
+            return
+        try:
+            for piece in self._inflater.feed(block):
+                self._out().write(piece)
+        except IntegrityError as e:
+            self._broken = e
+
+    def verify(self) -> int:
+        """Check the body received: the hash of the compressed bytes, then the compression;
+        returns the number of compressed bytes. Raises :class:`HashMismatchError` or
+        :class:`IntegrityError` (the download stays open: a source may :meth:`reset` it)."""
+        actual = ContentHash(self.h.algorithm, self._hasher.digest())
+        if actual != self.h:
+            raise HashMismatchError(self.what, str(self.h), str(actual))
+        if self._broken is not None:
+            raise self._broken
+        tail = self._inflater.finish()
+        if tail:
+            self._out().write(tail)
+        return self.stored
+
+    def commit(self) -> Path:
+        """Move the verified object into the cache (call :meth:`verify` first)."""
+        cache = self._cache
+        dest = cache.path_for(self.h)
+        try:
+            f = self._out()  # (an empty object has had no bytes to write)
+            size = f.tell()
+            f.close()
+            if cache.quota is not None:
+                cache.quota.insert(self.h, size, self.kind)  # makes room before it appears
+            try:
+                os.replace(self._tmp, dest)
+            except FileNotFoundError:  # first object of its <2 hex> directory
+                dest.parent.mkdir(exist_ok=True)
+                os.replace(self._tmp, dest)
+        except BaseException:
+            self.abort()
+            raise
+        cache.stats["bytes_downloaded"] += self.stored
+        self._done()
+        return dest
+
+    def finish(self) -> Path:
+        """:meth:`verify` and :meth:`commit`; on any error the download is aborted."""
+        try:
+            self.verify()
+        except BaseException:
+            self.abort()
+            raise
+        return self.commit()
+
+    def abort(self) -> None:
+        """Drop the temporary file (safe to call more than once, and after :meth:`finish`)."""
+        if self._release is None:
+            return
+        if self._file is not None:
+            self._file.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+        self._done()
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class ObjectCache:
@@ -101,11 +197,13 @@ class ObjectCache:
     def contains(self, h: ContentHash) -> bool:
         return self.path_for(h).is_file()
 
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
     @contextlib.contextmanager
     def _lock(self, key: str) -> Iterator[None]:
-        with self._locks_guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
+        with self._lock_for(key):
             yield
 
     def fetch(self, source: Source, h: ContentHash, kind: ObjectKind,
@@ -146,34 +244,58 @@ class ObjectCache:
         if self.quota is not None:
             self.quota.unpin(h)
 
+    def begin_download(self, h: ContentHash, kind: ObjectKind,
+                       compression: Compression = Compression.ZLIB, *,
+                       what: str | None = None) -> Download | None:
+        """A :class:`Download` of ``h`` into the cache, to be fed by the caller (for instance
+        by a :class:`~pycvmfs.storage.batch.BatchFetcher`); None when the object is cached
+        already or being downloaded by someone else right now. Never blocks."""
+        lock = self._lock_for(str(h))
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            if self.path_for(h).is_file():
+                lock.release()
+                return None
+            download = Download(self, h, kind, compression, what or h.describe(kind),
+                                lock.release)
+        except BaseException:
+            if lock.locked():
+                lock.release()
+            raise
+        self.stats["misses"] += 1
+        return download
+
     def _fetch(self, source: Source, h: ContentHash, kind: ObjectKind,
                compression: Compression, what: str | None) -> Path:
         dest = self.path_for(h)
         if dest.is_file():
             return self._hit(h, dest)
-        with self._lock(str(h)):
-            if dest.is_file():
-                return self._hit(h, dest)
+        lock = self._lock_for(str(h))
+        lock.acquire()  # waits for a download of h in flight (a reader's or read-ahead's)
+        if dest.is_file():
+            lock.release()
+            return self._hit(h, dest)
+        try:
             self.stats["misses"] += 1
-            fd, tmp = tempfile.mkstemp(dir=self.txn, prefix=f"obj.{os.getpid()}.")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    stored, _plain = download_verified(source, h, kind, compression, _FileSink(f),
-                                                       what=what)
-                    size = f.tell()
-                if self.quota is not None:
-                    self.quota.insert(h, size, kind)  # makes room before the object appears
-                try:
-                    os.replace(tmp, dest)
-                except FileNotFoundError:  # first object of its <2 hex> directory
-                    dest.parent.mkdir(exist_ok=True)
-                    os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            self.stats["bytes_downloaded"] += stored
-            return dest
+            label = what or h.describe(kind)
+            download = Download(self, h, kind, compression, label, lock.release)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+
+            def consume(blocks: Iterator[bytes]) -> int:
+                download.reset()
+                for block in blocks:
+                    download.write(block)
+                return download.verify()
+
+            source.fetch(download.relpath, consume, what=label)
+        except BaseException:
+            download.abort()
+            raise
+        return download.commit()
 
     def _hit(self, h: ContentHash, dest: Path) -> Path:
         self.stats["hits"] += 1

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from pycvmfs.errors import CvmfsError
 from pycvmfs.format.catalog import Chunk
@@ -38,23 +39,58 @@ class WouldBlock(Exception):
     """Raised by :meth:`RepoFile.pread_nowait` when the bytes are not in the cache yet."""
 
 
-class Prefetcher:
-    """Downloads objects into the cache in background threads (read-ahead).
+class Sink(Protocol):
+    """Where a batch download puts an object (:class:`pycvmfs.client.cache.Download`)."""
 
-    ``fetch(hash, kind, compression)`` does the work (the cache's verified download);
-    ``cached(hash)`` tells whether it can be skipped. An object is in flight at most once,
-    recently requested hashes are remembered so repeated requests cost a dict lookup, and
-    requests beyond ``backlog`` queued ones are dropped (read-ahead is a hint). Nothing is
-    pinned or served from here: readers fetch through the cache as always and find the object
-    in place (or wait for the download in flight, which the cache collapses into one).
+    relpath: str
+
+    def write(self, block: bytes) -> None: ...
+
+    def finish(self) -> object: ...
+
+    def abort(self) -> None: ...
+
+
+class Batch(Protocol):
+    """Runs transfers (:class:`pycvmfs.storage.batch.BatchFetcher`)."""
+
+    def submit(self, transfer: _BatchTransfer) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: begin(hash, kind, compression) -> a sink for the object's body, or None to skip it
+BeginDownload = Callable[[ContentHash, ObjectKind, Compression], Sink | None]
+
+
+class Prefetcher:
+    """Downloads objects into the cache in the background (read-ahead).
+
+    Either in threads: ``fetch(hash, kind, compression)`` does the work (the cache's verified
+    download) and ``cached(hash)`` tells whether it can be skipped; or, with ``batch`` and
+    ``begin``, as transfers of a :class:`~pycvmfs.storage.batch.BatchFetcher` (many at once,
+    the HTTP work in C): ``begin`` returns the cache's :class:`~pycvmfs.client.cache.Download`
+    of the object (None when it is cached or in flight already), fed as the body arrives and
+    finished (verified, moved into the cache) when it is complete; a failed transfer is just
+    dropped. An object is in flight at most once, recently requested hashes are remembered so
+    repeated requests cost a dict lookup, and requests beyond ``backlog`` queued ones are
+    dropped (read-ahead is a hint). Nothing is pinned or served from here: readers fetch
+    through the cache as always and find the object in place (or wait for the download in
+    flight: the cache holds its lock on the object meanwhile), and report errors themselves.
     """
 
     def __init__(self, fetch: Callable[[ContentHash, ObjectKind, Compression], object],
                  cached: Callable[[ContentHash], bool], *, workers: int = 6,
-                 backlog: int = 64, remember: int = 8192) -> None:
+                 backlog: int = 64, remember: int = 8192, batch: Batch | None = None,
+                 begin: BeginDownload | None = None) -> None:
+        if (batch is None) != (begin is None):
+            raise ValueError("Prefetcher: batch and begin go together")
         self._fetch = fetch
         self._cached = cached
-        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="pycvmfs-ahead")
+        self._batch = batch
+        self._begin = begin
+        self._pool = (ThreadPoolExecutor(max(1, workers), thread_name_prefix="pycvmfs-ahead")
+                      if batch is None else None)
         self._backlog = backlog
         self._remember = remember
         self._recent: OrderedDict[ContentHash, None] = OrderedDict()
@@ -76,27 +112,88 @@ class Prefetcher:
                 self._recent.popitem(last=False)
             self._queued += 1
             self.stats["submitted"] += 1
-        self._pool.submit(self._run, h, kind, compression)
+        if self._pool is not None:
+            self._pool.submit(self._run, h, kind, compression)
+        else:
+            self._start(h, kind, compression)
         return True
 
     def _run(self, h: ContentHash, kind: ObjectKind, compression: Compression) -> None:
         try:
-            if not self._cached(h):
+            fetched = not self._cached(h)
+            if fetched:
                 self._fetch(h, kind, compression)
-                self.stats["fetched"] += 1
         except Exception as e:  # the reader fetches again and reports the error
-            self.stats["failed"] += 1
-            with self._lock:
+            self._ended(h, e)
+        else:
+            self._ended(h, None, fetched)
+
+    def _start(self, h: ContentHash, kind: ObjectKind, compression: Compression) -> None:
+        sink: Sink | None = None
+        try:
+            sink = self._begin(h, kind, compression)
+            if sink is None:  # cached, or being downloaded already
+                self._ended(h, None)
+                return
+            self._batch.submit(_BatchTransfer(h, sink, self._ended))
+        except Exception as e:
+            if sink is not None:
+                sink.abort()
+            self._ended(h, e)
+
+    def _ended(self, h: ContentHash, error: object | None, fetched: bool = False) -> None:
+        with self._lock:
+            self._queued -= 1
+            if error is not None:
                 self._recent.pop(h, None)
-            log.debug("read-ahead of %s failed: %s", h, e)
-        finally:
-            with self._lock:
-                self._queued -= 1
+                self.stats["failed"] += 1
+            elif fetched:
+                self.stats["fetched"] += 1
+        if error is not None:
+            log.debug("read-ahead of %s failed: %s", h, error)
 
     def close(self) -> None:
+        """Stop taking requests; wait for the downloads in flight (they finish or are dropped)."""
         with self._lock:
             self._closed = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._batch is not None:
+            self._batch.close()
+
+
+class _BatchTransfer:
+    """A read-ahead download run by a batch fetcher: the body goes into the cache's sink as it
+    arrives; a complete body is verified and moved into the cache, anything else is dropped."""
+
+    __slots__ = ("_ended", "_error", "h", "relpath", "sink")
+
+    def __init__(self, h: ContentHash, sink: Sink,
+                 ended: Callable[[ContentHash, object | None, bool], None]) -> None:
+        self.h = h
+        self.sink = sink
+        self.relpath = sink.relpath
+        self._ended = ended
+        self._error: BaseException | None = None
+
+    def write(self, block: bytes) -> int | None:
+        try:
+            self.sink.write(block)
+        except Exception as e:  # e.g. a full disk: abort the transfer
+            self._error = e
+            return 0
+        return None
+
+    def done(self, error: str | None) -> None:
+        failure: object | None = self._error or error
+        try:
+            if failure is None:
+                self.sink.finish()  # verifies; aborts itself on failure
+        except Exception as e:
+            failure = e
+        finally:
+            self.sink.abort()  # a no-op after a successful finish
+            self._ended(self.h, failure, failure is None)
 
 
 class RepoFile(io.RawIOBase):

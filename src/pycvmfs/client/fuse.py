@@ -19,6 +19,8 @@ from pycvmfs.client.stat import Stat
 from pycvmfs.client.view import RevisionView
 from pycvmfs.errors import CvmfsError, PathError
 from pycvmfs.format.hashes import ObjectKind
+from pycvmfs.storage.batch import BatchFetcher
+from pycvmfs.storage.http import HttpSource
 
 __all__ = ["CvmfsFilesystem", "MountOptions", "run_mount"]
 
@@ -37,15 +39,32 @@ class MountOptions:
     allow_other: bool = False
     debug: bool = False
     selector: dict = field(default_factory=dict)  # tag / revision / root_hash / date: pinned
-    prefetch_workers: int = 6  # read-ahead threads (0: no read-ahead)
+    prefetch_workers: int = 6  # read-ahead threads (0: no read-ahead; HTTP: batch transfers)
     catalog_idle: float = 600.0  # unload nested catalogs unused this long (0: never by time)
 
 
 #: a sequential scan of a directory downloads the next files of its listing ahead of the reader
-PREFETCH_FILES = 16
+PREFETCH_FILES = 64
 PREFETCH_MAX_SIZE = 4 << 20  # unchunked files up to this size
+#: read-ahead over HTTP: transfers at once, and requests queued at most
+BATCH_PARALLEL = 16
+BATCH_BACKLOG = 128
 _JANITOR_PERIOD = 2.0  # seconds between closing dropped catalogs / unloading idle ones
 _RETIRE_GRACE = 5.0  # a dropped catalog is closed this long after no lookup can reach it
+
+
+def _make_prefetcher(repo: Repository, workers: int) -> Prefetcher:
+    """Read-ahead for a mount: over HTTP as batch transfers (many at once on keep-alive
+    connections, the HTTP work in C), else in ``workers`` threads."""
+    cache, source = repo.cache, repo.source
+    if isinstance(source, HttpSource):
+        batch = BatchFetcher(source, parallel=BATCH_PARALLEL,
+                             on_error=lambda e: log.warning("read-ahead: %s", e))
+        return Prefetcher(lambda h, kind, comp: cache.fetch(source, h, kind, comp),
+                          cache.contains, batch=batch, begin=cache.begin_download,
+                          backlog=BATCH_BACKLOG)
+    return Prefetcher(lambda h, kind, comp: cache.fetch(source, h, kind, comp),
+                      cache.contains, workers=workers)
 
 
 class _Listing:
@@ -221,10 +240,7 @@ class CvmfsFilesystem(pyfuse3.Operations):
         self._forgotten: set[bytes] = set()  # mount points whose last inode was forgotten
         self.prefetcher: Prefetcher | None = None
         if self.options.prefetch_workers > 0:
-            cache, source = repo.cache, repo.source
-            self.prefetcher = Prefetcher(
-                lambda h, kind, comp: cache.fetch(source, h, kind, comp),
-                cache.contains, workers=self.options.prefetch_workers)
+            self.prefetcher = _make_prefetcher(repo, self.options.prefetch_workers)
             self.view.readahead = self.prefetcher.submit
         self._next_fh = 1
         self._lock = threading.Lock()
