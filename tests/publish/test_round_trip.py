@@ -304,6 +304,32 @@ def test_automatic_catalogs_split_heavy_and_merge_light_catalogs(make_publisher,
                        for f in fs)
 
 
+def test_syncing_the_same_tree_again_is_no_change_even_for_dirtab_directories(publisher,
+                                                                              tmp_path):
+    """The markers a dirtab rule makes do not move the mtime of directories the sync gave
+    (their attributes are the source's): the next sync of the same tree finds nothing to do,
+    however much later it runs."""
+    src = tmp_path / "dt"
+    for ver in ("1.0", "2.0"):
+        (src / "sw" / "ROOT" / ver).mkdir(parents=True)
+        (src / "sw" / "ROOT" / ver / "x.so").write_bytes(b"so")
+    (src / ".cvmfsdirtab").write_bytes(b"/sw/*/*\n")
+    old = 1_600_000_000  # long before this publish: a bumped mtime would show
+    for d in (src / "sw" / "ROOT" / "1.0", src / "sw" / "ROOT" / "2.0", src / "sw" / "ROOT",
+              src / "sw", src):
+        os.utime(d, (old, old))
+    with publisher.transaction() as txn:
+        txn.add_tree(src, "/", delete=True)
+    rev = publisher.head().revision
+    with reader(publisher, tmp_path / "c") as r, r.open_revision() as view:
+        assert sorted(mp for mp, _ in view.catalogs()) == [b"", b"/sw/ROOT/1.0",
+                                                             b"/sw/ROOT/2.0"]
+        assert view.lstat("sw/ROOT/2.0").st_mtime == old
+    with publisher.transaction() as txn:
+        txn.add_tree(src, "/", delete=True)
+    assert publisher.head().revision == rev
+
+
 def test_dirtab_rules_make_nested_catalogs(publisher, tmp_path):
     src = tmp_path / "dt"
     for pkg in ("ROOT", "Geant4", ".hidden"):

@@ -89,8 +89,10 @@ class _CatalogDirtabTree:
 
 def apply_dirtab(txn: Transaction) -> int:
     """Create ``.cvmfscatalog`` markers where ``/.cvmfsdirtab`` asks for catalogs (format doc
-    §7.2): in every matching directory that is not a catalog root yet; creating a marker bumps
-    its directory's mtime, as it does on the stock union file system. Returns markers made."""
+    §7.2): in every matching directory that is not a catalog root yet. Creating a marker bumps
+    its directory's mtime, as it does on the stock union file system, unless this transaction
+    was given the directory's attributes (a tree sync or ``mkdir``): then they stay, so syncing
+    the same tree again changes nothing. Returns markers made."""
     import time
 
     from pycvmfs.format.compression import Compression
@@ -122,8 +124,8 @@ def apply_dirtab(txn: Transaction) -> int:
         if tree.lookup(d + b"/" + MARKER) is not None:
             continue
         txn.add_file(d + b"/" + MARKER, b"", mode=0o644, mtime=now)
-        old = tree.lookup(d)
-        tree.put(d, _with_mtime(old, now))
+        if d not in txn.dirs_given:
+            tree.put(d, _with_mtime(tree.lookup(d), now))
         made += 1
     return made
 

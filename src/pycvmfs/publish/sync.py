@@ -112,6 +112,7 @@ class _Syncer:
             old = existing.get(name)
             if stat.S_ISDIR(st.st_mode):
                 was_dir = old is not None and old[0] & Flags.DIR
+                txn.dirs_given.add(p)
                 if not (was_dir and _same_dir(old, meta, st.st_size)):
                     txn._put_dir(p, meta, size=st.st_size)
                 subdirs.append((e.path, p, bool(was_dir)))

@@ -101,6 +101,8 @@ class Transaction:
         self._pending: dict[bytes, _Pending] = {}
         self._groups: dict[bytes, int] = {}  # hard-link group key -> group id
         self._dirs_touched: set[bytes] = set()
+        #: directories whose attributes the caller gave (tree sync, mkdir), changed or not
+        self.dirs_given: set[bytes] = set()
         self._changed = False
         self._started = 0.0
         self.tree: CatalogTree | None = None
@@ -195,6 +197,7 @@ class Transaction:
         self._put_dir(p, meta)
 
     def _put_dir(self, p: bytes, meta: Meta, *, size: int = 4096) -> None:
+        self.dirs_given.add(p)
         if p in self._pending:
             del self._pending[p]
         old = self.tree.lookup(p)
