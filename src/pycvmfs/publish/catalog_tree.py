@@ -98,7 +98,7 @@ class CatalogTree:
         f = self._new_file()
         what = f"catalog {h}C at {_show(mp)}"
         with open(f, "wb") as out:
-            download_verified(self.source, h, ObjectKind.CATALOG, Compression.ZLIB, out.write,
+            download_verified(self.source, h, ObjectKind.CATALOG, Compression.ZLIB, out,
                               what=what)
         w = CatalogWriter.open(f, what=what)
         if w.root_prefix != mp:

@@ -200,7 +200,7 @@ class _Checker:
         """Verify a small auxiliary object (certificate, history, meta-info); its content."""
         out = bytearray()
         try:
-            stored, _ = download_verified(self.source, h, kind, Compression.ZLIB, out.extend)
+            stored, _ = download_verified(self.source, h, kind, Compression.ZLIB, out)
         except CvmfsError as e:
             self.problem(h.describe(kind), "", _why(e))
             return None
@@ -328,7 +328,7 @@ class _Checker:
             try:
                 with open(path, "wb") as f:
                     stored, size = download_verified(self.source, h, ObjectKind.CATALOG,
-                                                     Compression.ZLIB, f.write, what=what)
+                                                     Compression.ZLIB, f, what=what)
             except ObjectNotFoundError as e:
                 if missing_ok:
                     return _MISSING

@@ -126,7 +126,7 @@ def load_catalog(source: Source, h: ContentHash, dest: Path, *, what: str) -> tu
     dest.unlink(missing_ok=True)
     with open(dest, "wb") as f:
         _stored, size = download_verified(source, h, ObjectKind.CATALOG, Compression.ZLIB,
-                                          f.write, what=what)
+                                          f, what=what)
     return Catalog.open(dest, what=what, hash=h), size
 
 
@@ -352,7 +352,7 @@ class _Collector:
             return []
         path = self.work / "history.db"
         with open(path, "wb") as f:
-            download_verified(self.store, h, ObjectKind.HISTORY, Compression.ZLIB, f.write)
+            download_verified(self.store, h, ObjectKind.HISTORY, Compression.ZLIB, f)
         with History.open(path, what=h.describe(ObjectKind.HISTORY)) as hist:
             tags = hist.tags()
         path.unlink()

@@ -108,10 +108,10 @@ def apply_dirtab(txn: Transaction) -> int:
     if row.flags & Flags.CHUNKED:
         for c in tree.chunks(b"/.cvmfsdirtab"):
             download_verified(txn.pub.store, c.hash, ObjectKind.PARTIAL,
-                              Compression.from_flag_code((row.flags >> 11) & 7), data.extend)
+                              Compression.from_flag_code((row.flags >> 11) & 7), data)
     else:
         download_verified(txn.pub.store, row.hash, ObjectKind.FILE,
-                          Compression.from_flag_code((row.flags >> 11) & 7), data.extend)
+                          Compression.from_flag_code((row.flags >> 11) & 7), data)
     dirtab = Dirtab.parse(bytes(data), what="/.cvmfsdirtab")
     made = 0
     now = int(time.time())

@@ -252,7 +252,7 @@ class Publisher:
         else:
             with open(old, "wb") as f:
                 download_verified(self.store, head.history, ObjectKind.HISTORY,
-                                  Compression.ZLIB, f.write)
+                                  Compression.ZLIB, f)
             hist = History.derive(old, new, previous=head.history)
         try:
             yield hist
@@ -320,7 +320,7 @@ class Publisher:
         work.mkdir(parents=True, exist_ok=True)
         path = work / "probe.db"
         with open(path, "wb") as f:
-            download_verified(self.store, h, ObjectKind.CATALOG, Compression.ZLIB, f.write)
+            download_verified(self.store, h, ObjectKind.CATALOG, Compression.ZLIB, f)
         try:
             with Catalog.open(path, what=h.describe(ObjectKind.CATALOG)) as cat:
                 if cat.root_prefix:
@@ -343,7 +343,7 @@ class Publisher:
                 work = self.config.work_dir / "rollback.db"
                 with open(work, "wb") as f:
                     download_verified(self.store, tag.root_hash, ObjectKind.CATALOG,
-                                      Compression.ZLIB, f.write)
+                                      Compression.ZLIB, f)
                 w = CatalogWriter.open(work, what=f"catalog {tag.root_hash}C")
                 w.set_property("revision", head.revision + 1)
                 w.set_property("last_modified", now)

@@ -453,7 +453,7 @@ class Puller:
         """The decompressed copy of an object the destination has (a baseline catalog)."""
         path = dest_path or self.tmp / f"pull.{h.object_name(kind)}.base"
         with open(path, "wb") as f:
-            download_verified(self.dest, h, kind, Compression.ZLIB, f.write,
+            download_verified(self.dest, h, kind, Compression.ZLIB, f,
                               what=f"{h.describe(kind)} on {self.dest.describe()}")
         return path
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
-from pycvmfs.errors import HashMismatchError, IntegrityError
+from pycvmfs.errors import FetchError, HashMismatchError, IntegrityError
 from pycvmfs.format.compression import Compression, Inflater
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
@@ -12,25 +13,65 @@ from pycvmfs.storage.base import Source
 __all__ = ["download_verified", "fetch_object_bytes"]
 
 Sink = Callable[[bytes], None]
+#: Where decompressed bytes go: a bytearray, a writable binary file, or a callable (which may
+#: have a ``reset()`` to start over), or None to discard them.
+Output = bytearray | BinaryIO | Sink | None
+
+
+def _output(out: Output, what: str) -> tuple[Sink | None, Callable[[], None]]:
+    """``out``'s write function and how to take back what one attempt wrote: a source retries
+    a download (next server, no-cache) by reading the body again from its start."""
+    if out is None:
+        return None, lambda: None
+    if isinstance(out, bytearray):
+        start = len(out)
+
+        def drop() -> None:
+            del out[start:]
+
+        return out.extend, drop
+    if hasattr(out, "truncate") and hasattr(out, "write"):
+        start = out.tell()
+
+        def rewind() -> None:
+            out.seek(start)
+            out.truncate()
+
+        return out.write, rewind
+    reset = getattr(out, "reset", None)
+    if reset is not None:
+        return out, reset
+
+    def refuse() -> None:
+        raise FetchError(what, ["the body had to be read again, but its output cannot be "
+                                "taken back (pass a file, a bytearray or a sink with reset())"])
+
+    return out, refuse
 
 
 def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
-                      compression: Compression, sink: Sink | None, *,
+                      compression: Compression, sink: Output, *,
                       what: str | None = None) -> tuple[int, int]:
-    """Stream object ``h`` from ``source`` into ``sink`` (a callable taking decompressed blocks,
-    or None to discard), checking its hash over the compressed bytes as they arrive.
+    """Stream object ``h`` from ``source`` into ``sink`` (see :data:`Output`), checking its hash
+    over the compressed bytes as they arrive.
 
-    Returns ``(stored bytes, decompressed bytes)``. Raises :class:`HashMismatchError` (after the
-    source tried its alternatives) when the bytes are bad; the sink may then have seen garbage,
-    so callers write to a temporary file and keep it only on success.
+    Returns ``(stored bytes, decompressed bytes)``. When the source reads the body again (after
+    bad bytes, from another server), what the earlier attempt wrote is taken back first. Raises
+    :class:`HashMismatchError` (after the source tried its alternatives) when the bytes are bad;
+    the sink may then have seen garbage, so callers write to a temporary file and keep it only
+    on success.
     """
     label = what or h.describe(kind)
+    write, restart = _output(sink, label)
+    attempts = 0
 
     def consume(blocks: Iterator[bytes]) -> tuple[int, int]:
+        nonlocal attempts
         hasher = h.algorithm.new()
         inflater = Inflater(compression, what=label)
-        if sink is not None and hasattr(sink, "reset"):
-            sink.reset()
+        attempts += 1
+        if attempts > 1:
+            restart()
         stored = plain = 0
         broken: IntegrityError | None = None  # a zlib error is reported only if the hash is right
         for block in blocks:
@@ -41,8 +82,8 @@ def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
             try:
                 for piece in inflater.feed(block):
                     plain += len(piece)
-                    if sink is not None:
-                        sink(piece)
+                    if write is not None:
+                        write(piece)
             except IntegrityError as e:
                 broken = e
         actual = ContentHash(h.algorithm, hasher.digest())
@@ -53,8 +94,8 @@ def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
         tail = inflater.finish()
         if tail:
             plain += len(tail)
-            if sink is not None:
-                sink(tail)
+            if write is not None:
+                write(tail)
         return stored, plain
 
     return source.fetch(h.object_path(kind), consume, what=label)
@@ -64,7 +105,7 @@ def fetch_object_bytes(source: Source, h: ContentHash, kind: ObjectKind,
                        compression: Compression = Compression.ZLIB) -> bytes:
     """A whole (small) object, verified and decompressed, in memory."""
     out = bytearray()
-    download_verified(source, h, kind, compression, out.extend)
+    download_verified(source, h, kind, compression, out)
     return bytes(out)
 
 
