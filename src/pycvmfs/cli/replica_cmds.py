@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import click
 
-from pycvmfs.cli.common import emit_json
+from pycvmfs.cli.common import emit_json, make_progress
 from pycvmfs.errors import ConfigError
 
 __all__ = ["register"]
@@ -31,37 +32,6 @@ def _human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
-
-
-def _progress_bar(enabled: bool):
-    """A rich progress bar (objects done of those found so far) on a terminal."""
-    import contextlib
-    import sys
-
-    if not enabled or not sys.stderr.isatty():
-        return contextlib.nullcontext(None)
-
-    @contextlib.contextmanager
-    def bar():
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as p:
-            task = p.add_task("snapshot: objects", total=None)
-
-            def update(stage: str, done: int, total: int | None) -> None:
-                p.update(task, completed=done, total=total)
-
-            yield update
-
-    return bar()
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -118,7 +88,11 @@ def snapshot_cmd(target: str, dest: str | None, keys: tuple[str, ...], fqrn: str
     from pycvmfs.replica.config import ReplicaConfig
     from pycvmfs.replica.snapshot import snapshot_replica
 
-    with _progress_bar(not as_json) as progress:
+    enabled = not as_json and sys.stderr.isatty()
+    with make_progress("snapshot: objects", enabled=enabled) as bar:
+        def progress(stage: str, done: int, total: int | None) -> None:
+            bar(done, total)
+
         if dest is None:
             if keys or fqrn or state_dir or proxy:
                 raise ConfigError("--key, --fqrn, --state-dir and --proxy go with SOURCE_URL "
