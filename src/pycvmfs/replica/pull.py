@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from pycvmfs.errors import CvmfsError, FormatError, HashMismatchError, ObjectNotFoundError
+from pycvmfs.errors import CvmfsError, FormatError, ObjectNotFoundError
 from pycvmfs.format.catalog import Catalog
-from pycvmfs.format.compression import Compression, Inflater
+from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
 from pycvmfs.format.sqlite import open_database
 from pycvmfs.replica.copying import BufferedObject, VerifyingReader
@@ -419,30 +419,9 @@ class Puller:
         name = h.object_name(kind)
         raw, db = self.tmp / f"pull.{name}", self.tmp / f"pull.{name}.db"
         what = self._what(h, kind)
-
-        def consume(blocks: Iterator[bytes]) -> None:
-            hasher = h.algorithm.new()
-            inflater = Inflater(Compression.ZLIB, what=what)
-            broken: CvmfsError | None = None
-            with open(raw, "wb") as fr, open(db, "wb") as fd:
-                for block in blocks:
-                    hasher.update(block)
-                    fr.write(block)
-                    if broken is None:
-                        try:
-                            for piece in inflater.feed(block):
-                                fd.write(piece)
-                        except CvmfsError as e:
-                            broken = e
-                actual = ContentHash(h.algorithm, hasher.digest())
-                if actual != h:
-                    raise HashMismatchError(what, str(h), str(actual))
-                if broken is not None:
-                    raise broken
-                fd.write(inflater.finish())
-
         try:
-            self.source.fetch(h.object_path(kind), consume, what=what)
+            with open(raw, "wb") as fr, open(db, "wb") as fd:
+                download_verified(self.source, h, kind, Compression.ZLIB, fd, raw=fr, what=what)
         except BaseException:
             raw.unlink(missing_ok=True)
             db.unlink(missing_ok=True)

@@ -51,9 +51,9 @@ def _output(out: Output, what: str) -> tuple[Sink | None, Callable[[], None]]:
 
 def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
                       compression: Compression, sink: Output, *,
-                      what: str | None = None) -> tuple[int, int]:
+                      what: str | None = None, raw: Output = None) -> tuple[int, int]:
     """Stream object ``h`` from ``source`` into ``sink`` (see :data:`Output`), checking its hash
-    over the compressed bytes as they arrive.
+    over the compressed bytes as they arrive; ``raw`` also gets the stored (compressed) bytes.
 
     Returns ``(stored bytes, decompressed bytes)``. When the source reads the body again (after
     bad bytes, from another server), what the earlier attempt wrote is taken back first. Raises
@@ -63,6 +63,7 @@ def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
     """
     label = what or h.describe(kind)
     write, restart = _output(sink, label)
+    write_raw, restart_raw = _output(raw, label)
     attempts = 0
 
     def consume(blocks: Iterator[bytes]) -> tuple[int, int]:
@@ -72,11 +73,14 @@ def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
         attempts += 1
         if attempts > 1:
             restart()
+            restart_raw()
         stored = plain = 0
         broken: IntegrityError | None = None  # a zlib error is reported only if the hash is right
         for block in blocks:
             hasher.update(block)
             stored += len(block)
+            if write_raw is not None:
+                write_raw(block)
             if broken is not None:
                 continue
             try:
