@@ -102,19 +102,27 @@ class LocalStorage:
         return real
 
     def _write_path(self, relpath: str) -> str:
-        """The path of ``relpath`` with its folder resolved; the folder must stay below root.
+        """The path of ``relpath`` with its folder resolved; the folder must stay below root."""
+        lexical = self._prefix + check_relpath(relpath)
+        real = self._folder(lexical)
+        if real is None:
+            raise ConfigError(f"{lexical}: its folder resolves to "
+                              f"{os.path.realpath(os.path.dirname(lexical))}, outside the "
+                              f"storage root {self._root}")
+        return real
+
+    def _folder(self, lexical: str) -> str | None:
+        """``lexical`` with its folder resolved, or None when the folder leaves the root.
 
         Folders are resolved once per store (a storage has a few hundred: ``data/XX``); the
         file name itself is never followed when writing (rename replaces a symlink).
         """
-        lexical = self._prefix + check_relpath(relpath)
         folder, name = os.path.split(lexical)
         real = self._folders.get(folder)
         if real is None:
             real = os.path.realpath(folder)
             if not self._inside(real):
-                raise ConfigError(f"{lexical}: its folder resolves to {real}, outside the "
-                                  f"storage root {self._root}")
+                return None
             if len(self._folders) < 4096:
                 self._folders[folder] = real
         return os.path.join(real, name)
@@ -152,10 +160,8 @@ class LocalStorage:
 
         A path that resolves outside the root counts as absent.
         """
-        check_relpath(relpath)  # bad syntax is an error, not an absent file
-        try:
-            path = self._write_path(relpath)
-        except ConfigError:  # its folder resolves outside the root
+        path = self._folder(self._prefix + check_relpath(relpath))  # bad syntax raises
+        if path is None:  # its folder resolves outside the root
             return False
         try:
             st = os.lstat(path)
