@@ -326,3 +326,39 @@ def test_open_source_rejects_missing_folders_and_unknown_schemes(tmp_path: Path)
         open_source("file://otherhost/path")
     with pytest.raises(ConfigError):
         open_source("http://127.0.0.1:1/a;/local/path")
+
+
+def test_begin_put_is_invisible_until_commit(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    store = LocalStorage(root)
+    store.create_skeleton()
+    pending = store.begin_put("data/ab/streamed")
+    pending.write(b"first block, ")
+    assert not store.exists("data/ab/streamed")  # readers never see a half-written object
+    assert len(list((root / "data" / "txn").iterdir())) == 1
+    pending.write(b"second block")
+    pending.commit()
+    assert (root / "data" / "ab" / "streamed").read_bytes() == b"first block, second block"
+    assert list((root / "data" / "txn").iterdir()) == []
+    with pytest.raises(ValueError, match="already committed"):
+        pending.commit()
+    pending.abort()  # after commit: nothing to take back, the object stays
+    assert store.exists("data/ab/streamed")
+
+
+def test_begin_put_abort_leaves_nothing_behind(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    store = LocalStorage(root)
+    store.put_bytes("data/ab/kept", b"old")
+    pending = store.begin_put("data/ab/kept")
+    pending.write(b"bytes that turned out to be wrong")
+    pending.abort()
+    pending.abort()  # idempotent
+    assert (root / "data" / "ab" / "kept").read_bytes() == b"old"
+    assert list((root / "data" / "txn").iterdir()) == []
+
+
+def test_begin_put_refuses_a_path_outside_the_root(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "repo")
+    with pytest.raises(ConfigError):
+        store.begin_put("data/../../escape")

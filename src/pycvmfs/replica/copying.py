@@ -5,13 +5,13 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, Protocol
 
 from pycvmfs.errors import HashMismatchError
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import ObjectStore
 
-__all__ = ["BufferedObject", "VerifyingReader"]
+__all__ = ["BufferedObject", "Spill", "TempSpill", "VerifyingReader", "spill_for"]
 
 #: A body larger than this is spilled to a temporary file instead of kept in memory.
 SPILL_AT = 1 << 20
@@ -62,38 +62,81 @@ class VerifyingReader:
 
 
 
-class BufferedObject:
-    """One object fetched by a :class:`~pycvmfs.storage.batch.BatchFetcher`: its body hashed
-    as it arrives and kept (in memory, or in a temporary file in ``tmp`` past
-    :data:`SPILL_AT`) until :meth:`store` has checked the hash; ``on_done(self, error)`` is
-    called when the transfer ends."""
+class Spill(Protocol):
+    """Where a large body goes while it arrives: kept under the object's path by ``commit``."""
 
-    __slots__ = ("_file", "_hasher", "_parts", "_tmp", "h", "kind", "name", "on_done",
-                 "relpath", "size")
+    def write(self, block: bytes) -> None: ...
 
-    def __init__(self, h: ContentHash, kind: ObjectKind, tmp: Path,
-                 on_done: Callable[[BufferedObject, str | None], None]) -> None:
-        self.h, self.kind = h, kind
-        self.name = h.object_name(kind)
-        self.relpath = h.object_path(kind)
-        self.on_done = on_done
-        self.size = 0
-        self._tmp = tmp
-        self._hasher = h.algorithm.new()
-        self._parts: list[bytes] = []
-        self._file: BinaryIO | None = None
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class TempSpill:
+    """A spill for stores that cannot take a file block by block: an anonymous temporary file
+    in ``tmp``, copied into the store by :meth:`commit`."""
+
+    def __init__(self, dest: ObjectStore, relpath: str, tmp: Path) -> None:
+        self._dest, self._relpath = dest, relpath
+        self._file = tempfile.TemporaryFile(dir=tmp, prefix="pull.")  # noqa: SIM115
 
     def write(self, block: bytes) -> None:
+        self._file.write(block)
+
+    def commit(self) -> None:
+        self._file.flush()
+        self._file.seek(0)
+        self._dest.put_file(self._relpath, self._file)
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()
+
+
+def spill_for(dest: ObjectStore, tmp: Path) -> Callable[[str], Spill]:
+    """How :class:`BufferedObject` spills into ``dest``: straight into the store's own pending
+    file where it has one (one write of the bytes), else through a temporary file."""
+    begin_put = getattr(dest, "begin_put", None)
+    if begin_put is not None:
+        return begin_put  # type: ignore[no-any-return]
+    return lambda relpath: TempSpill(dest, relpath, tmp)
+
+
+class BufferedObject:
+    """One object fetched by a :class:`~pycvmfs.storage.batch.BatchFetcher`: its body hashed
+    as it arrives and kept in memory, or past :data:`SPILL_AT` in a :class:`Spill`, until
+    :meth:`store` has checked the hash; ``on_done(self, error)`` is called when the transfer
+    ends. Nothing is allocated for the body before the transfer starts, so that many can
+    wait in a queue cheaply."""
+
+    __slots__ = ("_hasher", "_parts", "_spill", "h", "kind", "name", "on_done", "open_spill",
+                 "relpath", "size")
+
+    def __init__(self, h: ContentHash, kind: ObjectKind, name: str,
+                 open_spill: Callable[[str], Spill],
+                 on_done: Callable[[BufferedObject, str | None], None]) -> None:
+        self.h, self.kind, self.name = h, kind, name
+        self.relpath = h.object_path(kind)
+        self.open_spill = open_spill
+        self.on_done = on_done
+        self.size = 0
+        self._hasher: Any = None
+        self._parts: list[bytes] = []
+        self._spill: Spill | None = None
+
+    def write(self, block: bytes) -> None:
+        if self._hasher is None:
+            self._hasher = self.h.algorithm.new()
         self._hasher.update(block)
         self.size += len(block)
-        if self._file is not None:
-            self._file.write(block)
+        if self._spill is not None:
+            self._spill.write(block)
             return
         self._parts.append(block)
         if self.size > SPILL_AT:
-            self._file = tempfile.TemporaryFile(dir=self._tmp, prefix="pull.")  # noqa: SIM115
+            self._spill = self.open_spill(self.relpath)
             for part in self._parts:
-                self._file.write(part)
+                self._spill.write(part)
             self._parts = []
 
     def done(self, error: str | None) -> None:
@@ -101,19 +144,19 @@ class BufferedObject:
 
     def verified(self) -> bool:
         """Whether the body hashes to the object's name."""
-        return ContentHash(self.h.algorithm, self._hasher.digest()) == self.h
+        hasher = self._hasher if self._hasher is not None else self.h.algorithm.new()
+        return hasher.digest() == self.h.digest
 
     def store(self, dest: ObjectStore) -> None:
         """Put the verified body into ``dest`` (atomically, as every store does)."""
-        if self._file is None:
+        if self._spill is None:
             dest.put_bytes(self.relpath, b"".join(self._parts))
         else:
-            self._file.flush()
-            self._file.seek(0)
-            dest.put_file(self.relpath, self._file)
+            spill, self._spill = self._spill, None
+            spill.commit()
 
     def discard(self) -> None:
         self._parts = []
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._spill is not None:
+            self._spill.abort()
+            self._spill = None

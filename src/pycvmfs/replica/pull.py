@@ -4,6 +4,7 @@ checked, and every catalog stored only after everything it references (format do
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import threading
 import time
@@ -18,10 +19,11 @@ from pycvmfs.format.catalog import Catalog
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
 from pycvmfs.format.sqlite import open_database
-from pycvmfs.replica.copying import BufferedObject, VerifyingReader
+from pycvmfs.replica.copying import BufferedObject, VerifyingReader, spill_for
 from pycvmfs.storage.base import ObjectStore, Source
 from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
+from pycvmfs.storage.local import LocalStorage
 from pycvmfs.storage.objects import download_verified
 
 __all__ = ["Progress", "PullStats", "Puller"]
@@ -35,6 +37,13 @@ _PRESENT = "present"
 _SKIPPED = "skipped"
 _ZERO = bytes(20)
 _PROGRESS_EVERY = 0.1
+#: How many objects may be scheduled and not yet finished. Queued objects cost a few hundred
+#: bytes each; a large window lets the walker schedule a catalog's objects in long runs and
+#: then sleep, instead of waking for every finished transfer and taking the GIL from the
+#: thread that stores them (which halved the speed of a snapshot when it was 64).
+_WINDOW = 16384
+#: Objects of a catalog taken from its database per lock of the bookkeeping.
+_SCHEDULE_RUN = 1024
 
 
 @dataclass
@@ -76,6 +85,37 @@ class _Node:
         self.db_users = 0  # the walker reads the database as a baseline
 
 
+class _Window:
+    """A bound on the objects in flight with hysteresis: :meth:`take` blocks at ``high`` until
+    the count is down to half of it, so the taker is woken once per half window, not once per
+    finished object."""
+
+    def __init__(self, high: int) -> None:
+        self.high = high
+        self.low = high // 2
+        self._count = 0
+        self._lock = threading.Lock()
+        self._room = threading.Event()
+        self._room.set()
+
+    def take(self, check: Callable[[], None]) -> None:
+        """One more in flight; ``check`` is called while waiting (it raises to give up)."""
+        while True:
+            with self._lock:
+                if self._count < self.high:
+                    self._count += 1
+                    return
+                self._room.clear()
+            while not self._room.wait(1.0):
+                check()
+
+    def give(self) -> None:
+        with self._lock:
+            self._count -= 1
+            if self._count <= self.low and not self._room.is_set():
+                self._room.set()
+
+
 class Puller:
     """Copies catalog trees from ``source`` to ``dest`` with ``workers`` parallel fetchers.
 
@@ -101,7 +141,10 @@ class Puller:
         # the pool then only walks catalogs and retries what that fast path could not fetch
         self._batch = (BatchFetcher(source, parallel=self._workers, on_error=self._fail)
                        if isinstance(source, HttpSource) else None)
-        self._slots = threading.BoundedSemaphore(self._workers * 4)
+        self._window = _Window(max(_WINDOW, self._workers * 4))
+        self._spill = spill_for(dest, self.tmp)
+        self._store_inline = isinstance(dest, LocalStorage)
+        self._uploads = threading.BoundedSemaphore(self._workers * 2)
         self._lock = threading.Lock()
         self._objects: dict[str, str | list[_Node]] = {}
         self._catalogs: dict[str, str | _Node] = {}
@@ -314,56 +357,73 @@ class Puller:
     # -- objects -----------------------------------------------------------------------------
 
     def _schedule_objects(self, node: _Node, base: Path | None) -> None:
-        for h, kind in _referenced(node.loaded.db, base, what=self._what(
-                node.loaded.hash, ObjectKind.CATALOG)):
+        rows = _referenced(node.loaded.db, base, what=self._what(node.loaded.hash,
+                                                                 ObjectKind.CATALOG))
+        while chunk := list(itertools.islice(rows, _SCHEDULE_RUN)):
             self._check()
-            name = h.object_name(kind)
-            with self._lock:
-                state = self._objects.get(name)
-                if state == _DONE:
-                    continue
-                if state == _FAILED:
-                    raise self._error or CvmfsError(f"{name}: failed")
-                node.pending += 1
-                if isinstance(state, list):
-                    state.append(node)
-                    continue
-                self._objects[name] = [node]
-                self._scheduled += 1
-            self._slots.acquire()
-            try:
-                if self._batch is not None and not self.dest.exists(h.object_path(kind)):
-                    self._batch.submit(BufferedObject(h, kind, self.tmp, self._batch_done))
-                else:
-                    self._pool.submit(self._object_task, h, kind, name)
-            except BaseException:
-                self._slots.release()
-                raise
+            new: list[tuple[ContentHash, ObjectKind, str]] = []
+            with self._lock:  # once per run of objects, not once per object
+                for h, kind in chunk:
+                    name = h.object_name(kind)
+                    state = self._objects.get(name)
+                    if state == _DONE:
+                        continue
+                    if state == _FAILED:
+                        raise self._error or CvmfsError(f"{name}: failed")
+                    node.pending += 1
+                    if isinstance(state, list):
+                        state.append(node)
+                        continue
+                    self._objects[name] = [node]
+                    self._scheduled += 1
+                    new.append((h, kind, name))
+            for h, kind, name in new:
+                self._window.take(self._check)
+                try:
+                    if self._batch is not None and not self.dest.exists(h.object_path(kind)):
+                        self._batch.submit(BufferedObject(h, kind, name, self._spill,
+                                                          self._batch_done))
+                    else:
+                        self._pool.submit(self._object_task, h, kind, name)
+                except BaseException:
+                    self._window.give()
+                    raise
 
     def _batch_done(self, obj: BufferedObject, error: str | None) -> None:
-        """A fast-path transfer ended (driver thread): verified bytes are stored right here (one
-        writer: parallel file creation in one storage only adds lock contention), anything
-        else is fetched again in the pool through ``source.fetch`` with its fail-over and
-        no-cache rules."""
+        """A fast-path transfer ended (driver thread). Verified bytes are stored right here
+        into a local directory (one writer: parallel file creation in one folder only adds
+        lock contention), or by the pool into a remote store (S3), whose round trips must not
+        stall the transfers; anything else is fetched again in the pool through
+        ``source.fetch`` with its fail-over and no-cache rules."""
         if self._error is None and error is None and obj.verified():
-            ok = False
-            try:
-                obj.store(self.dest)
-                with self._lock:
-                    self.stats.objects_fetched += 1
-                    self.stats.bytes_fetched += obj.size
-                ok = True
-            except BaseException as e:
-                self._fail(e)
-            finally:
-                obj.discard()
-                self._object_done(obj.name, ok=ok)
+            if self._store_inline:
+                self._store_fetched(obj)
+            else:
+                self._uploads.acquire()  # bounds the bodies waiting in memory for the pool
+                self._pool.submit(self._store_fetched, obj, upload=True)
             return
         obj.discard()
         if self._error is not None:
             self._object_done(obj.name, ok=False)
         else:
             self._pool.submit(self._object_task, obj.h, obj.kind, obj.name)
+
+    def _store_fetched(self, obj: BufferedObject, *, upload: bool = False) -> None:
+        ok = False
+        try:
+            if self._error is None:
+                obj.store(self.dest)
+                with self._lock:
+                    self.stats.objects_fetched += 1
+                    self.stats.bytes_fetched += obj.size
+                ok = True
+        except BaseException as e:
+            self._fail(e)
+        finally:
+            obj.discard()
+            if upload:
+                self._uploads.release()
+            self._object_done(obj.name, ok=ok)
 
     def _object_task(self, h: ContentHash, kind: ObjectKind, name: str) -> None:
         ok = False
@@ -385,7 +445,7 @@ class Puller:
             self._object_done(name, ok=ok)
 
     def _object_done(self, name: str, *, ok: bool) -> None:
-        self._slots.release()
+        self._window.give()
         with self._lock:
             waiters = self._objects[name]
             self._objects[name] = _DONE if ok else _FAILED

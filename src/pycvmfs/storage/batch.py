@@ -55,6 +55,7 @@ class BatchFetcher:
         self._multi = pycurl.CurlMulti()
         self._free = [self._easy() for _ in range(self.parallel)]
         self._active: dict[pycurl.Curl, Transfer] = {}
+        self._routes: dict[pycurl.Curl, tuple[str, float]] = {}  # proxy, timeout set on each
         self._closed = False
         self._thread = threading.Thread(target=self._drive, name="pycvmfs-batch", daemon=True)
         self._thread.start()
@@ -93,21 +94,27 @@ class BatchFetcher:
 
     # -- the driver thread --------------------------------------------------------------------
 
-    def _start(self, t: Transfer) -> None:
+    def _route(self) -> tuple[str, str, float]:
+        """The source's current server, proxy and timeout (asked once per run of starts)."""
+        proxy = self.source.current_proxy
+        return self.source.current_url, proxy, self.source.timeout_for(proxy)
+
+    def _start(self, t: Transfer, route: tuple[str, str, float]) -> None:
+        base, proxy, timeout = route
         try:
-            url = f"{self.source.current_url}/{quote_relpath(t.relpath)}"
+            url = f"{base}/{quote_relpath(t.relpath)}"
         except Exception as e:  # e.g. a path that must not be asked for: the slow path says why
             self._done(t, f"not requested: {e}")
             return
         c = self._free.pop()
-        proxy = self.source.current_proxy
-        timeout = self.source.timeout_for(proxy)
         c.setopt(pycurl.URL, url)
-        c.setopt(pycurl.PROXY, "" if proxy == DIRECT else proxy)
-        c.setopt(pycurl.CONNECTTIMEOUT_MS, int(timeout * 1000))
-        # a read timeout as the stock client has it: less than 1 byte/s for that long
-        c.setopt(pycurl.LOW_SPEED_LIMIT, 1)
-        c.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeout)))
+        if self._routes.get(c) != (proxy, timeout):  # set once per handle while unchanged
+            self._routes[c] = (proxy, timeout)
+            c.setopt(pycurl.PROXY, "" if proxy == DIRECT else proxy)
+            c.setopt(pycurl.CONNECTTIMEOUT_MS, int(timeout * 1000))
+            # a read timeout as the stock client has it: less than 1 byte/s for that long
+            c.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+            c.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeout)))
         c.setopt(pycurl.WRITEFUNCTION, t.write)
         self._active[c] = t
         self._multi.add_handle(c)
@@ -150,6 +157,7 @@ class BatchFetcher:
         stopping = False
         while not stopping or self._active:
             # take new transfers while handles are free; block only when idle
+            route = None
             while self._free and not stopping:
                 try:
                     t = self._queue.get(block=not self._active, timeout=None)
@@ -158,7 +166,9 @@ class BatchFetcher:
                 if t is None:
                     stopping = True
                     break
-                self._start(t)
+                if route is None:
+                    route = self._route()
+                self._start(t, route)
             if not self._active:
                 continue
             while True:

@@ -184,6 +184,12 @@ class LocalStorage:
 
         self._put(relpath, copy)
 
+    def begin_put(self, relpath: str) -> PendingPut:
+        """A file for ``relpath`` to be written block by block: invisible to readers until
+        :meth:`PendingPut.commit`, gone after :meth:`PendingPut.abort` (a caller that hashes
+        a stream as it arrives keeps it only once the hash is right)."""
+        return PendingPut(self, self._write_path(relpath))
+
     def _temporary(self) -> tuple[int, str]:
         """A new file in ``data/txn`` with a name unique to this process and thread."""
         tmp = os.path.join(self._txn, f"put.{os.getpid()}.{threading.get_ident()}."
@@ -196,25 +202,13 @@ class LocalStorage:
             return os.open(tmp, flags, FILE_MODE), tmp
 
     def _put(self, relpath: str, write: Callable[[int], object]) -> None:
-        dest = self._write_path(relpath)
-        fd, tmp = self._temporary()
+        pending = PendingPut(self, self._write_path(relpath))
         try:
-            try:
-                write(fd)
-                os.fchmod(fd, FILE_MODE)
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.replace(tmp, dest)
-            except FileNotFoundError:  # the folder (e.g. data/XX) does not exist yet
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                os.replace(tmp, dest)
+            write(pending.fd)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            pending.abort()
             raise
+        pending.commit()
 
     def delete(self, relpath: str) -> None:
         """Remove the file (or symlink) at ``relpath``; a missing file is not an error."""
@@ -270,6 +264,51 @@ class LocalStorage:
         for i in range(256):
             (data / f"{i:02x}").mkdir(exist_ok=True)
         (self.root / TXN_DIR).mkdir(exist_ok=True)
+
+
+class PendingPut:
+    """One file being written into a :class:`LocalStorage` (see :meth:`LocalStorage.begin_put`):
+    a temporary file in ``data/txn`` renamed over ``dest`` by :meth:`commit`."""
+
+    __slots__ = ("_fsync", "_tmp", "dest", "fd")
+
+    def __init__(self, store: LocalStorage, dest: str) -> None:
+        self.dest = dest
+        self.fd, self._tmp = store._temporary()
+        self._fsync = store._fsync
+
+    def write(self, block: bytes) -> None:
+        _write_all(self.fd, block)
+
+    def commit(self) -> None:
+        """Flush (fsync unless the store was opened without it) and move into place."""
+        if self.fd < 0:
+            raise ValueError(f"{self.dest}: already committed or aborted")
+        try:
+            try:
+                os.fchmod(self.fd, FILE_MODE)  # whatever the umask took away at creation
+                if self._fsync:
+                    os.fsync(self.fd)
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+            try:
+                os.replace(self._tmp, self.dest)
+            except FileNotFoundError:  # the folder (e.g. data/XX) does not exist yet
+                os.makedirs(os.path.dirname(self.dest), exist_ok=True)
+                os.replace(self._tmp, self.dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+            raise
+
+    def abort(self) -> None:
+        """Forget what was written (idempotent; nothing after :meth:`commit`)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
 
 
 def _write_all(fd: int, data: bytes) -> None:
