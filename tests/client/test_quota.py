@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,36 @@ def test_pins_of_a_dead_process_are_dropped(tmp_path):
     assert _disk_objects(tmp_path) == {}
 
 
+def test_a_zombie_counts_as_dead_for_its_pins_and_temporary_files(tmp_path):
+    """A killed mount whose parent has not reaped it (in a container, maybe never) is a
+    zombie: its pins and half-written files must not stay forever."""
+    h = _fake_object(tmp_path, 1, 100)
+    (tmp_path / "txn").mkdir()
+    with QuotaManager(tmp_path, MB) as q:
+        q.insert(h, 100, ObjectKind.FILE)
+    code = (f"import os; from pycvmfs.client.quota import QuotaManager as Q\n"
+            f"Q({str(tmp_path)!r}).pin({h!r})\n"
+            f"open(os.path.join({str(tmp_path / 'txn')!r}, f'obj.{{os.getpid()}}.x.0'), 'w')\n"
+            "print('ready', flush=True); os._exit(0)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        state = ""
+        for _ in range(500):  # exited, not reaped: a zombie (we are its parent and wait not)
+            with open(f"/proc/{child.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.01)
+        assert state == "Z"
+        assert (tmp_path / "txn" / f"obj.{child.pid}.x.0").exists()
+        with QuotaManager(tmp_path, MB) as q:
+            assert not q.is_pinned(h)
+        assert not (tmp_path / "txn" / f"obj.{child.pid}.x.0").exists()
+    finally:
+        child.wait(timeout=30)
+
+
 _READER = """
 import hashlib, json, os, sys
 from pycvmfs.client.repository import open_repository
@@ -373,3 +404,50 @@ def test_cache_without_quota_behaves_as_before(built, tmp_path):
     with repo, repo.open_revision() as view:
         assert _sha1_of(view, "/big/b") == built.expected["/big/b"]
     assert not (tmp_path / "c" / "cachedb").exists()
+
+
+def _kept_total(db_path: Path) -> tuple[int, int]:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        kept = db.execute("SELECT size FROM totals WHERE id = 1").fetchone()[0]
+        summed = db.execute("SELECT COALESCE(SUM(size), 0) FROM cache_catalog").fetchone()[0]
+    finally:
+        db.close()
+    return kept, summed
+
+
+def test_the_kept_total_follows_every_change_of_the_catalog(tmp_path):
+    q = QuotaManager(tmp_path, 10 * MB)
+    hs = [_fake_object(tmp_path, i, MB) for i in range(12)]
+    for h in hs[:10]:
+        q.insert(h, MB, ObjectKind.FILE)
+    assert _kept_total(q.db_path) == (10 * MB, 10 * MB)
+    q.insert(hs[0], MB // 2, ObjectKind.FILE)  # the same object again, another size
+    assert _kept_total(q.db_path) == (9 * MB + MB // 2,) * 2
+    q.insert(hs[10], MB, ObjectKind.FILE)  # over the limit: evicts down to half, then adds
+    q.remove(hs[10])
+    q.cleanup(2 * MB)
+    kept, summed = _kept_total(q.db_path)
+    assert kept == summed <= 2 * MB and q.stats().total_bytes == kept
+    q.close()
+
+
+def test_a_cache_database_from_before_the_kept_total_gets_it_filled(tmp_path):
+    import sqlite3
+
+    q = QuotaManager(tmp_path, None)
+    for i in range(3):
+        q.insert(_fake_object(tmp_path, i, MB), MB, ObjectKind.FILE)
+    q.close()
+    db = sqlite3.connect(tmp_path / "cachedb", isolation_level=None)
+    for trigger in ("cache_catalog_added", "cache_catalog_removed", "cache_catalog_resized"):
+        db.execute(f"DROP TRIGGER {trigger}")
+    db.execute("DROP TABLE totals")
+    db.close()
+    q = QuotaManager(tmp_path, 10 * MB)
+    assert _kept_total(q.db_path) == (3 * MB, 3 * MB)
+    q.insert(_fake_object(tmp_path, 7, MB), MB, ObjectKind.FILE)
+    assert _kept_total(q.db_path) == (4 * MB, 4 * MB)
+    q.close()

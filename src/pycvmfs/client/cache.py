@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from pycvmfs.client.quota import remove_dead_temporaries
 from pycvmfs.errors import HashMismatchError, IntegrityError
@@ -72,21 +73,25 @@ class Download:
         self._cache = cache
         self._compression = compression
         self._release: Callable[[], None] | None = release
-        self._file: BinaryIO | None = None  # created with the first bytes, by the writer
+        self._fd = -1  # the temporary file, created with the first bytes by the writer
         self._tmp = ""
+        self._size = 0  # decompressed bytes written
         self.reset()
 
-    def _out(self) -> BinaryIO:
-        if self._file is None:
-            fd, self._tmp = tempfile.mkstemp(dir=self._cache.txn, prefix=f"obj.{os.getpid()}.")
-            self._file = os.fdopen(fd, "wb")
-        return self._file
+    def _put(self, piece: bytes) -> None:
+        if self._fd < 0:
+            self._fd, self._tmp = self._cache.temporary("obj")
+        view = memoryview(piece)
+        while view:
+            n = os.pwrite(self._fd, view, self._size)
+            self._size += n
+            view = view[n:]
 
     def reset(self) -> None:
         """Start over (a source retries the download from another server)."""
-        if self._file is not None:
-            self._file.seek(0)
-            self._file.truncate()
+        if self._fd >= 0:
+            os.ftruncate(self._fd, 0)
+        self._size = 0
         self._hasher = self.h.algorithm.new()
         self._inflater = Inflater(self._compression, what=self.what)
         self._broken: IntegrityError | None = None  # reported only if the hash is right
@@ -100,7 +105,7 @@ class Download:
             return
         try:
             for piece in self._inflater.feed(block):
-                self._out().write(piece)
+                self._put(piece)
         except IntegrityError as e:
             self._broken = e
 
@@ -115,7 +120,7 @@ class Download:
             raise self._broken
         tail = self._inflater.finish()
         if tail:
-            self._out().write(tail)
+            self._put(tail)
         return self.stored
 
     def commit(self) -> Path:
@@ -123,9 +128,11 @@ class Download:
         cache = self._cache
         dest = cache.path_for(self.h)
         try:
-            f = self._out()  # (an empty object has had no bytes to write)
-            size = f.tell()
-            f.close()
+            if self._fd < 0:  # an empty object has had no bytes to write
+                self._fd, self._tmp = cache.temporary("obj")
+            size = self._size
+            os.close(self._fd)
+            self._fd = -1
             if cache.quota is not None:
                 cache.quota.insert(self.h, size, self.kind)  # makes room before it appears
             try:
@@ -153,8 +160,10 @@ class Download:
         """Drop the temporary file (safe to call more than once, and after :meth:`finish`)."""
         if self._release is None:
             return
-        if self._file is not None:
-            self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._tmp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._tmp)
         self._done()
@@ -181,6 +190,8 @@ class ObjectCache:
 
     def __init__(self, directory: str | os.PathLike, quota: QuotaManager | None = None) -> None:
         self.directory = Path(directory)
+        self._dir = str(self.directory)
+        self._names = itertools.count()
         self.quota = quota
         self.txn = self.directory / "txn"
         self.txn.mkdir(parents=True, exist_ok=True)
@@ -190,12 +201,28 @@ class ObjectCache:
         self._locks_guard = threading.Lock()
         self.stats = {"hits": 0, "misses": 0, "bytes_downloaded": 0}
 
+    def temporary(self, prefix: str) -> tuple[int, str]:
+        """A new file in ``txn/``, named ``<prefix>.<pid>.<cache>.<n>`` so that what a dead
+        process left behind is recognised and removed (:func:`remove_dead_temporaries`)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        while True:
+            path = f"{self._dir}/txn/{prefix}.{os.getpid()}.{id(self):x}.{next(self._names)}"
+            try:
+                return os.open(path, flags, 0o644), path
+            except FileExistsError:  # left by an earlier process that had the same pid
+                continue
+
     def path_for(self, h: ContentHash) -> Path:
-        text = str(h)
-        return self.directory / text[:2] / text[2:]
+        return Path(self._where(h))
+
+    def _where(self, h: ContentHash) -> str:
+        """``path_for`` as a string: the hot paths (every open and read of a mount) check and
+        open it without building a Path."""
+        text = h.digest.hex() + h.algorithm.suffix
+        return f"{self._dir}/{text[:2]}/{text[2:]}"
 
     def contains(self, h: ContentHash) -> bool:
-        return self.path_for(h).is_file()
+        return os.path.isfile(self._where(h))
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -227,9 +254,9 @@ class ObjectCache:
         downloads. With ``pin`` (and a quota) a found object stays pinned until :meth:`unpin`."""
         if pin and self.quota is not None:
             self.quota.pin(h)
-        dest = self.path_for(h)
-        if dest.is_file():
-            return self._hit(h, dest)
+        dest = self._where(h)
+        if os.path.isfile(dest):
+            return self._hit(h, Path(dest))
         if pin and self.quota is not None:
             self.quota.unpin(h)
         return None
@@ -254,7 +281,7 @@ class ObjectCache:
         if not lock.acquire(blocking=False):
             return None
         try:
-            if self.path_for(h).is_file():
+            if os.path.isfile(self._where(h)):
                 lock.release()
                 return None
             download = Download(self, h, kind, compression, what or h.describe(kind),

@@ -99,6 +99,10 @@ class Prefetcher:
         self._closed = False
         self.stats = {"submitted": 0, "fetched": 0, "failed": 0}
 
+    def has_room(self) -> bool:
+        """Whether a request would be queued now (the backlog is not full)."""
+        return not self._closed and self._queued < self._backlog
+
     def submit(self, h: ContentHash | None, kind: ObjectKind,
                compression: Compression = Compression.ZLIB) -> bool:
         """Queue ``h`` unless it was requested recently or the queue is full."""
@@ -279,15 +283,29 @@ class RepoFile(io.RawIOBase):
 
     # -- random access -------------------------------------------------------------------
     def pread(self, size: int, offset: int) -> bytes:
-        buf = bytearray(max(0, min(size, self._size - offset)))
-        n = self.pread_into(memoryview(buf), offset)
-        return bytes(buf[:n])
+        return self._pread(size, offset, True)
 
     def pread_nowait(self, size: int, offset: int) -> bytes:
         """:meth:`pread` if every object it needs is in the cache; else :class:`WouldBlock`
         (no download is started: call :meth:`pread` from a thread)."""
-        buf = bytearray(max(0, min(size, self._size - offset)))
-        n = self.pread_into(memoryview(buf), offset, wait=False)
+        return self._pread(size, offset, False)
+
+    def _pread(self, size: int, offset: int, wait: bool) -> bytes:
+        want = max(0, min(size, self._size - offset))
+        if self._chunks is None and want and not self.closed:
+            # one whole-file object: a single pread straight into the bytes returned
+            fd = self._acquire(self._entry.hash, ObjectKind.FILE, wait)
+            try:
+                data = os.pread(fd, want, offset)
+            finally:
+                self._done_with(self._entry.hash)  # type: ignore[arg-type]
+            if len(data) != want:
+                raise CvmfsError(f"{self.name}: cached object {self._entry.hash} is shorter "
+                                 f"than the catalog says ({offset + len(data)} < {self._size} "
+                                 "bytes)")
+            return data
+        buf = bytearray(want)
+        n = self.pread_into(memoryview(buf), offset, wait=wait)
         return bytes(buf[:n])
 
     def pread_into(self, mv: memoryview, offset: int, *, wait: bool = True) -> int:

@@ -70,7 +70,7 @@ def _make_prefetcher(repo: Repository, workers: int) -> Prefetcher:
 class _Listing:
     """A directory listing of one revision, with the reply attributes computed once."""
 
-    __slots__ = ("attrs", "entries", "first_file", "index", "last_opened")
+    __slots__ = ("ahead", "attrs", "entries", "first_file", "index", "last_opened")
 
     def __init__(self, entries: list[Stat]) -> None:
         self.entries = entries
@@ -78,6 +78,7 @@ class _Listing:
         self.index: dict[bytes, int] | None = None  # name -> position, built on first open
         self.first_file = -1  # position of the first regular file
         self.last_opened = -2  # position of the file opened last (sequential-scan detection)
+        self.ahead = -1  # files up to this position were handed to read-ahead
 
     def position(self, name: bytes) -> int | None:
         if self.index is None:
@@ -520,16 +521,25 @@ class CvmfsFilesystem(pyfuse3.Operations):
         if i is None:
             return
         entries = listing.entries
-        sequential = i in (listing.last_opened + 1, listing.first_file)
+        last = listing.last_opened
+        # the next file of the listing (directories and links in between are not opened)
+        sequential = i == listing.first_file or (
+            0 <= last < i and not any(entries[k].is_file for k in range(last + 1, i)))
         listing.last_opened = i
         if not sequential:
             return
-        submit = self.prefetcher.submit
-        for s in entries[i + 1:i + 1 + PREFETCH_FILES]:
-            e = s.entry
+        # keep PREFETCH_FILES ahead of the reader: each open hands over only the files that
+        # came into that window, not the whole window again
+        prefetcher = self.prefetcher
+        j = max(i + 1, listing.ahead + 1)
+        end = min(len(entries), i + 1 + PREFETCH_FILES)
+        while j < end and prefetcher.has_room():
+            e = entries[j].entry
             if (e.is_regular and not e.is_chunked and not e.is_external and e.hash is not None
                     and 0 < e.size <= PREFETCH_MAX_SIZE):
-                submit(e.hash, ObjectKind.FILE, e.compression)
+                prefetcher.submit(e.hash, ObjectKind.FILE, e.compression)
+            listing.ahead = j
+            j += 1
 
     async def read(self, fh, off, size):
         f = self._files.get(fh)

@@ -27,21 +27,34 @@ _TOUCH_INTERVAL = 5.0  # ... or after this many seconds
 _OBJECT_DIR = re.compile(r"^[0-9a-f]{2}$")
 _TXN_NAME = re.compile(r"^[a-z]+\.(\d+)\.")  # <prefix>.<pid>.<random>: see ObjectCache
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS cache_catalog (
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS cache_catalog (
     hash TEXT PRIMARY KEY,        -- textual hash, no suffix (one entry per object, §8.5)
     size INTEGER NOT NULL,        -- decompressed bytes on disk
     acseq INTEGER NOT NULL,       -- access sequence: higher = used more recently
     type TEXT NOT NULL,           -- 'catalog' or 'regular'
     pinned INTEGER NOT NULL DEFAULT 0  -- number of processes pinning it (rows in pins)
-);
-CREATE INDEX IF NOT EXISTS cache_catalog_acseq ON cache_catalog (acseq);
-CREATE TABLE IF NOT EXISTS pins (
+)""",
+    "CREATE INDEX IF NOT EXISTS cache_catalog_acseq ON cache_catalog (acseq)",
+    """CREATE TABLE IF NOT EXISTS pins (
     hash TEXT NOT NULL,
     pid INTEGER NOT NULL,
     PRIMARY KEY (hash, pid)
-);
-"""
+)""",
+    # The total size, kept by triggers: every insertion checks it against the limit, and a
+    # SUM over the table there would cost time in proportion to the cache's object count.
+    # (Databases made before this table get it filled in the same transaction.)
+    "CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "size INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO totals (id, size) SELECT 1, COALESCE(SUM(size), 0) "
+    "FROM cache_catalog",
+    "CREATE TRIGGER IF NOT EXISTS cache_catalog_added AFTER INSERT ON cache_catalog "
+    "BEGIN UPDATE totals SET size = size + NEW.size WHERE id = 1; END",
+    "CREATE TRIGGER IF NOT EXISTS cache_catalog_removed AFTER DELETE ON cache_catalog "
+    "BEGIN UPDATE totals SET size = size - OLD.size WHERE id = 1; END",
+    "CREATE TRIGGER IF NOT EXISTS cache_catalog_resized AFTER UPDATE OF size ON cache_catalog "
+    "BEGIN UPDATE totals SET size = size + NEW.size - OLD.size WHERE id = 1; END",
+)
 
 
 def quota_limit_from_env(env: Callable[[str], str | None] = os.environ.get) -> int | None:
@@ -77,6 +90,8 @@ def _call(ref: weakref.ref, method: str, *args) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` can still use the cache. A zombie cannot: a killed mount stays
+    one until its parent reaps it, which in a container may be never (or only later)."""
     if pid <= 0:
         return False
     try:
@@ -84,8 +99,13 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (or it just went away): trust the signal check
         return True
-    return True
+    return state not in (b"Z", b"X")
 
 
 @dataclass(frozen=True)
@@ -151,9 +171,8 @@ class QuotaManager:
         self._db: sqlite3.Connection | None = None
         try:
             with self._write() as db:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _SCHEMA:
+                    db.execute(statement)
             self._recover()
         except sqlite3.DatabaseError as e:
             raise CvmfsError(f"{self.db_path}: cannot open the cache database: {e}") from e
@@ -252,7 +271,7 @@ class QuotaManager:
         return len(dead)
 
     def _total(self, db: sqlite3.Connection) -> int:
-        return db.execute("SELECT COALESCE(SUM(size), 0) FROM cache_catalog").fetchone()[0]
+        return db.execute("SELECT size FROM totals WHERE id = 1").fetchone()[0]
 
     def _evict(self, db: sqlite3.Connection, target: int, exclude: str | None = None) -> int:
         """Evict LRU unpinned objects until the total is at most ``target``; bytes freed."""

@@ -97,6 +97,8 @@ class _Window:
         self._lock = threading.Lock()
         self._room = threading.Event()
         self._room.set()
+        self._empty = threading.Event()
+        self._empty.set()
 
     def take(self, check: Callable[[], None]) -> None:
         """One more in flight; ``check`` is called while waiting (it raises to give up)."""
@@ -104,6 +106,7 @@ class _Window:
             with self._lock:
                 if self._count < self.high:
                     self._count += 1
+                    self._empty.clear()
                     return
                 self._room.clear()
             while not self._room.wait(1.0):
@@ -114,6 +117,16 @@ class _Window:
             self._count -= 1
             if self._count <= self.low and not self._room.is_set():
                 self._room.set()
+            if self._count == 0:
+                self._empty.set()
+
+    def wait_empty(self) -> None:
+        """Wait until everything taken was given back."""
+        with self._lock:
+            if self._count == 0:
+                return
+            self._empty.clear()
+        self._empty.wait()
 
 
 class Puller:
@@ -165,6 +178,7 @@ class Puller:
 
     def wait(self) -> None:
         """Wait for every scheduled copy; raise the first error."""
+        self._window.wait_empty()  # (pool and batch hand objects to each other until then)
         if self._batch is not None:
             self._batch.close()  # its failures are retried in the pool: close that after
         self._pool.shutdown(wait=True)
@@ -380,7 +394,11 @@ class Puller:
             for h, kind, name in new:
                 self._window.take(self._check)
                 try:
-                    if self._batch is not None and not self.dest.exists(h.object_path(kind)):
+                    if self._batch is None:
+                        self._pool.submit(self._object_task, h, kind, name)
+                    elif not self._store_inline:  # asking a remote store is a round trip:
+                        self._pool.submit(self._probe, h, kind, name)  # many at once
+                    elif not self.dest.exists(h.object_path(kind)):
                         self._batch.submit(BufferedObject(h, kind, name, self._spill,
                                                           self._batch_done))
                     else:
@@ -424,6 +442,25 @@ class Puller:
             if upload:
                 self._uploads.release()
             self._object_done(obj.name, ok=ok)
+
+    def _probe(self, h: ContentHash, kind: ObjectKind, name: str) -> None:
+        """(pool) Count an object the remote destination has, hand a missing one to the
+        batch fetcher."""
+        try:
+            if self._error is None and not self.dest.exists(h.object_path(kind)):
+                assert self._batch is not None
+                self._batch.submit(BufferedObject(h, kind, name, self._spill, self._batch_done))
+                return
+        except BaseException as e:
+            self._fail(e)
+            self._object_done(name, ok=False)
+            return
+        if self._error is not None:
+            self._object_done(name, ok=False)
+            return
+        with self._lock:
+            self.stats.objects_present += 1
+        self._object_done(name, ok=True)
 
     def _object_task(self, h: ContentHash, kind: ObjectKind, name: str) -> None:
         ok = False
