@@ -98,13 +98,17 @@ def config_selector(fqrn: str, config_dir: str | None) -> dict:
 @click.option("-d", "--debug", is_flag=True, help="Debug logging (and libfuse debug output).")
 @click.option("--readahead-threads", type=click.IntRange(0, 64), default=6, show_default=True,
               help="Threads downloading ahead of sequential reads (0: no read-ahead).")
+@click.option("--readahead-process/--readahead-in-process", default=True, show_default=True,
+              help="Over HTTP, run read-ahead downloads in a child process (on another core) "
+                   "instead of a thread of the mount.")
 @click.option("--catalog-idle", type=click.FloatRange(0), default=600.0, show_default=True,
               help="Unload nested catalogs unused for this many seconds (0: only when the "
                    "kernel forgets their inodes).")
 @revision_options
 def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, config_dir,
           foreground: bool, allow_other: bool, ttl: int | None, log_file: str | None,
-          debug: bool, readahead_threads: int, catalog_idle: float, **kw) -> None:
+          debug: bool, readahead_threads: int, readahead_process: bool, catalog_idle: float,
+          **kw) -> None:
     """Mount repository FQRN read-only at MOUNTPOINT (FUSE)."""
     from pycvmfs.client.fuse import MountOptions, run_mount
 
@@ -116,7 +120,8 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
     if os.path.ismount(mountpoint):
         raise ConfigError(f"{mountpoint}: something is mounted there already")
     options = MountOptions(ttl=ttl, allow_other=allow_other, debug=debug, selector=selector,
-                           prefetch_workers=readahead_threads, catalog_idle=catalog_idle)
+                           prefetch_workers=readahead_threads,
+                           prefetch_process=readahead_process, catalog_idle=catalog_idle)
     if foreground:
         _logging(log_file, debug)
         repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 __all__ = ["Breadcrumb", "Download", "ObjectCache", "default_cache_dir"]
 
 
+#: How long a reader waits for a download running elsewhere before fetching by itself.
+ELSEWHERE_WAIT = 60.0
+
+
 def default_cache_dir() -> Path:
     """``$PYCVMFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/pycvmfs``, else ``~/.cache/pycvmfs``."""
     env = os.environ.get("PYCVMFS_CACHE_DIR")
@@ -198,8 +202,11 @@ class ObjectCache:
         if quota is None:  # (a QuotaManager does this when it opens)
             remove_dead_temporaries(self.txn)
         self._locks: dict[str, threading.Lock] = {}
+        #: elsewhere(h): an event set when another process (the mount's download process)
+        #: has finished downloading ``h`` into this cache, or None when it is not doing so
+        self.elsewhere: Callable[[ContentHash], threading.Event | None] | None = None
         self._locks_guard = threading.Lock()
-        self.stats = {"hits": 0, "misses": 0, "bytes_downloaded": 0}
+        self.stats = {"hits": 0, "misses": 0, "bytes_downloaded": 0, "waits": 0}
 
     def temporary(self, prefix: str) -> tuple[int, str]:
         """A new file in ``txn/``, named ``<prefix>.<pid>.<cache>.<n>`` so that what a dead
@@ -298,6 +305,12 @@ class ObjectCache:
         dest = self.path_for(h)
         if dest.is_file():
             return self._hit(h, dest)
+        waiter = self.elsewhere(h) if self.elsewhere is not None else None
+        if waiter is not None:  # another process is downloading it: wait instead of a 2nd GET
+            self.stats["waits"] += 1
+            waiter.wait(ELSEWHERE_WAIT)
+            if dest.is_file():
+                return self._hit(h, dest)
         lock = self._lock_for(str(h))
         lock.acquire()  # waits for a download of h in flight (a reader's or read-ahead's)
         if dest.is_file():

@@ -82,7 +82,8 @@ class Prefetcher:
     def __init__(self, fetch: Callable[[ContentHash, ObjectKind, Compression], object],
                  cached: Callable[[ContentHash], bool], *, workers: int = 6,
                  backlog: int = 64, remember: int = 8192, batch: Batch | None = None,
-                 begin: BeginDownload | None = None) -> None:
+                 begin: BeginDownload | None = None,
+                 ended: Callable[[ContentHash, object | None], None] | None = None) -> None:
         if (batch is None) != (begin is None):
             raise ValueError("Prefetcher: batch and begin go together")
         self._fetch = fetch
@@ -97,6 +98,7 @@ class Prefetcher:
         self._queued = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._on_ended = ended
         self.stats = {"submitted": 0, "fetched": 0, "failed": 0}
 
     def has_room(self) -> bool:
@@ -155,6 +157,8 @@ class Prefetcher:
                 self.stats["fetched"] += 1
         if error is not None:
             log.debug("read-ahead of %s failed: %s", h, error)
+        if self._on_ended is not None:
+            self._on_ended(h, error)
 
     def close(self) -> None:
         """Stop taking requests; wait for the downloads in flight (they finish or are dropped)."""

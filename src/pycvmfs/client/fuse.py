@@ -13,6 +13,7 @@ import pyfuse3
 import trio
 
 from pycvmfs import __version__
+from pycvmfs.client.fetcher import FetchProcess
 from pycvmfs.client.files import Prefetcher, RepoFile, WouldBlock
 from pycvmfs.client.repository import Repository
 from pycvmfs.client.stat import Stat
@@ -40,12 +41,16 @@ class MountOptions:
     debug: bool = False
     selector: dict = field(default_factory=dict)  # tag / revision / root_hash / date: pinned
     prefetch_workers: int = 6  # read-ahead threads (0: no read-ahead; HTTP: batch transfers)
+    prefetch_process: bool = True  # over HTTP: read-ahead in a child process (2nd core)
     catalog_idle: float = 600.0  # unload nested catalogs unused this long (0: never by time)
 
 
 #: a sequential scan of a directory downloads the next files of its listing ahead of the reader
-PREFETCH_FILES = 64
+PREFETCH_FILES = 256
 PREFETCH_MAX_SIZE = 4 << 20  # unchunked files up to this size
+#: after files were read in listing order, the next directories listed within this many
+#: seconds are read ahead from their first file
+SCAN_GRACE = 2.0
 #: read-ahead over HTTP: transfers at once, and requests queued at most
 BATCH_PARALLEL = 16
 BATCH_BACKLOG = 128
@@ -53,11 +58,15 @@ _JANITOR_PERIOD = 2.0  # seconds between closing dropped catalogs / unloading id
 _RETIRE_GRACE = 5.0  # a dropped catalog is closed this long after no lookup can reach it
 
 
-def _make_prefetcher(repo: Repository, workers: int) -> Prefetcher:
+def _make_prefetcher(repo: Repository, workers: int,
+                     in_process: bool = False) -> Prefetcher | FetchProcess:
     """Read-ahead for a mount: over HTTP as batch transfers (many at once on keep-alive
-    connections, the HTTP work in C), else in ``workers`` threads."""
+    connections, the HTTP work in C), in a child process unless ``in_process``; else in
+    ``workers`` threads."""
     cache, source = repo.cache, repo.source
     if isinstance(source, HttpSource):
+        if not in_process:
+            return FetchProcess(source, cache, parallel=BATCH_PARALLEL)
         batch = BatchFetcher(source, parallel=BATCH_PARALLEL,
                              on_error=lambda e: log.warning("read-ahead: %s", e))
         return Prefetcher(lambda h, kind, comp: cache.fetch(source, h, kind, comp),
@@ -239,14 +248,16 @@ class CvmfsFilesystem(pyfuse3.Operations):
         self.use = _CatalogUse()
         self._mountpoints: set[bytes] = set()  # nested catalog mount points seen so far
         self._forgotten: set[bytes] = set()  # mount points whose last inode was forgotten
-        self.prefetcher: Prefetcher | None = None
+        self.prefetcher: Prefetcher | FetchProcess | None = None
         if self.options.prefetch_workers > 0:
-            self.prefetcher = _make_prefetcher(repo, self.options.prefetch_workers)
+            self.prefetcher = _make_prefetcher(repo, self.options.prefetch_workers,
+                                               not self.options.prefetch_process)
             self.view.readahead = self.prefetcher.submit
         self._next_fh = 1
         self._lock = threading.Lock()
         self.expires = time.time() + self.ttl
         self.io_errors = 0
+        self._scan_until = 0.0  # sequential reading was seen until this long ago
 
     # -- revisions -----------------------------------------------------------------------
     @property
@@ -451,6 +462,10 @@ class CvmfsFilesystem(pyfuse3.Operations):
             if len(self._listings) >= 4096:
                 self._listings.pop(next(iter(self._listings)))
             self._listings[key] = listing
+        if self.prefetcher is not None and time.monotonic() < self._scan_until:
+            # a tree scan (tar, cp -r) lists a directory and then reads its files: start on
+            # them now rather than at the first open, so no directory starts cold
+            self._prefetch_from(listing, 0)
         mps = _CatalogUse.covering(path, self._mountpoints)
         with self._lock:
             fh = self._next_fh
@@ -528,11 +543,16 @@ class CvmfsFilesystem(pyfuse3.Operations):
         listing.last_opened = i
         if not sequential:
             return
-        # keep PREFETCH_FILES ahead of the reader: each open hands over only the files that
-        # came into that window, not the whole window again
+        self._scan_until = time.monotonic() + SCAN_GRACE
+        self._prefetch_from(listing, i + 1)
+
+    def _prefetch_from(self, listing: _Listing, i: int) -> None:
+        """Keep PREFETCH_FILES of ``listing`` from position ``i`` downloading: each call hands
+        over only the files that came into that window, not the whole window again."""
         prefetcher = self.prefetcher
-        j = max(i + 1, listing.ahead + 1)
-        end = min(len(entries), i + 1 + PREFETCH_FILES)
+        entries = listing.entries
+        j = max(i, listing.ahead + 1)
+        end = min(len(entries), i + PREFETCH_FILES)
         while j < end and prefetcher.has_room():
             e = entries[j].entry
             if (e.is_regular and not e.is_chunked and not e.is_external and e.hash is not None
@@ -676,6 +696,7 @@ def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = 
         pyfuse3.close(unmount=True)
         if fs.prefetcher is not None:
             fs.prefetcher.close()
+            log.info("read-ahead %s; cache %s", fs.prefetcher.stats, fs.repo.cache.stats)
         for v in fs._views:
             v.close()
 

@@ -163,6 +163,16 @@ class HttpSource:
     def __repr__(self) -> str:
         return f"HttpSource({self._urls!r}, proxies={self.proxy_spec!r})"
 
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments that make an equivalent source (JSON-serialisable), e.g. in
+        another process."""
+        return {"urls": list(self._urls), "proxies": [list(g) for g in self._groups],
+                "timeout": float(self._timeout.connect_timeout),  # type: ignore[arg-type]
+                "timeout_direct": float(self._timeout_direct.connect_timeout),  # type: ignore
+                "retries": self._retries, "backoff": list(self._backoff),
+                "host_reset_after": self._host_reset_after,
+                "proxy_reset_after": self._proxy_reset_after, "user_agent": self.user_agent}
+
     def __enter__(self) -> HttpSource:
         return self
 
