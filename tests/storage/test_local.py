@@ -362,3 +362,18 @@ def test_begin_put_refuses_a_path_outside_the_root(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "repo")
     with pytest.raises(ConfigError):
         store.begin_put("data/../../escape")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_stored_files_are_world_readable_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        store = LocalStorage(tmp_path / "repo")
+        store.put_bytes("data/aa/object", b"content")
+        pending = store.begin_put("data/aa/streamed")
+        pending.write(b"content")
+        pending.commit()
+    finally:
+        os.umask(old)
+    for name in ("object", "streamed"):  # a web server (another user) must read them
+        assert (tmp_path / "repo" / "data" / "aa" / name).stat().st_mode & 0o777 == 0o644

@@ -75,6 +75,7 @@ class LocalStorage:
         self._prefix = self._root.rstrip("/") + "/"
         self._txn = os.path.join(self._root, TXN_DIR)
         self._fsync = fsync
+        self._umask = _umask()  # as the store opens (what its files are created with)
         self._folders: dict[str, str] = {}  # lexical folder -> its real path, checked inside
         self._names = itertools.count()
 
@@ -270,12 +271,13 @@ class PendingPut:
     """One file being written into a :class:`LocalStorage` (see :meth:`LocalStorage.begin_put`):
     a temporary file in ``data/txn`` renamed over ``dest`` by :meth:`commit`."""
 
-    __slots__ = ("_fsync", "_tmp", "dest", "fd")
+    __slots__ = ("_fsync", "_tmp", "_umask", "dest", "fd")
 
     def __init__(self, store: LocalStorage, dest: str) -> None:
         self.dest = dest
         self.fd, self._tmp = store._temporary()
         self._fsync = store._fsync
+        self._umask = store._umask
 
     def write(self, block: bytes) -> None:
         _write_all(self.fd, block)
@@ -286,7 +288,8 @@ class PendingPut:
             raise ValueError(f"{self.dest}: already committed or aborted")
         try:
             try:
-                os.fchmod(self.fd, FILE_MODE)  # whatever the umask took away at creation
+                if self._umask & FILE_MODE:  # the umask took bits away at creation: restore
+                    os.fchmod(self.fd, FILE_MODE)
                 if self._fsync:
                     os.fsync(self.fd)
             finally:
@@ -309,6 +312,19 @@ class PendingPut:
             self.fd = -1
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._tmp)
+
+
+def _umask() -> int:
+    """The process's umask (from /proc: setting it to find it would race with other threads
+    creating files); when it cannot be read, assume it takes bits away."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777
 
 
 def _write_all(fd: int, data: bytes) -> None:
