@@ -482,15 +482,17 @@ class Puller:
             self._object_done(name, ok=ok)
 
     def _object_done(self, name: str, *, ok: bool) -> None:
-        self._window.give()
-        with self._lock:
-            waiters = self._objects[name]
-            self._objects[name] = _DONE if ok else _FAILED
-            self._finished += 1
-        assert isinstance(waiters, list)
-        for n in waiters:
-            self._release(n, ok=ok)
-        self._report()
+        try:
+            with self._lock:
+                waiters = self._objects[name]
+                self._objects[name] = _DONE if ok else _FAILED
+                self._finished += 1
+            assert isinstance(waiters, list)
+            for n in waiters:
+                self._release(n, ok=ok)  # (may store a catalog whose last object this was)
+            self._report()
+        finally:
+            self._window.give()  # last: an empty window means all bookkeeping is done
 
     def _copy(self, h: ContentHash, kind: ObjectKind, relpath: str) -> int:
         what = self._what(h, kind)
