@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pycvmfs.client.quota import remove_dead_temporaries
-from pycvmfs.errors import HashMismatchError, IntegrityError
-from pycvmfs.format.compression import Compression, Inflater
+from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
+from pycvmfs.storage.objects import CheckedBody
 
 if TYPE_CHECKING:
     from pycvmfs.client.quota import QuotaManager
@@ -96,36 +96,23 @@ class Download:
         if self._fd >= 0:
             os.ftruncate(self._fd, 0)
         self._size = 0
-        self._hasher = self.h.algorithm.new()
-        self._inflater = Inflater(self._compression, what=self.what)
-        self._broken: IntegrityError | None = None  # reported only if the hash is right
-        self.stored = 0
+        self._body = CheckedBody(self.h, self._compression, self.what)
+
+    @property
+    def stored(self) -> int:
+        """Compressed bytes received."""
+        return self._body.stored
 
     def write(self, block: bytes) -> None:
         """Take the next block of the compressed body."""
-        self._hasher.update(block)
-        self.stored += len(block)
-        if self._broken is not None:
-            return
-        try:
-            for piece in self._inflater.feed(block):
-                self._put(piece)
-        except IntegrityError as e:
-            self._broken = e
+        self._body.feed(block, self._put)
 
     def verify(self) -> int:
         """Check the body received: the hash of the compressed bytes, then the compression;
         returns the number of compressed bytes. Raises :class:`HashMismatchError` or
         :class:`IntegrityError` (the download stays open: a source may :meth:`reset` it)."""
-        actual = ContentHash(self.h.algorithm, self._hasher.digest())
-        if actual != self.h:
-            raise HashMismatchError(self.what, str(self.h), str(actual))
-        if self._broken is not None:
-            raise self._broken
-        tail = self._inflater.finish()
-        if tail:
-            self._put(tail)
-        return self.stored
+        self._body.finish(self._put)
+        return self._body.stored
 
     def commit(self) -> Path:
         """Move the verified object into the cache (call :meth:`verify` first)."""
@@ -302,20 +289,20 @@ class ObjectCache:
 
     def _fetch(self, source: Source, h: ContentHash, kind: ObjectKind,
                compression: Compression, what: str | None) -> Path:
-        dest = self.path_for(h)
-        if dest.is_file():
-            return self._hit(h, dest)
+        dest = self._where(h)
+        if os.path.isfile(dest):
+            return self._hit(h, Path(dest))
         waiter = self.elsewhere(h) if self.elsewhere is not None else None
         if waiter is not None:  # another process is downloading it: wait instead of a 2nd GET
             self.stats["waits"] += 1
             waiter.wait(ELSEWHERE_WAIT)
-            if dest.is_file():
-                return self._hit(h, dest)
+            if os.path.isfile(dest):
+                return self._hit(h, Path(dest))
         lock = self._lock_for(str(h))
         lock.acquire()  # waits for a download of h in flight (a reader's or read-ahead's)
-        if dest.is_file():
+        if os.path.isfile(dest):
             lock.release()
-            return self._hit(h, dest)
+            return self._hit(h, Path(dest))
         try:
             self.stats["misses"] += 1
             label = what or h.describe(kind)

@@ -10,7 +10,7 @@ from pycvmfs.format.compression import Compression, Inflater
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
 
-__all__ = ["download_verified", "fetch_object_bytes"]
+__all__ = ["CheckedBody", "download_verified", "fetch_object_bytes"]
 
 Sink = Callable[[bytes], None]
 #: Where decompressed bytes go: a bytearray, a writable binary file, or a callable (which may
@@ -49,6 +49,52 @@ def _output(out: Output, what: str) -> tuple[Sink | None, Callable[[], None]]:
     return out, refuse
 
 
+class CheckedBody:
+    """One object body checked as it arrives: the stored bytes hashed, the decompression
+    carried along into ``write``. A decompression error is held back and raised by
+    :meth:`finish` only when the hash is right: a wrong hash says more (wrong bytes: another
+    server may have the right ones)."""
+
+    __slots__ = ("_broken", "_hasher", "_inflater", "h", "stored", "what")
+
+    def __init__(self, h: ContentHash, compression: Compression, what: str) -> None:
+        self.h, self.what = h, what
+        self._hasher = h.algorithm.new()
+        self._inflater = Inflater(compression, what=what)
+        self._broken: IntegrityError | None = None
+        self.stored = 0  # compressed bytes seen
+
+    def feed(self, block: bytes, write: Sink | None) -> int:
+        """Take the next block; returns the decompressed bytes it completed."""
+        self._hasher.update(block)
+        self.stored += len(block)
+        if self._broken is not None:
+            return 0
+        plain = 0
+        try:
+            for piece in self._inflater.feed(block):
+                plain += len(piece)
+                if write is not None:
+                    write(piece)
+        except IntegrityError as e:
+            self._broken = e
+        return plain
+
+    def finish(self, write: Sink | None) -> int:
+        """Check the hash, then the end of the compressed stream (raises
+        :class:`HashMismatchError` / :class:`IntegrityError`); returns the last decompressed
+        bytes, handed to ``write``."""
+        actual = ContentHash(self.h.algorithm, self._hasher.digest())
+        if actual != self.h:
+            raise HashMismatchError(self.what, str(self.h), str(actual))
+        if self._broken is not None:
+            raise self._broken
+        tail = self._inflater.finish()
+        if tail and write is not None:
+            write(tail)
+        return len(tail)
+
+
 def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
                       compression: Compression, sink: Output, *,
                       what: str | None = None, raw: Output = None) -> tuple[int, int]:
@@ -68,39 +114,18 @@ def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
 
     def consume(blocks: Iterator[bytes]) -> tuple[int, int]:
         nonlocal attempts
-        hasher = h.algorithm.new()
-        inflater = Inflater(compression, what=label)
         attempts += 1
         if attempts > 1:
             restart()
             restart_raw()
-        stored = plain = 0
-        broken: IntegrityError | None = None  # a zlib error is reported only if the hash is right
+        body = CheckedBody(h, compression, label)
+        plain = 0
         for block in blocks:
-            hasher.update(block)
-            stored += len(block)
             if write_raw is not None:
                 write_raw(block)
-            if broken is not None:
-                continue
-            try:
-                for piece in inflater.feed(block):
-                    plain += len(piece)
-                    if write is not None:
-                        write(piece)
-            except IntegrityError as e:
-                broken = e
-        actual = ContentHash(h.algorithm, hasher.digest())
-        if actual != h:
-            raise HashMismatchError(label, str(h), str(actual))
-        if broken is not None:
-            raise broken
-        tail = inflater.finish()
-        if tail:
-            plain += len(tail)
-            if write is not None:
-                write(tail)
-        return stored, plain
+            plain += body.feed(block, write)
+        plain += body.finish(write)
+        return body.stored, plain
 
     return source.fetch(h.object_path(kind), consume, what=label)
 
