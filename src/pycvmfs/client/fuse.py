@@ -1,20 +1,24 @@
-"""The FUSE file system: a read-only mount of a verified repository through libfuse3 (pyfuse3)."""
+"""The FUSE file system: a read-only mount of a verified repository through libfuse3.
+
+The requests arrive through :mod:`pycvmfs.client._fuse_lowlevel` (a small C binding of
+libfuse3's low-level API): reads of cached objects, directory opens and the kernel's caches are
+handled there without Python; the methods of :class:`CvmfsFilesystem` answer the rest, in
+worker threads (a request that downloads blocks only its own thread)."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 
-import pyfuse3
-import trio
-
 from pycvmfs import __version__
+from pycvmfs.client import _fuse_lowlevel
 from pycvmfs.client.fetcher import FetchProcess
-from pycvmfs.client.files import Prefetcher, RepoFile, WouldBlock
+from pycvmfs.client.files import Prefetcher, RepoFile
 from pycvmfs.client.repository import Repository
 from pycvmfs.client.stat import Stat
 from pycvmfs.client.view import RevisionView
@@ -27,10 +31,19 @@ __all__ = ["CvmfsFilesystem", "MountOptions", "run_mount"]
 
 log = logging.getLogger("pycvmfs.fuse")
 
+ROOT_INODE = _fuse_lowlevel.ROOT_INODE
+
 _MAGIC_ROOT = ("user.fqrn", "user.revision", "user.root_hash", "user.host", "user.proxy",
                "user.expires", "user.nclg", "user.nioerr", "user.version", "user.uptime",
                "user.timestamp", "user.pid")
 _MAGIC_FILE = ("user.hash", "user.lhash", "user.chunks", "user.compression")
+
+
+class FuseError(OSError):
+    """The error number a request is answered with (raised by a handler)."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number, os.strerror(number))
 
 
 @dataclass
@@ -43,6 +56,7 @@ class MountOptions:
     prefetch_workers: int = 6  # read-ahead threads (0: no read-ahead; HTTP: batch transfers)
     prefetch_process: bool = True  # over HTTP: read-ahead in a child process (2nd core)
     catalog_idle: float = 600.0  # unload nested catalogs unused this long (0: never by time)
+    threads: int = 8  # threads answering FUSE requests (a download blocks only its own)
 
 
 #: a sequential scan of a directory downloads the next files of its listing ahead of the reader
@@ -56,6 +70,7 @@ BATCH_PARALLEL = 16
 BATCH_BACKLOG = 128
 _JANITOR_PERIOD = 2.0  # seconds between closing dropped catalogs / unloading idle ones
 _RETIRE_GRACE = 5.0  # a dropped catalog is closed this long after no lookup can reach it
+_STOP_WAIT = 10.0  # seconds the worker threads get to finish their requests at unmount
 
 
 def _make_prefetcher(repo: Repository, workers: int,
@@ -83,7 +98,7 @@ class _Listing:
 
     def __init__(self, entries: list[Stat]) -> None:
         self.entries = entries
-        self.attrs: list[pyfuse3.EntryAttributes | None] = [None] * len(entries)
+        self.attrs: list[tuple | None] = [None] * len(entries)
         self.index: dict[bytes, int] | None = None  # name -> position, built on first open
         self.first_file = -1  # position of the first regular file
         self.last_opened = -2  # position of the file opened last (sequential-scan detection)
@@ -103,6 +118,7 @@ class _CatalogUse:
     verified) again on its next use."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # requests arrive in several threads
         self.nlookup: dict[int, int] = {}
         self.mps_of: dict[int, tuple[bytes, ...]] = {}  # inode -> mount points it counts in
         self.refs: dict[bytes, int] = {}
@@ -122,50 +138,55 @@ class _CatalogUse:
         return tuple(out)
 
     def looked_up(self, ino: int, path: bytes, known: set[bytes]) -> None:
-        n = self.nlookup.get(ino, 0)
-        self.nlookup[ino] = n + 1
-        if n == 0:
-            mps = self.covering(path, known)
-            if mps:
-                self.mps_of[ino] = mps
-                for mp in mps:
-                    self.refs[mp] = self.refs.get(mp, 0) + 1
+        with self._lock:
+            n = self.nlookup.get(ino, 0)
+            self.nlookup[ino] = n + 1
+            if n == 0:
+                mps = self.covering(path, known)
+                if mps:
+                    self.mps_of[ino] = mps
+                    for mp in mps:
+                        self.refs[mp] = self.refs.get(mp, 0) + 1
 
     def forget(self, ino: int, n: int) -> tuple[bytes, ...]:
         """Lower ``ino``'s lookup count; the mount points that lost their last reference."""
-        left = self.nlookup.get(ino, 0) - n
-        if left > 0:
-            self.nlookup[ino] = left
-            return ()
-        self.nlookup.pop(ino, None)
-        freed = []
-        for mp in self.mps_of.pop(ino, ()):
-            r = self.refs.get(mp, 0) - 1
-            if r > 0:
-                self.refs[mp] = r
-            else:
-                self.refs.pop(mp, None)
-                freed.append(mp)
-        return tuple(freed)
+        with self._lock:
+            left = self.nlookup.get(ino, 0) - n
+            if left > 0:
+                self.nlookup[ino] = left
+                return ()
+            self.nlookup.pop(ino, None)
+            freed = []
+            for mp in self.mps_of.pop(ino, ()):
+                r = self.refs.get(mp, 0) - 1
+                if r > 0:
+                    self.refs[mp] = r
+                else:
+                    self.refs.pop(mp, None)
+                    freed.append(mp)
+            return tuple(freed)
 
     def opened(self, mps: tuple[bytes, ...]) -> None:
-        for mp in mps:
-            self.open_refs[mp] = self.open_refs.get(mp, 0) + 1
+        with self._lock:
+            for mp in mps:
+                self.open_refs[mp] = self.open_refs.get(mp, 0) + 1
 
     def closed(self, mps: tuple[bytes, ...]) -> None:
-        for mp in mps:
-            r = self.open_refs.get(mp, 0) - 1
-            if r > 0:
-                self.open_refs[mp] = r
-            else:
-                self.open_refs.pop(mp, None)
+        with self._lock:
+            for mp in mps:
+                r = self.open_refs.get(mp, 0) - 1
+                if r > 0:
+                    self.open_refs[mp] = r
+                else:
+                    self.open_refs.pop(mp, None)
 
     def needed(self, mp: bytes, *, kernel: bool = True) -> bool:
         """Whether anything at or below mount point ``mp`` is held (open, or known to the
         kernel unless ``kernel`` is false)."""
         below = mp + b"/"
-        tables = (self.open_refs, self.refs) if kernel else (self.open_refs,)
-        return any(m == mp or m.startswith(below) for t in tables for m in t)
+        with self._lock:
+            tables = (self.open_refs, self.refs) if kernel else (self.open_refs,)
+            return any(m == mp or m.startswith(below) for t in tables for m in t)
 
 
 class _Inodes:
@@ -175,10 +196,10 @@ class _Inodes:
     Members of a hard-link group share one number."""
 
     def __init__(self) -> None:
-        self._by_key: dict[object, int] = {b"": pyfuse3.ROOT_INODE}
-        self._paths: dict[int, bytes] = {pyfuse3.ROOT_INODE: b""}
+        self._by_key: dict[object, int] = {b"": ROOT_INODE}
+        self._paths: dict[int, bytes] = {ROOT_INODE: b""}
         self._origin: dict[int, tuple[RevisionView, Stat]] = {}
-        self._next = pyfuse3.ROOT_INODE + 1
+        self._next = ROOT_INODE + 1
         self._lock = threading.Lock()
 
     def for_stat(self, path: bytes, s: Stat, view: RevisionView, generation: int) -> int:
@@ -213,25 +234,80 @@ class _Inodes:
                     out.append((parent, path[path.rfind(b"/") + 1:]))
             return out
 
+    def directories(self) -> list[int]:
+        """Inode numbers of every directory handed to the kernel."""
+        with self._lock:
+            return [ino for ino in self._paths if ino not in self._origin]
+
     def path(self, ino: int) -> bytes:
         try:
             return self._paths[ino]
         except KeyError:
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
+            raise FuseError(errno.ESTALE) from None
 
     def origin(self, ino: int) -> tuple[RevisionView, Stat] | None:
         """For a file or link: the revision and attributes it was looked up in."""
         return self._origin.get(ino)
 
 
-class CvmfsFilesystem(pyfuse3.Operations):
-    """Serves one repository; a newer revision becomes visible to new lookups after the TTL
-    while files already open keep reading the revision they were opened in."""
+class _OpenFile:
+    """What an open file holds besides its descriptor: the reader of a chunked file (None for
+    a whole cached object, read in C), the object pinned for it, and the nested-catalog mount
+    points it keeps loaded."""
 
-    enable_writeback_cache = False
+    __slots__ = ("file", "mps", "pinned")
+
+    def __init__(self, file: RepoFile | None, pinned, mps: tuple[bytes, ...]) -> None:
+        self.file = file
+        self.pinned = pinned
+        self.mps = mps
+
+
+class _DirState:
+    """An open directory's listing, of the revision it was opened in (held by the session's
+    directory handle, so a listing read in several requests stays one listing)."""
+
+    __slots__ = ("listing", "view")
+
+    def __init__(self, listing: _Listing, view: RevisionView) -> None:
+        self.listing = listing
+        self.view = view
+
+
+def _handler(fn):
+    """A request handler: repository errors become error numbers (I/O errors are counted and
+    logged, a path that does not resolve is simply ENOENT); one bad request never ends the
+    mount."""
+
+    def run(self, *args):
+        try:
+            return fn(self, *args)
+        except FuseError:
+            raise
+        except PathError as e:
+            raise FuseError(e.errno or errno.ENOENT) from None
+        except CvmfsError as e:
+            self.io_errors += 1
+            log.error("%s: %s", fn.__name__, e)
+            raise FuseError(errno.EIO) from None
+        except Exception:
+            self.io_errors += 1
+            log.exception("%s%r failed", fn.__name__, args[:2])
+            raise FuseError(errno.EIO) from None
+
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
+
+
+class CvmfsFilesystem:
+    """Serves one repository; a newer revision becomes visible to new lookups after the TTL
+    while files already open keep reading the revision they were opened in.
+
+    The methods under "requests" are called by the C session from its worker threads, with
+    plain arguments; attributes are answered as the tuple of :meth:`_attrs`."""
 
     def __init__(self, repo: Repository, options: MountOptions | None = None) -> None:
-        super().__init__()
         self.repo = repo
         self.options = options or MountOptions()
         self.started = time.time()
@@ -241,23 +317,21 @@ class CvmfsFilesystem(pyfuse3.Operations):
         self.view: RevisionView = repo.open_revision(**self.options.selector)
         self._views = [self.view]
         self.inodes = _Inodes()
-        self._files: dict[int, RepoFile] = {}
-        self._dirs: dict[int, tuple[_Listing, RevisionView]] = {}
         self._listings: dict[tuple[int, bytes], _Listing] = {}  # (view, dir) -> listing
-        self._handle_mps: dict[int, tuple[bytes, ...]] = {}  # open handle -> mount points
         self.use = _CatalogUse()
         self._mountpoints: set[bytes] = set()  # nested catalog mount points seen so far
         self._forgotten: set[bytes] = set()  # mount points whose last inode was forgotten
+        self._pins = repo.cache.quota is not None  # whether open objects are pinned
         self.prefetcher: Prefetcher | FetchProcess | None = None
         if self.options.prefetch_workers > 0:
             self.prefetcher = _make_prefetcher(repo, self.options.prefetch_workers,
                                                not self.options.prefetch_process)
             self.view.readahead = self.prefetcher.submit
-        self._next_fh = 1
         self._lock = threading.Lock()
         self.expires = time.time() + self.ttl
         self.io_errors = 0
         self._scan_until = 0.0  # sequential reading was seen until this long ago
+        self.session: _fuse_lowlevel.Session | None = None
 
     # -- revisions -----------------------------------------------------------------------
     @property
@@ -296,23 +370,23 @@ class CvmfsFilesystem(pyfuse3.Operations):
             self._views.append(new)
             self.generation += 1
         log.info("now serving revision %s (%s)", new.revision, new.root_hash)
-        self._invalidate_entries()
+        self._invalidate_kernel_caches()
         return True
 
-    def _invalidate_entries(self) -> None:
-        """Ask the kernel to forget every name it cached, so the next access of any path looks
-        it up in the new revision (open files keep their inodes and contents)."""
-        for parent, name in self.inodes.names():
-            try:
-                pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-            except Exception as e:
-                log.debug("invalidate %r: %s", name, e)
-                return
-
-    async def updater(self) -> None:
-        while True:
-            await trio.sleep(max(1.0, self.expires - time.time()))
-            await trio.to_thread.run_sync(self.check_for_update)
+    def _invalidate_kernel_caches(self) -> None:
+        """Ask the kernel to forget every name and directory listing it cached, so the next
+        access of any path looks it up in the new revision (open files keep their inodes and
+        contents; a file's inode number is bound to its content, a directory's is not)."""
+        session = self.session
+        if session is None:
+            return
+        try:
+            for parent, name in self.inodes.names():
+                session.invalidate_entry(parent, name)
+            for ino in self.inodes.directories():
+                session.invalidate_inode(ino)
+        except OSError as e:
+            log.warning("invalidating the kernel's caches: %s", e)
 
     # -- nested catalogs: loaded on first use, dropped when unused -----------------------
     def _note_mountpoints(self, view: RevisionView) -> None:
@@ -323,10 +397,11 @@ class CvmfsFilesystem(pyfuse3.Operations):
         """Mount points to unload now: those whose inodes the kernel forgot, and those idle
         for ``catalog_idle`` seconds, unless a file or directory below them is open (or, for
         the first kind, the kernel learnt of an inode below them again)."""
-        pending, self._forgotten = self._forgotten, set()
+        with self._lock:
+            pending, self._forgotten = self._forgotten, set()
         out = [mp for mp in pending if not self.use.needed(mp)]
         if self.options.catalog_idle > 0:
-            for v in self._views:
+            for v in list(self._views):
                 out += [mp for mp in v.idle_mountpoints(self.options.catalog_idle)
                         if not self.use.needed(mp, kernel=False)]
         return out
@@ -336,93 +411,43 @@ class CvmfsFilesystem(pyfuse3.Operations):
         close those dropped more than a grace period ago; returns how many were dropped."""
         dropped = 0
         for mp in dict.fromkeys(mountpoints):
-            for v in self._views:
+            for v in list(self._views):
                 if v.drop_catalog(mp):
                     dropped += 1
                     log.debug("unloaded nested catalog %s", os.fsdecode(mp))
-        for v in self._views:
+        for v in list(self._views):
             v.close_retired(_RETIRE_GRACE)
         return dropped
 
-    async def janitor(self) -> None:
-        while True:
-            await trio.sleep(_JANITOR_PERIOD)
-            todo = self.unneeded_catalogs()
-            if todo or any(v.has_retired() for v in self._views):
-                await trio.to_thread.run_sync(self.drop_catalogs, todo)
-
-    async def forget(self, inode_list):
-        for ino, n in inode_list:
-            self._forgotten.update(self.use.forget(ino, n))
+    def housekeeping(self) -> None:
+        """The periodic work: unload unneeded catalogs, re-check the manifest when due."""
+        todo = self.unneeded_catalogs()
+        if todo or any(v.has_retired() for v in self._views):
+            self.drop_catalogs(todo)
+        if time.time() >= self.expires:
+            self.check_for_update()
 
     def _looked_up(self, ino: int, path: bytes) -> None:
         self.use.looked_up(ino, path, self._mountpoints)
 
     # -- helpers -------------------------------------------------------------------------
-    def _attrs(self, s: Stat, ino: int) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = ino
-        a.generation = 0
-        a.entry_timeout = self.ttl
-        a.attr_timeout = self.ttl
-        a.st_mode = s.st_mode
-        a.st_nlink = s.st_nlink
-        a.st_uid = s.st_uid
-        a.st_gid = s.st_gid
-        a.st_rdev = s.st_rdev
-        a.st_size = s.st_size
-        a.st_blksize = 4096
-        a.st_blocks = s.st_blocks
-        ns = s.st_mtime_ns
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
-        return a
+    def _attrs(self, s: Stat, ino: int) -> tuple:
+        e = s.entry
+        size = s.st_size
+        return (ino, e.mode, e.linkcount, e.uid, e.gid, e.rdev, size, 1 + size // 512,
+                e.mtime * 1_000_000_000 + (e.mtimens or 0), float(self.ttl))
 
-    def _call(self, path: bytes, fn, *args):
-        """``fn(*args)`` with repository errors turned into FUSE errors (logged as I/O
-        errors unless the path simply does not resolve)."""
-        try:
-            return fn(*args)
-        except PathError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.ENOENT) from None
-        except CvmfsError as e:
-            self.io_errors += 1
-            log.error("%s: %s", os.fsdecode(path) or "/", e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    def _stat_path(self, path: bytes) -> Stat:
-        return self._call(path, self.view.lstat_canonical, path)
-
-    async def _stat_fast(self, path: bytes) -> Stat:
-        """The path's attributes: on the event loop when its catalog is loaded (one SQLite
-        query), else in a thread (the catalog is downloaded and verified first)."""
-        view = self.view
-        try:
-            s = self._call(path, view.lstat_loaded, path)
-        except pyfuse3.FUSEError:
-            raise
-        except Exception:  # as in _run: one bad request never ends the mount
-            self.io_errors += 1
-            log.exception("lookup of %s failed", os.fsdecode(path) or "/")
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        if s is None:
-            s = await self._run(self._stat_path, path)
+    def _stat(self, view: RevisionView, path: bytes) -> Stat:
+        """The attributes of a canonical path; notes nested catalogs the lookup loaded."""
+        before = view.loaded_catalog_count()
+        s = view.lstat_canonical(path)
+        if view.loaded_catalog_count() != before:
             self._note_mountpoints(view)
         return s
 
-    async def _run(self, fn, *args):
-        """Blocking work (catalog and object downloads) off the event loop. Anything but a
-        FUSE error becomes EIO with a log line: one bad request never ends the mount."""
-        try:
-            return await trio.to_thread.run_sync(fn, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except Exception:
-            self.io_errors += 1
-            log.exception("request failed")
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    # -- pyfuse3.Operations --------------------------------------------------------------
-    async def lookup(self, parent_inode, name, ctx=None):
+    # -- requests ------------------------------------------------------------------------
+    @_handler
+    def lookup(self, parent_inode: int, name: bytes) -> tuple:
         parent = self.inodes.path(parent_inode)
         if name == b".":
             path = parent
@@ -431,99 +456,172 @@ class CvmfsFilesystem(pyfuse3.Operations):
         else:
             path = parent + b"/" + name
         view = self.view
-        s = await self._stat_fast(path)
+        s = self._stat(view, path)
         ino = self.inodes.for_stat(path, s, view, self.generation)
         self._looked_up(ino, path)
         return self._attrs(s, ino)
 
-    async def getattr(self, inode, ctx=None):
+    @_handler
+    def forget(self, inodes: list[tuple[int, int]]) -> None:
+        freed = []
+        for ino, n in inodes:
+            freed.extend(self.use.forget(ino, n))
+        if freed:
+            with self._lock:
+                self._forgotten.update(freed)
+
+    @_handler
+    def getattr(self, inode: int) -> tuple:
         origin = self.inodes.origin(inode)
         if origin is not None:
             return self._attrs(origin[1], inode)
-        s = await self._stat_fast(self.inodes.path(inode))
-        return self._attrs(s, inode)
+        return self._attrs(self._stat(self.view, self.inodes.path(inode)), inode)
 
-    async def readlink(self, inode, ctx):
+    @_handler
+    def readlink(self, inode: int) -> bytes:
         origin = self.inodes.origin(inode)
-        s = origin[1] if origin else await self._run(self._stat_path, self.inodes.path(inode))
+        s = origin[1] if origin else self._stat(self.view, self.inodes.path(inode))
         if not s.is_symlink:
-            raise pyfuse3.FUSEError(errno.EINVAL)
+            raise FuseError(errno.EINVAL)
         return s.symlink_target or b""
 
-    async def opendir(self, inode, ctx):
+    @_handler
+    def open(self, inode: int, flags: int) -> tuple[_OpenFile | None, int]:
+        """(what :meth:`release` gets, or None; the descriptor of the cached object that the
+        session reads in C, or -1 for reads through :meth:`read`). A whole-file object is
+        downloaded (and verified) here, as the stock client does."""
         path = self.inodes.path(inode)
-        view = self.view
-        key = (id(view), path)
-        listing = self._listings.get(key)
-        if listing is None:  # a revision is immutable: listings can be reused
-            entries = await self._run(self._call, path, view.scandir, path or b"/")
-            self._note_mountpoints(view)
-            listing = _Listing(entries)
-            if len(self._listings) >= 4096:
-                self._listings.pop(next(iter(self._listings)))
-            self._listings[key] = listing
-        if self.prefetcher is not None and time.monotonic() < self._scan_until:
-            # a tree scan (tar, cp -r) lists a directory and then reads its files: start on
-            # them now rather than at the first open, so no directory starts cold
-            self._prefetch_from(listing, 0)
+        origin = self.inodes.origin(inode)
+        view = origin[0] if origin else self.view
+        s = origin[1] if origin else self._stat(view, path)
+        if s.is_dir:
+            raise FuseError(errno.EISDIR)
         mps = _CatalogUse.covering(path, self._mountpoints)
-        with self._lock:
-            fh = self._next_fh
-            self._next_fh += 1
-            self._dirs[fh] = (listing, view)
-        if mps:
-            self._handle_mps[fh] = mps
+        e = s.entry
+        if s.is_file and not e.is_chunked and not e.is_external and e.hash is not None:
+            if self.prefetcher is not None:
+                self._prefetch_siblings(view, path)
+            if e.size == 0:
+                handle = _OpenFile(None, None, mps) if mps else None
+            else:
+                fd = self._open_object(view, s)
+                if not (self._pins or mps):
+                    return None, fd
+                handle = _OpenFile(None, e.hash if self._pins else None, mps)
+                self.use.opened(mps)
+                return handle, fd
+        else:
+            f = view.open(path)
+            self._note_mountpoints(view)
+            handle = _OpenFile(f, None, mps)
+        if handle is not None:
             self.use.opened(mps)
-        return fh
+        return handle, -1
 
-    async def readdir(self, fh, start_id, token):
-        got = self._dirs.get(fh)
-        if got is None:
-            return
-        listing, view = got
+    def _open_object(self, view: RevisionView, s: Stat) -> int:
+        """A descriptor of the (pinned, with a quota) cached object of an unchunked file."""
+        e = s.entry
+        where = view.fetch_file_object(e)
+        try:
+            fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                if size != e.size:
+                    raise CvmfsError(f"{s.path}: cached object {e.hash} has {size} bytes, the "
+                                     f"catalog says {e.size}")
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            view.release_file_object(e)
+            raise
+        if not self._pins:
+            view.release_file_object(e)  # (a no-op without a quota)
+        return fd
+
+    @_handler
+    def read(self, handle: _OpenFile | None, offset: int, size: int) -> bytes:
+        if handle is None or handle.file is None:
+            return b""  # an empty file
+        return handle.file.pread(size, offset)
+
+    @_handler
+    def release(self, handle: _OpenFile) -> None:
+        if handle.file is not None:
+            handle.file.close()
+        if handle.pinned is not None:
+            self.repo.cache.unpin(handle.pinned)
+        self.use.closed(handle.mps)
+
+    @_handler
+    def readdir(self, inode: int, offset: int, state: _DirState | None, buf) -> _DirState:
+        if state is None:
+            path = self.inodes.path(inode)
+            view = self.view
+            state = _DirState(self._listing(view, path), view)
+            if self.prefetcher is not None and time.monotonic() < self._scan_until:
+                # a tree scan (tar, cp -r) lists a directory and then reads its files: start
+                # on them now rather than at the first open, so no directory starts cold
+                self._prefetch_from(state.listing, 0)
+        listing, view = state.listing, state.view
         entries, attrs = listing.entries, listing.attrs
-        for i in range(start_id, len(entries)):
+        plus = buf.plus
+        for i in range(offset, len(entries)):
             s = entries[i]
             a = attrs[i]
             if a is None:
                 path = os.fsencode(s.path) if s.path != "/" else b""
                 a = attrs[i] = self._attrs(s, self.inodes.for_stat(path, s, view,
                                                                    self.generation))
-            if not pyfuse3.readdir_reply(token, s.entry.name, a, i + 1):
+            if not buf.add(s.entry.name, a, i + 1):
                 break
-            # readdirplus: the kernel counts every entry returned as a lookup
-            self._looked_up(a.st_ino, os.fsencode(s.path))
+            if plus:  # readdirplus: the kernel counts every entry returned as a lookup
+                self._looked_up(a[0], os.fsencode(s.path))
+        return state
 
-    async def releasedir(self, fh):
-        self._dirs.pop(fh, None)
-        self.use.closed(self._handle_mps.pop(fh, ()))
+    def _listing(self, view: RevisionView, path: bytes) -> _Listing:
+        key = (id(view), path)
+        listing = self._listings.get(key)
+        if listing is None:  # a revision is immutable: listings can be reused
+            before = view.loaded_catalog_count()
+            listing = _Listing(view.scandir(path or b"/"))
+            if view.loaded_catalog_count() != before:
+                self._note_mountpoints(view)
+            with self._lock:
+                if len(self._listings) >= 4096:
+                    self._listings.pop(next(iter(self._listings)))
+                self._listings[key] = listing
+        return listing
 
-    async def open(self, inode, flags, ctx):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
-            raise pyfuse3.FUSEError(errno.EROFS)
+    @_handler
+    def statfs(self, inode: int) -> tuple[int, int, int]:
+        stats = self.view.root_catalog.statistics()
+        entries = sum(stats[f"{s}_{k}"] for s in ("self", "subtree")
+                      for k in ("regular", "symlink", "special", "dir"))
+        return entries, 4096, 255
+
+    @_handler
+    def getxattr(self, inode: int, name: bytes) -> bytes:
         path = self.inodes.path(inode)
-        origin = self.inodes.origin(inode)
-        view = origin[0] if origin else self.view
+        key = os.fsdecode(name)
+        s = self._stat(self.view, path)
+        value = self._magic(path, s, key) if key in _MAGIC_ROOT + _MAGIC_FILE else None
+        if value is not None:
+            return value
+        stored = s.entry.xattrs(what=os.fsdecode(path))
+        if name in stored:
+            return stored[name]
+        raise FuseError(errno.ENODATA)
 
-        if origin is not None and origin[1].is_file and not origin[1].is_chunked:
-            f: RepoFile = self._call(path, view.open_stat, origin[1])  # no I/O until read
-            if self.prefetcher is not None:
-                self._prefetch_siblings(view, path)
-        else:
-            f = await self._run(self._call, path, view.open, path)
-            self._note_mountpoints(view)
-        with self._lock:
-            fh = self._next_fh
-            self._next_fh += 1
-            self._files[fh] = f
-        mps = _CatalogUse.covering(path, self._mountpoints)
-        if mps:
-            self._handle_mps[fh] = mps
-            self.use.opened(mps)
-        fi = pyfuse3.FileInfo(fh=fh)
-        fi.keep_cache = True  # a revision is immutable: the page cache stays valid
-        return fi
+    @_handler
+    def listxattr(self, inode: int) -> list[bytes]:
+        path = self.inodes.path(inode)
+        s = self._stat(self.view, path)
+        names = list(s.entry.xattrs(what=os.fsdecode(path)))
+        magic = _MAGIC_ROOT + (_MAGIC_FILE if s.is_file else ())
+        return [*(n.encode() for n in magic), *(n for n in names if os.fsdecode(n) not in magic)]
 
+    # -- read-ahead ----------------------------------------------------------------------
     def _prefetch_siblings(self, view: RevisionView, path: bytes) -> None:
         """Read-ahead of whole small files: when files of a directory listing are opened in
         order (``tar``, ``cp -r``, a build reading its sources), the next ones are downloaded
@@ -560,43 +658,6 @@ class CvmfsFilesystem(pyfuse3.Operations):
                 prefetcher.submit(e.hash, ObjectKind.FILE, e.compression)
             listing.ahead = j
             j += 1
-
-    async def read(self, fh, off, size):
-        f = self._files.get(fh)
-        if f is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        try:  # bytes in the cache are read on the event loop: no thread hop
-            return f.pread_nowait(size, off)
-        except (WouldBlock, CvmfsError, OSError):
-            pass  # a download, or an error: read (and report) from a thread
-
-        def do_read() -> bytes:
-            try:
-                return f.pread(size, off)
-            except CvmfsError as e:
-                self.io_errors += 1
-                log.error("%s: %s", f.name, e)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-
-        return await self._run(do_read)
-
-    async def release(self, fh):
-        f = self._files.pop(fh, None)
-        if f is not None:
-            f.close()
-        self.use.closed(self._handle_mps.pop(fh, ()))
-
-    async def statfs(self, ctx):
-        st = pyfuse3.StatvfsData()
-        stats = self.view.root_catalog.statistics()
-        entries = sum(stats[f"{s}_{k}"] for s in ("self", "subtree")
-                      for k in ("regular", "symlink", "special", "dir"))
-        st.f_bsize = st.f_frsize = 4096
-        st.f_blocks = st.f_bfree = st.f_bavail = 0
-        st.f_files = entries
-        st.f_ffree = st.f_favail = 0
-        st.f_namemax = 255
-        return st
 
     # -- extended attributes -------------------------------------------------------------
     def _magic(self, path: bytes, s: Stat, name: str) -> bytes | None:
@@ -641,62 +702,63 @@ class CvmfsFilesystem(pyfuse3.Operations):
                 return s.compression.config_name.encode()
         return None
 
-    async def getxattr(self, inode, name, ctx):
-        path = self.inodes.path(inode)
-        key = os.fsdecode(name)
-
-        def get() -> bytes:
-            s = self._stat_path(path)
-            value = self._magic(path, s, key) if key in _MAGIC_ROOT + _MAGIC_FILE else None
-            if value is not None:
-                return value
-            stored = s.entry.xattrs(what=os.fsdecode(path))
-            if name in stored:
-                return stored[name]
-            raise pyfuse3.FUSEError(errno.ENODATA)
-
-        return await self._run(get)
-
-    async def listxattr(self, inode, ctx):
-        path = self.inodes.path(inode)
-        s = await self._run(self._stat_path, path)
-        names = list(s.entry.xattrs(what=os.fsdecode(path)))
-        magic = _MAGIC_ROOT + (_MAGIC_FILE if s.is_file else ())
-        return [*(n.encode() for n in magic), *(n for n in names if os.fsdecode(n) not in magic)]
-
-    async def access(self, inode, mode, ctx):
-        if mode & os.W_OK:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        return True
+    # -- life cycle ----------------------------------------------------------------------
+    def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            log.info("read-ahead %s; cache %s", self.prefetcher.stats, self.repo.cache.stats)
+        for v in self._views:
+            v.close()
 
 
 def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = None) -> None:
-    """Mount and serve until unmounted (``pycvmfs umount`` / ``fusermount3 -u``) or signalled."""
+    """Mount and serve until unmounted (``pycvmfs umount`` / ``fusermount3 -u``) or signalled
+    (SIGINT, SIGTERM, SIGHUP unmount)."""
     options = options or MountOptions()
     fs = CvmfsFilesystem(repo, options)
-    fuse_options = set(pyfuse3.default_options)
-    fuse_options.discard("default_permissions")
-    fuse_options |= {"ro", f"fsname={repo.fqrn}", "subtype=pycvmfs", "default_permissions"}
+    fuse_options = ["ro", f"fsname={repo.fqrn}", "subtype=pycvmfs", "default_permissions"]
     if options.allow_other:
-        fuse_options.add("allow_other")
+        fuse_options.append("allow_other")
     if options.debug:
-        fuse_options.add("debug")
-    pyfuse3.init(fs, mountpoint, fuse_options)
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(fs.updater)
-            nursery.start_soon(fs.janitor)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
-
+        fuse_options.append("debug")
     try:
-        trio.run(main)
-    finally:
-        pyfuse3.close(unmount=True)
-        if fs.prefetcher is not None:
-            fs.prefetcher.close()
-            log.info("read-ahead %s; cache %s", fs.prefetcher.stats, fs.repo.cache.stats)
-        for v in fs._views:
-            v.close()
+        session = _fuse_lowlevel.Session(fs, mountpoint, fuse_options)
+    except BaseException:
+        fs.close()
+        raise
+    fs.session = session
+    ended = threading.Event()
 
+    def work() -> None:
+        try:
+            session.loop()
+        except Exception:
+            log.exception("FUSE worker failed")
+        finally:
+            ended.set()
+
+    workers = [threading.Thread(target=work, name=f"pycvmfs-fuse-{i}", daemon=True)
+               for i in range(max(1, options.threads))]
+    for t in workers:
+        t.start()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, lambda *_: session.unmount())
+    try:
+        while not ended.wait(max(0.05, min(_JANITOR_PERIOD, fs.expires - time.time()))):
+            try:
+                fs.housekeeping()
+            except Exception:
+                log.exception("housekeeping failed")
+    finally:
+        session.unmount()
+        for t in workers:
+            t.join(_STOP_WAIT)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("FUSE requests: %s", session.counters())
+        fs.close()
+        if not any(t.is_alive() for t in workers):
+            del session  # the libfuse session is destroyed with the last reference
+            fs.session = None

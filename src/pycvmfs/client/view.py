@@ -359,6 +359,18 @@ class RevisionView:
             return self.open(s.path)
         return self._repo_file(s.path, s.entry, None)
 
+    def fetch_file_object(self, e: DirectoryEntry) -> os.PathLike:
+        """The verified, decompressed object of an unchunked regular file in the cache (pinned
+        when the cache keeps a quota, until :meth:`release_file_object`)."""
+        if e.hash is None or e.is_chunked or not e.is_regular:
+            raise FormatError(f"{os.fsdecode(e.name)}: not an unchunked regular file")
+        return self._fetch_object(e.hash, ObjectKind.FILE, e)
+
+    def release_file_object(self, e: DirectoryEntry) -> None:
+        """Release the pin taken by :meth:`fetch_file_object`."""
+        if self._release_object is not None and e.hash is not None:
+            self._release_object(e.hash)
+
     def read_bytes(self, path: str | bytes) -> bytes:
         with self.open(path) as f:
             return f.read()
