@@ -15,6 +15,7 @@ run) and prints every run and the median: the machine may be shared, report the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -24,9 +25,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' nginx
 import contextlib
 
 from treegen import generate
+
+from helpers.webservers import nginx_server
 
 FQRN = "bench.example.org"
 
@@ -65,6 +69,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=20_000)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--server", choices=("pycvmfs", "nginx"), default="pycvmfs",
+                    help="what serves the repository on loopback: pycvmfs serve (in this "
+                         "process: its CPU time is reported as the server's) or nginx")
     args = ap.parse_args()
     from pycvmfs.publish.repository import Publisher
     from pycvmfs.server.http import RepositoryServer
@@ -81,10 +88,17 @@ def main() -> None:
         print(f"tree: {txn.summary.files} files, {size / 1e6:.0f} MB, published in "
               f"{txn.summary.seconds:.1f} s")
         results = []
-        with RepositoryServer({FQRN: pub.config.storage}) as srv:
+        if args.server == "nginx":
+            tmp.chmod(0o755)  # nginx workers (nobody) must reach the storage
+            subprocess.run(["chmod", "-R", "a+rX", str(tmp / "srv")], check=True)
+            server = nginx_server(tmp / "srv", workers=2, benchmark=True)
+        else:
+            server = RepositoryServer({FQRN: pub.config.storage})
+        with server as srv:
+            url = (f"{srv.url}/{FQRN}" if args.server == "nginx"
+                   else srv.repository_url(FQRN))
             for run in range(args.runs):
-                r = _measure(tmp / f"run{run}", tree, size, srv.repository_url(FQRN),
-                             pub.config.key_path("pub"))
+                r = _measure(tmp / f"run{run}", tree, size, url, pub.config.key_path("pub"))
                 results.append(r)
                 _report(f"run {run + 1}", r, size)
         if len(results) > 1:
@@ -102,15 +116,50 @@ def _measure(work: Path, tree: Path, size: int, url: str, key: Path) -> dict[str
     try:
         _drop_caches()
         out = {"local_cold": _timed(_tar(tree)), "local_warm": _timed(_tar(tree)),
-               "local_walk": _timed(["find", str(tree), "-printf", "%s %m %T@\n"]),
-               "cold": _timed(_tar(mp)), "warm": _timed(_tar(mp))}
-        _timed(["find", str(mp), "-printf", "%s %m %T@\n"])
-        out["walk"] = _timed(["find", str(mp), "-printf", "%s %m %T@\n"])
+               "local_walk": _timed(["find", str(tree), "-printf", "%s %m %T@\n"])}
+        walk = ["find", str(mp), "-printf", "%s %m %T@\n"]
+        self_cost = _requests(mp)
+        self_cost = {k: v - self_cost.get(k, 0) for k, v in _requests(mp).items()}
+        for phase, cmd in (("cold", _tar(mp)), ("warm", _tar(mp)), ("first walk", walk),
+                           ("walk", walk)):
+            before, cpu, here = _requests(mp), _cpu(pid), time.process_time()
+            out[phase] = _timed(cmd)
+            cpu = [b - a for a, b in zip(cpu, _cpu(pid), strict=True)]
+            here = time.process_time() - here
+            _print_requests(phase, before, _requests(mp), self_cost)
+            print(f"    CPU seconds: mount {cpu[0]:.2f}, download process {cpu[1]:.2f}, "
+                  f"this process (the server, if pycvmfs serve) {here:.2f}")
+        del out["first walk"]
         out["rss"] = _rss_of(pid)
         out["rss_children"] = sum(_rss_of(c) for c in _children(pid))  # the download process
     finally:
         subprocess.run([*cli, "umount", str(mp)], check=False, stdout=subprocess.DEVNULL)
     return out
+
+
+def _requests(mp: Path) -> dict[str, int]:
+    """The mount's FUSE requests served so far, per kind (``user.fuse_requests``)."""
+    return json.loads(os.getxattr(mp, "user.fuse_requests"))
+
+
+def _print_requests(phase: str, before: dict[str, int], after: dict[str, int],
+                    self_cost: dict[str, int]) -> None:
+    # (minus the requests of reading the counters)
+    delta = {k: after[k] - before.get(k, 0) - self_cost.get(k, 0) for k in after}
+    print(f"  FUSE requests, {phase}: " + ", ".join(f"{k} {v}" for k, v in sorted(delta.items())
+                                                     if v), flush=True)
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of process ``pid`` and of its children alive now."""
+    def one(p: int) -> float:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return one(pid), sum(one(c) for c in _children(pid))
 
 
 def _children(pid: int) -> list[int]:

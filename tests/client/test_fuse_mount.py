@@ -60,6 +60,29 @@ def test_every_path_of_the_golden_repository_through_the_mount(mounter, golden_h
         (mp / "new-file").write_bytes(b"x")  # read-only
 
 
+def _requests(mp: Path) -> dict[str, int]:
+    import json
+
+    return json.loads(os.getxattr(mp, "user.fuse_requests"))
+
+
+def test_the_kernel_caches_listings_entries_attributes_and_data(mounter, golden_http,
+                                                                  golden_keys, golden_expected):
+    mp = mounter("golden.example.org", golden_http, golden_keys)
+    first = walk_mount(mp)  # lists every directory, stats every entry, reads every file
+    before = _requests(mp)
+    assert before["readdir"] > 0 and before["open"] > 0
+    again = walk_mount(mp)
+    after = _requests(mp)
+    assert again == first
+    assert_matches_expected(again, golden_expected["trees"]["rev2"]["entries"])
+    # the second walk is answered by the kernel: no listing, lookup or attribute request, and
+    # the data comes from the page cache (the files are still opened and released)
+    for kind in ("readdir", "lookup", "getattr", "readlink", "read", "read_python"):
+        assert after[kind] == before[kind], kind
+    assert after["open"] > before["open"]
+
+
 def test_random_access_reads_and_status(mounter, golden_http, golden_keys):
     mp = mounter("golden.example.org", golden_http, golden_keys)
     path = mp / "bin" / "blob-1m.bin"
@@ -79,21 +102,28 @@ def test_new_revision_after_the_ttl_while_open_files_keep_theirs(mounter, tmp_pa
                          config_dir=tmp_path / "etc")
     with pub.transaction() as txn:
         txn.add_file("/data.txt", b"first revision\n")
+        txn.mkdir("/empty")
     with RepositoryServer({"live.example.org": pub.config.storage}) as srv:
+        # the kernel would keep names for an hour: only the switch's invalidation can show
+        # the new revision within the test
         mp = mounter("live.example.org", srv.repository_url("live.example.org"),
-                     pub.config.key_path("pub"), "--ttl", "1")
+                     pub.config.key_path("pub"), "--ttl", "1", "--kcache-timeout", "3600")
         old = open(mp / "data.txt", "rb")  # noqa: SIM115 - kept open across the update
         try:
             assert old.read() == b"first revision\n"
+            listed = sorted(os.listdir(mp))  # (the kernel keeps this listing)
+            assert "data.txt" in listed and "new.txt" not in listed
+            assert not (mp / "new.txt").exists()  # (and this missing name)
+            assert os.listdir(mp / "empty") == []  # (and this listing without names)
             before = int(os.getxattr(mp, "user.revision"))
             with pub.transaction() as txn:
                 txn.add_file("/data.txt", b"second revision, longer\n")
                 txn.add_file("/new.txt", b"new\n")
+                txn.add_file("/empty/now-full.txt", b"x\n")
             deadline = time.monotonic() + 20
             while int(os.getxattr(mp, "user.revision")) == before:
                 assert time.monotonic() < deadline, "the new revision never appeared"
                 time.sleep(0.3)
-            # wait for the kernel's entry/attribute cache (TTL 1 s) as well
             deadline = time.monotonic() + 10
             while not (mp / "new.txt").exists():
                 assert time.monotonic() < deadline
@@ -104,6 +134,9 @@ def test_new_revision_after_the_ttl_while_open_files_keep_theirs(mounter, tmp_pa
             while (mp / "data.txt").read_bytes() != b"second revision, longer\n":
                 assert time.monotonic() < deadline, (mp / "data.txt").read_bytes()
                 time.sleep(0.2)
+            # the kernel's cached listing of the root was dropped at the switch
+            assert sorted(os.listdir(mp)) == sorted([*listed, "new.txt"])
+            assert os.listdir(mp / "empty") == ["now-full.txt"]
             old.seek(0)
             assert old.read() == b"first revision\n"  # the open file keeps its revision
         finally:

@@ -63,19 +63,28 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
     return Repository(source, public_keys=keys_found, fqrn=fqrn, cache=cache)
 
 
-def config_selector(fqrn: str, config_dir: str | None) -> dict:
-    """CVMFS_REPOSITORY_TAG / _DATE / CVMFS_ROOT_HASH of the configuration, if any."""
+def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict]:
+    """What the CernVM-FS configuration says about a mount: the revision selector
+    (CVMFS_REPOSITORY_TAG / _DATE / CVMFS_ROOT_HASH) and MountOptions fields
+    (CVMFS_MAX_TTL, CVMFS_KCACHE_TIMEOUT); empty when there is no configuration."""
     try:
         from pycvmfs.client.config import load_client_config
 
         cfg = load_client_config(fqrn, config_dir=config_dir)
     except Exception:
-        return {}
+        return {}, {}
+    selector = {}
     for key, value in (("tag", cfg.repository_tag), ("date", cfg.repository_date),
                        ("root_hash", cfg.root_hash)):
         if value:
-            return {key: value}
-    return {}
+            selector = {key: value}
+            break
+    settings = {}
+    if cfg.max_ttl:
+        settings["max_ttl"] = cfg.max_ttl
+    if cfg.kcache_timeout is not None:
+        settings["kcache_timeout"] = float(cfg.kcache_timeout)
+    return selector, settings
 
 
 @click.command()
@@ -101,27 +110,39 @@ def config_selector(fqrn: str, config_dir: str | None) -> dict:
 @click.option("--readahead-process/--readahead-in-process", default=True, show_default=True,
               help="Over HTTP, run read-ahead downloads in a child process (on another core) "
                    "instead of a thread of the mount.")
+@click.option("--kcache-timeout", type=click.FloatRange(0), default=None,
+              help="Seconds the kernel keeps names and attributes (CVMFS_KCACHE_TIMEOUT; "
+                   "default 60). A revision switch drops them at once anyway.")
+@click.option("--fuse-threads", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Threads answering FUSE requests (a request that downloads blocks only "
+                   "its own).")
 @click.option("--catalog-idle", type=click.FloatRange(0), default=600.0, show_default=True,
               help="Unload nested catalogs unused for this many seconds (0: only when the "
                    "kernel forgets their inodes).")
 @revision_options
 def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, config_dir,
           foreground: bool, allow_other: bool, ttl: int | None, log_file: str | None,
-          debug: bool, readahead_threads: int, readahead_process: bool, catalog_idle: float,
+          debug: bool, readahead_threads: int, readahead_process: bool,
+          kcache_timeout: float | None, fuse_threads: int, catalog_idle: float,
           **kw) -> None:
     """Mount repository FQRN read-only at MOUNTPOINT (FUSE)."""
     from pycvmfs.client.fuse import MountOptions, run_mount
 
     selector = revision_selector(kw)
-    if not selector and not server_urls:
-        selector = config_selector(fqrn, config_dir)
+    settings: dict = {}
+    if not server_urls:
+        configured, settings = config_mount_settings(fqrn, config_dir)
+        selector = selector or configured
+    if kcache_timeout is not None:
+        settings["kcache_timeout"] = kcache_timeout
     if not os.path.isdir(mountpoint):
         raise ConfigError(f"{mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
         raise ConfigError(f"{mountpoint}: something is mounted there already")
     options = MountOptions(ttl=ttl, allow_other=allow_other, debug=debug, selector=selector,
                            prefetch_workers=readahead_threads,
-                           prefetch_process=readahead_process, catalog_idle=catalog_idle)
+                           prefetch_process=readahead_process, catalog_idle=catalog_idle,
+                           threads=fuse_threads, **settings)
     if foreground:
         _logging(log_file, debug)
         repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)

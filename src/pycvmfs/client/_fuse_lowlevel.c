@@ -10,7 +10,8 @@
  *    without the interpreter lock and takes it only for the requests that need Python;
  *  - requests answered without Python at all: read() of a file whose open() handed over a
  *    file descriptor (the verified object in the cache: spliced from the page cache to the
- *    kernel), opendir/releasedir (listings are cached by the kernel, FOPEN_CACHE_DIR), flush;
+ *    kernel), release of such a file; opendir/releasedir are left to the kernel (which then
+ *    keeps listings in its cache), flush is never asked for;
  *  - everything else calls a method of the Python file system object ("ops") with plain
  *    arguments (ints, bytes) and takes plain results (tuples, bytes); an OSError raised there
  *    becomes the request's error number, anything else EIO (reported through
@@ -64,6 +65,7 @@ typedef struct {
     PyObject *ops;
     PyObject *methods[M_COUNT];
     int mounted;
+    int no_opendir; /* the kernel handles opendir/releasedir itself (Linux >= 5.1) */
     unsigned long long counters[C_COUNT];
 } Session;
 
@@ -76,12 +78,6 @@ typedef struct {
     int fd;
     PyObject *obj;
 } FileHandle;
-
-/* An open directory: the listing object that ops.readdir returned (NULL until the first
- * readdir; with the kernel's listing cache, often never). */
-typedef struct {
-    PyObject *state;
-} DirHandle;
 
 static PyObject *s_errno;
 static PyTypeObject DirBufferType;
@@ -187,7 +183,8 @@ static Session *session_of(fuse_req_t req) { return (Session *)fuse_req_userdata
 
 static void ll_init(void *userdata, struct fuse_conn_info *conn)
 {
-    (void)userdata;
+    Session *s = (Session *)userdata;
+    s->no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
     unsigned want = FUSE_CAP_READDIRPLUS | FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_SPLICE_WRITE
                     | FUSE_CAP_SPLICE_MOVE | FUSE_CAP_ASYNC_READ | FUSE_CAP_PARALLEL_DIROPS;
     conn->want |= want & conn->capable;
@@ -425,17 +422,16 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     (void)ino;
     Session *s = session_of(req);
     COUNT(s, C_OPENDIR);
-    DirHandle *d = calloc(1, sizeof *d);
-    if (d == NULL) {
-        fuse_reply_err(req, ENOMEM);
+    if (s->no_opendir) {
+        /* "opendir is not implemented": the kernel stops sending opendir and releasedir,
+         * and keeps directory listings in its cache (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) */
+        fuse_reply_err(req, ENOSYS);
         return;
     }
-    fi->fh = (uint64_t)(uintptr_t)d;
-    /* the kernel keeps the listing (dropped by invalidate_inode at a revision switch) */
+    fi->fh = 0; /* listings need no handle: ops.readdir's offsets name their revision */
     fi->cache_readdir = 1;
     fi->keep_cache = 1;
-    if (fuse_reply_open(req, fi) == -ENOENT)
-        free(d);
+    fuse_reply_open(req, fi);
 }
 
 typedef struct {
@@ -449,8 +445,8 @@ typedef struct {
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                        struct fuse_file_info *fi, int plus)
 {
+    (void)fi;
     Session *s = session_of(req);
-    DirHandle *d = (DirHandle *)(uintptr_t)fi->fh;
     int err = 0;
     COUNT(s, C_READDIR);
     char *mem = malloc(size ? size : 1);
@@ -468,23 +464,15 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         b->size = size;
         b->used = 0;
         b->plus = plus;
-        r = call(s, M_READDIR, "(KLOO)", (unsigned long long)ino, (long long)off,
-                 d->state ? d->state : Py_None, (PyObject *)b);
+        r = call(s, M_READDIR, "(KLO)", (unsigned long long)ino, (long long)off, (PyObject *)b);
         used = b->used;
         b->req = NULL;
         b->buf = NULL;
         Py_DECREF(b);
     }
-    if (r == NULL) {
+    if (r == NULL)
         err = take_errno(s->methods[M_READDIR]);
-    } else if (r != d->state) {
-        Py_XDECREF(d->state);
-        d->state = r == Py_None ? NULL : r;
-        if (d->state == NULL)
-            Py_DECREF(r);
-    } else {
-        Py_DECREF(r);
-    }
+    Py_XDECREF(r);
     DROP_GIL();
     if (err)
         fuse_reply_err(req, err);
@@ -508,15 +496,8 @@ static void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     (void)ino;
-    Session *s = session_of(req);
-    DirHandle *d = (DirHandle *)(uintptr_t)fi->fh;
-    COUNT(s, C_RELEASEDIR);
-    if (d->state != NULL) {
-        TAKE_GIL();
-        Py_DECREF(d->state);
-        DROP_GIL();
-    }
-    free(d);
+    (void)fi;
+    COUNT(session_of(req), C_RELEASEDIR);
     fuse_reply_err(req, 0);
 }
 

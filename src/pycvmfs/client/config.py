@@ -398,6 +398,13 @@ class ClientConfig:
         return self._text("CVMFS_ROOT_HASH")
 
     @property
+    def kcache_timeout(self) -> int | None:
+        """``CVMFS_KCACHE_TIMEOUT``: seconds the kernel keeps names and attributes; None:
+        unset (the mount's default)."""
+        text = self._text("CVMFS_KCACHE_TIMEOUT")
+        return None if text is None else self._uint("CVMFS_KCACHE_TIMEOUT", 0)
+
+    @property
     def max_ttl(self) -> int | None:
         """The catalog TTL cap in **seconds** (``CVMFS_MAX_TTL`` is in minutes); None: no cap."""
         minutes = self._uint("CVMFS_MAX_TTL", 0)

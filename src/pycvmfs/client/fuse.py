@@ -8,6 +8,7 @@ worker threads (a request that downloads blocks only its own thread)."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from pycvmfs.client.files import Prefetcher, RepoFile
 from pycvmfs.client.repository import Repository
 from pycvmfs.client.stat import Stat
 from pycvmfs.client.view import RevisionView
-from pycvmfs.errors import CvmfsError, PathError
+from pycvmfs.errors import CvmfsError, NoSuchPathError, PathError
 from pycvmfs.format.hashes import ObjectKind
 from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
@@ -35,7 +36,7 @@ ROOT_INODE = _fuse_lowlevel.ROOT_INODE
 
 _MAGIC_ROOT = ("user.fqrn", "user.revision", "user.root_hash", "user.host", "user.proxy",
                "user.expires", "user.nclg", "user.nioerr", "user.version", "user.uptime",
-               "user.timestamp", "user.pid")
+               "user.timestamp", "user.pid", "user.fuse_requests")
 _MAGIC_FILE = ("user.hash", "user.lhash", "user.chunks", "user.compression")
 
 
@@ -50,6 +51,9 @@ class FuseError(OSError):
 class MountOptions:
     ttl: int | None = None  # manifest re-check period; None: the root catalog's TTL
     max_ttl: int | None = None  # CVMFS_MAX_TTL cap
+    #: CVMFS_KCACHE_TIMEOUT: seconds the kernel keeps names, attributes and missing names
+    #: (whatever it keeps is dropped at a revision switch anyway)
+    kcache_timeout: float = 60.0
     allow_other: bool = False
     debug: bool = False
     selector: dict = field(default_factory=dict)  # tag / revision / root_hash / date: pinned
@@ -70,6 +74,7 @@ BATCH_PARALLEL = 16
 BATCH_BACKLOG = 128
 _JANITOR_PERIOD = 2.0  # seconds between closing dropped catalogs / unloading idle ones
 _RETIRE_GRACE = 5.0  # a dropped catalog is closed this long after no lookup can reach it
+NEGATIVE_MAX = 65536  # names that do not exist kept in the kernel's cache at most
 _STOP_WAIT = 10.0  # seconds the worker threads get to finish their requests at unmount
 
 
@@ -263,17 +268,6 @@ class _OpenFile:
         self.mps = mps
 
 
-class _DirState:
-    """An open directory's listing, of the revision it was opened in (held by the session's
-    directory handle, so a listing read in several requests stays one listing)."""
-
-    __slots__ = ("listing", "view")
-
-    def __init__(self, listing: _Listing, view: RevisionView) -> None:
-        self.listing = listing
-        self.view = view
-
-
 def _handler(fn):
     """A request handler: repository errors become error numbers (I/O errors are counted and
     logged, a path that does not resolve is simply ENOENT); one bad request never ends the
@@ -321,6 +315,7 @@ class CvmfsFilesystem:
         self.use = _CatalogUse()
         self._mountpoints: set[bytes] = set()  # nested catalog mount points seen so far
         self._forgotten: set[bytes] = set()  # mount points whose last inode was forgotten
+        self._negatives: set[tuple[int, bytes]] = set()  # names the kernel knows are missing
         self._pins = repo.cache.quota is not None  # whether open objects are pinned
         self.prefetcher: Prefetcher | FetchProcess | None = None
         if self.options.prefetch_workers > 0:
@@ -380,8 +375,10 @@ class CvmfsFilesystem:
         session = self.session
         if session is None:
             return
+        with self._lock:
+            negatives, self._negatives = self._negatives, set()
         try:
-            for parent, name in self.inodes.names():
+            for parent, name in [*self.inodes.names(), *negatives]:
                 session.invalidate_entry(parent, name)
             for ino in self.inodes.directories():
                 session.invalidate_inode(ino)
@@ -435,7 +432,7 @@ class CvmfsFilesystem:
         e = s.entry
         size = s.st_size
         return (ino, e.mode, e.linkcount, e.uid, e.gid, e.rdev, size, 1 + size // 512,
-                e.mtime * 1_000_000_000 + (e.mtimens or 0), float(self.ttl))
+                e.mtime * 1_000_000_000 + (e.mtimens or 0), self.options.kcache_timeout)
 
     def _stat(self, view: RevisionView, path: bytes) -> Stat:
         """The attributes of a canonical path; notes nested catalogs the lookup loaded."""
@@ -456,10 +453,24 @@ class CvmfsFilesystem:
         else:
             path = parent + b"/" + name
         view = self.view
-        s = self._stat(view, path)
+        try:
+            s = self._stat(view, path)
+        except NoSuchPathError:
+            return self._negative(parent_inode, name)
         ino = self.inodes.for_stat(path, s, view, self.generation)
         self._looked_up(ino, path)
         return self._attrs(s, ino)
+
+    def _negative(self, parent_inode: int, name: bytes) -> tuple:
+        """The answer for a name that does not exist: an entry of inode 0, which the kernel
+        keeps as a negative entry (a search path probing a directory asks once).
+        Such names are remembered, to be dropped from the kernel at a revision switch; past
+        NEGATIVE_MAX of them, the kernel is told not to keep them."""
+        with self._lock:
+            keep = len(self._negatives) < NEGATIVE_MAX
+            if keep:
+                self._negatives.add((parent_inode, name))
+        return (0, 0, 0, 0, 0, 0, 0, 0, 0, self.options.kcache_timeout if keep else 0.0)
 
     @_handler
     def forget(self, inodes: list[tuple[int, int]]) -> None:
@@ -554,30 +565,38 @@ class CvmfsFilesystem:
         self.use.closed(handle.mps)
 
     @_handler
-    def readdir(self, inode: int, offset: int, state: _DirState | None, buf) -> _DirState:
-        if state is None:
-            path = self.inodes.path(inode)
-            view = self.view
-            state = _DirState(self._listing(view, path), view)
-            if self.prefetcher is not None and time.monotonic() < self._scan_until:
-                # a tree scan (tar, cp -r) lists a directory and then reads its files: start
-                # on them now rather than at the first open, so no directory starts cold
-                self._prefetch_from(state.listing, 0)
-        listing, view = state.listing, state.view
+    def readdir(self, inode: int, offset: int, buf) -> None:
+        """Entries of a listing from ``offset``, which names the revision and the position:
+        ``generation << 32 | index`` (0: the start, in the revision served now), so a listing
+        read in several requests stays one revision's without any per-open state."""
+        if offset == 0:
+            with self._lock:
+                view, generation = self.view, self.generation
+            start = 0
+        else:
+            generation, start = offset >> 32, offset & 0xFFFFFFFF
+            if generation >= len(self._views):
+                raise FuseError(errno.EINVAL)
+            view = self._views[generation]
+        listing = self._listing(view, self.inodes.path(inode))
+        if (offset == 0 and self.prefetcher is not None
+                and time.monotonic() < self._scan_until):
+            # a tree scan (tar, cp -r) lists a directory and then reads its files: start on
+            # them now rather than at the first open, so no directory starts cold
+            self._prefetch_from(listing, 0)
         entries, attrs = listing.entries, listing.attrs
         plus = buf.plus
-        for i in range(offset, len(entries)):
+        base = generation << 32
+        for i in range(start, len(entries)):
             s = entries[i]
             a = attrs[i]
             if a is None:
                 path = os.fsencode(s.path) if s.path != "/" else b""
-                a = attrs[i] = self._attrs(s, self.inodes.for_stat(path, s, view,
-                                                                   self.generation))
-            if not buf.add(s.entry.name, a, i + 1):
+                a = attrs[i] = self._attrs(s, self.inodes.for_stat(path, s, view, generation))
+            if not buf.add(s.entry.name, a, base | (i + 1)):
                 break
             if plus:  # readdirplus: the kernel counts every entry returned as a lookup
                 self._looked_up(a[0], os.fsencode(s.path))
-        return state
 
     def _listing(self, view: RevisionView, path: bytes) -> _Listing:
         key = (id(view), path)
@@ -691,6 +710,9 @@ class CvmfsFilesystem:
             return str(int((time.time() - self.started) / 60)).encode()
         if name == "user.pid":
             return str(os.getpid()).encode()
+        if name == "user.fuse_requests":  # pycvmfs's own: requests served so far, per kind
+            counters = self.session.counters() if self.session is not None else {}
+            return json.dumps(counters, sort_keys=True).encode()
         if name in _MAGIC_FILE and s.is_file:
             if name == "user.hash":
                 return str(s.hash).encode() if s.hash else None
