@@ -122,13 +122,14 @@ def _measure(work: Path, tree: Path, size: int, url: str, key: Path) -> dict[str
         self_cost = {k: v - self_cost.get(k, 0) for k, v in _requests(mp).items()}
         for phase, cmd in (("cold", _tar(mp)), ("warm", _tar(mp)), ("first walk", walk),
                            ("walk", walk)):
-            before, cpu, here = _requests(mp), _cpu(pid), time.process_time()
+            before, cpu, here, busy = _requests(mp), _cpu(pid), time.process_time(), _busy()
             out[phase] = _timed(cmd)
             cpu = [b - a for a, b in zip(cpu, _cpu(pid), strict=True)]
-            here = time.process_time() - here
+            here, busy = time.process_time() - here, _busy() - busy
             _print_requests(phase, before, _requests(mp), self_cost)
             print(f"    CPU seconds: mount {cpu[0]:.2f}, download process {cpu[1]:.2f}, "
-                  f"this process (the server, if pycvmfs serve) {here:.2f}")
+                  f"this process (the server, if pycvmfs serve) {here:.2f}; the whole machine "
+                  f"{busy:.2f} of {out[phase] * os.cpu_count():.2f}")
         del out["first walk"]
         out["rss"] = _rss_of(pid)
         out["rss_children"] = sum(_rss_of(c) for c in _children(pid))  # the download process
@@ -148,6 +149,12 @@ def _print_requests(phase: str, before: dict[str, int], after: dict[str, int],
     delta = {k: after[k] - before.get(k, 0) - self_cost.get(k, 0) for k in after}
     print(f"  FUSE requests, {phase}: " + ", ".join(f"{k} {v}" for k, v in sorted(delta.items())
                                                      if v), flush=True)
+
+
+def _busy() -> float:
+    """CPU seconds the whole machine has been busy (all but idle and I/O wait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu(pid: int) -> tuple[float, float]:

@@ -98,3 +98,49 @@ def test_no_read_ahead_when_turned_off(golden_mount, golden_expected):
         assert not any(cache.contains(h) for h in chunks[4:])
     finally:
         os.close(fd)
+
+
+def test_a_tree_scan_reads_ahead_into_directories_not_listed_yet(tmp_path):
+    """``tar`` and ``cp -r`` walk depth first in listing order: once files are read in order,
+    listing a directory starts the downloads of what the walk meets next, below it and after
+    it (directories the reader has not listed yet), in that order and a window ahead only."""
+    from pycvmfs.client.repository import open_repository
+    from pycvmfs.publish.repository import Publisher
+
+    fqrn = "scan.example.org"
+    pub = Publisher.mkfs(fqrn, tmp_path / "srv" / fqrn, config_dir=tmp_path / "etc")
+    with pub.transaction() as txn:
+        for d in range(4):
+            for f in range(3):
+                txn.add_file(f"/a/d{d}/f{f}.txt", f"file {d}.{f}\n".encode() * 50)
+            for f in range(2):
+                txn.add_file(f"/a/d{d}/sub/g{f}.txt", f"deep {d}.{f}\n".encode() * 50)
+        txn.add_file("/z/far.txt", b"far away\n" * 50)
+    with open_repository(str(pub.config.storage), keys=[pub.config.key_path("pub")],
+                         cache_dir=tmp_path / "reader") as repo:
+        view = repo.head()
+        hashes = {p: view.lstat(p).hash for p in
+                  [f"/a/d{d}/{n}" for d in range(4)
+                   for n in ("f0.txt", "f1.txt", "f2.txt", "sub/g0.txt", "sub/g1.txt")]
+                  + ["/z/far.txt"]}
+    with RepositoryServer({fqrn: pub.config.storage}) as srv:
+        cache_dir = tmp_path / "cache"
+        mp = mount(fqrn, tmp_path / "mnt", srv.repository_url(fqrn), pub.config.key_path("pub"),
+                   cache_dir)
+        try:
+            cache = ObjectCache(cache_dir)
+            assert sorted(os.listdir(mp / "a" / "d0")) == ["f0.txt", "f1.txt", "f2.txt", "sub"]
+            assert (mp / "a" / "d0" / "f0.txt").read_bytes() == b"file 0.0\n" * 50  # a scan
+            assert os.listdir(mp / "a" / "d0" / "sub") == ["g0.txt", "g1.txt"]
+            # d1..d3 and their subdirectories were never listed by the reader
+            later = [f"/a/d{d}/{n}" for d in (1, 2, 3) for n in ("f0.txt", "sub/g1.txt")]
+            assert _eventually(lambda: all(cache.contains(hashes[p]) for p in later)), \
+                {p: cache.contains(hashes[p]) for p in later}
+            assert _eventually(lambda: cache.contains(hashes["/z/far.txt"]))  # after /a
+            for p in later:  # and what the reader then reads is right
+                d, name = p.split("/")[2], p.rsplit("/", 1)[1]
+                want = (f"file {d[1]}.{name[1]}\n" if name.startswith("f")
+                        else f"deep {d[1]}.{name[1]}\n").encode() * 50
+                assert (mp / p.lstrip("/")).read_bytes() == want
+        finally:
+            subprocess.run(["fusermount3", "-u", str(mp)], check=False)

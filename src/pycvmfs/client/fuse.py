@@ -24,6 +24,7 @@ from pycvmfs.client.repository import Repository
 from pycvmfs.client.stat import Stat
 from pycvmfs.client.view import RevisionView
 from pycvmfs.errors import CvmfsError, NoSuchPathError, PathError
+from pycvmfs.format.dirent import Flags
 from pycvmfs.format.hashes import ObjectKind
 from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
@@ -66,6 +67,12 @@ class MountOptions:
 #: a sequential scan of a directory downloads the next files of its listing ahead of the reader
 PREFETCH_FILES = 256
 PREFETCH_MAX_SIZE = 4 << 20  # unchunked files up to this size
+#: a tree scan reads ahead this far in the order of a depth-first walk (entries, bytes), and
+#: the first chunks of a chunked file (sequential reads of it fetch the next ones)
+TREE_AHEAD_ENTRIES = 512
+TREE_AHEAD_BYTES = 64 << 20
+TREE_AHEAD_CHUNKS = 2
+WALK_MAX_DIRS = 1 << 20  # a walk remembers where it entered this many directories at most
 #: after files were read in listing order, the next directories listed within this many
 #: seconds are read ahead from their first file
 SCAN_GRACE = 2.0
@@ -268,6 +275,73 @@ class _OpenFile:
         self.mps = mps
 
 
+class _TreeWalk:
+    """A depth-first walk of a revision in listing order, from a directory on (and after it:
+    what follows in its parent's listing, and so on upwards), handing regular files to
+    read-ahead as it passes them. It only goes into listings readable without a download
+    (loaded catalogs) and stops at the end of the tree or after WALK_MAX_DIRS directories."""
+
+    def __init__(self, fs: CvmfsFilesystem, view: RevisionView, path: bytes,
+                 listing: _Listing) -> None:
+        self.fs, self.view = fs, view
+        self.count = 0  # entries passed
+        self.bytes = 0  # bytes handed over
+        #: directory -> (entries passed, bytes handed over) when the walk entered it
+        self.entered: dict[bytes, tuple[int, int]] = {path: (0, 0)}
+        stack: list[tuple[bytes, _Listing, int]] = []
+        child = path
+        while child:  # what comes after the directory, outermost last
+            parent = child[:child.rfind(b"/")]
+            up = fs._cached_listing(view, parent)
+            pos = None if up is None else up.position(child[child.rfind(b"/") + 1:])
+            if pos is None:
+                break
+            stack.append((parent, up, pos + 1))
+            child = parent
+        stack.reverse()
+        stack.append((path, listing, 0))
+        self.stack = stack
+
+    def advance(self, until: int, bytes_until: int, prefetcher) -> None:
+        """Walk on until ``until`` entries were passed, ``bytes_until`` bytes were handed over
+        (both counted from the walk's start), or the read-ahead queue is full."""
+        fs, view, stack = self.fs, self.view, self.stack
+        while (stack and self.count < until and self.bytes < bytes_until
+               and len(self.entered) < WALK_MAX_DIRS):
+            where, cur, i = stack.pop()
+            entries = cur.entries
+            while i < len(entries):
+                if self.count >= until or self.bytes >= bytes_until or not prefetcher.has_room():
+                    stack.append((where, cur, i))  # go on from here next time
+                    return
+                s = entries[i]
+                i += 1
+                self.count += 1
+                e = s.entry
+                flags = e.flags
+                if flags & Flags.DIR:
+                    sub_path = where + b"/" + e.name
+                    sub = fs._cached_listing(view, sub_path)
+                    if sub is not None:
+                        self.entered[sub_path] = (self.count, self.bytes)
+                        stack.append((where, cur, i))
+                        stack.append((sub_path, sub, 0))
+                        break
+                    continue
+                if not e.is_regular or flags & Flags.EXTERNAL or e.size == 0:
+                    continue
+                if not flags & Flags.CHUNKED:
+                    if e.size <= PREFETCH_MAX_SIZE and e.hash is not None:
+                        prefetcher.submit(e.hash, ObjectKind.FILE, e.compression)
+                        self.bytes += e.size
+                    continue
+                chunks = view.chunks_loaded(where + b"/" + e.name, e) or []
+                for c in chunks[:TREE_AHEAD_CHUNKS]:  # the reader's read-ahead does the rest
+                    if c.hash is not None:
+                        prefetcher.submit(c.hash, ObjectKind.PARTIAL, e.compression)
+                        self.bytes += c.size
+
+
 def _handler(fn):
     """A request handler: repository errors become error numbers (I/O errors are counted and
     logged, a path that does not resolve is simply ENOENT); one bad request never ends the
@@ -327,6 +401,8 @@ class CvmfsFilesystem:
         self.io_errors = 0
         self._scan_until = 0.0  # sequential reading was seen until this long ago
         self.session: _fuse_lowlevel.Session | None = None
+        self._walk: _TreeWalk | None = None  # the read-ahead of a tree scan
+        self._walk_lock = threading.Lock()
 
     # -- revisions -----------------------------------------------------------------------
     @property
@@ -578,12 +654,13 @@ class CvmfsFilesystem:
             if generation >= len(self._views):
                 raise FuseError(errno.EINVAL)
             view = self._views[generation]
-        listing = self._listing(view, self.inodes.path(inode))
+        path = self.inodes.path(inode)
+        listing = self._listing(view, path)
         if (offset == 0 and self.prefetcher is not None
                 and time.monotonic() < self._scan_until):
-            # a tree scan (tar, cp -r) lists a directory and then reads its files: start on
-            # them now rather than at the first open, so no directory starts cold
-            self._prefetch_from(listing, 0)
+            # a tree scan (tar, cp -r) lists a directory and then reads what is below it:
+            # start on that now, in the order of the walk, so no directory starts cold
+            self._prefetch_tree(view, path, listing)
         entries, attrs = listing.entries, listing.attrs
         plus = buf.plus
         base = generation << 32
@@ -662,6 +739,42 @@ class CvmfsFilesystem:
             return
         self._scan_until = time.monotonic() + SCAN_GRACE
         self._prefetch_from(listing, i + 1)
+
+    def _cached_listing(self, view: RevisionView, path: bytes) -> _Listing | None:
+        """The listing of ``path`` if known or readable without a download, else None."""
+        key = (id(view), path)
+        listing = self._listings.get(key)
+        if listing is None:
+            entries = view.scandir_loaded(path)
+            if entries is None:
+                return None
+            listing = _Listing(entries)
+            with self._lock:
+                if len(self._listings) >= 4096:
+                    self._listings.pop(next(iter(self._listings)))
+                self._listings[key] = listing
+        return listing
+
+    def _prefetch_tree(self, view: RevisionView, path: bytes, listing: _Listing) -> None:
+        """During a tree scan, as the directory ``path`` is listed: keep read-ahead
+        TREE_AHEAD_ENTRIES entries (at most TREE_AHEAD_BYTES) ahead in the order of a
+        depth-first walk in listing order, the order of ``tar``, ``cp -r`` and ``find``.
+
+        One walk (:class:`_TreeWalk`) goes on from one listing to the next: it remembers where
+        in its order it entered each directory, so a listing it passed already only moves it
+        on, and each entry is visited once. A listing it has not passed (the reader went
+        elsewhere) starts a new walk there."""
+        if not self._walk_lock.acquire(blocking=False):
+            return  # another thread is walking: this one has nothing to add
+        try:
+            walk = self._walk
+            at = walk.entered.get(path) if walk is not None and walk.view is view else None
+            if at is None:
+                walk = self._walk = _TreeWalk(self, view, path, listing)
+                at = (0, 0)
+            walk.advance(at[0] + TREE_AHEAD_ENTRIES, at[1] + TREE_AHEAD_BYTES, self.prefetcher)
+        finally:
+            self._walk_lock.release()
 
     def _prefetch_from(self, listing: _Listing, i: int) -> None:
         """Keep PREFETCH_FILES of ``listing`` from position ``i`` downloading: each call hands

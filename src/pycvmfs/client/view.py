@@ -318,6 +318,21 @@ class RevisionView:
             out.append(self._stat(p + b"/" + child.name, child, lc))
         return out
 
+    def scandir_loaded(self, path: bytes) -> list[Stat] | None:
+        """:meth:`scandir` of a canonical directory path (``b""`` or ``b"/a/b"``) if the
+        catalog holding its entries is loaded, else None (never downloads: read-ahead uses it)."""
+        lc = self._catalog_for(path, into_mountpoint=True, load=False)
+        if lc is None:
+            return None
+        return [self._stat(path + b"/" + c.name, c, lc) for c in lc.catalog.listing(path)
+                if not c.is_hidden]
+
+    def chunks_loaded(self, path: bytes, entry: DirectoryEntry) -> list[Chunk] | None:
+        """The chunk list of the chunked file ``entry`` at canonical ``path`` if its catalog is
+        loaded, else None."""
+        lc = self._catalog_for(path, into_mountpoint=False, load=False)
+        return None if lc is None else lc.catalog.chunks(path, entry)
+
     def listdir(self, path: str | bytes = "/") -> list[str]:
         return [s.name for s in self.scandir(path)]
 

@@ -35,10 +35,13 @@ class Compression(enum.Enum):
 
     @classmethod
     def from_flag_code(cls, code: int) -> Compression:
-        try:
-            return cls(code)
-        except ValueError:
-            raise FormatError(f"unknown compression code {code} in catalog flags") from None
+        found = _BY_CODE.get(code)  # (a dict lookup: every file's entry asks)
+        if found is None:
+            raise FormatError(f"unknown compression code {code} in catalog flags")
+        return found
+
+
+_BY_CODE = {c.value: c for c in Compression}
 
 
 def compress(data: bytes | bytearray | memoryview,
