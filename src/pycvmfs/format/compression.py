@@ -6,6 +6,11 @@ import enum
 import zlib
 from collections.abc import Iterable, Iterator
 
+# Inflating: zlib-ng (the zlib API, about 2.3x faster here, GIL released as by zlib). Any
+# correct inflater gives the same bytes; deflating stays with zlib, whose output the stock
+# tools' object names depend on.
+from zlib_ng import zlib_ng as _inflating
+
 from pycvmfs.errors import FormatError, IntegrityError
 
 __all__ = ["Compression", "Inflater", "compress", "decompress", "inflate_stream"]
@@ -57,10 +62,10 @@ def decompress(data: bytes | bytearray | memoryview, compression: Compression = 
     """Decompress one whole object; a stream that is broken, truncated or followed by junk fails."""
     if compression is Compression.NONE:
         return bytes(data)
-    d = zlib.decompressobj()
+    d = _inflating.decompressobj()
     try:
         out = d.decompress(data)
-    except zlib.error as e:
+    except _inflating.error as e:
         raise IntegrityError(f"{what}: not a valid zlib stream ({e})") from None
     if not d.eof:
         raise IntegrityError(f"{what}: zlib stream is truncated")
@@ -76,7 +81,7 @@ class Inflater:
                  what: str = "object") -> None:
         self.compression = compression
         self.what = what
-        self._d = zlib.decompressobj() if compression is Compression.ZLIB else None
+        self._d = _inflating.decompressobj() if compression is Compression.ZLIB else None
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
         """Yield the decompressed pieces that ``data`` completes."""
@@ -97,7 +102,7 @@ class Inflater:
                 buf = self._d.unconsumed_tail
                 if not buf or self._d.eof:
                     break
-        except zlib.error as e:
+        except _inflating.error as e:
             raise IntegrityError(f"{self.what}: not a valid zlib stream ({e})") from None
         if self._d.eof and (self._d.unused_data or buf):
             raise IntegrityError(f"{self.what}: data after the end of the zlib stream")
@@ -108,7 +113,7 @@ class Inflater:
             return b""
         try:
             out = self._d.flush()
-        except zlib.error as e:
+        except _inflating.error as e:
             raise IntegrityError(f"{self.what}: not a valid zlib stream ({e})") from None
         if not self._d.eof:
             raise IntegrityError(f"{self.what}: zlib stream is truncated")
