@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -239,3 +241,57 @@ def test_a_small_quota_holds_while_reading_the_whole_repository(golden_http, gol
 
     stats = json.loads(_run("cache", "stat", "--cache-dir", str(shared), "--json").stdout)
     assert 0 < stats["total_bytes"] <= 2 << 20 and stats["objects"] > 0
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return True
+
+
+def _until(check, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_sigterm_unmounts_an_idle_mount(mounter, golden_http, golden_keys):
+    mp = mounter("golden.example.org", golden_http, golden_keys)
+    pid = int(os.getxattr(mp, "user.pid"))
+    assert (mp / "text" / "hello.txt").read_bytes().startswith(b"Hello again")
+    os.kill(pid, signal.SIGTERM)
+    assert _until(lambda: _gone(pid)) and not os.path.ismount(mp)
+
+
+def test_sigterm_detaches_a_busy_mount_lazily_and_a_second_one_aborts(mounter, golden_http,
+                                                                        golden_keys,
+                                                                        golden_expected):
+    """Users of a mount keep it served after the first signal (as ``umount -l``), and get a
+    clear error, never a hang, after the second."""
+    mp = mounter("golden.example.org", golden_http, golden_keys)
+    pid = int(os.getxattr(mp, "user.pid"))
+    holder = subprocess.Popen(["sleep", "120"], cwd=mp / "nested")  # a working directory
+    try:
+        with open(mp / "bin" / "blob-3m.bin", "rb") as f:
+            head = f.read(1000)
+            os.kill(pid, signal.SIGTERM)
+            assert _until(lambda: not os.path.ismount(mp))  # gone from the name space
+            assert not _gone(pid)
+            rest = f.read()  # the open file is still served, all of it
+            entry = golden_expected["trees"]["rev2"]["entries"]["bin/blob-3m.bin"]
+            assert hashlib.sha1(head + rest).hexdigest() == entry["sha1"]
+            assert os.listdir(f"/proc/{holder.pid}/cwd")  # and the working directory
+            os.kill(pid, signal.SIGTERM)
+            assert _until(lambda: _gone(pid))
+            with pytest.raises(OSError) as err:  # (cached listings may still be shown)
+                os.stat(f"/proc/{holder.pid}/cwd/a-name-never-looked-up")
+            assert err.value.errno == errno.ENOTCONN
+    finally:
+        holder.kill()
+        holder.wait()
+

@@ -65,6 +65,7 @@ typedef struct {
     PyObject *ops;
     PyObject *methods[M_COUNT];
     int mounted;
+    int loops; /* loop() calls running (atomic) */
     int no_opendir; /* the kernel handles opendir/releasedir itself (Linux >= 5.1) */
     unsigned long long counters[C_COUNT];
 } Session;
@@ -81,6 +82,7 @@ typedef struct {
 
 static PyObject *s_errno;
 static PyTypeObject DirBufferType;
+static void forget_many(Session *s, size_t count, const struct fuse_forget_data *items);
 
 /* -- calling Python -------------------------------------------------------------------- */
 
@@ -204,10 +206,14 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
         err = take_errno(s->methods[M_LOOKUP]);
     Py_XDECREF(r);
     DROP_GIL();
-    if (err)
+    if (err) {
         fuse_reply_err(req, err);
-    else
-        fuse_reply_entry(req, &e);
+    } else if (fuse_reply_entry(req, &e) != 0 && e.ino != 0) {
+        /* not delivered (an interrupted request): the kernel did not count this lookup,
+         * which ops.lookup did */
+        struct fuse_forget_data one = {.ino = e.ino, .nlookup = 1};
+        forget_many(s, 1, &one);
+    }
 }
 
 static void forget_many(Session *s, size_t count, const struct fuse_forget_data *items)
@@ -318,6 +324,10 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EROFS);
         return;
     }
+    if ((h = malloc(sizeof *h)) == NULL) { /* first: once ops.open succeeded, nothing fails */
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
     TAKE_GIL();
     PyObject *r = call(s, M_OPEN, "(Ki)", (unsigned long long)ino, fi->flags);
     int fd = -1;
@@ -334,10 +344,6 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     if (r == NULL) {
         err = take_errno(s->methods[M_OPEN]);
-    } else if ((h = malloc(sizeof *h)) == NULL) {
-        err = ENOMEM;
-        if (fd >= 0)
-            close(fd);
     } else {
         h->fd = fd;
         h->obj = obj == Py_None ? NULL : obj;
@@ -346,13 +352,14 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     Py_XDECREF(r);
     DROP_GIL();
     if (err) {
+        free(h);
         fuse_reply_err(req, err);
         return;
     }
     fi->fh = (uint64_t)(uintptr_t)h;
     fi->keep_cache = 1; /* a revision is immutable: the page cache of an inode stays valid */
     fi->noflush = 1;
-    if (fuse_reply_open(req, fi) == -ENOENT) { /* interrupted: no release will come */
+    if (fuse_reply_open(req, fi) != 0) { /* not delivered: no release will come */
         TAKE_GIL();
         release_handle(s, h);
         DROP_GIL();
@@ -440,6 +447,10 @@ typedef struct {
     char *buf;
     size_t size, used;
     int plus;
+    /* readdirplus: the inodes of the entries added (the kernel counts each as a lookup once
+     * the reply arrives; if it does not, ops.forget must be told) */
+    struct fuse_forget_data *added;
+    size_t nadded, room;
 } DirBuffer;
 
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -457,17 +468,23 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     TAKE_GIL();
     DirBuffer *b = PyObject_New(DirBuffer, &DirBufferType);
     PyObject *r = NULL;
-    size_t used = 0;
+    size_t used = 0, nadded = 0;
+    struct fuse_forget_data *added = NULL;
     if (b != NULL) {
         b->req = req;
         b->buf = mem;
         b->size = size;
         b->used = 0;
         b->plus = plus;
+        b->added = NULL;
+        b->nadded = b->room = 0;
         r = call(s, M_READDIR, "(KLO)", (unsigned long long)ino, (long long)off, (PyObject *)b);
         used = b->used;
+        added = b->added;
+        nadded = b->nadded;
         b->req = NULL;
         b->buf = NULL;
+        b->added = NULL;
         Py_DECREF(b);
     }
     if (r == NULL)
@@ -476,8 +493,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     DROP_GIL();
     if (err)
         fuse_reply_err(req, err);
-    else
-        fuse_reply_buf(req, mem, used);
+    else if (fuse_reply_buf(req, mem, used) != 0 && nadded > 0)
+        forget_many(s, nadded, added); /* not delivered: the kernel counted none of them */
+    free(added);
     free(mem);
 }
 
@@ -653,6 +671,19 @@ static PyObject *dirbuffer_add(DirBuffer *b, PyObject *args)
         need = fuse_add_direntry(b->req, b->buf + b->used, room, name, &e.attr, (off_t)next);
     if (need > room)
         Py_RETURN_FALSE;
+    if (b->plus && e.ino != 0) {
+        if (b->nadded == b->room) {
+            size_t more = b->room ? 2 * b->room : 64;
+            struct fuse_forget_data *grown = realloc(b->added, more * sizeof *grown);
+            if (grown == NULL)
+                return PyErr_NoMemory(); /* nothing added: the request fails whole */
+            b->added = grown;
+            b->room = more;
+        }
+        b->added[b->nadded].ino = e.ino;
+        b->added[b->nadded].nlookup = 1;
+        b->nadded++;
+    }
     b->used += need;
     Py_RETURN_TRUE;
 }
@@ -790,6 +821,7 @@ static PyObject *session_loop(Session *self, PyObject *noargs)
     memset(&buf, 0, sizeof buf);
     int res = 0;
     PyThreadState *outer = worker_state; /* (a worker calling loop() twice, nested: odd) */
+    __atomic_fetch_add(&self->loops, 1, __ATOMIC_SEQ_CST);
     DROP_GIL();
     while (!fuse_session_exited(self->se)) {
         res = fuse_session_receive_buf(self->se, &buf);
@@ -801,6 +833,7 @@ static PyObject *session_loop(Session *self, PyObject *noargs)
     }
     TAKE_GIL();
     worker_state = outer;
+    __atomic_fetch_sub(&self->loops, 1, __ATOMIC_SEQ_CST);
     free(buf.mem);
     if (fuse_session_exited(self->se))
         Py_RETURN_NONE; /* unmounted: whatever the last read said */
@@ -811,16 +844,25 @@ static PyObject *session_loop(Session *self, PyObject *noargs)
     Py_RETURN_NONE;
 }
 
-static PyObject *session_unmount(Session *self, PyObject *noargs)
+/* libfuse's unmount closes /dev/fuse at once: with a loop() still running, its reply would
+ * go to a closed descriptor (the reader waiting for it hangs) or, once the number is reused,
+ * to another file. So the session ends only after the kernel ended the connection (an
+ * unmount from outside, or an abort) and every loop() returned. */
+static PyObject *session_close(Session *self, PyObject *noargs)
 {
     (void)noargs;
     if (check_session(self) < 0)
         return NULL;
+    if (__atomic_load_n(&self->loops, __ATOMIC_SEQ_CST) > 0) {
+        PyErr_SetString(PyExc_RuntimeError, "close(): loop() is still running in a thread "
+                        "(unmount or abort the connection first)");
+        return NULL;
+    }
     if (self->mounted) {
         self->mounted = 0;
         Py_BEGIN_ALLOW_THREADS
         fuse_session_exit(self->se);
-        fuse_session_unmount(self->se);
+        fuse_session_unmount(self->se); /* closes /dev/fuse; unmounts if the kernel has it */
         Py_END_ALLOW_THREADS
     }
     Py_RETURN_NONE;
@@ -893,8 +935,9 @@ static PyMethodDef session_methods[] = {
     {"loop", (PyCFunction)session_loop, METH_NOARGS,
      "loop(): serve requests in this thread until the file system is unmounted. Call it "
      "from several threads at once: requests that wait (a download) block only their thread."},
-    {"unmount", (PyCFunction)session_unmount, METH_NOARGS,
-     "unmount(): end the session; every loop() returns."},
+    {"close", (PyCFunction)session_close, METH_NOARGS,
+     "close(): release /dev/fuse (and unmount if still mounted) once every loop() has "
+     "returned; a loop() returns when the kernel ends the connection (unmount, abort)."},
     {"invalidate_entry", (PyCFunction)session_invalidate_entry, METH_VARARGS,
      "invalidate_entry(parent, name) -> bool: make the kernel forget a cached name. Never "
      "from a request handler (the kernel may wait for that request)."},

@@ -11,10 +11,14 @@ import errno
 import json
 import logging
 import os
+import re
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pycvmfs import __version__
 from pycvmfs.client import _fuse_lowlevel
@@ -507,7 +511,7 @@ class CvmfsFilesystem:
     def _attrs(self, s: Stat, ino: int) -> tuple:
         e = s.entry
         size = s.st_size
-        return (ino, e.mode, e.linkcount, e.uid, e.gid, e.rdev, size, 1 + size // 512,
+        return (ino, e.mode, e.linkcount, e.uid, e.gid, e.rdev, size, (size + 511) // 512,
                 e.mtime * 1_000_000_000 + (e.mtimens or 0), self.options.kcache_timeout)
 
     def _stat(self, view: RevisionView, path: bytes) -> Stat:
@@ -528,12 +532,13 @@ class CvmfsFilesystem:
             path = parent[:parent.rfind(b"/")] if parent else b""
         else:
             path = parent + b"/" + name
-        view = self.view
+        with self._lock:  # one pair: a revision switch may come between two reads
+            view, generation = self.view, self.generation
         try:
             s = self._stat(view, path)
         except NoSuchPathError:
             return self._negative(parent_inode, name)
-        ino = self.inodes.for_stat(path, s, view, self.generation)
+        ino = self.inodes.for_stat(path, s, view, generation)
         self._looked_up(ino, path)
         return self._attrs(s, ino)
 
@@ -664,6 +669,7 @@ class CvmfsFilesystem:
         entries, attrs = listing.entries, listing.attrs
         plus = buf.plus
         base = generation << 32
+        added = []
         for i in range(start, len(entries)):
             s = entries[i]
             a = attrs[i]
@@ -672,8 +678,13 @@ class CvmfsFilesystem:
                 a = attrs[i] = self._attrs(s, self.inodes.for_stat(path, s, view, generation))
             if not buf.add(s.entry.name, a, base | (i + 1)):
                 break
-            if plus:  # readdirplus: the kernel counts every entry returned as a lookup
-                self._looked_up(a[0], os.fsencode(s.path))
+            if plus:
+                added.append((a[0], s.path))
+        # readdirplus: the kernel counts every entry of the reply as a lookup; counted here
+        # only once the reply is complete (an exception above answers the request with an
+        # error, and the kernel counts nothing; a reply that fails is forgotten by the C side)
+        for ino, entry_path in added:
+            self._looked_up(ino, os.fsencode(entry_path))
 
     def _listing(self, view: RevisionView, path: bytes) -> _Listing:
         key = (id(view), path)
@@ -696,12 +707,21 @@ class CvmfsFilesystem:
                       for k in ("regular", "symlink", "special", "dir"))
         return entries, 4096, 255
 
+    def _xattr_stat(self, inode: int) -> tuple[bytes, RevisionView, Stat]:
+        """A file's revision and attributes as it was looked up (a file kept open across a
+        revision switch shows its own), else the path's in the revision served now."""
+        path = self.inodes.path(inode)
+        origin = self.inodes.origin(inode)
+        if origin is not None:
+            return path, origin[0], origin[1]
+        view = self.view
+        return path, view, self._stat(view, path)
+
     @_handler
     def getxattr(self, inode: int, name: bytes) -> bytes:
-        path = self.inodes.path(inode)
         key = os.fsdecode(name)
-        s = self._stat(self.view, path)
-        value = self._magic(path, s, key) if key in _MAGIC_ROOT + _MAGIC_FILE else None
+        path, view, s = self._xattr_stat(inode)
+        value = self._magic(path, view, s, key) if key in _MAGIC_ROOT + _MAGIC_FILE else None
         if value is not None:
             return value
         stored = s.entry.xattrs(what=os.fsdecode(path))
@@ -711,8 +731,7 @@ class CvmfsFilesystem:
 
     @_handler
     def listxattr(self, inode: int) -> list[bytes]:
-        path = self.inodes.path(inode)
-        s = self._stat(self.view, path)
+        path, _view, s = self._xattr_stat(inode)
         names = list(s.entry.xattrs(what=os.fsdecode(path)))
         magic = _MAGIC_ROOT + (_MAGIC_FILE if s.is_file else ())
         return [*(n.encode() for n in magic), *(n for n in names if os.fsdecode(n) not in magic)]
@@ -792,7 +811,7 @@ class CvmfsFilesystem:
             j += 1
 
     # -- extended attributes -------------------------------------------------------------
-    def _magic(self, path: bytes, s: Stat, name: str) -> bytes | None:
+    def _magic(self, path: bytes, view: RevisionView, s: Stat, name: str) -> bytes | None:
         src = self.repo.source
         m = self.repo.state.manifest
         if name == "user.fqrn":
@@ -832,7 +851,7 @@ class CvmfsFilesystem:
             if name == "user.lhash":
                 return str(s.hash).encode() if s.hash else None
             if name == "user.chunks":
-                return str(max(1, len(self.view.chunks(path or b"/")))).encode()
+                return str(max(1, len(view.chunks(path or b"/")))).encode()
             if name == "user.compression":
                 return s.compression.config_name.encode()
         return None
@@ -847,8 +866,13 @@ class CvmfsFilesystem:
 
 
 def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = None) -> None:
-    """Mount and serve until unmounted (``pycvmfs umount`` / ``fusermount3 -u``) or signalled
-    (SIGINT, SIGTERM, SIGHUP unmount)."""
+    """Mount and serve until unmounted (``pycvmfs umount`` / ``fusermount3 -u``) or signalled.
+
+    SIGINT, SIGTERM and SIGHUP detach the mount lazily: it is gone from the name space at
+    once and served until its last user (an open file, a working directory) lets go, as
+    ``umount -l`` does. A second signal aborts the connection: whatever still uses the mount
+    then gets ENOTCONN instead of waiting.
+    """
     options = options or MountOptions()
     fs = CvmfsFilesystem(repo, options)
     fuse_options = ["ro", f"fsname={repo.fqrn}", "subtype=pycvmfs", "default_permissions"]
@@ -856,12 +880,15 @@ def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = 
         fuse_options.append("allow_other")
     if options.debug:
         fuse_options.append("debug")
+    # resolved before the mount: once mounted, a look at the path is a request to ourselves
+    real_mountpoint = os.path.realpath(mountpoint)
     try:
         session = _fuse_lowlevel.Session(fs, mountpoint, fuse_options)
     except BaseException:
         fs.close()
         raise
     fs.session = session
+    stopper = _Stopper(real_mountpoint)
     ended = threading.Event()
 
     def work() -> None:
@@ -879,7 +906,7 @@ def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = 
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, lambda *_: session.unmount())
+            previous[sig] = signal.signal(sig, lambda *_: stopper.request())
     try:
         while not ended.wait(max(0.05, min(_JANITOR_PERIOD, fs.expires - time.time()))):
             try:
@@ -887,13 +914,99 @@ def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = 
             except Exception:
                 log.exception("housekeeping failed")
     finally:
-        session.unmount()
-        for t in workers:
-            t.join(_STOP_WAIT)
+        # the kernel ends the connection (every loop() returns) once the mount is gone
+        if not _join(workers, _STOP_WAIT / 2):
+            stopper.detach()
+            if not _join(workers, _STOP_WAIT / 2):
+                stopper.abort()
+                _join(workers, _STOP_WAIT)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         log.info("FUSE requests: %s", session.counters())
         fs.close()
         if not any(t.is_alive() for t in workers):
-            del session  # the libfuse session is destroyed with the last reference
+            session.close()  # /dev/fuse is closed only now: no reply can go astray
+            del session
             fs.session = None
+
+
+def _join(threads: list[threading.Thread], seconds: float) -> bool:
+    """Wait for all ``threads`` together at most ``seconds``; whether all ended."""
+    deadline = time.monotonic() + seconds
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in threads)
+
+
+class _Stopper:
+    """How a mount is ended from inside: a lazy unmount, then an abort of the connection.
+
+    The connection is found at mount time (``/proc/self/mountinfo``: the mount's device
+    number names it under ``/sys/fs/fuse/connections``), because a detached mount is no
+    longer listed. Nothing here looks at the mount point itself: from this process, that
+    would be a request to its own workers (``mountpoint`` is resolved before the mount).
+    """
+
+    def __init__(self, mountpoint: str) -> None:
+        self.mountpoint = mountpoint
+        self.connection = _fuse_connection(mountpoint)
+        self.detached = False
+
+    def request(self) -> None:
+        """A signal: the first detaches, the next aborts."""
+        if self.detached:
+            self.abort()
+        else:
+            self.detach()
+
+    def detach(self) -> None:
+        if self.detached:
+            return
+        self.detached = True
+        log.info("unmounting %s (lazily: served until its last user lets go)", self.mountpoint)
+        tool = shutil.which("fusermount3") or shutil.which("fusermount")
+        cmd = [tool, "-u", "-z", self.mountpoint] if tool else ["umount", "-l", self.mountpoint]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            log.warning("%s: cannot unmount: %s", self.mountpoint, e)
+            return
+        if proc.returncode != 0:
+            log.warning("%s: %s", self.mountpoint, proc.stderr.strip() or "unmount failed")
+
+    def abort(self) -> None:
+        if self.connection is None:
+            log.warning("%s: cannot abort the FUSE connection (not found in /proc/self/"
+                        "mountinfo)", self.mountpoint)
+            return
+        control = Path("/sys/fs/fuse/connections") / str(self.connection) / "abort"
+        try:
+            if not control.exists() and os.geteuid() == 0:
+                subprocess.run(["mount", "-t", "fusectl", "fusectl",
+                                "/sys/fs/fuse/connections"], capture_output=True, check=False)
+            control.write_text("1\n")
+            log.info("aborted the FUSE connection of %s", self.mountpoint)
+        except OSError as e:
+            log.warning("%s: cannot abort the FUSE connection (%s): %s", self.mountpoint,
+                        control, e.strerror or e)
+
+
+def _fuse_connection(mountpoint: str) -> int | None:
+    """The FUSE connection number of the mount at ``mountpoint`` (its device's minor)."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == mountpoint:
+                    rest = fields[fields.index("-") + 1:] if "-" in fields else []
+                    if rest and rest[0].startswith("fuse"):
+                        found = int(fields[2].split(":")[1])  # the last one: on top
+    except (OSError, ValueError, IndexError):
+        return None
+    return found
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
