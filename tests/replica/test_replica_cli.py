@@ -31,7 +31,8 @@ def test_add_replica_then_snapshot_fqrn(golden_server, golden_keys, tmp_path):
     assert replica["CVMFS_PUBLIC_KEY"] == str(golden_keys)
     assert replica["CVMFS_NUM_WORKERS"] == "8"
 
-    code, out, err = _run("snapshot", GOLDEN_FQRN, "--config-dir", str(etc), "--json")
+    code, out, err = _run("snapshot", GOLDEN_FQRN, "--config-dir", str(etc), "--json",
+                          "--trunk-only")
     assert code == 0, err
     report = json.loads(out)
     assert (report["revision"], report["changed"], report["initial"]) == (3, True, True)
@@ -40,11 +41,15 @@ def test_add_replica_then_snapshot_fqrn(golden_server, golden_keys, tmp_path):
         golden_server.directory / GOLDEN_FQRN / ".cvmfspublished").read_bytes()
     assert (repo_dir / "reflog.chksum").is_file()  # the state lives with the configuration
 
-    code, out, err = _run("snapshot", GOLDEN_FQRN, "--config-dir", str(etc))
+    code, out, err = _run("snapshot", GOLDEN_FQRN, "--config-dir", str(etc), "--trunk-only")
     assert code == 0, err
     assert out.startswith(f"{GOLDEN_FQRN}: up to date at revision 3")
-    code, out, err = _run("snapshot", GOLDEN_FQRN, "--config-dir", str(etc), "--all-tags")
+    # the default, as stock `cvmfs_server snapshot`: the trees of every tag too
+    assert replica["PYCVMFS_SNAPSHOT_ALL_TAGS"] == "true"
+    code, out, err = _run("snapshot", GOLDEN_FQRN, "--config-dir", str(etc))
     assert code == 0 and "revision 3 (was 3): 4 objects fetched" in out, err
+    code, out, err = _run("snapshot", GOLDEN_FQRN, "--config-dir", str(etc))
+    assert code == 0 and out.startswith(f"{GOLDEN_FQRN}: up to date at revision 3"), err
 
 
 def test_add_replica_refusals(golden_server, golden_keys, golden_copy, http_server, tmp_path):

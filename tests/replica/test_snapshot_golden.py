@@ -91,16 +91,16 @@ def test_reflog_status_and_markers(golden_replica):
 def test_trunk_only_then_all_tags_then_no_op(golden_server, replicate, golden_keys, tmp_path):
     url = f"{golden_server.url}/{GOLDEN_FQRN}"
     dest, state = tmp_path / "replica", tmp_path / "state"
-    first = replicate(url, dest, state)
+    first = replicate(url, dest, state, all_tags=False)
     v1_root = "data/94/c073f2"  # prefix of the v1 root catalog (README)
     assert not any(p.startswith(v1_root) for p in data_files(dest))
     with open_repository(str(dest), keys=[golden_keys], cache_dir=tmp_path / "c1") as repo:
         assert repo.open_revision().stat("/bin/blob-3m.bin").st_size > 0
-    again = replicate(url, dest, state, all_tags=True)  # the manifest did not change
+    again = replicate(url, dest, state)  # the default: all tags (the manifest did not change)
     assert again.changed and again.catalogs_fetched == 3 and again.objects_fetched > 0
     assert again.objects_fetched + first.objects_fetched == 1075  # as one --all-tags run
     assert any(p.startswith(v1_root) for p in data_files(dest))
-    noop = replicate(url, dest, state, all_tags=True)  # its speed: benchmarks/replica.py
+    noop = replicate(url, dest, state)  # its speed: benchmarks/replica.py
     assert not noop.changed and noop.objects_fetched == 0 and noop.bytes_fetched == 0
     assert noop.catalogs_fetched == 0
 

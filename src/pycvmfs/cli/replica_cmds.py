@@ -61,8 +61,11 @@ def _print_report(report, as_json: bool) -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Lock, reflog checksum and verified certificate of this replica (with "
                    "SOURCE_URL DEST; default ~/.local/state/pycvmfs/snapshots/FQRN-ID).")
-@click.option("--all-tags", is_flag=True, default=None,
-              help="Also replicate the tree of every tag in the history.")
+@click.option("--all-tags/--trunk-only", default=None,
+              help="Replicate the tree of every tag in the history too (the default, as "
+                   "`cvmfs_server snapshot` does), or only the trunk and its previous "
+                   "revisions (default: the replica's PYCVMFS_SNAPSHOT_ALL_TAGS, else all "
+                   "tags).")
 @click.option("--workers", "-n", type=click.IntRange(1, 256),
               help="Parallel downloads (default: CVMFS_NUM_WORKERS, else 16).")
 @click.option("--proxy", help="CVMFS_HTTP_PROXY-style proxy list (with SOURCE_URL DEST).")
@@ -102,7 +105,7 @@ def snapshot_cmd(target: str, dest: str | None, keys: tuple[str, ...], fqrn: str
             report = snapshot_replica(cfg, all_tags=all_tags, workers=workers,
                                       progress=progress)
         else:
-            report = _adhoc(target, dest, keys, fqrn, state_dir, bool(all_tags),
+            report = _adhoc(target, dest, keys, fqrn, state_dir, all_tags is not False,
                             workers or 16, proxy, timeout, progress)
     _print_report(report, as_json)
 
@@ -150,8 +153,9 @@ def _adhoc(url: str, dest: str, keys: tuple[str, ...], fqrn: str | None, state_d
               help="Master public key file or directory of *.pub keys (repeatable).")
 @click.option("--workers", "-n", type=click.IntRange(1, 256), default=16, show_default=True,
               help="Parallel downloads (CVMFS_NUM_WORKERS).")
-@click.option("--all-tags", is_flag=True, help="Replicate every tagged revision on each "
-                                               "snapshot (PYCVMFS_SNAPSHOT_ALL_TAGS).")
+@click.option("--all-tags/--trunk-only", default=True, show_default=True,
+              help="Replicate every tagged revision on each snapshot, as `cvmfs_server "
+                   "snapshot` does, or only the trunk (PYCVMFS_SNAPSHOT_ALL_TAGS).")
 @click.option("--proxy", default="DIRECT", show_default=True,
               help="Proxies for the stratum 0 (CVMFS_HTTP_PROXY syntax).")
 @click.option("--timeout", type=float, default=10.0, show_default=True,

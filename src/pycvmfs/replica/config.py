@@ -61,7 +61,7 @@ class ReplicaConfig(RepositoryDirs):
     timeout: float = 10.0
     retries: int = 3
     proxy: str = "DIRECT"
-    all_tags: bool = False
+    all_tags: bool = True  # every tag's tree, as stock `cvmfs_server snapshot` does
 
     @property
     def replica_conf(self) -> Path:
@@ -135,7 +135,7 @@ class ReplicaConfig(RepositoryDirs):
                                   float)),
             retries=int(_number(conf.get("CVMFS_HTTP_RETRIES", "3"), "CVMFS_HTTP_RETRIES")),
             proxy=conf.get("CVMFS_HTTP_PROXY") or "DIRECT",
-            all_tags=parse_bool(conf.get("PYCVMFS_SNAPSHOT_ALL_TAGS", "false"),
+            all_tags=parse_bool(conf.get("PYCVMFS_SNAPSHOT_ALL_TAGS", "true"),
                            "PYCVMFS_SNAPSHOT_ALL_TAGS"))
 
     def save(self, *, overwrite: bool = False) -> None:

@@ -91,15 +91,17 @@ class SnapshotReport:
 
 
 def snapshot(source: Source, dest: ObjectStore, fqrn: str, keys: Sequence, *,
-             state_dir: str | os.PathLike[str], all_tags: bool = False, workers: int = 16,
+             state_dir: str | os.PathLike[str], all_tags: bool = True, workers: int = 16,
              progress: Progress | None = None,
              now: Callable[[], _dt.datetime] | None = None) -> SnapshotReport:
     """Bring ``dest`` up to the current revision of ``source`` (the stratum 0).
 
     ``keys`` are the master public keys (RSA keys or paths of key files / directories).
     ``state_dir`` (never inside ``dest``) keeps the snapshot lock, the replica's reflog
-    checksum and the verified certificate; use the same one on every run. ``all_tags`` also
-    replicates the tree of every tag in the history. Raises :class:`RepositoryBusyError` when
+    checksum and the verified certificate; use the same one on every run. ``all_tags`` (the
+    default, as stock ``cvmfs_server snapshot``) also replicates the tree of every tag in the
+    history, so clients can pin ``CVMFS_REPOSITORY_TAG`` on the replica; ``False``: only the
+    trunk and its previous revisions. Raises :class:`RepositoryBusyError` when
     another snapshot of this state dir runs, :class:`ConfigError` when the source is not
     marked for replication, :class:`IntegrityError` for anything that fails verification
     (then the replica keeps serving its previous revision).
