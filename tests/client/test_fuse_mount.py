@@ -295,3 +295,20 @@ def test_sigterm_detaches_a_busy_mount_lazily_and_a_second_one_aborts(mounter, g
         holder.kill()
         holder.wait()
 
+
+
+def test_every_listed_xattr_can_be_read_and_magic_ones_can_be_hidden(mounter, golden_http,
+                                                                     golden_keys):
+    """`getfattr -d`, `cp -a` and rsync read every name listxattr gives."""
+    mp = mounter("golden.example.org", golden_http, golden_keys)
+    files = [Path(d) / n for d, _dirs, names in os.walk(mp) for n in names]
+    assert len(files) > 1000
+    for p in files:
+        for name in os.listxattr(p, follow_symlinks=False):
+            os.getxattr(p, name, follow_symlinks=False)  # raises if listed but unreadable
+    assert "user.hash" in os.listxattr(mp / "text" / "hello.txt")
+    hidden = mounter("golden.example.org", golden_http, golden_keys, "--hide-magic-xattrs")
+    assert os.listxattr(hidden / "text" / "hello.txt") == []
+    assert sorted(os.listxattr(hidden / "xattr" / "with-xattr.txt")) == [
+        "user.binary", "user.comment", "user.empty"]
+    assert os.getxattr(hidden, "user.revision") == b"3"  # still readable by name

@@ -10,6 +10,7 @@ is read or needed) and a cache, a socket folder and a mount point of its own.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import subprocess
 import time
@@ -99,3 +100,26 @@ def _unmount(mnt: Path) -> None:
         if subprocess.run(["umount", str(mnt)], capture_output=True, check=False).returncode:
             time.sleep(0.2)
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+def keys_dir(tmp: Path, *pubs: Path) -> Path:
+    """A folder ``tmp/keys`` with the given public keys (files, or folders of ``*.pub``)."""
+    d = tmp / "keys"
+    d.mkdir(exist_ok=True)
+    for p in pubs:
+        for f in [p] if p.is_file() else sorted(p.glob("*.pub")):
+            (d / f.name).write_bytes(f.read_bytes())
+    return d
+
+
+def same_links(desc: dict[str, dict]) -> dict[str, dict]:
+    """Inode numbers differ between clients; what must agree is which files share one."""
+    groups: dict[int, list[str]] = {}
+    for path, e in desc.items():
+        if "ino" in e:
+            groups.setdefault(e["ino"], []).append(path)
+    out = copy.deepcopy(desc)
+    for e in out.values():
+        if "ino" in e:
+            e["ino"] = sorted(groups[e["ino"]])
+    return out

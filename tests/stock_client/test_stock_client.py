@@ -13,7 +13,6 @@ import io
 import os
 import stat
 import tarfile
-from pathlib import Path
 
 import pytest
 
@@ -29,7 +28,7 @@ from pycvmfs.storage.local import LocalStorage
 
 from helpers.mount_walk import assert_matches_expected, walk_mount
 from helpers.publishing import describe_tree, describe_view, reader
-from helpers.stock_client import ENV, StockClient
+from helpers.stock_client import ENV, StockClient, keys_dir, same_links
 
 GOLDEN = "golden.example.org"
 TAGS = {"head": ("rev2", {}), "v1": ("rev1", {"CVMFS_REPOSITORY_TAG": "v1"})}
@@ -46,35 +45,13 @@ def served_golden(golden_repo):
         yield srv.repository_url(GOLDEN)
 
 
-def _keys_dir(tmp: Path, *pubs: Path) -> Path:
-    d = tmp / "keys"
-    d.mkdir(exist_ok=True)
-    for p in pubs:
-        for f in [p] if p.is_file() else sorted(p.glob("*.pub")):
-            (d / f.name).write_bytes(f.read_bytes())
-    return d
-
-
-def _same_links(desc: dict[str, dict]) -> dict[str, dict]:
-    """Inode numbers differ between clients; what must agree is which files share one."""
-    groups: dict[int, list[str]] = {}
-    for path, e in desc.items():
-        if "ino" in e:
-            groups.setdefault(e["ino"], []).append(path)
-    out = copy.deepcopy(desc)
-    for e in out.values():
-        if "ino" in e:
-            e["ino"] = sorted(groups[e["ino"]])
-    return out
-
-
 # -- the golden (stock-written) repository through pycvmfs serve and a pycvmfs replica ------
 
 @pytest.mark.parametrize("which", sorted(TAGS))
 def test_stock_client_reads_the_golden_repository_from_pycvmfs_serve(
         stock, served_golden, golden_keys, golden_expected, tmp_path, which):
     tree, config = TAGS[which]
-    with stock.mount(GOLDEN, served_golden, _keys_dir(tmp_path, golden_keys), tmp_path,
+    with stock.mount(GOLDEN, served_golden, keys_dir(tmp_path, golden_keys), tmp_path,
                      config) as m:
         assert_matches_expected(walk_mount(m.mountpoint), golden_expected["trees"][tree]["entries"])
 
@@ -102,7 +79,7 @@ def test_stock_client_mounts_a_pycvmfs_stratum1_of_the_golden_repository(
     ``cvmfs_server snapshot`` does)."""
     tree, config = TAGS[which]
     with RepositoryServer({GOLDEN: golden_replica}) as srv, \
-            stock.mount(GOLDEN, srv.repository_url(GOLDEN), _keys_dir(tmp_path, golden_keys),
+            stock.mount(GOLDEN, srv.repository_url(GOLDEN), keys_dir(tmp_path, golden_keys),
                         tmp_path, config) as m:
         assert_matches_expected(walk_mount(m.mountpoint), golden_expected["trees"][tree]["entries"])
         assert m.talk("revision").strip() == ("3" if tree == "rev2" else "2")
@@ -135,7 +112,7 @@ def test_stock_client_mounts_what_the_pycvmfs_publisher_wrote(
             e["published_nlink"] = e["nlink"]
     with RepositoryServer({GOLDEN: pub.config.storage}) as srv, \
             stock.mount(GOLDEN, srv.repository_url(GOLDEN),
-                        _keys_dir(tmp_path, pub.config.key_path("pub")), tmp_path, config) as m:
+                        keys_dir(tmp_path, pub.config.key_path("pub")), tmp_path, config) as m:
         assert_matches_expected(walk_mount(m.mountpoint), expected)
         links = os.lstat(m.mountpoint / "hardlinks" / "a.txt")
         assert links.st_ino == os.lstat(m.mountpoint / "hardlinks" / "c.txt").st_ino
@@ -208,10 +185,10 @@ def test_stock_client_agrees_with_pycvmfs_on_every_kind_of_entry(stock, tmp_path
     assert len(nested) > 4, nested  # root, the dirtab catalogs and automatic ones
     with RepositoryServer({fqrn: pub.config.storage}) as srv, \
             stock.mount(fqrn, srv.repository_url(fqrn),
-                        _keys_dir(tmp_path, pub.config.key_path("pub")), tmp_path / "s") as m:
+                        keys_dir(tmp_path, pub.config.key_path("pub")), tmp_path / "s") as m:
         theirs = describe_tree(m.mountpoint)
         assert int(os.getxattr(m.mountpoint / "data" / "big.bin", "user.chunks")) > 1
-    assert _same_links(theirs) == _same_links(ours)
+    assert same_links(theirs) == same_links(ours)
     assert theirs["data/big.bin"]["size"] == len(big)
 
 
@@ -225,7 +202,7 @@ def test_stock_client_follows_new_pycvmfs_revisions(stock, tmp_path):
         txn.add_file("/keep.txt", b"unchanged\n")
     with RepositoryServer({fqrn: pub.config.storage}) as srv, \
             stock.mount(fqrn, srv.repository_url(fqrn),
-                        _keys_dir(tmp_path, pub.config.key_path("pub")), tmp_path / "s") as m:
+                        keys_dir(tmp_path, pub.config.key_path("pub")), tmp_path / "s") as m:
         path = m.mountpoint / "state.txt"
         assert path.read_bytes() == b"first\n"
         with open(path, "rb") as before:

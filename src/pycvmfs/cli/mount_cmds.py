@@ -66,7 +66,8 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
 def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict]:
     """What the CernVM-FS configuration says about a mount: the revision selector
     (CVMFS_REPOSITORY_TAG / _DATE / CVMFS_ROOT_HASH) and MountOptions fields
-    (CVMFS_MAX_TTL, CVMFS_KCACHE_TIMEOUT); empty when there is no configuration."""
+    (CVMFS_MAX_TTL, CVMFS_KCACHE_TIMEOUT, CVMFS_HIDE_MAGIC_XATTRS); empty when there is no
+    configuration."""
     try:
         from pycvmfs.client.config import load_client_config
 
@@ -84,6 +85,8 @@ def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict
         settings["max_ttl"] = cfg.max_ttl
     if cfg.kcache_timeout is not None:
         settings["kcache_timeout"] = float(cfg.kcache_timeout)
+    if cfg.hide_magic_xattrs:
+        settings["hide_magic_xattrs"] = True
     return selector, settings
 
 
@@ -119,12 +122,16 @@ def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict
 @click.option("--catalog-idle", type=click.FloatRange(0), default=600.0, show_default=True,
               help="Unload nested catalogs unused for this many seconds (0: only when the "
                    "kernel forgets their inodes).")
+@click.option("--hide-magic-xattrs", is_flag=True, default=None,
+              help="List only the files' own extended attributes, not the client's "
+                   "user.revision, user.hash, ... (CVMFS_HIDE_MAGIC_XATTRS; those can still "
+                   "be read by name).")
 @revision_options
 def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, config_dir,
           foreground: bool, allow_other: bool, ttl: int | None, log_file: str | None,
           debug: bool, readahead_threads: int, readahead_process: bool,
           kcache_timeout: float | None, fuse_threads: int, catalog_idle: float,
-          **kw) -> None:
+          hide_magic_xattrs: bool | None, **kw) -> None:
     """Mount repository FQRN read-only at MOUNTPOINT (FUSE)."""
     from pycvmfs.client.fuse import MountOptions, run_mount
 
@@ -135,6 +142,8 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
         selector = selector or configured
     if kcache_timeout is not None:
         settings["kcache_timeout"] = kcache_timeout
+    if hide_magic_xattrs:
+        settings["hide_magic_xattrs"] = True
     if not os.path.isdir(mountpoint):
         raise ConfigError(f"{mountpoint}: not a directory")
     if os.path.ismount(mountpoint):

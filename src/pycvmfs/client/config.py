@@ -405,6 +405,12 @@ class ClientConfig:
         return None if text is None else self._uint("CVMFS_KCACHE_TIMEOUT", 0)
 
     @property
+    def hide_magic_xattrs(self) -> bool:
+        """``CVMFS_HIDE_MAGIC_XATTRS``: listxattr shows only the files' own attributes (the
+        magic ones can still be read by name)."""
+        return self._flag("CVMFS_HIDE_MAGIC_XATTRS", False)
+
+    @property
     def max_ttl(self) -> int | None:
         """The catalog TTL cap in **seconds** (``CVMFS_MAX_TTL`` is in minutes); None: no cap."""
         minutes = self._uint("CVMFS_MAX_TTL", 0)

@@ -66,6 +66,7 @@ class MountOptions:
     prefetch_process: bool = True  # over HTTP: read-ahead in a child process (2nd core)
     catalog_idle: float = 600.0  # unload nested catalogs unused this long (0: never by time)
     threads: int = 8  # threads answering FUSE requests (a download blocks only its own)
+    hide_magic_xattrs: bool = False  # CVMFS_HIDE_MAGIC_XATTRS: listxattr without the magic ones
 
 
 #: a sequential scan of a directory downloads the next files of its listing ahead of the reader
@@ -731,9 +732,16 @@ class CvmfsFilesystem:
 
     @_handler
     def listxattr(self, inode: int) -> list[bytes]:
-        path, _view, s = self._xattr_stat(inode)
+        path, view, s = self._xattr_stat(inode)
+        if not (s.is_file or s.is_dir):
+            return []  # the kernel lets nobody read user.* of symlinks and special files
         names = list(s.entry.xattrs(what=os.fsdecode(path)))
-        magic = _MAGIC_ROOT + (_MAGIC_FILE if s.is_file else ())
+        # only names getxattr answers (a chunked file without a bulk hash has no user.hash):
+        # `getfattr -d`, `cp -a` and rsync read every name listed
+        if self.options.hide_magic_xattrs:
+            return names
+        magic = _MAGIC_ROOT + tuple(n for n in (_MAGIC_FILE if s.is_file else ())
+                                    if self._magic(path, view, s, n) is not None)
         return [*(n.encode() for n in magic), *(n for n in names if os.fsdecode(n) not in magic)]
 
     # -- read-ahead ----------------------------------------------------------------------
