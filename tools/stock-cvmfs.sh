@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The stock CernVM-FS tools, built from their source, for pycvmfs's compatibility checks
+# (tests/stock_client, docs/stock-client.md). Debian 12, as root. Not part of CI: CernVM-FS is
+# not a Debian package and its source comes from its own repository.
+#
+#   bash tools/stock-cvmfs.sh build SRC BUILD   configure + compile client and server tools
+#                                               (SRC: a cvmfs source tree, e.g. tag
+#                                               cvmfs-2.12.0; BUILD: an empty folder)
+#   bash tools/stock-cvmfs.sh install BUILD     put the server tools and the client where
+#                                               cvmfs_server expects them (/usr/bin, /usr/lib),
+#                                               start Apache: a THROWAWAY machine only
+#   bash tools/stock-cvmfs.sh check BUILD       the stock-client tests (and, once installed,
+#                                               the stock-server ones) against this checkout
+#   bash tools/stock-cvmfs.sh uninstall         undo install (repositories are not removed)
+set -euo pipefail
+ROOT_DIR=$(cd "$(dirname "$0")/.." && pwd)
+VERSION_GLOB='so.2.*'
+
+need_root() { [ "$(id -u)" = 0 ] || { echo "stock-cvmfs.sh: run as root" >&2; exit 1; }; }
+
+build() {
+    local src build
+    src=$(cd "$1" && pwd); mkdir -p "$2"; build=$(cd "$2" && pwd)
+    need_root
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # compilers and the libraries the bundled externals do not bring; the fuse 2 headers are
+    # required by the build even for a fuse 3 client
+    apt-get install -y -qq cmake g++ make patch pkg-config autoconf automake libtool \
+        autotools-dev cpio unzip python3-dev python3-setuptools libssl-dev libfuse3-dev \
+        libfuse-dev fuse3 uuid-dev zlib1g-dev libcap-dev libattr1-dev attr >/dev/null
+    if [ ! -s "$src/externals/sqlite3/src/sqlite3.c" ]; then
+        # a source snapshot without the bundled SQLite amalgamation: make it from Debian's
+        # sqlite3 source package (the fixture's stock server was built the same way)
+        sqlite_from_debian "$src/externals/sqlite3/src" "$build/sqlite"
+    fi
+    local off=(LIBCVMFS LIBCVMFS_CACHE SERVER_DEBUG RECEIVER RECEIVER_DEBUG GEOAPI SHRINKWRAP
+               PRELOADER UNITTESTS UNITTESTS_DEBUG UBENCHMARKS QC_TESTS GATEWAY DUCC SNAPSHOTTER)
+    local flags=(-DBUILD_CVMFS=ON -DBUILD_SERVER=ON -DINSTALL_PUBLIC_KEYS=OFF
+                 -DINSTALL_BASH_COMPLETION=OFF -DINSTALL_MOUNT_SCRIPTS=OFF)
+    for o in "${off[@]}"; do flags+=("-DBUILD_$o=OFF"); done
+    # configuring also builds the bundled libraries (several minutes)
+    (cd "$build" && cmake "$src" -DCMAKE_INSTALL_PREFIX=/usr "${flags[@]}" >cmake.log)
+    (cd "$build" && make -j"$(nproc)" cvmfs2 cvmfs_fuse3_stub cvmfs_fuse3 cvmfs_talk \
+        cvmfs_server_script cvmfs_suid_helper cvmfs_publish cvmfs_swissknife >make.log)
+    echo "built into $build/cvmfs: $("$build/cvmfs/cvmfs2" --version 2>&1 | head -1)"
+}
+
+sqlite_from_debian() {
+    local dest=$1 work=$2
+    mkdir -p "$work/lists"
+    printf 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s bookworm main\n' \
+        "http://deb.debian.org/debian" >"$work/src.list"
+    local apt=(-o "Dir::Etc::SourceList=$work/src.list" -o Dir::Etc::SourceParts=/nonexistent
+               -o "Dir::State::Lists=$work/lists" -o APT::Sandbox::User=root)
+    apt-get "${apt[@]}" update -qq
+    apt-get install -y -qq dpkg-dev tcl >/dev/null
+    (cd "$work" && apt-get "${apt[@]}" source --download-only sqlite3 >/dev/null &&
+        dpkg-source -x sqlite3_*.dsc src >/dev/null &&
+        cd src && ./configure --disable-tcl >/dev/null && make sqlite3.c >/dev/null)
+    cp "$work/src/sqlite3.c" "$work/src/sqlite3.h" "$dest/"
+}
+
+install_tools() {
+    local out
+    out=$(cd "$1/cvmfs" && pwd)
+    need_root
+    local src
+    src=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$1/CMakeCache.txt")/cvmfs
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq apache2 fuse3 attr lsof psmisc curl >/dev/null
+    # the paths below are the ones cvmfs_server and its helpers use
+    install -m 0755 "$out/cvmfs_server" "$out/cvmfs_swissknife" "$out/cvmfs_publish" \
+        "$out/cvmfs2" "$out/cvmfs_talk" /usr/bin/
+    install -m 4755 "$out/cvmfs_suid_helper" /usr/bin/
+    install -m 0755 "$src/cvmfs_rsync" /usr/bin/
+    for lib in cvmfs_server cvmfs_crypto cvmfs_util cvmfs_fuse3 cvmfs_fuse3_stub; do
+        for f in "$out"/lib$lib.$VERSION_GLOB; do
+            install -m 0755 "$f" /usr/lib/
+            ln -sf "$(basename "$f")" "/usr/lib/lib$lib.so.2"
+            ln -sf "lib$lib.so.2" "/usr/lib/lib$lib.so"
+        done
+    done
+    ldconfig
+    mkdir -p /var/lib/cvmfs-server /var/spool/cvmfs /etc/cvmfs/keys /etc/cvmfs/repositories.d \
+        /usr/share/cvmfs-server /cvmfs
+    # without systemd running, a present systemctl makes the tools fail where `service` and
+    # `mount` would work: set it aside while the stock tools are installed
+    if [ ! -d /run/systemd/system ] && [ -e /bin/systemctl ] &&
+            ! dpkg-divert --list /bin/systemctl | grep -q .; then
+        dpkg-divert --local --rename --divert /bin/systemctl.stock-cvmfs --add /bin/systemctl
+    fi
+    service apache2 status >/dev/null 2>&1 || service apache2 start
+    echo "stock CernVM-FS tools installed: $(cvmfs_server --version 2>/dev/null | head -1)"
+}
+
+uninstall_tools() {
+    need_root
+    rm -f /usr/bin/cvmfs_server /usr/bin/cvmfs_swissknife /usr/bin/cvmfs_publish \
+        /usr/bin/cvmfs_suid_helper /usr/bin/cvmfs_rsync /usr/bin/cvmfs2 /usr/bin/cvmfs_talk
+    for lib in cvmfs_server cvmfs_crypto cvmfs_util cvmfs_fuse3 cvmfs_fuse3_stub; do
+        rm -f /usr/lib/lib$lib.so /usr/lib/lib$lib.so.2 /usr/lib/lib$lib.$VERSION_GLOB
+    done
+    ldconfig
+    if dpkg-divert --list /bin/systemctl | grep -q stock-cvmfs; then
+        dpkg-divert --local --rename --remove /bin/systemctl
+    fi
+}
+
+check() {
+    local out
+    out=$(cd "$1/cvmfs" && pwd)
+    source "$ROOT_DIR/tools/_env.sh"
+    _venv
+    export PYCVMFS_STOCK_CLIENT="$out"
+    if command -v cvmfs_server >/dev/null 2>&1; then export PYCVMFS_STOCK_SERVER=1; fi
+    "$PY" -m pytest "$ROOT_DIR/tests/stock_client" -v
+}
+
+case "${1:-}" in
+    build) build "${2:?SRC}" "${3:?BUILD}" ;;
+    install) install_tools "${2:?BUILD}" ;;
+    uninstall) uninstall_tools ;;
+    check) check "${2:?BUILD}" ;;
+    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
