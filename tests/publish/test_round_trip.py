@@ -352,3 +352,43 @@ def test_dirtab_rules_make_nested_catalogs(publisher, tmp_path):
     with publisher.transaction() as txn:  # markers it made are kept: no change
         txn.add_tree(src, "/", delete=True)
     assert publisher.head().revision == rev
+
+
+UNGUARDED_SCRIPT = """
+import os, sys
+from pycvmfs.publish.repository import Publisher
+base = sys.argv[1]
+with open(os.path.join(base, "runs.log"), "a") as log:  # each run of this top level
+    log.write(f"{os.getpid()}\\n")
+if not os.path.exists(os.path.join(base, "srv")):
+    Publisher.mkfs("unguarded.example.org", os.path.join(base, "srv"),
+                   config_dir=os.path.join(base, "etc"))
+pub = Publisher.open("unguarded.example.org", config_dir=os.path.join(base, "etc"))
+with pub.transaction() as txn:
+    txn.add_tree(os.path.join(base, "tree"), "/")
+    print("workers", len(txn.ingester._procs))
+print("revision", pub.head().revision)
+"""
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path):
+    """Worker processes (forkserver) would re-run the caller's main module: a script that
+    publishes at its top level ran its publish again in every worker, each failing on the
+    publish lock with a traceback."""
+    import subprocess
+    import sys
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(400):
+        (tree / f"f{i:03d}").write_bytes(os.urandom(100 + i * 50))
+    script = tmp_path / "publish_unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    res = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "revision 2" in res.stdout
+    assert len((tmp_path / "runs.log").read_text().split()) == 1  # only the script itself
+    if (os.cpu_count() or 1) >= 2:
+        assert "workers 0" not in res.stdout  # the tree was ingested by worker processes

@@ -138,14 +138,19 @@ class Ingester:
                 self.max_file_size)
         procs = [ProcessPoolExecutor(1, mp_context=ctx, initializer=_proc_init, initargs=args)
                  for _ in range(n)]
-        # workers re-import the caller's __main__ by path; a program read from stdin or -c
-        # has none to import, so hide a path that is not a file while the workers start
+        # multiprocessing would re-run the caller's main module in the fork server and in
+        # every worker (by path, or by name for `python -m`), so that functions defined there
+        # can be found. The workers need only pycvmfs: hide the main module while they start,
+        # so a script that publishes at its top level without `if __name__ == "__main__":`
+        # is not run again in each of them (a program read from stdin or -c has no file to
+        # import at all).
         main = sys.modules.get("__main__")
-        hidden = getattr(main, "__file__", None)
-        if hidden is not None and not os.path.isfile(hidden):
-            del main.__file__
-        else:
-            hidden = None
+        hidden = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+        for k in hidden:
+            if k == "__file__":
+                delattr(main, k)
+            else:
+                setattr(main, k, None)
         try:
             for p in procs:
                 p.submit(_proc_ping).result(timeout=120)
@@ -154,8 +159,8 @@ class Ingester:
                 p.shutdown(wait=False, cancel_futures=True)
             return
         finally:
-            if hidden is not None:
-                main.__file__ = hidden
+            for k, v in hidden.items():
+                setattr(main, k, v)
         self._procs = procs
         self._batches = [[] for _ in range(n)]
         self._batch_bytes = [0] * n
