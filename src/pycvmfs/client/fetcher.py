@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from pycvmfs.client.cache import ObjectCache
 from pycvmfs.errors import CvmfsError
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind, parse_object_name
+from pycvmfs.pipechild import run, stop
 from pycvmfs.storage.http import HttpSource
 
 __all__ = ["FetchProcess", "main"]
@@ -153,14 +153,7 @@ class FetchProcess:
             self._cache.elsewhere = None
         with self._lock:
             self._closed = True
-        with contextlib.suppress(OSError, ValueError):
-            self._stdin.close()
-        try:
-            self._proc.wait(_STOP_WAIT)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._reader.join(_STOP_WAIT)
+        stop(self._proc, self._stdin, self._reader, wait=_STOP_WAIT)
         self._stop(None)
 
 
@@ -214,18 +207,12 @@ def _serve(settings: dict[str, Any], requests: IO[bytes], answers: IO[bytes]) ->
 
 
 def main() -> None:
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    settings = json.loads(stdin.readline())
-    logging.basicConfig(level=settings.get("level", logging.WARNING),
-                        filename=settings.get("log_file"),
-                        format="%(asctime)s %(name)s[fetcher] %(levelname)s %(message)s")
-    try:
-        _serve(settings, stdin, stdout)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(1)
+    def prepare(settings: dict[str, Any]) -> None:
+        logging.basicConfig(level=settings.get("level", logging.WARNING),
+                            filename=settings.get("log_file"),
+                            format="%(asctime)s %(name)s[fetcher] %(levelname)s %(message)s")
+
+    run(_serve, prepare)
 
 
 if __name__ == "__main__":

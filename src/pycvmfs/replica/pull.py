@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import sqlite3
 import threading
 import time
@@ -17,8 +18,9 @@ from urllib.parse import quote
 from pycvmfs.errors import CvmfsError, FormatError, ObjectNotFoundError
 from pycvmfs.format.catalog import Catalog
 from pycvmfs.format.compression import Compression
-from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
+from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, parse_object_name
 from pycvmfs.format.sqlite import open_database
+from pycvmfs.replica.copier import CopyProcess
 from pycvmfs.replica.copying import BufferedObject, VerifyingReader, spill_for
 from pycvmfs.storage.base import ObjectStore, Source
 from pycvmfs.storage.batch import BatchFetcher
@@ -44,6 +46,8 @@ _PROGRESS_EVERY = 0.1
 _WINDOW = 16384
 #: Objects of a catalog taken from its database per lock of the bookkeeping.
 _SCHEDULE_RUN = 1024
+#: Downloads a pull must have before it starts its copy process (see replica/copier.py).
+_COPIER_AFTER = 512
 
 
 @dataclass
@@ -141,7 +145,8 @@ class Puller:
     """
 
     def __init__(self, source: Source, dest: ObjectStore, tmp_dir: Path, *, workers: int = 16,
-                 garbage_collectable: bool = False, progress: Progress | None = None) -> None:
+                 garbage_collectable: bool = False, progress: Progress | None = None,
+                 copy_process: bool | None = None) -> None:
         self.source = source
         self.dest = dest
         self.tmp = Path(tmp_dir)
@@ -152,11 +157,24 @@ class Puller:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="pycvmfs-pull")
         # over HTTP, objects travel through libcurl's multi interface (C-level I/O, one thread);
         # the pool then only walks catalogs and retries what that fast path could not fetch
-        self._batch = (BatchFetcher(source, parallel=self._workers, on_error=self._fail)
+        self._store_inline = isinstance(dest, LocalStorage)
+        # over HTTP into a local directory, a child process copies the objects whose first
+        # hash byte is odd (with its own fetcher, on the other core): see replica/copier.py.
+        # It starts once a pull has more than _COPIER_AFTER objects to download (starting a
+        # Python process costs about 0.1 s, more than a small incremental snapshot takes).
+        if copy_process is None:
+            copy_process = (os.cpu_count() or 1) >= 2 and self._workers >= 2
+        self._copy_wanted = (copy_process and self._store_inline
+                             and isinstance(source, HttpSource))
+        self._copier: CopyProcess | None = None
+        self._downloads = 0
+        # the transfers at once are shared with the copy process when there may be one
+        share = self._workers // 2 if self._copy_wanted else 0
+        self._batch = (BatchFetcher(source, parallel=self._workers - share,
+                                    on_error=self._fail)
                        if isinstance(source, HttpSource) else None)
         self._window = _Window(max(_WINDOW, self._workers * 4))
         self._spill = spill_for(dest, self.tmp)
-        self._store_inline = isinstance(dest, LocalStorage)
         self._uploads = threading.BoundedSemaphore(self._workers * 2)
         self._lock = threading.Lock()
         self._objects: dict[str, str | list[_Node]] = {}
@@ -178,7 +196,11 @@ class Puller:
 
     def wait(self) -> None:
         """Wait for every scheduled copy; raise the first error."""
+        if self._copier is not None:
+            self._copier.flush()
         self._window.wait_empty()  # (pool and batch hand objects to each other until then)
+        if self._copier is not None:
+            self._copier.close()
         if self._batch is not None:
             self._batch.close()  # its failures are retried in the pool: close that after
         self._pool.shutdown(wait=True)
@@ -196,6 +218,8 @@ class Puller:
         with self._lock:
             if self._error is None:
                 self._error = CvmfsError("pull cancelled")
+        if self._copier is not None:
+            self._copier.close(cancel=True)
         if self._batch is not None:
             self._batch.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -399,13 +423,21 @@ class Puller:
                     elif not self._store_inline:  # asking a remote store is a round trip:
                         self._pool.submit(self._probe, h, kind, name)  # many at once
                     elif not self.dest.exists(h.object_path(kind)):
-                        self._batch.submit(BufferedObject(h, kind, name, self._spill,
-                                                          self._batch_done))
+                        self._downloads += 1
+                        if self._copy_wanted and self._downloads == _COPIER_AFTER:
+                            self._start_copier()
+                        if self._copier is not None and h.digest[0] & 1:
+                            self._copier.submit(name)
+                        else:
+                            self._batch.submit(BufferedObject(h, kind, name, self._spill,
+                                                              self._batch_done))
                     else:
                         self._pool.submit(self._object_task, h, kind, name)
                 except BaseException:
                     self._window.give()
                     raise
+            if self._copier is not None:
+                self._copier.flush()
 
     def _batch_done(self, obj: BufferedObject, error: str | None) -> None:
         """A fast-path transfer ended (driver thread). Verified bytes are stored right here
@@ -425,6 +457,26 @@ class Puller:
             self._object_done(obj.name, ok=False)
         else:
             self._pool.submit(self._object_task, obj.h, obj.kind, obj.name)
+
+    def _start_copier(self) -> None:
+        assert isinstance(self.source, HttpSource) and isinstance(self.dest, LocalStorage)
+        self._copier = CopyProcess(self.source, self.dest.root,
+                                   parallel=max(1, self._workers // 2), fsync=self.dest.fsync,
+                                   on_done=self._copied)
+
+    def _copied(self, name: str, size: int, error: str | None) -> None:
+        """The copy process answered for ``name`` (its reader thread): stored, or to be
+        fetched again through the pool (fail-over, no-cache retries)."""
+        if error is None and self._error is None:
+            with self._lock:
+                self.stats.objects_fetched += 1
+                self.stats.bytes_fetched += size
+            self._object_done(name, ok=True)
+        elif self._error is not None:
+            self._object_done(name, ok=False)
+        else:
+            h, kind = parse_object_name(name)
+            self._pool.submit(self._object_task, h, kind, name)
 
     def _store_fetched(self, obj: BufferedObject, *, upload: bool = False) -> None:
         ok = False

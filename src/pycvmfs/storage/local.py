@@ -82,6 +82,11 @@ class LocalStorage:
     def __repr__(self) -> str:
         return f"LocalStorage({self._root!r})"
 
+    @property
+    def fsync(self) -> bool:
+        """Whether every write is flushed to disk before it is renamed into place."""
+        return self._fsync
+
     def __enter__(self) -> LocalStorage:
         return self
 
