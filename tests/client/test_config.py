@@ -256,3 +256,22 @@ def test_showconfig_quotes_like_cvmfs_config(tmp_path: Path) -> None:
         f"C='it\\'s'    # from {path}\n"
         f"D=    # from {path}\n")
     assert shell_quote("a|b;c") == "'a|b;c'"
+
+
+@pytest.mark.parametrize(("text", "visibility"), [
+    ("", "rootonly"),
+    ("CVMFS_HIDE_MAGIC_XATTRS=yes\n", "never"),
+    ("CVMFS_HIDE_MAGIC_XATTRS=no\n", "always"),
+    ("CVMFS_HIDE_MAGIC_XATTRS=maybe\n", "rootonly"),
+    ("CVMFS_HIDE_MAGIC_XATTRS=yes\nCVMFS_MAGIC_XATTRS_VISIBILITY=Always\n", "always"),
+])
+def test_magic_xattr_visibility_as_the_stock_client(tmp_path: Path, text: str,
+                                                    visibility: str) -> None:
+    write(tmp_path, "default.local", text or "CVMFS_OTHER=1\n")
+    assert load(tmp_path).magic_xattrs_visibility == visibility
+
+
+def test_an_unknown_magic_xattr_visibility_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, "default.local", "CVMFS_MAGIC_XATTRS_VISIBILITY=sometimes\n")
+    with pytest.raises(ConfigError, match="CVMFS_MAGIC_XATTRS_VISIBILITY"):
+        _ = load(tmp_path).magic_xattrs_visibility

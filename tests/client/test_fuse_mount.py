@@ -14,7 +14,7 @@ import pytest
 
 from pycvmfs.server.http import RepositoryServer
 
-from helpers.fuse import CLI, mount, needs_fuse
+from helpers.fuse import CLI, eventually, mount, needs_fuse
 from helpers.mount_walk import assert_matches_expected, walk_mount
 
 pytestmark = needs_fuse
@@ -251,21 +251,12 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _until(check, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
 def test_sigterm_unmounts_an_idle_mount(mounter, golden_http, golden_keys):
     mp = mounter("golden.example.org", golden_http, golden_keys)
     pid = int(os.getxattr(mp, "user.pid"))
     assert (mp / "text" / "hello.txt").read_bytes().startswith(b"Hello again")
     os.kill(pid, signal.SIGTERM)
-    assert _until(lambda: _gone(pid)) and not os.path.ismount(mp)
+    assert eventually(lambda: _gone(pid), 20) and not os.path.ismount(mp)
 
 
 def test_sigterm_detaches_a_busy_mount_lazily_and_a_second_one_aborts(mounter, golden_http,
@@ -280,14 +271,14 @@ def test_sigterm_detaches_a_busy_mount_lazily_and_a_second_one_aborts(mounter, g
         with open(mp / "bin" / "blob-3m.bin", "rb") as f:
             head = f.read(1000)
             os.kill(pid, signal.SIGTERM)
-            assert _until(lambda: not os.path.ismount(mp))  # gone from the name space
+            assert eventually(lambda: not os.path.ismount(mp), 20)  # gone from the name space
             assert not _gone(pid)
             rest = f.read()  # the open file is still served, all of it
             entry = golden_expected["trees"]["rev2"]["entries"]["bin/blob-3m.bin"]
             assert hashlib.sha1(head + rest).hexdigest() == entry["sha1"]
             assert os.listdir(f"/proc/{holder.pid}/cwd")  # and the working directory
             os.kill(pid, signal.SIGTERM)
-            assert _until(lambda: _gone(pid))
+            assert eventually(lambda: _gone(pid), 20)
             with pytest.raises(OSError) as err:  # (cached listings may still be shown)
                 os.stat(f"/proc/{holder.pid}/cwd/a-name-never-looked-up")
             assert err.value.errno == errno.ENOTCONN
@@ -299,16 +290,24 @@ def test_sigterm_detaches_a_busy_mount_lazily_and_a_second_one_aborts(mounter, g
 
 def test_every_listed_xattr_can_be_read_and_magic_ones_can_be_hidden(mounter, golden_http,
                                                                      golden_keys):
-    """`getfattr -d`, `cp -a` and rsync read every name listxattr gives."""
-    mp = mounter("golden.example.org", golden_http, golden_keys)
+    """`getfattr -d`, `cp -a` and rsync read every name listxattr gives. As in the stock
+    client, the magic attributes are listed on the mount root only by default
+    (CVMFS_MAGIC_XATTRS_VISIBILITY), and can always be read by name."""
+    mp = mounter("golden.example.org", golden_http, golden_keys,
+                 "--magic-xattrs-visibility", "always")
     files = [Path(d) / n for d, _dirs, names in os.walk(mp) for n in names]
     assert len(files) > 1000
     for p in files:
         for name in os.listxattr(p, follow_symlinks=False):
             os.getxattr(p, name, follow_symlinks=False)  # raises if listed but unreadable
     assert "user.hash" in os.listxattr(mp / "text" / "hello.txt")
+    default = mounter("golden.example.org", golden_http, golden_keys)
+    assert "user.revision" in os.listxattr(default)
+    assert os.listxattr(default / "text" / "hello.txt") == []
+    assert os.getxattr(default / "text" / "hello.txt", "user.hash")
     hidden = mounter("golden.example.org", golden_http, golden_keys, "--hide-magic-xattrs")
     assert os.listxattr(hidden / "text" / "hello.txt") == []
     assert sorted(os.listxattr(hidden / "xattr" / "with-xattr.txt")) == [
         "user.binary", "user.comment", "user.empty"]
+    assert "user.revision" not in os.listxattr(hidden)
     assert os.getxattr(hidden, "user.revision") == b"3"  # still readable by name

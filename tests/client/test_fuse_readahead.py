@@ -14,7 +14,7 @@ from pycvmfs.client.cache import ObjectCache
 from pycvmfs.format.hashes import ContentHash
 from pycvmfs.server.http import RepositoryServer
 
-from helpers.fuse import mount, needs_fuse
+from helpers.fuse import eventually, mount, needs_fuse
 
 pytestmark = needs_fuse
 
@@ -41,15 +41,6 @@ def golden_mount(golden_repo, golden_keys, tmp_path):
                 subprocess.run(["fusermount3", "-u", str(mp)], check=False)
 
 
-def _eventually(predicate, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def test_reading_the_start_of_a_chunked_file_downloads_the_next_chunks(golden_mount,
                                                                        golden_expected):
     info = golden_expected["published"]["files"]["rev2"]["bin/blob-3m.bin"]
@@ -59,7 +50,7 @@ def test_reading_the_start_of_a_chunked_file_downloads_the_next_chunks(golden_mo
     try:
         assert len(os.pread(fd, 4096, 0)) == 4096
         # chunks 3 and 4 lie beyond the kernel's own read-ahead of a 4 KiB read
-        assert _eventually(lambda: all(cache.contains(h) for h in chunks[1:5])), \
+        assert eventually(lambda: all(cache.contains(h) for h in chunks[1:5])), \
             [cache.contains(h) for h in chunks[:8]]
         assert not any(cache.contains(h) for h in chunks[12:])  # only a window ahead
     finally:
@@ -80,7 +71,7 @@ def test_opening_files_in_listing_order_downloads_the_next_ones(golden_mount,
     assert len(files) >= 10
     hashes = [ContentHash.parse(published[f"many/{n}"]["cvmfs_hash"]) for n in files]
     assert (mp / "many" / files[0]).read_bytes() is not None  # the scan starts at the top
-    assert _eventually(lambda: all(cache.contains(h) for h in hashes[1:9])), \
+    assert eventually(lambda: all(cache.contains(h) for h in hashes[1:9])), \
         [cache.contains(h) for h in hashes[:10]]
     for n in files[:40]:  # and every byte read is right
         got = hashlib.sha1((mp / "many" / n).read_bytes()).hexdigest()
@@ -134,9 +125,9 @@ def test_a_tree_scan_reads_ahead_into_directories_not_listed_yet(tmp_path):
             assert os.listdir(mp / "a" / "d0" / "sub") == ["g0.txt", "g1.txt"]
             # d1..d3 and their subdirectories were never listed by the reader
             later = [f"/a/d{d}/{n}" for d in (1, 2, 3) for n in ("f0.txt", "sub/g1.txt")]
-            assert _eventually(lambda: all(cache.contains(hashes[p]) for p in later)), \
+            assert eventually(lambda: all(cache.contains(hashes[p]) for p in later)), \
                 {p: cache.contains(hashes[p]) for p in later}
-            assert _eventually(lambda: cache.contains(hashes["/z/far.txt"]))  # after /a
+            assert eventually(lambda: cache.contains(hashes["/z/far.txt"]))  # after /a
             for p in later:  # and what the reader then reads is right
                 d, name = p.split("/")[2], p.rsplit("/", 1)[1]
                 want = (f"file {d[1]}.{name[1]}\n" if name.startswith("f")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,13 @@ def mount(fqrn: str, mp: Path, url: str, key: str | os.PathLike[str], cache_dir:
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     return mp
+
+
+def eventually(predicate, seconds: float = 10.0) -> bool:
+    """Whether ``predicate()`` becomes true within ``seconds`` (polled every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import subprocess
 import time
 
 import click
@@ -66,8 +64,8 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
 def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict]:
     """What the CernVM-FS configuration says about a mount: the revision selector
     (CVMFS_REPOSITORY_TAG / _DATE / CVMFS_ROOT_HASH) and MountOptions fields
-    (CVMFS_MAX_TTL, CVMFS_KCACHE_TIMEOUT, CVMFS_HIDE_MAGIC_XATTRS); empty when there is no
-    configuration."""
+    (CVMFS_MAX_TTL, CVMFS_KCACHE_TIMEOUT, CVMFS_MAGIC_XATTRS_VISIBILITY /
+    CVMFS_HIDE_MAGIC_XATTRS); empty when there is no configuration."""
     try:
         from pycvmfs.client.config import load_client_config
 
@@ -85,8 +83,7 @@ def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict
         settings["max_ttl"] = cfg.max_ttl
     if cfg.kcache_timeout is not None:
         settings["kcache_timeout"] = float(cfg.kcache_timeout)
-    if cfg.hide_magic_xattrs:
-        settings["hide_magic_xattrs"] = True
+    settings["magic_xattrs"] = cfg.magic_xattrs_visibility
     return selector, settings
 
 
@@ -122,16 +119,20 @@ def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict
 @click.option("--catalog-idle", type=click.FloatRange(0), default=600.0, show_default=True,
               help="Unload nested catalogs unused for this many seconds (0: only when the "
                    "kernel forgets their inodes).")
-@click.option("--hide-magic-xattrs", is_flag=True, default=None,
-              help="List only the files' own extended attributes, not the client's "
-                   "user.revision, user.hash, ... (CVMFS_HIDE_MAGIC_XATTRS; those can still "
-                   "be read by name).")
+@click.option("--magic-xattrs-visibility", "magic_xattrs",
+              type=click.Choice(["rootonly", "never", "always"], case_sensitive=False),
+              help="Where listxattr shows the client's magic attributes (user.revision, "
+                   "user.hash, ...; they can always be read by name): on the mount root only "
+                   "(the default, as stock), never, or on every entry "
+                   "(CVMFS_MAGIC_XATTRS_VISIBILITY).")
+@click.option("--hide-magic-xattrs", is_flag=True,
+              help="Same as --magic-xattrs-visibility never (CVMFS_HIDE_MAGIC_XATTRS=yes).")
 @revision_options
 def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, config_dir,
           foreground: bool, allow_other: bool, ttl: int | None, log_file: str | None,
           debug: bool, readahead_threads: int, readahead_process: bool,
           kcache_timeout: float | None, fuse_threads: int, catalog_idle: float,
-          hide_magic_xattrs: bool | None, **kw) -> None:
+          magic_xattrs: str | None, hide_magic_xattrs: bool, **kw) -> None:
     """Mount repository FQRN read-only at MOUNTPOINT (FUSE)."""
     from pycvmfs.client.fuse import MountOptions, run_mount
 
@@ -142,8 +143,8 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
         selector = selector or configured
     if kcache_timeout is not None:
         settings["kcache_timeout"] = kcache_timeout
-    if hide_magic_xattrs:
-        settings["hide_magic_xattrs"] = True
+    if magic_xattrs or hide_magic_xattrs:
+        settings["magic_xattrs"] = (magic_xattrs or "never").lower()
     if not os.path.isdir(mountpoint):
         raise ConfigError(f"{mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
@@ -208,9 +209,9 @@ def umount(mountpoint: str) -> None:
     """Unmount a pycvmfs mount."""
     if not os.path.ismount(mountpoint):
         raise ConfigError(f"{mountpoint}: not mounted")
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    from pycvmfs.client.fuse import unmount
+
+    proc = unmount(mountpoint)
     if proc.returncode != 0:
         raise ConfigError(f"{mountpoint}: {proc.stderr.strip() or 'unmount failed'}")
     deadline = time.monotonic() + 10

@@ -15,6 +15,8 @@ __all__ = ["DIRECT", "ClientConfig", "ConfigValue", "config_files", "default_cli
 
 #: The proxy name meaning "no proxy" in ``CVMFS_HTTP_PROXY``.
 DIRECT = "DIRECT"
+#: Where listxattr shows the client's magic attributes (CVMFS_MAGIC_XATTRS_VISIBILITY)
+MAGIC_XATTRS_VISIBILITY = ("rootonly", "never", "always")
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _ASSIGNMENT = re.compile(rf"(?:(?:export|readonly)\s+)?({_NAME})=")
@@ -405,10 +407,24 @@ class ClientConfig:
         return None if text is None else self._uint("CVMFS_KCACHE_TIMEOUT", 0)
 
     @property
-    def hide_magic_xattrs(self) -> bool:
-        """``CVMFS_HIDE_MAGIC_XATTRS``: listxattr shows only the files' own attributes (the
-        magic ones can still be read by name)."""
-        return self._flag("CVMFS_HIDE_MAGIC_XATTRS", False)
+    def magic_xattrs_visibility(self) -> str:
+        """Where listxattr shows the magic attributes (``user.revision``, ``user.hash``, ...;
+        they can always be read by name): ``rootonly`` (the stock default), ``never`` or
+        ``always``. ``CVMFS_MAGIC_XATTRS_VISIBILITY`` wins over ``CVMFS_HIDE_MAGIC_XATTRS``
+        (on: never, off: always), as in the stock client."""
+        visibility = "rootonly"
+        hide = self._text("CVMFS_HIDE_MAGIC_XATTRS")
+        if hide is not None and hide.upper() in ("YES", "ON", "1"):
+            visibility = "never"
+        elif hide is not None and hide.upper() in ("NO", "OFF", "0"):
+            visibility = "always"
+        text = self._text("CVMFS_MAGIC_XATTRS_VISIBILITY")
+        if text is not None:
+            if text.lower() not in MAGIC_XATTRS_VISIBILITY:
+                raise ConfigError(f"{self._where('CVMFS_MAGIC_XATTRS_VISIBILITY')}: {text!r} "
+                                  f"is not one of {', '.join(MAGIC_XATTRS_VISIBILITY)}")
+            visibility = text.lower()
+        return visibility
 
     @property
     def max_ttl(self) -> int | None:

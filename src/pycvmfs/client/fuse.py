@@ -43,6 +43,7 @@ _MAGIC_ROOT = ("user.fqrn", "user.revision", "user.root_hash", "user.host", "use
                "user.expires", "user.nclg", "user.nioerr", "user.version", "user.uptime",
                "user.timestamp", "user.pid", "user.fuse_requests")
 _MAGIC_FILE = ("user.hash", "user.lhash", "user.chunks", "user.compression")
+_MAGIC_HASH = ("user.hash", "user.lhash")  # only for entries with a content hash
 
 
 class FuseError(OSError):
@@ -66,7 +67,9 @@ class MountOptions:
     prefetch_process: bool = True  # over HTTP: read-ahead in a child process (2nd core)
     catalog_idle: float = 600.0  # unload nested catalogs unused this long (0: never by time)
     threads: int = 8  # threads answering FUSE requests (a download blocks only its own)
-    hide_magic_xattrs: bool = False  # CVMFS_HIDE_MAGIC_XATTRS: listxattr without the magic ones
+    #: CVMFS_MAGIC_XATTRS_VISIBILITY: where listxattr shows the magic attributes (rootonly,
+    #: never, always; they can always be read by name)
+    magic_xattrs: str = "rootonly"
 
 
 #: a sequential scan of a directory downloads the next files of its listing ahead of the reader
@@ -512,7 +515,8 @@ class CvmfsFilesystem:
     def _attrs(self, s: Stat, ino: int) -> tuple:
         e = s.entry
         size = s.st_size
-        return (ino, e.mode, e.linkcount, e.uid, e.gid, e.rdev, size, (size + 511) // 512,
+        # st_blocks as the stock client reports it (DirectoryEntry::GetStatStructure)
+        return (ino, e.mode, e.linkcount, e.uid, e.gid, e.rdev, size, 1 + size // 512,
                 e.mtime * 1_000_000_000 + (e.mtimens or 0), self.options.kcache_timeout)
 
     def _stat(self, view: RevisionView, path: bytes) -> Stat:
@@ -732,16 +736,17 @@ class CvmfsFilesystem:
 
     @_handler
     def listxattr(self, inode: int) -> list[bytes]:
-        path, view, s = self._xattr_stat(inode)
+        path, _view, s = self._xattr_stat(inode)
         if not (s.is_file or s.is_dir):
             return []  # the kernel lets nobody read user.* of symlinks and special files
         names = list(s.entry.xattrs(what=os.fsdecode(path)))
-        # only names getxattr answers (a chunked file without a bulk hash has no user.hash):
-        # `getfattr -d`, `cp -a` and rsync read every name listed
-        if self.options.hide_magic_xattrs:
+        visibility = self.options.magic_xattrs
+        if visibility == "never" or (visibility == "rootonly" and path):
             return names
-        magic = _MAGIC_ROOT + tuple(n for n in (_MAGIC_FILE if s.is_file else ())
-                                    if self._magic(path, view, s, n) is not None)
+        # only names getxattr answers (`getfattr -d`, `cp -a` read every name listed): a
+        # chunked file without a bulk hash has no user.hash, as in stock
+        magic = _MAGIC_ROOT + (() if not s.is_file else _MAGIC_FILE if s.hash else
+                               tuple(n for n in _MAGIC_FILE if n not in _MAGIC_HASH))
         return [*(n.encode() for n in magic), *(n for n in names if os.fsdecode(n) not in magic)]
 
     # -- read-ahead ----------------------------------------------------------------------
@@ -938,6 +943,17 @@ def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = 
             fs.session = None
 
 
+def unmount(mountpoint: str, *, lazy: bool = False) -> subprocess.CompletedProcess:
+    """Unmount a FUSE mount as its owner may (``fusermount3 -u``, else ``umount``); ``lazy``:
+    detach it now and let it go when its last user does (``-z`` / ``-l``)."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool:
+        cmd = [tool, "-u", *(["-z"] if lazy else []), mountpoint]
+    else:
+        cmd = ["umount", *(["-l"] if lazy else []), mountpoint]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+
 def _join(threads: list[threading.Thread], seconds: float) -> bool:
     """Wait for all ``threads`` together at most ``seconds``; whether all ended."""
     deadline = time.monotonic() + seconds
@@ -972,10 +988,8 @@ class _Stopper:
             return
         self.detached = True
         log.info("unmounting %s (lazily: served until its last user lets go)", self.mountpoint)
-        tool = shutil.which("fusermount3") or shutil.which("fusermount")
-        cmd = [tool, "-u", "-z", self.mountpoint] if tool else ["umount", "-l", self.mountpoint]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+            proc = unmount(self.mountpoint, lazy=True)
         except (OSError, subprocess.SubprocessError) as e:
             log.warning("%s: cannot unmount: %s", self.mountpoint, e)
             return

@@ -33,7 +33,7 @@ from pycvmfs.storage.http import HttpSource
 __all__ = ["CopyProcess", "main"]
 
 #: ``on_done(name, stored_bytes, error)``: called once per submitted name, from a reader thread.
-Done = Callable[[str, int, "str | None"], None]
+Done = Callable[[str, int, str | None], None]
 
 _STOP_WAIT = 30.0
 
@@ -155,8 +155,10 @@ def _serve(settings: dict[str, Any], requests: IO[bytes], answers: IO[bytes]) ->
         reason = (error.splitlines() or ["?"])[0][:200]
         answer(f"fail {obj.name} {reason}\n")
 
+    # (the fetcher ends every transfer with done() even when its engine fails: this is
+    # only for the record)
     batch = BatchFetcher(source, parallel=settings["parallel"],
-                         on_error=lambda e: answer(f"fail - {e}\n"))
+                         on_error=lambda e: print(f"pycvmfs copy process: {e}", file=sys.stderr))
     try:
         for raw in requests:
             name = raw.decode(errors="replace").strip()

@@ -196,8 +196,6 @@ class Puller:
 
     def wait(self) -> None:
         """Wait for every scheduled copy; raise the first error."""
-        if self._copier is not None:
-            self._copier.flush()
         self._window.wait_empty()  # (pool and batch hand objects to each other until then)
         if self._copier is not None:
             self._copier.close()
