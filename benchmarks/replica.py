@@ -54,9 +54,7 @@ rss = 0
 for line in open("/proc/self/status"):
     if line.startswith("VmHWM:"):
         rss = int(line.split()[1]) * 1024
-import resource  # the copy process's peak (the largest child's)
-child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({**r.to_dict(), "rss": rss, "child_rss": child}))
+print(json.dumps({**r.to_dict(), "rss": rss}))
 """
 
 
@@ -179,8 +177,7 @@ def main() -> None:
             secs = full["seconds"]
             print(f"full snapshot: {secs:.2f} s = {len(copied) / secs:.0f} objects/s, "
                   f"{full['bytes_fetched'] / secs / 1e6:.1f} MB/s, peak RSS "
-                  f"{full['rss'] / 2**20:.0f} MiB + copy process "
-                  f"{full['child_rss'] / 2**20:.0f} MiB (target < 200 MiB), "
+                  f"{full['rss'] / 2**20:.0f} MiB (target < 200 MiB), "
                   f"{full['objects_fetched']} data objects + {full['catalogs_fetched']} catalogs"
                   f" (runs: {', '.join(f'{x:.2f}' for x in (f['seconds'] for f in fulls))} s)")
             print(f"  ratio to curl: {curl_s / secs:.2f}x (target >= 0.8x)")

@@ -11,9 +11,11 @@ _debian_packages() {
     command -v python3 >/dev/null 2>&1 || need+=(python3)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
     command -v openssl >/dev/null 2>&1 || need+=(openssl)
-    # the FUSE mount: libfuse3 (fusermount3) and what pip needs to build pyfuse3
+    # the FUSE mount: libfuse3 (fusermount3) and the headers its C binding is built with
     command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
     pkg-config --exists fuse3 2>/dev/null || need+=(libfuse3-dev pkg-config)
+    # the replica's copy engine: libcurl and OpenSSL headers
+    pkg-config --exists libcurl libcrypto 2>/dev/null || need+=(libcurl4-openssl-dev libssl-dev pkg-config)
     command -v gcc >/dev/null 2>&1 || need+=(gcc)
     python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null || need+=(python3-dev)
     for pkg in "$@"; do

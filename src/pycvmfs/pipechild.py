@@ -1,4 +1,4 @@
-"""pycvmfs's helper processes (the mount's download process, a pull's copy process): the
+"""pycvmfs's helper processes (the mount's download process): the
 child's settings come as one JSON line on its standard input, then its requests, one per line;
 its answers go to its standard output, which is closed when it ends so the parent's reader
 sees the end at once."""

@@ -135,6 +135,9 @@ def test_killed_snapshot_keeps_the_old_revision_and_resumes(source_repo, http_se
     assert _read_everything(dest, key, tmp_path / "c1") == old_files
     there = data_files(dest)
     assert before + 60 <= len(there) < before + 300
+    for rel in there:  # only whole, verified objects under their names
+        name = rel[len("data/"):].replace("/", "", 1)
+        assert hashlib.sha1((dest / rel).read_bytes()).hexdigest() == name[:40], rel
 
     handler.delay = 0.0
     handler.requests.clear()

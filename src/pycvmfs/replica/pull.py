@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import sqlite3
 import threading
 import time
@@ -20,11 +19,11 @@ from pycvmfs.format.catalog import Catalog
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, parse_object_name
 from pycvmfs.format.sqlite import open_database
-from pycvmfs.replica.copier import CopyProcess
 from pycvmfs.replica.copying import BufferedObject, VerifyingReader, spill_for
 from pycvmfs.storage.base import ObjectStore, Source
 from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
+from pycvmfs.storage.httpcopy import HttpCopier
 from pycvmfs.storage.local import LocalStorage
 from pycvmfs.storage.objects import download_verified
 
@@ -44,10 +43,9 @@ _PROGRESS_EVERY = 0.1
 #: then sleep, instead of waking for every finished transfer and taking the GIL from the
 #: thread that stores them (which halved the speed of a snapshot when it was 64).
 _WINDOW = 16384
-#: Objects of a catalog taken from its database per lock of the bookkeeping.
+#: Objects of a catalog taken from its database per lock of the bookkeeping (well below half
+#: the window: the copies of a run are submitted at its end).
 _SCHEDULE_RUN = 1024
-#: Downloads a pull must have before it starts its copy process (see replica/copier.py).
-_COPIER_AFTER = 512
 
 
 @dataclass
@@ -145,8 +143,7 @@ class Puller:
     """
 
     def __init__(self, source: Source, dest: ObjectStore, tmp_dir: Path, *, workers: int = 16,
-                 garbage_collectable: bool = False, progress: Progress | None = None,
-                 copy_process: bool | None = None) -> None:
+                 garbage_collectable: bool = False, progress: Progress | None = None) -> None:
         self.source = source
         self.dest = dest
         self.tmp = Path(tmp_dir)
@@ -155,24 +152,15 @@ class Puller:
         self.stats = PullStats()
         self._workers = max(1, workers)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="pycvmfs-pull")
-        # over HTTP, objects travel through libcurl's multi interface (C-level I/O, one thread);
-        # the pool then only walks catalogs and retries what that fast path could not fetch
-        self._store_inline = isinstance(dest, LocalStorage)
-        # over HTTP into a local directory, a child process copies the objects whose first
-        # hash byte is odd (with its own fetcher, on the other core): see replica/copier.py.
-        # It starts once a pull has more than _COPIER_AFTER objects to download (starting a
-        # Python process costs about 0.1 s, more than a small incremental snapshot takes).
-        if copy_process is None:
-            copy_process = (os.cpu_count() or 1) >= 2 and self._workers >= 2
-        self._copy_wanted = (copy_process and self._store_inline
-                             and isinstance(source, HttpSource))
-        self._copier: CopyProcess | None = None
-        self._downloads = 0
-        # the transfers at once are shared with the copy process when there may be one
-        share = self._workers // 2 if self._copy_wanted else 0
-        self._batch = (BatchFetcher(source, parallel=self._workers - share,
-                                    on_error=self._fail)
-                       if isinstance(source, HttpSource) else None)
+        # Over HTTP, objects travel through libcurl's multi interface; the pool then only walks
+        # catalogs and retries what that fast path could not fetch (with fail-over). Into a
+        # local directory, the whole copy of an object (transfer, hash check, store) is done
+        # by compiled threads (storage/httpcopy.py, started with the first object to copy);
+        # into a remote store (S3), bodies come through a BatchFetcher, and the pool uploads.
+        self._direct = isinstance(source, HttpSource) and isinstance(dest, LocalStorage)
+        self._copier: HttpCopier | None = None
+        self._batch = (BatchFetcher(source, parallel=self._workers, on_error=self._fail)
+                       if isinstance(source, HttpSource) and not self._direct else None)
         self._window = _Window(max(_WINDOW, self._workers * 4))
         self._spill = spill_for(dest, self.tmp)
         self._uploads = threading.BoundedSemaphore(self._workers * 2)
@@ -200,7 +188,7 @@ class Puller:
         if self._copier is not None:
             self._copier.close()
         if self._batch is not None:
-            self._batch.close()  # its failures are retried in the pool: close that after
+            self._batch.close()  # their failures are retried in the pool: close that after
         self._pool.shutdown(wait=True)
         self._report(force=True)
         if self._error is not None:
@@ -217,7 +205,7 @@ class Puller:
             if self._error is None:
                 self._error = CvmfsError("pull cancelled")
         if self._copier is not None:
-            self._copier.close(cancel=True)
+            self._copier.cancel()
         if self._batch is not None:
             self._batch.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -413,42 +401,68 @@ class Puller:
                     self._objects[name] = [node]
                     self._scheduled += 1
                     new.append((h, kind, name))
-            for h, kind, name in new:
-                self._window.take(self._check)
-                try:
-                    if self._batch is None:
-                        self._pool.submit(self._object_task, h, kind, name)
-                    elif not self._store_inline:  # asking a remote store is a round trip:
-                        self._pool.submit(self._probe, h, kind, name)  # many at once
-                    elif not self.dest.exists(h.object_path(kind)):
-                        self._downloads += 1
-                        if self._copy_wanted and self._downloads == _COPIER_AFTER:
-                            self._start_copier()
-                        if self._copier is not None and h.digest[0] & 1:
-                            self._copier.submit(name)
-                        else:
-                            self._batch.submit(BufferedObject(h, kind, name, self._spill,
-                                                              self._batch_done))
-                    else:
-                        self._pool.submit(self._object_task, h, kind, name)
-                except BaseException:
-                    self._window.give()
-                    raise
-            if self._copier is not None:
-                self._copier.flush()
+            copies: list[tuple[str, int, bytes, str]] = []
+            try:
+                for h, kind, name in new:
+                    self._window.take(self._check)
+                    try:
+                        if self._direct:
+                            relpath = h.object_path(kind)
+                            if self.dest.exists(relpath):  # (counted as present in the pool)
+                                self._pool.submit(self._object_task, h, kind, name)
+                            else:
+                                copies.append((relpath, h.algorithm.value, h.digest, name))
+                        elif self._batch is None:
+                            self._pool.submit(self._object_task, h, kind, name)
+                        else:  # asking a remote store is a round trip: many at once
+                            self._pool.submit(self._probe, h, kind, name)
+                    except BaseException:
+                        self._window.give()
+                        raise
+            finally:
+                if copies:
+                    self._submit_copies(copies)
+
+    def _submit_copies(self, copies: list[tuple[str, int, bytes, str]]) -> None:
+        """Hand objects missing from the local destination to the copy engines."""
+        if self._copier is None:
+            assert isinstance(self.source, HttpSource) and isinstance(self.dest, LocalStorage)
+            self._copier = HttpCopier(self.source, self.dest, self._copied,
+                                      parallel=self._workers)
+        try:
+            self._copier.submit(copies)
+        except BaseException:
+            for _ in copies:
+                self._window.give()
+            raise
+
+    def _copied(self, results: list[tuple[str, int, str | None]]) -> None:
+        """The copy engine finished objects (a collector thread): each stored, or fetched
+        again through the pool (``source.fetch`` with its fail-over and no-cache rules)."""
+        stored = [(name, size) for name, size, error in results if error is None]
+        if stored:
+            with self._lock:
+                self.stats.objects_fetched += len(stored)
+                self.stats.bytes_fetched += sum(size for _, size in stored)
+        for name, _size, error in results:
+            if error is None or self._error is not None:
+                self._object_done(name, ok=error is None)
+                continue
+            try:
+                h, kind = parse_object_name(name)
+                self._pool.submit(self._object_task, h, kind, name)
+            except BaseException as e:  # (the pool was shut down): fail, and close the books
+                self._fail(e)
+                self._object_done(name, ok=False)
 
     def _batch_done(self, obj: BufferedObject, error: str | None) -> None:
-        """A fast-path transfer ended (driver thread). Verified bytes are stored right here
-        into a local directory (one writer: parallel file creation in one folder only adds
-        lock contention), or by the pool into a remote store (S3), whose round trips must not
-        stall the transfers; anything else is fetched again in the pool through
-        ``source.fetch`` with its fail-over and no-cache rules."""
+        """A fast-path transfer for a remote store ended (driver thread). Verified bytes are
+        uploaded by the pool (its round trips must not stall the transfers); anything else
+        is fetched again in the pool through ``source.fetch`` with its fail-over and no-cache
+        rules."""
         if self._error is None and error is None and obj.verified():
-            if self._store_inline:
-                self._store_fetched(obj)
-            else:
-                self._uploads.acquire()  # bounds the bodies waiting in memory for the pool
-                self._pool.submit(self._store_fetched, obj, upload=True)
+            self._uploads.acquire()  # bounds the bodies waiting in memory for the pool
+            self._pool.submit(self._store_fetched, obj)
             return
         obj.discard()
         if self._error is not None:
@@ -456,27 +470,7 @@ class Puller:
         else:
             self._pool.submit(self._object_task, obj.h, obj.kind, obj.name)
 
-    def _start_copier(self) -> None:
-        assert isinstance(self.source, HttpSource) and isinstance(self.dest, LocalStorage)
-        self._copier = CopyProcess(self.source, self.dest.root,
-                                   parallel=max(1, self._workers // 2), fsync=self.dest.fsync,
-                                   on_done=self._copied)
-
-    def _copied(self, name: str, size: int, error: str | None) -> None:
-        """The copy process answered for ``name`` (its reader thread): stored, or to be
-        fetched again through the pool (fail-over, no-cache retries)."""
-        if error is None and self._error is None:
-            with self._lock:
-                self.stats.objects_fetched += 1
-                self.stats.bytes_fetched += size
-            self._object_done(name, ok=True)
-        elif self._error is not None:
-            self._object_done(name, ok=False)
-        else:
-            h, kind = parse_object_name(name)
-            self._pool.submit(self._object_task, h, kind, name)
-
-    def _store_fetched(self, obj: BufferedObject, *, upload: bool = False) -> None:
+    def _store_fetched(self, obj: BufferedObject) -> None:
         ok = False
         try:
             if self._error is None:
@@ -489,8 +483,7 @@ class Puller:
             self._fail(e)
         finally:
             obj.discard()
-            if upload:
-                self._uploads.release()
+            self._uploads.release()
             self._object_done(obj.name, ok=ok)
 
     def _probe(self, h: ContentHash, kind: ObjectKind, name: str) -> None:

@@ -226,9 +226,10 @@ class HttpSource:
         t = self._timeout_direct if proxy == DIRECT else self._timeout
         return float(t.connect_timeout)  # type: ignore[arg-type]
 
-    def count_request(self) -> None:
-        """Count a request made on this source's behalf (by a batch fetcher)."""
-        self._count("requests")
+    def count_request(self, n: int = 1) -> None:
+        """Count ``n`` requests made on this source's behalf (by a batch fetcher)."""
+        with self._lock:
+            self._stats["requests"] += n
 
     def _count(self, key: str) -> None:
         with self._lock:

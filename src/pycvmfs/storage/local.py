@@ -87,6 +87,11 @@ class LocalStorage:
         """Whether every write is flushed to disk before it is renamed into place."""
         return self._fsync
 
+    @property
+    def umask(self) -> int:
+        """The umask files are created with here (as read when the store was opened)."""
+        return self._umask
+
     def __enter__(self) -> LocalStorage:
         return self
 
