@@ -247,18 +247,73 @@ def _objects_on_disk(cache: Path) -> dict[str, int]:
     return out
 
 
-class DiskWatch:
-    """Samples the cache directory's object bytes every few milliseconds in a thread."""
+def _family(pids: set[int]) -> set[int]:
+    """``pids`` and their descendants (the mounts and their download processes)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    family = {p for p in pids if p in parents}
+    while True:
+        more = {p for p, pp in parents.items() if pp in family} - family
+        if not more:
+            return family
+        family |= more
 
-    def __init__(self, cache: Path) -> None:
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (or the process is gone)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tasks:
+        with contextlib.suppress(OSError, IndexError):
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            if stat[stat.rindex(")") + 2] not in "tTZX":
+                return False
+    return True
+
+
+class DiskWatch:
+    """Samples the cache directory's object bytes every few milliseconds in a thread.
+
+    A walk over the cache's 256 folders is not one instant: while it goes, the mounts evict
+    and insert, and a walk that counts a folder before an eviction and another after an
+    insertion adds up to more than was ever there at once (under a heavy load, 21.9 MB against
+    a 20 MB quota). So each sample is taken with every process of the mounts (``mounts``, and
+    their download processes) stopped: the files then stand still.
+    """
+
+    def __init__(self, cache: Path, mounts: list[Path]) -> None:
         self.cache = cache
         self.samples: list[int] = []
+        self._pids = {int(os.getxattr(mp, "user.pid")) for mp in mounts}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> int:
+        frozen = []
+        try:
+            for pid in _family(self._pids):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    frozen.append(pid)
+            deadline = time.monotonic() + 10
+            while not all(_stopped(pid) for pid in frozen):
+                assert time.monotonic() < deadline, "the mount processes did not stop"
+                time.sleep(0.001)
+            return sum(_objects_on_disk(self.cache).values())
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append(sum(_objects_on_disk(self.cache).values()))
+            self.samples.append(self._sample())
             self._stop.wait(0.02)
 
     def __enter__(self) -> DiskWatch:
@@ -322,7 +377,7 @@ def test_a_20_mb_quota_holds_while_reading_100_mb_through_the_mount(
     _etc, cache, [mp] = _mount_big(big_repo, mounts, tmp_path, "mnt")
     names = sorted(big_repo.files)
     random.Random(1).shuffle(names)  # chunked and whole files interleaved
-    with DiskWatch(cache) as watch:
+    with DiskWatch(cache, [mp]) as watch:
         for rel in names:
             _read_and_check(mp / rel, *big_repo.files[rel])
             assert int(os.getxattr(mp / rel, "user.chunks")) > (1 if rel in big_repo.chunked
@@ -378,7 +433,7 @@ def test_two_mounts_share_one_cache_under_a_quota_while_reading_at_once(
         mine = names[i % 2::2]
         rng.shuffle(mine)
         jobs.append((mp, mine, big_repo, errors, done[i]))
-    with DiskWatch(cache) as watch:
+    with DiskWatch(cache, [a, b]) as watch:
         _join(_run_readers(jobs))
     assert errors == []
     assert sorted(done[0] + done[1]) == sorted(done[2] + done[3]) == names
@@ -401,7 +456,7 @@ def test_a_mount_killed_mid_read_leaves_the_other_reading_and_the_cache_usable(
     mid_read = threading.Event()
     order = names[:]
     random.Random(3).shuffle(order)
-    with DiskWatch(cache) as watch:
+    with DiskWatch(cache, [a, b]) as watch:
         threads = _run_readers([(a, order, big_repo, a_errors, a_done, mid_read),
                                 (b, names, big_repo, b_errors, b_done),
                                 (b, names[::-1], big_repo, b_errors, b_done)])
