@@ -13,6 +13,7 @@ import pytest
 
 from pycvmfs.errors import ConfigError
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
+from pycvmfs.storage._httpcopy import Engine
 from pycvmfs.storage.http import HttpSource
 from pycvmfs.storage.httpcopy import HttpCopier
 from pycvmfs.storage.local import LocalStorage
@@ -140,19 +141,24 @@ def test_missing_objects_and_dead_servers_end_with_their_reason(golden_server, t
     assert not (dest.root / missing).exists() and _leftovers(dest) == []
 
 
-@pytest.mark.parametrize("relpath", ["../secret", "data/../../etc/passwd", "data/txn/x",
-                                     "data//x", "/data/00/x", "data/00/x y", "data/00/.x",
-                                     "data/00/x\n"])
-def test_paths_outside_the_object_folders_are_refused_before_anything_is_queued(
+_H = ContentHash(Algorithm.SHA1, bytes(range(20)))
+_PATH = _H.object_path(ObjectKind.FILE)  # data/00/0102...13
+
+
+@pytest.mark.parametrize("relpath", [
+    "../secret", "data/../../etc/passwd", "data/txn", "data/txn/x", "data/00", "data//x",
+    "/" + _PATH, _PATH + "\n", _PATH + "CC", _PATH + "c", _PATH + "-rmd160",
+    _PATH.upper(), _PATH.replace("0102", "0103"), _PATH.replace("data/00/", "data/00/00/"),
+    "data/00/x y"])
+def test_only_the_object_path_of_the_hash_is_taken_and_nothing_of_a_bad_list(
         golden_server, tmp_path, relpath):
     dest = _store(tmp_path)
-    h = ContentHash(Algorithm.SHA1, bytes(20))
     results = _Results()
     with HttpCopier(HttpSource([f"{golden_server.url}/{GOLDEN_FQRN}"]), dest, results,
-                    parallel=1, engines=1) as copier:
-        good = h.object_path(ObjectKind.FILE)
-        with pytest.raises(ValueError, match="not an object path"):
-            copier.submit([_job(good, h), _job(relpath, h)])
+                    parallel=2, engines=2) as copier:
+        good = [_job(_PATH, _H), _job(_PATH + "P", _H)]
+        with pytest.raises(ValueError, match="not an object path of this hash"):
+            copier.submit([*good, (relpath, 0, _H.digest, relpath)])
         assert copier.unfinished == 0
     assert results.by_token == {}
 
@@ -162,12 +168,58 @@ def test_a_bad_digest_is_refused_and_a_closed_copier_takes_nothing(golden_server
     copier = HttpCopier(HttpSource([f"{golden_server.url}/{GOLDEN_FQRN}"]), dest, _Results(),
                         parallel=1)
     with pytest.raises(ValueError, match="bad hash"):
-        copier.submit([("data/00/x", 0, b"short", "t")])
+        copier.submit([(_PATH, 0, b"short", "t")])
     with pytest.raises(ValueError, match="bad hash"):
-        copier.submit([("data/00/x", 7, bytes(20), "t")])
+        copier.submit([(_PATH, 7, _H.digest, "t")])
+    with pytest.raises(TypeError):
+        copier.submit([(_PATH, "0", _H.digest, "t")])
     copier.close()
     with pytest.raises(RuntimeError, match="stopped"):
-        copier.submit([("data/00/x", 0, bytes(20), "t")])
+        copier.submit([_job(_PATH, _H)])
+
+
+def test_three_engines_share_the_objects(golden_server, golden_repo, tmp_path):
+    objects = _objects(golden_repo)[:300]
+    dest = _store(tmp_path)
+    results = _Results()
+    jobs = []
+    for rel in objects:
+        name = rel[len("data/"):].replace("/", "", 1)
+        jobs.append((rel, 0, bytes.fromhex(name[:40]), rel))
+    with HttpCopier(HttpSource([f"{golden_server.url}/{GOLDEN_FQRN}"]), dest, results,
+                    parallel=6, engines=3) as copier:
+        copier.submit(jobs)
+    assert sorted(results.by_token) == objects
+    assert all(error is None for _, error in results.by_token.values())
+
+
+def test_an_error_text_cut_in_a_character_is_still_answered(tmp_path):
+    """(libcurl's messages name the proxy; one cut inside a UTF-8 character must not lose
+    the answer)"""
+    dest = _store(tmp_path)
+    engine = Engine(str(dest.root), "http://127.0.0.1:9", "a" + "\u00e9" * 150 + "://p",
+                    1000, 1, "test", 1, False, False)
+    engine.submit([(_PATH, 0, _H.digest, "token")])
+    engine.close()
+    [(token, size, error)] = engine.results()
+    assert token == "token" and size == 0 and error
+    assert engine.results() is None
+
+
+def test_something_else_under_the_name_is_not_taken_for_the_object(golden_server, golden_repo,
+                                                                   tmp_path):
+    rel = _objects(golden_repo)[0]
+    name = rel[len("data/"):].replace("/", "", 1)
+    dest = _store(tmp_path)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not yours")
+    (dest.root / rel).symlink_to(outside)
+    results = _Results()
+    with HttpCopier(HttpSource([f"{golden_server.url}/{GOLDEN_FQRN}"]), dest, results,
+                    parallel=1) as copier:
+        copier.submit([(rel, 0, bytes.fromhex(name[:40]), rel)])
+    assert "something else is there" in results.by_token[rel][1]
+    assert outside.read_bytes() == b"not yours"
 
 
 class _Slow(http.server.SimpleHTTPRequestHandler):
@@ -238,3 +290,21 @@ def test_an_object_folder_leading_out_of_the_storage_is_refused(golden_server, t
     with pytest.raises(ConfigError, match=r"data/7f.*outside the storage root"):
         HttpCopier(HttpSource([f"{golden_server.url}/{GOLDEN_FQRN}"]), dest, _Results())
 
+
+
+def test_close_and_cancel_from_two_threads_both_return(http_server, tmp_path):
+    served = tmp_path / "served"
+    jobs = [_job(*_publish(served, os.urandom(2 * 2**20), Algorithm.SHA1)) for _ in range(4)]
+    srv = http_server(served, _Slow)
+    dest = _store(tmp_path)
+    results = _Results()
+    copier = HttpCopier(HttpSource([srv.url]), dest, results, parallel=2, engines=1)
+    copier.submit(jobs)
+    closing = threading.Thread(target=copier.close)
+    closing.start()  # (waits for slow transfers)
+    time.sleep(0.3)
+    copier.cancel()
+    closing.join(10)
+    assert not closing.is_alive()
+    assert sorted(results.by_token) == sorted(j[0] for j in jobs) and not results.twice
+    assert _leftovers(dest) == []

@@ -162,6 +162,9 @@ class Puller:
         self._batch = (BatchFetcher(source, parallel=self._workers, on_error=self._fail)
                        if isinstance(source, HttpSource) and not self._direct else None)
         self._window = _Window(max(_WINDOW, self._workers * 4))
+        # the walker holds up to a run of objects before it hands them over: it must never
+        # wait for room that only those could free
+        assert self._window.low > _SCHEDULE_RUN
         self._spill = spill_for(dest, self.tmp)
         self._uploads = threading.BoundedSemaphore(self._workers * 2)
         self._lock = threading.Lock()
@@ -424,12 +427,14 @@ class Puller:
                     self._submit_copies(copies)
 
     def _submit_copies(self, copies: list[tuple[str, int, bytes, str]]) -> None:
-        """Hand objects missing from the local destination to the copy engines."""
-        if self._copier is None:
-            assert isinstance(self.source, HttpSource) and isinstance(self.dest, LocalStorage)
-            self._copier = HttpCopier(self.source, self.dest, self._copied,
-                                      parallel=self._workers)
+        """Hand objects missing from the local destination to the copy engines (all or none:
+        when this raises, none of them was taken)."""
         try:
+            if self._copier is None:
+                assert isinstance(self.source, HttpSource)
+                assert isinstance(self.dest, LocalStorage)
+                self._copier = HttpCopier(self.source, self.dest, self._copied,
+                                          parallel=self._workers)
             self._copier.submit(copies)
         except BaseException:
             for _ in copies:
@@ -444,16 +449,20 @@ class Puller:
             with self._lock:
                 self.stats.objects_fetched += len(stored)
                 self.stats.bytes_fetched += sum(size for _, size in stored)
-        for name, _size, error in results:
+        for name, _size, error in results:  # every one reaches _object_done (the window)
             if error is None or self._error is not None:
-                self._object_done(name, ok=error is None)
+                try:
+                    self._object_done(name, ok=error is None)
+                except BaseException as e:  # (it gave the window back)
+                    self._fail(e)
                 continue
             try:
                 h, kind = parse_object_name(name)
                 self._pool.submit(self._object_task, h, kind, name)
             except BaseException as e:  # (the pool was shut down): fail, and close the books
                 self._fail(e)
-                self._object_done(name, ok=False)
+                with contextlib.suppress(BaseException):
+                    self._object_done(name, ok=False)
 
     def _batch_done(self, obj: BufferedObject, error: str | None) -> None:
         """A fast-path transfer for a remote store ended (driver thread). Verified bytes are
@@ -592,27 +601,33 @@ class Puller:
             on.dependents.append(waiter)
 
     def _release(self, node: _Node, *, ok: bool) -> None:
-        with self._lock:
-            node.pending -= 1
-            if not ok:
-                node.failed = True
-            if node.pending > 0:
-                return
-            ok = not node.failed and self._error is None
-        if ok:
-            try:
-                self._store(node)
-            except BaseException as e:
-                self._fail(e)
-                ok = False
-        with self._lock:
-            node.state = _DONE if ok else _FAILED
-            self._catalogs[node.loaded.hash.object_name(ObjectKind.CATALOG)] = node.state
-            dependents, node.dependents = node.dependents, []
-            if node.db_users == 0:
-                node.loaded.db.unlink(missing_ok=True)
-        for d in dependents:
-            self._release(d, ok=ok)
+        """One dependency of ``node`` is done; a node with none left is stored, and releases
+        its dependents in turn (a loop, not recursion: a chain of thousands of revisions)."""
+        work = [(node, ok)]
+        while work:
+            node, ok = work.pop()
+            with self._lock:
+                node.pending -= 1
+                if not ok:
+                    node.failed = True
+                if node.pending > 0:
+                    continue
+                ok = not node.failed and self._error is None
+            if ok:
+                try:
+                    self._store(node)
+                except BaseException as e:
+                    self._fail(e)
+                    ok = False
+            with self._lock:
+                node.state = _DONE if ok else _FAILED
+                self._catalogs[node.loaded.hash.object_name(ObjectKind.CATALOG)] = node.state
+                dependents, node.dependents = node.dependents, []
+                unlink = node.db_users == 0
+            if unlink:
+                with contextlib.suppress(OSError):
+                    node.loaded.db.unlink(missing_ok=True)
+            work.extend((d, ok) for d in reversed(dependents))
 
     def _store(self, node: _Node) -> None:
         loaded = node.loaded

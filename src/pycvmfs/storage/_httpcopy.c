@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -34,7 +35,7 @@
 #define DIGEST_SIZE 20
 #define N_ALGORITHMS 3          /* the catalog's codes: 0 SHA-1, 1 RIPEMD-160, 2 SHAKE-128 */
 #define SPILL_AT (1 << 20)      /* a body larger than this goes to its file as it arrives */
-#define MAX_RELPATH 200
+#define MAX_RELPATH 80         /* data/XX/ + 38 hex + -shake128 + a kind letter: 57 */
 #define MAX_BASE 2048
 #define ERROR_SIZE 256
 #define POLL_MS 100
@@ -56,7 +57,8 @@ typedef struct job {
     size_t len, cap;
     int fd;                     /* its file, once opened (-1 before) */
     int nameless;               /* the file is an O_TMPFILE one in the object's own folder */
-    char tmp[80];               /* the named file in data/txn ("" when there is none) */
+    char tmp[160];              /* the named file in data/txn ("" when there is none), or
+                                   what the nameless one is called in messages */
     unsigned long long size;
     int status_checked;
     char error[ERROR_SIZE];     /* "" while all is well */
@@ -76,6 +78,7 @@ typedef struct engine {
     pthread_cond_t wake;        /* to the thread: jobs, or a stop, while it is idle */
     pthread_cond_t ready;       /* to collectors: results, or the thread ended */
     pthread_t thread;
+    pthread_mutex_t join_lock;  /* one pthread_join, whoever calls close() or cancel() */
     int started, running, joined;
     int closing, cancelled;
     job *queue_head, *queue_tail;
@@ -183,7 +186,7 @@ static void discard_temporary(Engine *e, job *j) {
     j->tmp[0] = 0;
 }
 
-/* Give the nameless file of j its object's name (then close it). An object that arrived
+/* Give the nameless file of j its object's name (then close it). A regular file that arrived
  * meanwhile under the same name has the same content: that is no error. */
 static void link_nameless(Engine *e, job *j) {
     char proc[64];
@@ -191,11 +194,19 @@ static void link_nameless(Engine *e, job *j) {
     int rc = linkat(AT_FDCWD, proc, e->root_fd, j->relpath, AT_SYMLINK_FOLLOW);
     if (rc < 0 && errno == ENOENT)  /* no /proc: the privileged way */
         rc = linkat(j->fd, "", e->root_fd, j->relpath, AT_EMPTY_PATH);
-    if (rc < 0 && errno != EEXIST) {
-        set_error(j, "cannot link %s as %s: %s", j->tmp, j->relpath, strerror(errno));
-        if (errno == ENOENT || errno == EPERM)
-            e->named_files = 1;  /* the next ones go through data/txn */
-        return;
+    if (rc < 0) {
+        int err = errno;
+        struct stat st;
+        if (err == EEXIST && fstatat(e->root_fd, j->relpath, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISREG(st.st_mode)) {
+            /* (the object arrived meanwhile) */
+        } else {
+            set_error(j, "cannot link %s as %s: %s", j->tmp, j->relpath,
+                      err == EEXIST ? "something else is there" : strerror(err));
+            if (err == ENOENT || err == EPERM)
+                e->named_files = 1;  /* the next ones go through data/txn */
+            return;
+        }
     }
     close(j->fd);
     j->fd = -1;
@@ -242,6 +253,8 @@ static void store(Engine *e, job *j) {
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata) {
     job *j = userdata;
     size_t n = size * nmemb;
+    if (n == 0)
+        return 0;
     if (!j->status_checked) {
         long status = 0;
         curl_easy_getinfo(j->handle->easy, CURLINFO_RESPONSE_CODE, &status);
@@ -411,8 +424,14 @@ static void *drive(void *arg) {
     unsigned long route = 0;
 
     snprintf(ua, sizeof ua, "User-Agent: %s", e->user_agent);
-    headers = curl_slist_append(headers, ua);
-    headers = curl_slist_append(headers, "Connection: keep-alive");
+    headers = curl_slist_append(NULL, ua);
+    if (headers) {
+        struct curl_slist *more = curl_slist_append(headers, "Connection: keep-alive");
+        if (!more) {
+            curl_slist_free_all(headers);
+            headers = NULL;
+        }
+    }
     e->multi = ok && headers ? curl_multi_init() : NULL;
     ok = ok && e->multi;
     for (int i = 0; ok && i < e->parallel; i++) {
@@ -431,6 +450,10 @@ static void *drive(void *arg) {
         curl_easy_setopt(h->easy, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(h->easy, CURLOPT_ERRORBUFFER, h->curl_error);
         curl_easy_setopt(h->easy, CURLOPT_PRIVATE, h);
+#if LIBCURL_VERSION_NUM >= 0x075700
+        /* cancel does not wait for a name resolution in flight */
+        curl_easy_setopt(h->easy, CURLOPT_QUICK_EXIT, 1L);
+#endif
         free_handles[n_free++] = h;
     }
 
@@ -499,7 +522,11 @@ static void *drive(void *arg) {
         }
 
         int still_running = 0;
-        curl_multi_perform(e->multi, &still_running);
+        CURLMcode mc = curl_multi_perform(e->multi, &still_running);
+        if (mc != CURLM_OK) {
+            snprintf(e->setup_error, ERROR_SIZE, "libcurl: %s", curl_multi_strerror(mc));
+            ok = 0;  /* (everything still in flight ends with that reason) */
+        }
         CURLMsg *msg;
         int left;
         while ((msg = curl_multi_info_read(e->multi, &left))) {
@@ -517,8 +544,13 @@ static void *drive(void *arg) {
             n_finished++;
         }
         deliver(e, finished, finished_tail, n_finished);
-        if (n_free < e->parallel)
-            curl_multi_poll(e->multi, NULL, 0, POLL_MS, NULL);
+        if (ok && n_free < e->parallel) {
+            mc = curl_multi_poll(e->multi, NULL, 0, POLL_MS, NULL);
+            if (mc != CURLM_OK) {
+                snprintf(e->setup_error, ERROR_SIZE, "libcurl: %s", curl_multi_strerror(mc));
+                ok = 0;
+            }
+        }
     }
 
     /* cancelled, closed or never set up: whatever is left ends with a reason */
@@ -529,7 +561,7 @@ static void *drive(void *arg) {
         if (h->job) {
             job *j = h->job;
             curl_multi_remove_handle(e->multi, h->easy);
-            set_error(j, "cancelled");
+            set_error(j, "%s", ok ? "cancelled" : e->setup_error);
             discard_temporary(e, j);
             j->size = 0;
             release_body(j);
@@ -541,6 +573,7 @@ static void *drive(void *arg) {
     }
     pthread_mutex_lock(&e->lock);
     e->multi_for_wakeup = NULL;
+    e->closing = 1;  /* submit() takes nothing more: nobody would answer it */
     while (e->queue_head) {
         job *j = e->queue_head;
         e->queue_head = j->next;
@@ -589,12 +622,16 @@ static void wake_thread(Engine *e) {
 }
 
 static void join_thread(Engine *e) {
-    if (e->started && !e->joined) {
-        Py_BEGIN_ALLOW_THREADS
+    if (!e->started)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&e->join_lock);  /* (close() and cancel() may come from two threads) */
+    if (!e->joined) {
         pthread_join(e->thread, NULL);
-        Py_END_ALLOW_THREADS
         e->joined = 1;
     }
+    pthread_mutex_unlock(&e->join_lock);
+    Py_END_ALLOW_THREADS
 }
 
 static int copy_text(char *dest, size_t size, const char *src, const char *what) {
@@ -641,7 +678,7 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     const char *base, *proxy, *user_agent;
     long connect_ms, low_speed;
     int parallel, do_fsync, fix_mode, named_files = 0;
-    if (e->initialized) {
+    if (e->initialized || e->root_fd >= 0 || e->user_agent) {
         PyErr_SetString(PyExc_RuntimeError, "Engine is initialized already");
         return -1;
     }
@@ -663,14 +700,23 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
         return -1;
     }
     Py_DECREF(root_obj);
+    if (strpbrk(user_agent, "\r\n")) {
+        PyErr_SetString(PyExc_ValueError, "the user agent must be one line");
+        return -1;
+    }
     e->user_agent = strdup(user_agent);
     if (!e->user_agent) {
         PyErr_NoMemory();
         return -1;
     }
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);  /* results(timeout) */
     pthread_mutex_init(&e->lock, NULL);
+    pthread_mutex_init(&e->join_lock, NULL);
     pthread_cond_init(&e->wake, NULL);
-    pthread_cond_init(&e->ready, NULL);
+    pthread_cond_init(&e->ready, &monotonic);
+    pthread_condattr_destroy(&monotonic);
     e->initialized = 1;
     if (set_route_locked(e, base, proxy, connect_ms, low_speed) < 0)
         return -1;
@@ -681,6 +727,7 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     static const char *names[N_ALGORITHMS] = {"SHA1", "RIPEMD160", "SHAKE128"};
     for (int i = 0; i < N_ALGORITHMS; i++)
         e->md[i] = EVP_MD_fetch(NULL, names[i], NULL);  /* NULL: jobs with it fail */
+    ERR_clear_error();  /* (what a failed fetch left on this thread's queue) */
     e->running = 1;
     int rc = pthread_create(&e->thread, NULL, drive, e);
     if (rc != 0) {
@@ -693,25 +740,93 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-/* relpath must name an object below data/: no empty or dot components, plain characters */
-static int valid_relpath(const char *p, Py_ssize_t n) {
-    if (n < 6 || n > MAX_RELPATH || strncmp(p, "data/", 5) != 0)
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+static const char *const algorithm_suffix[N_ALGORITHMS] = {"", "-rmd160", "-shake128"};
+
+/* Whether relpath is the object path of this hash: data/XX/<38 more hex digits><the
+ * algorithm's suffix><at most one kind letter>, so that nothing but an object's own name can
+ * be written, and only bytes with that hash under it. */
+static int is_object_path(const char *p, Py_ssize_t n, int algorithm,
+                          const unsigned char *digest) {
+    const Py_ssize_t hex_end = 5 + 2 + 1 + 38;
+    if (n < hex_end || n > MAX_RELPATH || memcmp(p, "data/", 5) != 0 || p[7] != '/')
         return 0;
-    Py_ssize_t component = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (c == '/') {
-            if (component == 0)
-                return 0;
-            component = 0;
-            continue;
-        }
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_' || (c == '.' && component > 0)))
+    for (int i = 0, at = 5; i < 2 * DIGEST_SIZE; i++, at++) {
+        if (at == 7)
+            at++;
+        int v = hex_value(p[at]);
+        if (v < 0 || v != ((i & 1) ? digest[i / 2] & 15 : digest[i / 2] >> 4))
             return 0;
-        component++;
     }
-    return component > 0 && strncmp(p + 5, "txn/", 4) != 0;
+    const char *rest = p + hex_end;
+    size_t left = (size_t)(n - hex_end), suffix = strlen(algorithm_suffix[algorithm]);
+    if (left < suffix || memcmp(rest, algorithm_suffix[algorithm], suffix) != 0)
+        return 0;
+    left -= suffix;
+    rest += suffix;
+    return left == 0 || (left == 1 && rest[0] >= 'A' && rest[0] <= 'Z');
+}
+
+/* Check one job (relpath, algorithm code, digest, token) and fill j from it (the token is
+ * borrowed); -1 with an exception when it is malformed. */
+static int parse_job(PyObject *item, job *j, PyObject **token) {
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 4) {
+        PyErr_SetString(PyExc_TypeError, "a job is (relpath, algorithm, digest, token)");
+        return -1;
+    }
+    PyObject *rel = PyTuple_GET_ITEM(item, 0), *alg = PyTuple_GET_ITEM(item, 1),
+             *dig = PyTuple_GET_ITEM(item, 2);
+    if (!PyUnicode_Check(rel) || !PyLong_Check(alg) || !PyBytes_Check(dig)) {
+        PyErr_SetString(PyExc_TypeError, "a job is (relpath: str, algorithm: int, "
+                                         "digest: bytes, token)");
+        return -1;
+    }
+    long algorithm = PyLong_AsLong(alg);
+    if (algorithm == -1 && PyErr_Occurred())
+        return -1;
+    if (algorithm < 0 || algorithm >= N_ALGORITHMS || PyBytes_GET_SIZE(dig) != DIGEST_SIZE) {
+        PyErr_Format(PyExc_ValueError, "%R: bad hash (algorithm %ld, %zd bytes)", rel,
+                     algorithm, PyBytes_GET_SIZE(dig));
+        return -1;
+    }
+    Py_ssize_t n;
+    const char *relpath = PyUnicode_AsUTF8AndSize(rel, &n);
+    if (!relpath)
+        return -1;
+    const unsigned char *digest = (const unsigned char *)PyBytes_AS_STRING(dig);
+    if (!is_object_path(relpath, n, (int)algorithm, digest)) {
+        PyErr_Format(PyExc_ValueError, "not an object path of this hash: %R", rel);
+        return -1;
+    }
+    memcpy(j->relpath, relpath, (size_t)n);
+    j->relpath[n] = 0;
+    j->algorithm = (int)algorithm;
+    memcpy(j->digest, digest, DIGEST_SIZE);
+    *token = PyTuple_GET_ITEM(item, 3);
+    return 0;
+}
+
+static PyObject *Engine_validate(Engine *e, PyObject *items) {
+    PyObject *jobs = PySequence_Tuple(items);  /* (a copy: the items stay alive) */
+    if (!jobs)
+        return NULL;
+    job scratch;
+    PyObject *token;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(jobs); i++) {
+        if (parse_job(PyTuple_GET_ITEM(jobs, i), &scratch, &token) < 0) {
+            Py_DECREF(jobs);
+            return NULL;
+        }
+    }
+    Py_DECREF(jobs);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Engine_submit(Engine *e, PyObject *items) {
@@ -719,51 +834,29 @@ static PyObject *Engine_submit(Engine *e, PyObject *items) {
         PyErr_SetString(PyExc_RuntimeError, "Engine is not initialized");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(items, "submit() takes a list of jobs");
-    if (!seq)
+    PyObject *jobs = PySequence_Tuple(items);
+    if (!jobs)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(jobs);
     job *head = NULL, *tail = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        const char *relpath, *digest;
-        Py_ssize_t relpath_len, digest_len;
-        int algorithm;
-        PyObject *token;
-        if (!PyTuple_Check(item) ||
-            !PyArg_ParseTuple(item, "s#iy#O", &relpath, &relpath_len, &algorithm, &digest,
-                              &digest_len, &token)) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError,
-                                "a job is (relpath, algorithm, digest, token)");
-            goto fail;
-        }
-        if (!valid_relpath(relpath, relpath_len)) {
-            PyErr_Format(PyExc_ValueError, "not an object path: %.*s", (int)relpath_len,
-                         relpath);
-            goto fail;
-        }
-        if (algorithm < 0 || algorithm >= N_ALGORITHMS || digest_len != DIGEST_SIZE) {
-            PyErr_Format(PyExc_ValueError, "%s: bad hash (algorithm %d, %zd bytes)", relpath,
-                         algorithm, digest_len);
-            goto fail;
-        }
         job *j = calloc(1, sizeof(job));
+        PyObject *token;
         if (!j) {
             PyErr_NoMemory();
             goto fail;
         }
-        memcpy(j->relpath, relpath, (size_t)relpath_len);
-        j->relpath[relpath_len] = 0;
-        j->algorithm = algorithm;
-        memcpy(j->digest, digest, DIGEST_SIZE);
+        if (parse_job(PyTuple_GET_ITEM(jobs, i), j, &token) < 0) {
+            free(j);
+            goto fail;
+        }
         j->fd = -1;
         j->engine = e;
         Py_INCREF(token);
         j->token = token;
         append(&head, &tail, j);
     }
-    Py_DECREF(seq);
+    Py_DECREF(jobs);
     pthread_mutex_lock(&e->lock);
     if (!e->running || e->closing || e->cancelled) {
         pthread_mutex_unlock(&e->lock);
@@ -783,9 +876,42 @@ static PyObject *Engine_submit(Engine *e, PyObject *items) {
     pthread_mutex_unlock(&e->lock);
     Py_RETURN_NONE;
 fail:
-    Py_DECREF(seq);
+    Py_DECREF(jobs);
     free_jobs(head);
     return NULL;
+}
+
+/* Put finished jobs back in front of the done list (results() could not hand them over). */
+static void requeue(Engine *e, job *head) {
+    job *tail = head;
+    while (tail->next)
+        tail = tail->next;
+    pthread_mutex_lock(&e->lock);
+    tail->next = e->done_head;
+    e->done_head = head;
+    if (!e->done_tail)
+        e->done_tail = tail;
+    pthread_mutex_unlock(&e->lock);
+}
+
+static PyObject *result_of(job *j) {
+    PyObject *out = PyTuple_New(3);
+    if (!out)
+        return NULL;
+    PyObject *size = PyLong_FromUnsignedLongLong(j->error[0] ? 0 : j->size);
+    PyObject *error = j->error[0]
+        ? PyUnicode_DecodeUTF8(j->error, (Py_ssize_t)strlen(j->error), "replace")
+        : Py_NewRef(Py_None);
+    if (!size || !error) {
+        Py_XDECREF(size);
+        Py_XDECREF(error);
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, Py_NewRef(j->token));
+    PyTuple_SET_ITEM(out, 1, size);
+    PyTuple_SET_ITEM(out, 2, error);
+    return out;
 }
 
 static PyObject *Engine_results(Engine *e, PyObject *args) {
@@ -796,15 +922,21 @@ static PyObject *Engine_results(Engine *e, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "Engine is not initialized");
         return NULL;
     }
+    if (timeout != timeout) {
+        PyErr_SetString(PyExc_ValueError, "the timeout is not a number");
+        return NULL;
+    }
+    if (timeout > 86400.0)
+        timeout = 86400.0;
     job *got = NULL;
     int ended = 0;
     Py_BEGIN_ALLOW_THREADS
     struct timespec until;
     if (timeout >= 0) {
-        clock_gettime(CLOCK_REALTIME, &until);
-        double whole = (double)(long)timeout;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        long whole = (long)timeout;
         until.tv_sec += (time_t)whole;
-        until.tv_nsec += (long)((timeout - whole) * 1e9);
+        until.tv_nsec += (long)((timeout - (double)whole) * 1e9);
         if (until.tv_nsec >= 1000000000L) {
             until.tv_sec++;
             until.tv_nsec -= 1000000000L;
@@ -828,19 +960,22 @@ static PyObject *Engine_results(Engine *e, PyObject *args) {
     PyObject *out = PyList_New(0);
     while (got) {
         job *j = got;
-        got = j->next;
-        PyObject *tuple = NULL;
-        if (out) {
-            if (j->error[0])
-                tuple = Py_BuildValue("(OKs)", j->token, 0ULL, j->error);
-            else
-                tuple = Py_BuildValue("(OKO)", j->token, j->size, Py_None);
-            if (!tuple || PyList_Append(out, tuple) < 0)
-                Py_CLEAR(out);
+        PyObject *tuple = out ? result_of(j) : NULL;
+        if (!tuple || PyList_Append(out, tuple) < 0) {
+            /* (out of memory) the rest are answered by the next call; what is in out now
+             * is returned, or the error when it is empty */
             Py_XDECREF(tuple);
+            requeue(e, got);
+            if (out && PyList_GET_SIZE(out) > 0) {
+                PyErr_Clear();
+                return out;
+            }
+            Py_XDECREF(out);
+            return NULL;
         }
-        Py_DECREF(j->token);
-        j->token = NULL;
+        Py_DECREF(tuple);
+        got = j->next;
+        Py_CLEAR(j->token);
         release_body(j);
         free(j);
     }
@@ -902,6 +1037,7 @@ static void Engine_dealloc(Engine *e) {
         free_jobs(e->done_head);
         free_jobs(e->queue_head);
         pthread_mutex_destroy(&e->lock);
+        pthread_mutex_destroy(&e->join_lock);
         pthread_cond_destroy(&e->wake);
         pthread_cond_destroy(&e->ready);
     }
@@ -916,7 +1052,10 @@ static void Engine_dealloc(Engine *e) {
 
 static PyMethodDef Engine_methods[] = {
     {"submit", (PyCFunction)Engine_submit, METH_O,
-     "submit(jobs): queue (relpath, algorithm code, digest, token) tuples."},
+     "submit(jobs): queue (relpath, algorithm code, digest, token) tuples (all or none: a "
+     "malformed one raises). A relpath must be the object path of its hash."},
+    {"validate", (PyCFunction)Engine_validate, METH_O,
+     "validate(jobs): raise as submit() would for a malformed job; queue nothing."},
     {"results", (PyCFunction)Engine_results, METH_VARARGS,
      "results(timeout=-1): the (token, size, error) of finished jobs, waiting for at least one "
      "(an empty list after the timeout); None once the engine ended and all were collected."},
@@ -975,6 +1114,9 @@ PyMODINIT_FUNC PyInit__httpcopy(void) {
         Py_DECREF(m);
         return NULL;
     }
-    PyModule_AddIntConstant(m, "SPILL_AT", SPILL_AT);
+    if (PyModule_AddIntConstant(m, "SPILL_AT", SPILL_AT) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

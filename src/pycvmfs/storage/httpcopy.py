@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,17 +78,20 @@ class HttpCopier:
                             for i, e in enumerate(self._engines)]
         for t in self._collectors:
             t.start()
-        self._closed = False
+        self._counted = False
 
     def submit(self, jobs: Sequence[Job]) -> None:
-        """Queue jobs (a job with a malformed path or hash raises ValueError, and none of
-        the list is queued then)."""
+        """Queue jobs. All or none: a malformed job (a relpath that is not the object path of
+        its hash, a bad hash) raises ValueError, and nothing of the list is queued then."""
         if len(self._engines) == 1:
             self._engines[0].submit(jobs)
             return
-        parts: list[list[Job]] = [[], []]
+        n = len(self._engines)
+        parts: list[list[Job]] = [[] for _ in range(n)]
         for job in jobs:
-            parts[job[2][0] & 1].append(job)
+            parts[job[2][0] % n].append(job)
+        for engine, part in zip(self._engines, parts, strict=True):
+            engine.validate(part)
         for engine, part in zip(self._engines, parts, strict=True):
             if part:
                 engine.submit(part)
@@ -112,26 +116,40 @@ class HttpCopier:
         self._end(cancel=exc[0] is not None)
 
     def _end(self, *, cancel: bool) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        # (the engines' close and cancel may be called again, from any thread: a cancel
+        # while a close waits makes the close return early)
         for e in self._engines:
             e.cancel() if cancel else e.close()
         for t in self._collectors:
             t.join()
-        self.source.count_request(sum(e.requests for e in self._engines))
+        with self._route_lock:
+            counted, self._counted = self._counted, True
+        if not counted:
+            self.source.count_request(sum(e.requests for e in self._engines))
 
     # -- collector threads ------------------------------------------------------------------
 
     def _collect(self, engine: Engine) -> None:
-        while (results := engine.results()) is not None:
+        """(a collector thread) Hand every batch of results to ``on_done``; nothing here may
+        end the loop before the engine has ended, or jobs would go unanswered."""
+        while True:
+            try:
+                results = engine.results()
+            except MemoryError:
+                time.sleep(0.1)  # the results wait in the engine for the next call
+                continue
+            if results is None:
+                return
             if not results:
                 continue
-            try:
-                if any(r[2] is not None for r in results):
+            if any(r[2] is not None for r in results):
+                try:
                     self._follow_source()
+                except Exception:
+                    log.exception("HTTP copy: cannot follow the source to its new server")
+            try:
                 self._on_done(results)
-            except Exception:  # the caller's books: keep collecting (every job is answered)
+            except Exception:  # the caller's books: keep collecting
                 log.exception("HTTP copy: handling finished copies failed")
 
     def _current_route(self) -> tuple[str, str, int, int]:
@@ -144,12 +162,12 @@ class HttpCopier:
         """After failures: transfers that start from now on use the source's current server
         and proxy (the retries through ``source.fetch`` may have moved them on)."""
         route = self._current_route()
-        with self._route_lock:
+        with self._route_lock:  # (two collectors: the engines get the routes in order)
             if route == self._route:
                 return
+            for e in self._engines:
+                e.set_route(*route)
             self._route = route
-        for e in self._engines:
-            e.set_route(*route)
 
 
 def _check_folders(root: str) -> None:
