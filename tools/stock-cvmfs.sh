@@ -105,6 +105,15 @@ uninstall_tools() {
     if dpkg-divert --list /bin/systemctl | grep -q stock-cvmfs; then
         dpkg-divert --local --rename --remove /bin/systemctl
     fi
+    # what install made, unless a repository is still configured there (its keys, storage)
+    if [ -z "$(ls -A /etc/cvmfs/repositories.d 2>/dev/null)" ]; then
+        rm -rf /etc/cvmfs /srv/cvmfs /var/spool/cvmfs /var/lib/cvmfs-server \
+            /usr/share/cvmfs-server
+        rmdir /cvmfs 2>/dev/null || true
+    else
+        echo "repositories left in /etc/cvmfs/repositories.d: their folders stay" >&2
+    fi
+    service apache2 stop >/dev/null 2>&1 || true
 }
 
 check() {
