@@ -262,6 +262,8 @@ def test_showconfig_quotes_like_cvmfs_config(tmp_path: Path) -> None:
     ("", "rootonly"),
     ("CVMFS_HIDE_MAGIC_XATTRS=yes\n", "never"),
     ("CVMFS_HIDE_MAGIC_XATTRS=no\n", "always"),
+    ("CVMFS_HIDE_MAGIC_XATTRS=true\n", "never"),  # (IsOn and IsOff know true/false)
+    ("CVMFS_HIDE_MAGIC_XATTRS=False\n", "always"),
     ("CVMFS_HIDE_MAGIC_XATTRS=maybe\n", "rootonly"),
     ("CVMFS_HIDE_MAGIC_XATTRS=yes\nCVMFS_MAGIC_XATTRS_VISIBILITY=Always\n", "always"),
 ])

@@ -14,7 +14,7 @@ import pytest
 
 from pycvmfs.server.http import RepositoryServer
 
-from helpers.fuse import CLI, eventually, mount, needs_fuse
+from helpers.fuse import CLI, eventually, mount, needs_fuse, pid_alive
 from helpers.mount_walk import assert_matches_expected, walk_mount
 
 pytestmark = needs_fuse
@@ -243,20 +243,12 @@ def test_a_small_quota_holds_while_reading_the_whole_repository(golden_http, gol
     assert 0 < stats["total_bytes"] <= 2 << 20 and stats["objects"] > 0
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
-        return True
-
-
 def test_sigterm_unmounts_an_idle_mount(mounter, golden_http, golden_keys):
     mp = mounter("golden.example.org", golden_http, golden_keys)
     pid = int(os.getxattr(mp, "user.pid"))
     assert (mp / "text" / "hello.txt").read_bytes().startswith(b"Hello again")
     os.kill(pid, signal.SIGTERM)
-    assert eventually(lambda: _gone(pid), 20) and not os.path.ismount(mp)
+    assert eventually(lambda: not pid_alive(pid), 20) and not os.path.ismount(mp)
 
 
 def test_sigterm_detaches_a_busy_mount_lazily_and_a_second_one_aborts(mounter, golden_http,
@@ -272,20 +264,19 @@ def test_sigterm_detaches_a_busy_mount_lazily_and_a_second_one_aborts(mounter, g
             head = f.read(1000)
             os.kill(pid, signal.SIGTERM)
             assert eventually(lambda: not os.path.ismount(mp), 20)  # gone from the name space
-            assert not _gone(pid)
+            assert pid_alive(pid)
             rest = f.read()  # the open file is still served, all of it
             entry = golden_expected["trees"]["rev2"]["entries"]["bin/blob-3m.bin"]
             assert hashlib.sha1(head + rest).hexdigest() == entry["sha1"]
             assert os.listdir(f"/proc/{holder.pid}/cwd")  # and the working directory
             os.kill(pid, signal.SIGTERM)
-            assert eventually(lambda: _gone(pid), 20)
+            assert eventually(lambda: not pid_alive(pid), 20)
             with pytest.raises(OSError) as err:  # (cached listings may still be shown)
                 os.stat(f"/proc/{holder.pid}/cwd/a-name-never-looked-up")
             assert err.value.errno == errno.ENOTCONN
     finally:
         holder.kill()
         holder.wait()
-
 
 
 def test_every_listed_xattr_can_be_read_and_magic_ones_can_be_hidden(mounter, golden_http,

@@ -28,7 +28,7 @@ from pycvmfs.publish.config import ServerSettings
 from pycvmfs.publish.repository import Publisher
 from pycvmfs.server.http import RepositoryServer
 
-from helpers.fuse import CLI, needs_fuse
+from helpers.fuse import CLI, needs_fuse, pid_alive
 from helpers.mount_walk import assert_matches_expected, walk_mount
 from helpers.squid import Squid
 
@@ -53,15 +53,6 @@ def _config(etc: Path, **variables: str) -> Path:
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "default.local").write_text("".join(f'{k}="{v}"\n' for k, v in variables.items()))
     return etc
-
-
-def _pid_alive(pid: int) -> bool:
-    """Running (a zombie, which nobody may reap in a container, counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _mounted(mp: Path) -> bool:
@@ -90,7 +81,7 @@ class Mounts:
         pid = int(os.getxattr(mp, "user.pid"))
         _cli("umount", str(mp))
         deadline = time.monotonic() + 10
-        while _pid_alive(pid):
+        while pid_alive(pid):
             assert time.monotonic() < deadline, f"mount process {pid} of {mp} did not exit"
             time.sleep(0.05)
         assert not os.path.ismount(mp)
@@ -468,7 +459,7 @@ def test_a_mount_killed_mid_read_leaves_the_other_reading_and_the_cache_usable(
         assert len(a_errors) == 1 and isinstance(a_errors[0][1], OSError), a_errors
         assert a_errors[0][1].errno in (errno.ENOTCONN, errno.ECONNABORTED), a_errors
         deadline = time.monotonic() + 10
-        while _pid_alive(victim):
+        while pid_alive(victim):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         subprocess.run(["fusermount3", "-u", str(a)], check=True, capture_output=True)

@@ -31,6 +31,15 @@ def mount(fqrn: str, mp: Path, url: str, key: str | os.PathLike[str], cache_dir:
     return mp
 
 
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie, which nobody may reap in a container, counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def eventually(predicate, seconds: float = 10.0) -> bool:
     """Whether ``predicate()`` becomes true within ``seconds`` (polled every 50 ms)."""
     deadline = time.monotonic() + seconds

@@ -2,7 +2,7 @@
 
 Used by ``tests/stock_client/`` (opt-in: ``PYCVMFS_STOCK_CLIENT`` names the folder holding
 ``cvmfs2``, ``libcvmfs_fuse3_stub.so``, ``libcvmfs_fuse3.so`` and ``cvmfs_talk``; see
-``docs/stock-client.md`` and ``tools/build-stock-client.sh``). The client is run directly, as
+``docs/stock-client.md`` and ``tools/stock-cvmfs.sh``). The client is run directly, as
 root, with one configuration file passed by ``-o config=`` (so nothing under ``/etc/cvmfs``
 is read or needed) and a cache, a socket folder and a mount point of its own.
 """
@@ -48,7 +48,7 @@ class StockClient:
         for p in (self.cvmfs2, self.dir / "libcvmfs_fuse3_stub.so", self.talk_binary):
             if not p.exists():
                 raise RuntimeError(f"{ENV}={self.dir}: {p.name} is missing there (build the "
-                                   "client with tools/build-stock-client.sh)")
+                                   "client with tools/stock-cvmfs.sh build)")
 
     def version(self) -> str:
         out = subprocess.run([str(self.cvmfs2), "--version"], capture_output=True, text=True,

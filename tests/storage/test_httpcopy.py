@@ -147,7 +147,7 @@ _PATH = _H.object_path(ObjectKind.FILE)  # data/00/0102...13
 
 @pytest.mark.parametrize("relpath", [
     "../secret", "data/../../etc/passwd", "data/txn", "data/txn/x", "data/00", "data//x",
-    "/" + _PATH, _PATH + "\n", _PATH + "CC", _PATH + "c", _PATH + "-rmd160",
+    "/" + _PATH, _PATH + "\n", _PATH + "CC", _PATH + "c", _PATH + "T", _PATH + "-rmd160",
     _PATH.upper(), _PATH.replace("0102", "0103"), _PATH.replace("data/00/", "data/00/00/"),
     "data/00/x y"])
 def test_only_the_object_path_of_the_hash_is_taken_and_nothing_of_a_bad_list(
@@ -200,7 +200,7 @@ def test_an_error_text_cut_in_a_character_is_still_answered(tmp_path):
     engine = Engine(str(dest.root), "http://127.0.0.1:9", "a" + "\u00e9" * 150 + "://p",
                     1000, 1, "test", 1, False, False)
     engine.submit([(_PATH, 0, _H.digest, "token")])
-    engine.close()
+    engine.stop(False)
     [(token, size, error)] = engine.results()
     assert token == "token" and size == 0 and error
     assert engine.results() is None

@@ -18,6 +18,10 @@ DIRECT = "DIRECT"
 #: Where listxattr shows the client's magic attributes (CVMFS_MAGIC_XATTRS_VISIBILITY)
 MAGIC_XATTRS_VISIBILITY = ("rootonly", "never", "always")
 
+#: Values the stock client takes for on and off (OptionsManager::IsOn / IsOff), upper case
+_ON = ("YES", "ON", "1", "TRUE")
+_OFF = ("NO", "OFF", "0", "FALSE")
+
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _ASSIGNMENT = re.compile(rf"(?:(?:export|readonly)\s+)?({_NAME})=")
 _EXPORT_ONLY = re.compile(rf"(?:export|readonly)(?:\s+{_NAME})+")
@@ -281,7 +285,7 @@ class ClientConfig:
         text = self._text(name)
         if text is None:
             return default
-        return text.upper() in ("YES", "ON", "1")  # OptionsManager::IsOn
+        return text.upper() in _ON
 
     @property
     def server_urls(self) -> list[str]:
@@ -414,9 +418,9 @@ class ClientConfig:
         (on: never, off: always), as in the stock client."""
         visibility = "rootonly"
         hide = self._text("CVMFS_HIDE_MAGIC_XATTRS")
-        if hide is not None and hide.upper() in ("YES", "ON", "1"):
+        if hide is not None and hide.upper() in _ON:
             visibility = "never"
-        elif hide is not None and hide.upper() in ("NO", "OFF", "0"):
+        elif hide is not None and hide.upper() in _OFF:
             visibility = "always"
         text = self._text("CVMFS_MAGIC_XATTRS_VISIBILITY")
         if text is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -32,7 +33,6 @@ from pycvmfs.client.cache import ObjectCache
 from pycvmfs.errors import CvmfsError
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind, parse_object_name
-from pycvmfs.pipechild import run, stop
 from pycvmfs.storage.http import HttpSource
 
 __all__ = ["FetchProcess", "main"]
@@ -153,7 +153,14 @@ class FetchProcess:
             self._cache.elsewhere = None
         with self._lock:
             self._closed = True
-        stop(self._proc, self._stdin, self._reader, wait=_STOP_WAIT)
+        with contextlib.suppress(OSError, ValueError):
+            self._stdin.close()  # the child finishes its transfers, then ends
+        try:
+            self._proc.wait(_STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._reader.join(_STOP_WAIT)
         self._stop(None)
 
 
@@ -207,12 +214,18 @@ def _serve(settings: dict[str, Any], requests: IO[bytes], answers: IO[bytes]) ->
 
 
 def main() -> None:
-    def prepare(settings: dict[str, Any]) -> None:
-        logging.basicConfig(level=settings.get("level", logging.WARNING),
-                            filename=settings.get("log_file"),
-                            format="%(asctime)s %(name)s[fetcher] %(levelname)s %(message)s")
-
-    run(_serve, prepare)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    settings = json.loads(stdin.readline())
+    logging.basicConfig(level=settings.get("level", logging.WARNING),
+                        filename=settings.get("log_file"),
+                        format="%(asctime)s %(name)s[fetcher] %(levelname)s %(message)s")
+    try:
+        _serve(settings, stdin, stdout)
+    except KeyboardInterrupt:
+        pass
+    finally:  # the mount's reader sees the end at once
+        with contextlib.suppress(OSError):
+            os.close(1)
 
 
 if __name__ == "__main__":

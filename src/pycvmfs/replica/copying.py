@@ -5,13 +5,13 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pycvmfs.errors import HashMismatchError
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import ObjectStore
 
-__all__ = ["BufferedObject", "Spill", "TempSpill", "VerifyingReader", "spill_for"]
+__all__ = ["BufferedObject", "TempSpill", "VerifyingReader"]
 
 #: A body larger than this is spilled to a temporary file instead of kept in memory.
 SPILL_AT = 1 << 20
@@ -62,67 +62,47 @@ class VerifyingReader:
 
 
 
-class Spill(Protocol):
-    """Where a large body goes while it arrives: kept under the object's path by ``commit``."""
-
-    def write(self, block: bytes) -> None: ...
-
-    def commit(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
 class TempSpill:
-    """A spill for stores that cannot take a file block by block: an anonymous temporary file
-    in ``tmp``, copied into the store by :meth:`commit`."""
+    """Where a large body waits until its hash is checked: an anonymous temporary file in
+    ``tmp``, copied into a store by :meth:`commit`."""
 
-    def __init__(self, dest: ObjectStore, relpath: str, tmp: Path) -> None:
-        self._dest, self._relpath = dest, relpath
+    def __init__(self, tmp: Path) -> None:
         self._file = tempfile.TemporaryFile(dir=tmp, prefix="pull.")  # noqa: SIM115
 
     def write(self, block: bytes) -> None:
         self._file.write(block)
 
-    def commit(self) -> None:
+    def commit(self, dest: ObjectStore, relpath: str) -> None:
         self._file.flush()
         self._file.seek(0)
-        self._dest.put_file(self._relpath, self._file)
+        dest.put_file(relpath, self._file)
         self._file.close()
 
     def abort(self) -> None:
         self._file.close()
 
 
-def spill_for(dest: ObjectStore, tmp: Path) -> Callable[[str], Spill]:
-    """How :class:`BufferedObject` spills into ``dest``: straight into the store's own pending
-    file where it has one (one write of the bytes), else through a temporary file."""
-    begin_put = getattr(dest, "begin_put", None)
-    if begin_put is not None:
-        return begin_put  # type: ignore[no-any-return]
-    return lambda relpath: TempSpill(dest, relpath, tmp)
-
-
 class BufferedObject:
     """One object fetched by a :class:`~pycvmfs.storage.batch.BatchFetcher`: its body hashed
-    as it arrives and kept in memory, or past :data:`SPILL_AT` in a :class:`Spill`, until
+    as it arrives and kept in memory, or past :data:`SPILL_AT` in a :class:`TempSpill` in
+    ``tmp``, until
     :meth:`store` has checked the hash; ``on_done(self, error)`` is called when the transfer
     ends. Nothing is allocated for the body before the transfer starts, so that many can
     wait in a queue cheaply."""
 
-    __slots__ = ("_hasher", "_parts", "_spill", "h", "kind", "name", "on_done", "open_spill",
-                 "relpath", "size")
+    __slots__ = ("_hasher", "_parts", "_spill", "h", "kind", "name", "on_done", "relpath",
+                 "size", "tmp")
 
-    def __init__(self, h: ContentHash, kind: ObjectKind, name: str,
-                 open_spill: Callable[[str], Spill],
+    def __init__(self, h: ContentHash, kind: ObjectKind, name: str, tmp: Path,
                  on_done: Callable[[BufferedObject, str | None], None]) -> None:
         self.h, self.kind, self.name = h, kind, name
         self.relpath = h.object_path(kind)
-        self.open_spill = open_spill
+        self.tmp = tmp
         self.on_done = on_done
         self.size = 0
         self._hasher: Any = None
         self._parts: list[bytes] = []
-        self._spill: Spill | None = None
+        self._spill: TempSpill | None = None
 
     def write(self, block: bytes) -> None:
         if self._hasher is None:
@@ -134,7 +114,7 @@ class BufferedObject:
             return
         self._parts.append(block)
         if self.size > SPILL_AT:
-            self._spill = self.open_spill(self.relpath)
+            self._spill = TempSpill(self.tmp)
             for part in self._parts:
                 self._spill.write(part)
             self._parts = []
@@ -153,7 +133,7 @@ class BufferedObject:
             dest.put_bytes(self.relpath, b"".join(self._parts))
         else:
             spill, self._spill = self._spill, None
-            spill.commit()
+            spill.commit(dest, self.relpath)
 
     def discard(self) -> None:
         self._parts = []

@@ -19,7 +19,7 @@ from pycvmfs.format.catalog import Catalog
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, parse_object_name
 from pycvmfs.format.sqlite import open_database
-from pycvmfs.replica.copying import BufferedObject, VerifyingReader, spill_for
+from pycvmfs.replica.copying import BufferedObject, VerifyingReader
 from pycvmfs.storage.base import ObjectStore, Source
 from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
@@ -165,7 +165,6 @@ class Puller:
         # the walker holds up to a run of objects before it hands them over: it must never
         # wait for room that only those could free
         assert self._window.low > _SCHEDULE_RUN
-        self._spill = spill_for(dest, self.tmp)
         self._uploads = threading.BoundedSemaphore(self._workers * 2)
         self._lock = threading.Lock()
         self._objects: dict[str, str | list[_Node]] = {}
@@ -405,14 +404,15 @@ class Puller:
                     self._scheduled += 1
                     new.append((h, kind, name))
             copies: list[tuple[str, int, bytes, str]] = []
+            present: list[str] = []
             try:
                 for h, kind, name in new:
                     self._window.take(self._check)
                     try:
                         if self._direct:
                             relpath = h.object_path(kind)
-                            if self.dest.exists(relpath):  # (counted as present in the pool)
-                                self._pool.submit(self._object_task, h, kind, name)
+                            if self.dest.exists(relpath):
+                                present.append(name)
                             else:
                                 copies.append((relpath, h.algorithm.value, h.digest, name))
                         elif self._batch is None:
@@ -423,6 +423,11 @@ class Puller:
                         self._window.give()
                         raise
             finally:
+                if present:  # (the walker still holds the catalog: none is stored here)
+                    with self._lock:
+                        self.stats.objects_present += len(present)
+                    for name in present:
+                        self._object_done(name, ok=True)
                 if copies:
                     self._submit_copies(copies)
 
@@ -501,7 +506,7 @@ class Puller:
         try:
             if self._error is None and not self.dest.exists(h.object_path(kind)):
                 assert self._batch is not None
-                self._batch.submit(BufferedObject(h, kind, name, self._spill, self._batch_done))
+                self._batch.submit(BufferedObject(h, kind, name, self.tmp, self._batch_done))
                 return
         except BaseException as e:
             self._fail(e)

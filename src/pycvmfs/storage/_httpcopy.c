@@ -29,7 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DIGEST_SIZE 20
@@ -709,14 +708,10 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
         PyErr_NoMemory();
         return -1;
     }
-    pthread_condattr_t monotonic;
-    pthread_condattr_init(&monotonic);
-    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);  /* results(timeout) */
     pthread_mutex_init(&e->lock, NULL);
     pthread_mutex_init(&e->join_lock, NULL);
     pthread_cond_init(&e->wake, NULL);
-    pthread_cond_init(&e->ready, &monotonic);
-    pthread_condattr_destroy(&monotonic);
+    pthread_cond_init(&e->ready, NULL);
     e->initialized = 1;
     if (set_route_locked(e, base, proxy, connect_ms, low_speed) < 0)
         return -1;
@@ -751,8 +746,8 @@ static int hex_value(char c) {
 static const char *const algorithm_suffix[N_ALGORITHMS] = {"", "-rmd160", "-shake128"};
 
 /* Whether relpath is the object path of this hash: data/XX/<38 more hex digits><the
- * algorithm's suffix><at most one kind letter>, so that nothing but an object's own name can
- * be written, and only bytes with that hash under it. */
+ * algorithm's suffix><at most one kind letter of a stored object>, so that nothing but an
+ * object's own name can be written, and only bytes with that hash under it. */
 static int is_object_path(const char *p, Py_ssize_t n, int algorithm,
                           const unsigned char *digest) {
     const Py_ssize_t hex_end = 5 + 2 + 1 + 38;
@@ -771,7 +766,8 @@ static int is_object_path(const char *p, Py_ssize_t n, int algorithm,
         return 0;
     left -= suffix;
     rest += suffix;
-    return left == 0 || (left == 1 && rest[0] >= 'A' && rest[0] <= 'Z');
+    /* the stored kinds (format doc 1.2): partial, catalog, history, certificate, meta-info */
+    return left == 0 || (left == 1 && rest[0] && strchr("PCHXM", rest[0]));
 }
 
 /* Check one job (relpath, algorithm code, digest, token) and fill j from it (the token is
@@ -914,42 +910,17 @@ static PyObject *result_of(job *j) {
     return out;
 }
 
-static PyObject *Engine_results(Engine *e, PyObject *args) {
-    double timeout = -1.0;
-    if (!PyArg_ParseTuple(args, "|d", &timeout))
-        return NULL;
+static PyObject *Engine_results(Engine *e, PyObject *unused) {
     if (!e->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "Engine is not initialized");
         return NULL;
     }
-    if (timeout != timeout) {
-        PyErr_SetString(PyExc_ValueError, "the timeout is not a number");
-        return NULL;
-    }
-    if (timeout > 86400.0)
-        timeout = 86400.0;
     job *got = NULL;
     int ended = 0;
     Py_BEGIN_ALLOW_THREADS
-    struct timespec until;
-    if (timeout >= 0) {
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        long whole = (long)timeout;
-        until.tv_sec += (time_t)whole;
-        until.tv_nsec += (long)((timeout - (double)whole) * 1e9);
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-    }
     pthread_mutex_lock(&e->lock);
-    while (!e->done_head && e->running) {
-        if (timeout < 0) {
-            pthread_cond_wait(&e->ready, &e->lock);
-        } else if (pthread_cond_timedwait(&e->ready, &e->lock, &until) == ETIMEDOUT) {
-            break;
-        }
-    }
+    while (!e->done_head && e->running)
+        pthread_cond_wait(&e->ready, &e->lock);
     got = e->done_head;
     e->done_head = e->done_tail = NULL;
     ended = !got && !e->running;
@@ -1008,13 +979,11 @@ static void stop(Engine *e, int cancel) {
     join_thread(e);
 }
 
-static PyObject *Engine_close(Engine *e, PyObject *unused) {
-    stop(e, 0);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Engine_cancel(Engine *e, PyObject *unused) {
-    stop(e, 1);
+static PyObject *Engine_stop(Engine *e, PyObject *cancel) {
+    int yes = PyObject_IsTrue(cancel);
+    if (yes < 0)
+        return NULL;
+    stop(e, yes);
     Py_RETURN_NONE;
 }
 
@@ -1056,16 +1025,16 @@ static PyMethodDef Engine_methods[] = {
      "malformed one raises). A relpath must be the object path of its hash."},
     {"validate", (PyCFunction)Engine_validate, METH_O,
      "validate(jobs): raise as submit() would for a malformed job; queue nothing."},
-    {"results", (PyCFunction)Engine_results, METH_VARARGS,
-     "results(timeout=-1): the (token, size, error) of finished jobs, waiting for at least one "
-     "(an empty list after the timeout); None once the engine ended and all were collected."},
+    {"results", (PyCFunction)Engine_results, METH_NOARGS,
+     "results(): the (token, size, error) of finished jobs, waiting for at least one; None "
+     "once the engine ended and all were collected."},
     {"set_route", (PyCFunction)Engine_set_route, METH_VARARGS,
      "set_route(base_url, proxy, connect_timeout_ms, low_speed_time): for transfers that "
      "start from now on."},
-    {"close", (PyCFunction)Engine_close, METH_NOARGS,
-     "Finish every job submitted, then end the thread."},
-    {"cancel", (PyCFunction)Engine_cancel, METH_NOARGS,
-     "End now: jobs not finished end with the reason 'cancelled'."},
+    {"stop", (PyCFunction)Engine_stop, METH_O,
+     "stop(cancel): end the thread once every job submitted is finished, or with cancel at "
+     "once (jobs not finished end with the reason 'cancelled'). Any thread, any number of "
+     "times: a cancel while another stop waits makes that return early too."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1111,10 +1080,6 @@ PyMODINIT_FUNC PyInit__httpcopy(void) {
     Py_INCREF(&EngineType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
         Py_DECREF(&EngineType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (PyModule_AddIntConstant(m, "SPILL_AT", SPILL_AT) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -228,12 +228,11 @@ class HttpSource:
 
     def count_request(self, n: int = 1) -> None:
         """Count ``n`` requests made on this source's behalf (by a batch fetcher)."""
-        with self._lock:
-            self._stats["requests"] += n
+        self._count("requests", n)
 
-    def _count(self, key: str) -> None:
+    def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
-            self._stats[key] += 1
+            self._stats[key] += n
 
     def describe(self, relpath: str = "") -> str:
         rel = check_relpath(relpath, allow_empty=True)

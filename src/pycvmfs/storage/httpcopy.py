@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pycvmfs.errors import ConfigError
 from pycvmfs.storage._httpcopy import Engine
 from pycvmfs.storage.http import DIRECT, HttpSource
 from pycvmfs.storage.local import FILE_MODE, TXN_DIR, LocalStorage
@@ -55,8 +54,10 @@ class HttpCopier:
         if engines is None:
             engines = 2 if (os.cpu_count() or 1) >= 2 and parallel >= 2 else 1
         engines = max(1, min(engines, parallel))
-        root = os.path.realpath(dest.root)
-        _check_folders(root)
+        # the engines write below the root by path: its object folders must stay inside it
+        for folder in [TXN_DIR, *(f"data/{i:02x}" for i in range(256))]:
+            dest.write_path(f"{folder}/-")  # (raises ConfigError)
+        root = str(dest.root)  # (resolved)
         os.makedirs(os.path.join(root, TXN_DIR), exist_ok=True)
         self.source = source
         self._on_done = on_done
@@ -71,7 +72,7 @@ class HttpCopier:
                                             dest.fsync, fix_mode, named_files))
         except BaseException:
             for e in self._engines:
-                e.cancel()
+                e.stop(True)
             raise
         self._collectors = [threading.Thread(target=self._collect, args=(e,), daemon=True,
                                              name=f"pycvmfs-httpcopy-{i}")
@@ -116,10 +117,8 @@ class HttpCopier:
         self._end(cancel=exc[0] is not None)
 
     def _end(self, *, cancel: bool) -> None:
-        # (the engines' close and cancel may be called again, from any thread: a cancel
-        # while a close waits makes the close return early)
-        for e in self._engines:
-            e.cancel() if cancel else e.close()
+        for e in self._engines:  # (again, from any thread: see Engine.stop)
+            e.stop(cancel)
         for t in self._collectors:
             t.join()
         with self._route_lock:
@@ -169,10 +168,3 @@ class HttpCopier:
                 e.set_route(*route)
             self._route = route
 
-
-def _check_folders(root: str) -> None:
-    """The engines write below ``root`` by path: its object folders must stay inside it."""
-    for rel in [TXN_DIR, *(f"data/{i:02x}" for i in range(256))]:
-        real = os.path.realpath(os.path.join(root, rel))
-        if os.path.commonpath([real, root]) != root:
-            raise ConfigError(f"{root}/{rel}: resolves to {real}, outside the storage root")

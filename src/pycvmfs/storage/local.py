@@ -112,8 +112,9 @@ class LocalStorage:
                                     f"{self._root}"])
         return real
 
-    def _write_path(self, relpath: str) -> str:
-        """The path of ``relpath`` with its folder resolved; the folder must stay below root."""
+    def write_path(self, relpath: str) -> str:
+        """The path a write of ``relpath`` goes to, its folder resolved; a folder that leaves
+        the root is a :class:`~pycvmfs.errors.ConfigError`."""
         lexical = self._prefix + check_relpath(relpath)
         real = self._folder(lexical)
         if real is None:
@@ -199,7 +200,7 @@ class LocalStorage:
         """A file for ``relpath`` to be written block by block: invisible to readers until
         :meth:`PendingPut.commit`, gone after :meth:`PendingPut.abort` (a caller that hashes
         a stream as it arrives keeps it only once the hash is right)."""
-        return PendingPut(self, self._write_path(relpath))
+        return PendingPut(self, self.write_path(relpath))
 
     def _temporary(self) -> tuple[int, str]:
         """A new file in ``data/txn`` with a name unique to this process and thread."""
@@ -213,7 +214,7 @@ class LocalStorage:
             return os.open(tmp, flags, FILE_MODE), tmp
 
     def _put(self, relpath: str, write: Callable[[int], object]) -> None:
-        pending = PendingPut(self, self._write_path(relpath))
+        pending = self.begin_put(relpath)
         try:
             write(pending.fd)
         except BaseException:
@@ -223,7 +224,7 @@ class LocalStorage:
 
     def delete(self, relpath: str) -> None:
         """Remove the file (or symlink) at ``relpath``; a missing file is not an error."""
-        path = self._write_path(relpath)
+        path = self.write_path(relpath)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
