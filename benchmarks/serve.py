@@ -28,7 +28,7 @@ from helpers.daemons import free_port, stop_process, wait_for_port
 from helpers.webservers import WebServer, nginx_server
 
 WRK = "/usr/bin/wrk"
-GOLDEN = Path("/work/shared/fixtures/cvmfs-golden/golden.example.org")
+GOLDEN = Path(__file__).resolve().parents[1] / "tests/fixtures/cvmfs-golden/golden.example.org"
 
 # Every thread reads the URL list and walks it from its own offset; done() prints one JSON line.
 WRK_SCRIPT = """\

@@ -16,8 +16,7 @@ import pytest
 from helpers.xattrs import xattrs_supported
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PYCVMFS_SHARED", ROOT.parent / "shared")).resolve()
-GOLDEN = SHARED / "fixtures" / "cvmfs-golden"
+GOLDEN = ROOT / "tests" / "fixtures" / "cvmfs-golden"
 GOLDEN_FQRN = "golden.example.org"
 
 
@@ -25,7 +24,7 @@ GOLDEN_FQRN = "golden.example.org"
 def golden_dir() -> Path:
     """The golden fixture folder (README, expected.json, keys/, golden.example.org/)."""
     if not (GOLDEN / GOLDEN_FQRN / ".cvmfspublished").exists():
-        raise RuntimeError(f"golden fixture not found at {GOLDEN} (set PYCVMFS_SHARED)")
+        raise RuntimeError(f"golden fixture not found at {GOLDEN} (an incomplete clone?)")
     return GOLDEN
 
 
