@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import click
 
 from pycvmfs.errors import ConfigError, CvmfsError
 
-__all__ = ["CvmfsGroup", "emit_json", "make_progress", "open_repo", "repository_options",
-           "revision_options", "revision_selector"]
+__all__ = ["CvmfsGroup", "ProgressDisplay", "emit_json", "make_progress", "open_repo",
+           "repository_options", "revision_options", "revision_selector"]
 
 
 class CvmfsGroup(click.Group):
@@ -109,35 +110,131 @@ def emit_json(obj: object) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
-def make_progress(description: str, *, enabled: bool | None = None):
-    """A rich progress bar on a terminal (stderr), else a no-op; use as a context manager that
-    yields a ``progress(done, total)`` callable."""
+#: PYCVMFS_PROGRESS=1 shows progress where stderr is not a terminal (then the final state is
+#: printed once, at the end); =0 hides it everywhere.
+PROGRESS_ENV = "PYCVMFS_PROGRESS"
+#: seconds between two redraws of a line (updates in between are kept, not drawn)
+_REDRAW_EVERY = 0.1
+
+
+def _progress_wanted(enabled: bool | None) -> tuple[bool, bool]:
+    """(show it, on a terminal) for ``enabled`` (None: decide) and $PYCVMFS_PROGRESS."""
+    tty = sys.stderr.isatty()
+    if enabled is False:
+        return False, tty
+    env = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if env in ("0", "no", "off", "false"):
+        return False, tty
+    return (tty or env in ("1", "yes", "on", "true")), tty
+
+
+class ProgressDisplay:
+    """What :func:`make_progress` yields: ``display(done, total)`` updates its first line;
+    :meth:`show` updates (or adds) another line. Disabled, every call returns at once."""
+
+    def __init__(self, progress=None, description: str = "", unit: str = "items") -> None:
+        self._progress = progress  # a rich Progress, or None: show nothing
+        self._lines: dict[str, list] = {}  # name -> [task id, last draw, undrawn update]
+        self._main = description
+        self._main_unit = unit
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.show(self._main, done, total, unit=self._main_unit)
+
+    def show(self, name: str, done: int, total: int | None, *, unit: str = "items",
+             final: bool = True) -> None:
+        """Line ``name`` is at ``done`` of ``total`` (None: unknown) ``unit`` ("items" or
+        "bytes"); ``final=False``: more may be added to the total (shown as ``+``, no ETA)."""
+        if self._progress is None:
+            return
+        line = self._lines.get(name)
+        if line is None:
+            task = self._progress.add_task(name, total=total, unit=unit, final=final)
+            line = self._lines[name] = [task, 0.0, None]
+        now = time.monotonic()
+        fields = {"completed": done, "total": total, "final": final}
+        if now - line[1] < _REDRAW_EVERY and not (final and total is not None and done >= total):
+            line[2] = fields  # cheap: drawn with the next update or at the end
+            return
+        line[1], line[2] = now, None
+        self._progress.update(line[0], **fields)
+
+    def final(self) -> None:
+        """Every line's total is now final."""
+        if self._progress is None:
+            return
+        for line in self._lines.values():
+            pending = line[2] or {}
+            line[2] = None
+            self._progress.update(line[0], **{**pending, "final": True})
+
+    def _flush(self) -> None:
+        for line in self._lines.values():
+            if line[2] is not None:
+                self._progress.update(line[0], **line[2])
+                line[2] = None
+
+
+def make_progress(description: str, *, enabled: bool | None = None, unit: str = "items"):
+    """A context manager that yields a :class:`ProgressDisplay` whose first line is
+    ``description`` counted in ``unit`` ("items", or "bytes": amount, rate and ETA).
+
+    Shown on stderr when it is a terminal (or when $PYCVMFS_PROGRESS is 1, then once at the
+    end); ``enabled=False`` or $PYCVMFS_PROGRESS=0 hide it. Updates are cheap (redrawn at most
+    ten times a second), so callers may report every file.
+    """
     import contextlib
 
-    if enabled is None:
-        enabled = sys.stderr.isatty()
+    show, tty = _progress_wanted(enabled)
 
     @contextlib.contextmanager
     def manager():
-        if not enabled:
-            yield lambda done, total: None
+        if not show:
+            yield ProgressDisplay()
             return
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import Progress
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as p:
-            task = p.add_task(description, total=None)
-
-            def update(done: int, total: int | None) -> None:
-                p.update(task, completed=done, total=total)
-
-            yield update
+        with Progress(*_columns(), console=Console(stderr=True), transient=tty) as p:
+            display = ProgressDisplay(p, description, unit)
+            try:
+                yield display
+            finally:
+                display._flush()
 
     return manager()
+
+
+def _columns() -> list:
+    """The columns of a progress line: description, bar, amount, rate, ETA."""
+    from rich import filesize
+    from rich.progress import BarColumn, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    def amount(n: float, unit: str) -> str:
+        return filesize.decimal(int(n)) if unit == "bytes" else f"{int(n):,}"
+
+    class Amount(ProgressColumn):
+        def render(self, task) -> Text:
+            unit = task.fields.get("unit", "items")
+            more = "" if task.fields.get("final", True) else "+"
+            total = "?" if task.total is None else amount(task.total, unit) + more
+            return Text(f"{amount(task.completed, unit)}/{total}", style="progress.download")
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            if speed is None and task.elapsed:
+                speed = task.completed / task.elapsed  # too few samples yet: the average
+            if not speed:
+                return Text("")
+            return Text(f"{amount(speed, task.fields.get('unit', 'items'))}/s",
+                        style="progress.data.speed")
+
+    class Eta(TimeRemainingColumn):
+        def render(self, task) -> Text:
+            if task.total is None or not task.fields.get("final", True):
+                return Text("")  # a growing total has no honest ETA
+            return super().render(task)
+
+    return [TextColumn("{task.description}"), BarColumn(), Amount(), Rate(), Eta()]
