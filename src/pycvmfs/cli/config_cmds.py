@@ -28,7 +28,10 @@ def config_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def showconfig(fqrn: str, config_dir: str | None, as_json: bool) -> None:
     """Print every configuration variable of FQRN and the file that set it."""
+    from pycvmfs.client.settings import report_settings
+
     cfg = load_client_config(fqrn, config_dir=config_dir)
+    report_settings(cfg, refuse=False)
     if as_json:
         emit_json(cfg.to_json())
         return

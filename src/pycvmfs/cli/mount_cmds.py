@@ -6,11 +6,15 @@ import contextlib
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from pycvmfs.cli.common import revision_options, revision_selector
 from pycvmfs.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pycvmfs.client.config import ClientConfig
 
 __all__ = ["register"]
 
@@ -52,6 +56,8 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
     keys_found = load_public_keys(list(keys) or cfg.public_keys)
     cache_base = cache_dir or cfg.cache_base or str(default_cache_dir())
     directory = os.path.join(cache_base, "shared" if cfg.shared_cache else fqrn)
+    if not cache_dir and cfg.cache_dir:
+        directory = str(cfg.cache_dir)
     quota = None
     if cfg.quota_limit_mb:
         from pycvmfs.client.quota import QuotaManager
@@ -61,30 +67,41 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
     return Repository(source, public_keys=keys_found, fqrn=fqrn, cache=cache)
 
 
-def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict]:
+def config_mount_settings(cfg: ClientConfig) -> tuple[dict, dict]:
     """What the CernVM-FS configuration says about a mount: the revision selector
     (CVMFS_REPOSITORY_TAG / _DATE / CVMFS_ROOT_HASH) and MountOptions fields
     (CVMFS_MAX_TTL, CVMFS_KCACHE_TIMEOUT, CVMFS_MAGIC_XATTRS_VISIBILITY /
-    CVMFS_HIDE_MAGIC_XATTRS); empty when there is no configuration."""
-    try:
-        from pycvmfs.client.config import load_client_config
-
-        cfg = load_client_config(fqrn, config_dir=config_dir)
-    except Exception:
-        return {}, {}
+    CVMFS_HIDE_MAGIC_XATTRS, CVMFS_CLAIM_OWNERSHIP, CVMFS_UID_MAP / CVMFS_GID_MAP,
+    CVMFS_WORLD_READABLE, CVMFS_CHECK_PERMISSIONS, CVMFS_FUSE3_MAX_THREADS)."""
     selector = {}
     for key, value in (("tag", cfg.repository_tag), ("date", cfg.repository_date),
                        ("root_hash", cfg.root_hash)):
         if value:
             selector = {key: value}
             break
-    settings = {}
+    settings = {"magic_xattrs": cfg.magic_xattrs_visibility,
+                "claim_ownership": cfg.claim_ownership, "uid_map": cfg.uid_map,
+                "gid_map": cfg.gid_map, "world_readable": cfg.world_readable,
+                "check_permissions": cfg.check_permissions}
     if cfg.max_ttl:
         settings["max_ttl"] = cfg.max_ttl
     if cfg.kcache_timeout is not None:
         settings["kcache_timeout"] = float(cfg.kcache_timeout)
-    settings["magic_xattrs"] = cfg.magic_xattrs_visibility
+    if cfg.fuse_threads is not None:
+        settings["threads"] = cfg.fuse_threads
     return selector, settings
+
+
+def _raise_open_files_limit(nfiles: int) -> None:
+    """CVMFS_NFILES: the mount's open-file limit (the hard limit too, where allowed)."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = (nfiles, max(hard, nfiles) if hard != resource.RLIM_INFINITY else hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, wanted)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"CVMFS_NFILES={nfiles}: cannot set the open-file limit: {e}") from None
 
 
 @click.command()
@@ -113,9 +130,9 @@ def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict
 @click.option("--kcache-timeout", type=click.FloatRange(0), default=None,
               help="Seconds the kernel keeps names and attributes (CVMFS_KCACHE_TIMEOUT; "
                    "default 60). A revision switch drops them at once anyway.")
-@click.option("--fuse-threads", type=click.IntRange(1, 256), default=8, show_default=True,
+@click.option("--fuse-threads", type=click.IntRange(1, 256), default=None,
               help="Threads answering FUSE requests (a request that downloads blocks only "
-                   "its own).")
+                   "its own; CVMFS_FUSE3_MAX_THREADS, default 8).")
 @click.option("--catalog-idle", type=click.FloatRange(0), default=600.0, show_default=True,
               help="Unload nested catalogs unused for this many seconds (0: only when the "
                    "kernel forgets their inodes).")
@@ -127,20 +144,48 @@ def config_mount_settings(fqrn: str, config_dir: str | None) -> tuple[dict, dict
                    "(CVMFS_MAGIC_XATTRS_VISIBILITY).")
 @click.option("--hide-magic-xattrs", is_flag=True,
               help="Same as --magic-xattrs-visibility never (CVMFS_HIDE_MAGIC_XATTRS=yes).")
+@click.option("--claim-ownership/--no-claim-ownership", default=None,
+              help="Show every entry as owned by the mounting user (the default, as the stock "
+                   "default.conf), or the owners stored in the catalogs "
+                   "(CVMFS_CLAIM_OWNERSHIP).")
+@click.option("--uid-map", type=click.Path(dir_okay=False),
+              help="With --no-claim-ownership: a file of 'catalog_uid local_uid' lines, '*' "
+                   "for the rest (CVMFS_UID_MAP).")
+@click.option("--gid-map", type=click.Path(dir_okay=False),
+              help="The same for group ids (CVMFS_GID_MAP).")
 @revision_options
 def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, config_dir,
           foreground: bool, allow_other: bool, ttl: int | None, log_file: str | None,
           debug: bool, readahead_threads: int, readahead_process: bool,
-          kcache_timeout: float | None, fuse_threads: int, catalog_idle: float,
-          magic_xattrs: str | None, hide_magic_xattrs: bool, **kw) -> None:
+          kcache_timeout: float | None, fuse_threads: int | None, catalog_idle: float,
+          magic_xattrs: str | None, hide_magic_xattrs: bool, claim_ownership: bool | None,
+          uid_map: str | None, gid_map: str | None, **kw) -> None:
     """Mount repository FQRN read-only at MOUNTPOINT (FUSE)."""
+    from pycvmfs.client.config import load_client_config
     from pycvmfs.client.fuse import MountOptions, run_mount
+    from pycvmfs.client.settings import report_settings
+    from pycvmfs.client.stat import read_id_map
 
     selector = revision_selector(kw)
     settings: dict = {}
+    log_debug = debug
     if not server_urls:
-        configured, settings = config_mount_settings(fqrn, config_dir)
+        cfg = load_client_config(fqrn, config_dir=config_dir)
+        report_settings(cfg, refuse=True)
+        cfg.check_strict_mount()
+        configured, settings = config_mount_settings(cfg)
         selector = selector or configured
+        if cfg.nfiles:
+            _raise_open_files_limit(cfg.nfiles)
+        if cfg.debug_log and not log_file:
+            log_file, log_debug = cfg.debug_log, True
+    if claim_ownership is not None:
+        settings["claim_ownership"] = claim_ownership
+    for key, path in (("uid_map", uid_map), ("gid_map", gid_map)):
+        if path:
+            settings[key] = read_id_map(path)
+    if fuse_threads is not None:
+        settings["threads"] = fuse_threads
     if kcache_timeout is not None:
         settings["kcache_timeout"] = kcache_timeout
     if magic_xattrs or hide_magic_xattrs:
@@ -152,9 +197,9 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
     options = MountOptions(ttl=ttl, allow_other=allow_other, debug=debug, selector=selector,
                            prefetch_workers=readahead_threads,
                            prefetch_process=readahead_process, catalog_idle=catalog_idle,
-                           threads=fuse_threads, **settings)
+                           **settings)
     if foreground:
-        _logging(log_file, debug)
+        _logging(log_file, log_debug)
         repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)
         repo.refresh()
         run_mount(repo, mountpoint, options)
@@ -170,7 +215,7 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
         os.setsid()
         code = 0
         try:
-            _logging(log_file, debug)
+            _logging(log_file, log_debug)
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pycvmfs.client.stat import IdMap, read_id_map
 from pycvmfs.errors import ConfigError
 
 __all__ = ["DIRECT", "ClientConfig", "ConfigValue", "config_files", "default_client_config_dir",
@@ -19,8 +20,8 @@ DIRECT = "DIRECT"
 MAGIC_XATTRS_VISIBILITY = ("rootonly", "never", "always")
 
 #: Values the stock client takes for on and off (OptionsManager::IsOn / IsOff), upper case
-_ON = ("YES", "ON", "1", "TRUE")
-_OFF = ("NO", "OFF", "0", "FALSE")
+ON_VALUES = ("YES", "ON", "1", "TRUE")
+OFF_VALUES = ("NO", "OFF", "0", "FALSE")
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _ASSIGNMENT = re.compile(rf"(?:(?:export|readonly)\s+)?({_NAME})=")
@@ -285,7 +286,7 @@ class ClientConfig:
         text = self._text(name)
         if text is None:
             return default
-        return text.upper() in _ON
+        return text.upper() in ON_VALUES
 
     @property
     def server_urls(self) -> list[str]:
@@ -418,9 +419,9 @@ class ClientConfig:
         (on: never, off: always), as in the stock client."""
         visibility = "rootonly"
         hide = self._text("CVMFS_HIDE_MAGIC_XATTRS")
-        if hide is not None and hide.upper() in _ON:
+        if hide is not None and hide.upper() in ON_VALUES:
             visibility = "never"
-        elif hide is not None and hide.upper() in _OFF:
+        elif hide is not None and hide.upper() in OFF_VALUES:
             visibility = "always"
         text = self._text("CVMFS_MAGIC_XATTRS_VISIBILITY")
         if text is not None:
@@ -435,3 +436,72 @@ class ClientConfig:
         """The catalog TTL cap in **seconds** (``CVMFS_MAX_TTL`` is in minutes); None: no cap."""
         minutes = self._uint("CVMFS_MAX_TTL", 0)
         return minutes * 60 if minutes else None
+
+    @property
+    def claim_ownership(self) -> bool:
+        """``CVMFS_CLAIM_OWNERSHIP``: the mounting user owns every entry (yes, the stock
+        ``default.conf`` value) or the catalog's owners are shown (no)."""
+        return self._flag("CVMFS_CLAIM_OWNERSHIP", True)
+
+    def _id_map(self, name: str) -> IdMap | None:
+        path = self._text(name)
+        if path is None:
+            return None
+        try:
+            return read_id_map(path)
+        except ConfigError as e:
+            raise ConfigError(f"{self._where(name)}: {e}") from None
+
+    @property
+    def uid_map(self) -> IdMap | None:
+        """``CVMFS_UID_MAP``: catalog uid -> local uid (used when ownership is not claimed)."""
+        return self._id_map("CVMFS_UID_MAP")
+
+    @property
+    def gid_map(self) -> IdMap | None:
+        """``CVMFS_GID_MAP``: catalog gid -> local gid (used when ownership is not claimed)."""
+        return self._id_map("CVMFS_GID_MAP")
+
+    @property
+    def check_permissions(self) -> bool:
+        """``CVMFS_CHECK_PERMISSIONS``: the kernel checks modes (``default_permissions``)."""
+        return self._flag("CVMFS_CHECK_PERMISSIONS", True)
+
+    @property
+    def world_readable(self) -> bool:
+        """``CVMFS_WORLD_READABLE``: every entry readable (directories searchable) by all."""
+        return self._flag("CVMFS_WORLD_READABLE", False)
+
+    @property
+    def nfiles(self) -> int | None:
+        """``CVMFS_NFILES``: the mount's open-file limit; None: unset (left as inherited)."""
+        return None if self._text("CVMFS_NFILES") is None else self._uint("CVMFS_NFILES", 0)
+
+    @property
+    def fuse_threads(self) -> int | None:
+        """``CVMFS_FUSE3_MAX_THREADS``: threads answering FUSE requests; None: unset."""
+        n = self._int("CVMFS_FUSE3_MAX_THREADS", None)
+        if n is not None and not 1 <= n <= 256:
+            raise ConfigError(f"{self._where('CVMFS_FUSE3_MAX_THREADS')}: {n} is not in 1..256")
+        return n
+
+    @property
+    def debug_log(self) -> str | None:
+        """``CVMFS_DEBUGLOG``: a file for the mount's debug log."""
+        return self._text("CVMFS_DEBUGLOG")
+
+    @property
+    def cache_dir(self) -> Path | None:
+        """``CVMFS_CACHE_DIR``: the cache directory itself (wins over ``CVMFS_CACHE_BASE``)."""
+        text = self._text("CVMFS_CACHE_DIR")
+        return Path(text) if text else None
+
+    def check_strict_mount(self) -> None:
+        """``CVMFS_STRICT_MOUNT=yes``: refuse a repository missing from ``CVMFS_REPOSITORIES``
+        (a comma-separated list)."""
+        if not self._flag("CVMFS_STRICT_MOUNT", False):
+            return
+        allowed = [r.strip() for r in (self.get("CVMFS_REPOSITORIES") or "").split(",")]
+        if self.fqrn not in allowed:
+            raise ConfigError(f"{self.fqrn}: not in CVMFS_REPOSITORIES and "
+                              f"{self._where('CVMFS_STRICT_MOUNT')} is on")

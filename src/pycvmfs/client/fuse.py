@@ -25,7 +25,7 @@ from pycvmfs.client import _fuse_lowlevel
 from pycvmfs.client.fetcher import FetchProcess
 from pycvmfs.client.files import Prefetcher, RepoFile
 from pycvmfs.client.repository import Repository
-from pycvmfs.client.stat import Stat
+from pycvmfs.client.stat import IdMap, Ownership, Stat
 from pycvmfs.client.view import RevisionView
 from pycvmfs.errors import CvmfsError, NoSuchPathError, PathError
 from pycvmfs.format.dirent import Flags
@@ -70,6 +70,14 @@ class MountOptions:
     #: CVMFS_MAGIC_XATTRS_VISIBILITY: where listxattr shows the magic attributes (rootonly,
     #: never, always; they can always be read by name)
     magic_xattrs: str = "rootonly"
+    #: CVMFS_CLAIM_OWNERSHIP: every entry owned by the mounting user (the stock default);
+    #: False: the catalog's owners, mapped by ``uid_map`` / ``gid_map`` (CVMFS_UID/GID_MAP)
+    claim_ownership: bool = True
+    uid_map: IdMap | None = None
+    gid_map: IdMap | None = None
+    world_readable: bool = False  # CVMFS_WORLD_READABLE: r (r-x for directories) for all
+    #: CVMFS_CHECK_PERMISSIONS: the kernel checks modes and owners (default_permissions)
+    check_permissions: bool = True
 
 
 #: a sequential scan of a directory downloads the next files of its listing ahead of the reader
@@ -391,6 +399,9 @@ class CvmfsFilesystem:
         self._ttl_for: RevisionView | None = None
         self.generation = 0
         self.view: RevisionView = repo.open_revision(**self.options.selector)
+        o = self.options
+        self.ownership = Ownership((os.geteuid(), os.getegid()) if o.claim_ownership else None,
+                                   o.uid_map, o.gid_map, o.world_readable)
         self._views = [self.view]
         self.inodes = _Inodes()
         self._listings: dict[tuple[int, bytes], _Listing] = {}  # (view, dir) -> listing
@@ -515,8 +526,10 @@ class CvmfsFilesystem:
     def _attrs(self, s: Stat, ino: int) -> tuple:
         e = s.entry
         size = s.st_size
+        uid, gid = self.ownership.owner(e)
         # st_blocks as the stock client reports it (DirectoryEntry::GetStatStructure)
-        return (ino, e.mode, e.linkcount, e.uid, e.gid, e.rdev, size, 1 + size // 512,
+        return (ino, self.ownership.mode(e), e.linkcount, uid, gid, e.rdev, size,
+                1 + size // 512,
                 e.mtime * 1_000_000_000 + (e.mtimens or 0), self.options.kcache_timeout)
 
     def _stat(self, view: RevisionView, path: bytes) -> Stat:
@@ -888,7 +901,9 @@ def run_mount(repo: Repository, mountpoint: str, options: MountOptions | None = 
     """
     options = options or MountOptions()
     fs = CvmfsFilesystem(repo, options)
-    fuse_options = ["ro", f"fsname={repo.fqrn}", "subtype=pycvmfs", "default_permissions"]
+    fuse_options = ["ro", f"fsname={repo.fqrn}", "subtype=pycvmfs"]
+    if options.check_permissions:
+        fuse_options.append("default_permissions")
     if options.allow_other:
         fuse_options.append("allow_other")
     if options.debug:
