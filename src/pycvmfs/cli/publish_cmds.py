@@ -151,15 +151,22 @@ def publish(fqrn: str, source: str, dest: str, delete: bool, checksum: bool, tag
             message: str, config_dir: str | None, as_json: bool) -> None:
     """Synchronise a local directory into repository FQRN as one new revision."""
     pub = _open(fqrn, config_dir)
-    with make_progress("publishing") as progress, \
-            pub.transaction(tag=tag, message=message, progress=_stage(progress)) as txn:
+    with make_progress("publishing") as display, \
+            pub.transaction(tag=tag, message=message, progress=_stages(display)) as txn:
         txn.add_tree(source, dest, delete=delete, checksum=checksum)
     _summary_out(txn.summary, as_json)
 
 
-def _stage(progress):
+#: the unit of each stage a transaction reports (see Transaction)
+_STAGE_UNITS = {"scanning": "items", "ingesting": "bytes", "reading": "bytes",
+                "cataloguing": "items"}
+
+
+def _stages(display, hidden: tuple[str, ...] = ()) -> Callable[[str, int, int | None], None]:
+    """A transaction's ``progress``: one line per stage on ``display``."""
     def update(stage: str, done: int, total: int | None) -> None:
-        progress(done, total)
+        if stage not in hidden:
+            display.show(stage, done, total, unit=_STAGE_UNITS.get(stage, "items"))
 
     return update
 
@@ -180,7 +187,10 @@ def ingest(fqrn: str, tarball: str, dest: str, uid: int | None, gid: int | None,
     """Unpack a tar archive into repository FQRN as one new revision (streamed)."""
     pub = _open(fqrn, config_dir)
     src = sys.stdin.buffer if tarball == "-" else tarball
-    with pub.transaction(tag=tag, message=message) as txn:
+    # an archive's own bytes read measure it ("ingesting" misses the members streamed)
+    with make_progress("ingesting") as display, \
+            pub.transaction(tag=tag, message=message,
+                            progress=_stages(display, hidden=("ingesting",))) as txn:
         txn.add_tarball(src, dest, uid=uid, gid=gid)
     _summary_out(txn.summary, as_json)
 

@@ -49,6 +49,8 @@ def sync_directory(txn: Transaction, src: Path, dest: bytes, *, delete: bool = F
     size, mtime, mode, owner (and xattrs, when recorded) equal the catalog's, unless
     ``checksum``. With ``delete``, entries missing from ``src`` are removed. Files with several
     names in one directory become a hard-link group (unless hard links are switched off).
+    The whole tree is scanned before the first file is read, so the transaction's progress
+    knows the total bytes to ingest (:meth:`Transaction.expect_bytes`).
     """
     try:
         st = os.lstat(src)
@@ -71,6 +73,8 @@ class _Syncer:
         self.mtime_ns = s.mtime_ns
         self.ignore_special = s.ignore_special_files
         self.dirtab = txn.lookup(b"/.cvmfsdirtab") is not None
+        #: regular files to ingest once the scan is over: (path, size, repo path, meta, link)
+        self.files: list[tuple[str, int, bytes, Meta, tuple[bytes, int] | None]] = []
 
     def _meta(self, path: str, st: os.stat_result) -> Meta:
         return meta_from_stat(st, xattrs=read_user_xattrs(path) if self.xattrs else None,
@@ -79,9 +83,23 @@ class _Syncer:
     def run(self, src: Path, dest: bytes, st: os.stat_result) -> None:
         self.txn._put_dir(dest, self._meta(str(src), st), size=st.st_size)
         stack = [(str(src), dest, True)]
+        progress = self.txn.progress
         while stack:
             local, repo, known = stack.pop()
             stack.extend(reversed(self._sync_dir(local, repo, known)))
+            if progress is not None:
+                progress("scanning", len(self.files), None)
+        if progress is not None:
+            progress("scanning", len(self.files), len(self.files))
+        self._ingest()
+
+    def _ingest(self) -> None:
+        """Announce the bytes of every changed file, then hand them to the ingester."""
+        txn = self.txn
+        txn.expect_bytes(sum(size for _path, size, _p, _meta, _link in self.files))
+        files, self.files = self.files, []
+        for path, size, p, meta, hardlink in files:
+            txn.add_content(p, meta, txn.ingester.submit_path(path, size), hardlink=hardlink)
 
     def _sync_dir(self, local: str, repo: bytes,
                   known: bool) -> list[tuple[str, bytes, bool]]:
@@ -121,8 +139,8 @@ class _Syncer:
                 if not self.checksum and old is not None and _unchanged(old, meta, st, n):
                     continue
                 key = f"{st.st_dev}:{st.st_ino}:".encode() + repo if n > 1 else b""
-                fut = txn.ingester.submit_path(e.path, st.st_size)
-                txn.add_content(p, meta, fut, hardlink=(key, n) if n > 1 else None)
+                self.files.append((e.path, st.st_size, p, meta,
+                                   (key, n) if n > 1 else None))
             elif stat.S_ISLNK(st.st_mode):
                 target = os.fsencode(os.readlink(e.path))
                 txn._put_row(p, symlink_row(p, meta, target))

@@ -117,6 +117,28 @@ class _Prefixed:
         return self._rest.read(size)
 
 
+class _Counted:
+    """A stream that counts the bytes read from it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.count += len(data)
+        return data
+
+
+def _stream_size(raw: BinaryIO) -> int | None:
+    """The bytes left in ``raw`` when it is a regular file, else None (a pipe)."""
+    try:
+        st = os.fstat(raw.fileno())
+        return st.st_size - raw.tell() if stat.S_ISREG(st.st_mode) else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def _decompressed(raw: BinaryIO, name: str) -> BinaryIO:
     """The tar stream inside ``raw``: the format is recognised by its magic bytes. The stdlib
     decompressors check the gzip CRC/size, bzip2 CRCs and xz integrity checks and raise on a
@@ -181,10 +203,23 @@ class _Unpacker:
         self.group_prefix = b"tar:" + os.urandom(8).hex().encode() + b":"
         self.last: str | None = None  # the member read before, and the one being read
         self.current: str | None = None
+        self.report: Callable[[], None] | None = None  # the "reading" progress, if wanted
+
+    def _count_reads(self, raw: BinaryIO) -> BinaryIO:
+        """``raw`` with its reads counted for the transaction's "reading" progress (of the
+        archive's size when it is a file)."""
+        progress = self.txn.progress
+        if progress is None:
+            return raw
+        total = _stream_size(raw)
+        counted = _Counted(raw)
+        self.report = lambda: progress("reading", counted.count, total)
+        return counted
 
     # -- the archive ---------------------------------------------------------------------
     def run(self, raw: BinaryIO) -> None:
         self._prepare_target()
+        raw = self._count_reads(raw)
         try:
             stream = _decompressed(raw, self.name)
             with self._checked(lambda: tarfile.open(
@@ -193,6 +228,8 @@ class _Unpacker:
                 self._members(tf)
             while stream.read(1 << 20):  # to the end: compressed streams check their sums
                 pass
+            if self.report is not None:
+                self.report()
         except _READ_ERRORS as e:
             if isinstance(e, CvmfsError):
                 raise
@@ -214,6 +251,8 @@ class _Unpacker:
             except CvmfsError as e:
                 raise PublishError(f"{self.name}: member {ti.name!r}: {e}") from None
             self.last, self.current = ti.name, None
+            if self.report is not None:
+                self.report()
 
     def _where(self) -> str:
         return f"after member {self.last!r}" if self.last is not None else "at its start"

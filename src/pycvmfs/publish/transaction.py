@@ -89,6 +89,12 @@ class Transaction:
     Use it as ``with publisher.transaction() as txn:``. Leaving the block normally publishes
     exactly one new revision (none if nothing changed); an exception aborts: the repository stays
     at its revision, and objects already stored are unreferenced garbage (``gc`` removes them).
+
+    ``progress(stage, done, total or None)`` is called from worker threads: "scanning" (files
+    found by a tree sync), "ingesting" (bytes of file contents stored, of the bytes announced
+    with :meth:`expect_bytes`: a tree sync announces its whole change set before the first
+    file is read), "reading" (bytes of a tar archive read, of its size when it is a file),
+    "cataloguing" (entries written to the catalogs).
     """
 
     def __init__(self, publisher: Publisher, *, tag: str | None = None, message: str = "",
@@ -97,6 +103,8 @@ class Transaction:
         self.tag = tag
         self.message = message
         self.progress = progress
+        #: bytes of file contents announced for ingestion (the "ingesting" progress total)
+        self.bytes_expected: int | None = None
         self.summary = PublishSummary()
         self._pending: dict[bytes, _Pending] = {}
         self._groups: dict[bytes, int] = {}  # hard-link group key -> group id
@@ -122,7 +130,7 @@ class Transaction:
             report = None
             if self.progress is not None:
                 def report(files: int, size: int) -> None:
-                    self.progress("ingesting", files, None)
+                    self.progress("ingesting", size, self.bytes_expected)
             self.ingester = self.pub.new_ingester(on_progress=report)
             self.ingester.journal = self.journal
         except BaseException:
@@ -156,6 +164,10 @@ class Transaction:
             self._lock_cm = None
 
     # -- the operations ------------------------------------------------------------------
+    def expect_bytes(self, size: int) -> None:
+        """Announce ``size`` more bytes of contents about to be ingested (progress total)."""
+        self.bytes_expected = (self.bytes_expected or 0) + size
+
     def _now_meta(self, perm: int, *, mtime: int | None = None, uid: int | None = None,
                   gid: int | None = None, xattrs: dict[bytes, bytes] | None = None) -> Meta:
         s = self.pub.settings
@@ -248,6 +260,7 @@ class Transaction:
         if isinstance(source, bytes | bytearray):
             meta = self._now_meta(0o644 if mode is None else mode, mtime=mtime, uid=uid,
                                   gid=gid, xattrs=xattrs)
+            self.expect_bytes(len(source))
             fut = self.ingester.submit_bytes(bytes(source))
         else:
             try:
@@ -260,6 +273,7 @@ class Transaction:
                         int(st.st_mtime) if mtime is None else int(mtime),
                         st.st_uid if uid is None else uid, st.st_gid if gid is None else gid,
                         None, xattrs if self.pub.settings.include_xattrs else None)
+            self.expect_bytes(st.st_size)
             fut = self.ingester.submit_path(source, st.st_size)
         self.add_content(p, meta, fut)
 
