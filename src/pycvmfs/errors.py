@@ -13,6 +13,11 @@ class FormatError(CvmfsError):
     """Bytes that do not follow the CernVM-FS format (a malformed manifest, catalog, blob...)."""
 
 
+class CatalogError(FormatError):
+    """A file catalog that is corrupt or hostile: unreadable pages, schema objects the format
+    does not have, malformed entries, nested catalogs that would form a cycle."""
+
+
 class IntegrityError(CvmfsError):
     """Data that does not match what the chain of trust says it must be.
 

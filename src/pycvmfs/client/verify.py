@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -149,11 +150,11 @@ def verify_repository(repo: Repository, *, tags: bool = False,
 
 def _walk_revision(repo: Repository, checker: _Checker, root: ContentHash,
                    report: VerifyReport) -> None:
-    stack: list[tuple[ContentHash, str]] = [(root, "")]
+    stack: list[tuple[ContentHash, bytes]] = [(root, b"")]
     first = True
     while stack:
         h, mountpoint = stack.pop()
-        what = f"{h.describe(ObjectKind.CATALOG)} at {mountpoint or '/'}"
+        what = f"{h.describe(ObjectKind.CATALOG)} at {os.fsdecode(mountpoint) or '/'}"
         try:
             before = repo.cache.stats["bytes_downloaded"]
             repo.fetch_object(h, ObjectKind.CATALOG)
@@ -161,6 +162,12 @@ def _walk_revision(repo: Repository, checker: _Checker, root: ContentHash,
             cat = repo.load_catalog(h, what=what)
         except CvmfsError as e:
             checker.fail(h.object_name(ObjectKind.CATALOG), e)
+            continue
+        try:
+            cat.check_mounted(mountpoint)
+        except CvmfsError as e:
+            cat.close()
+            checker.fail(what, e)
             continue
         with cat:
             if first:
@@ -173,6 +180,6 @@ def _walk_revision(repo: Repository, checker: _Checker, root: ContentHash,
                     checker.check(ch, ObjectKind.PARTIAL, comp)
                 for ref in cat.nested_catalogs():
                     if ref.hash is not None and checker.first_time(ref.hash, ObjectKind.CATALOG):
-                        stack.append((ref.hash, ref.path.decode("utf-8", "surrogateescape")))
+                        stack.append((ref.hash, ref.path))
             except CvmfsError as e:
                 checker.fail(what, e)

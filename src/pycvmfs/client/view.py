@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pycvmfs.client.files import RepoFile
 from pycvmfs.client.stat import Stat
 from pycvmfs.errors import (
+    CatalogError,
+    CvmfsError,
     FormatError,
     IsADirectoryPathError,
     NoSuchAttributeError,
@@ -50,6 +52,7 @@ class LoadedCatalog:
     ino_base: int
     max_rowid: int
     last_used: float = 0.0  # time.monotonic() of the last path resolved through it
+    lineage: frozenset[ContentHash] = frozenset()  # its own hash and those of its ancestors
 
 
 class RevisionView:
@@ -86,26 +89,31 @@ class RevisionView:
         self._ino_bases: dict[bytes, int] = {}
         self._retired: list[tuple[float, LoadedCatalog]] = []  # dropped, closed after a grace
         self._next_ino = 256
-        root = self._attach(b"", root_hash, f"root catalog {root_hash}C")
+        root = self._attach(b"", root_hash, f"root catalog {root_hash}C", frozenset())
         self.root_catalog = root.catalog
         self.revision = revision if revision is not None else root.catalog.revision
         self.timestamp = timestamp
         self._repo_prefix = b"/cvmfs/" + fqrn.encode()
 
     # -- catalogs ------------------------------------------------------------------------
-    def _attach(self, mountpoint: bytes, h: ContentHash, what: str) -> LoadedCatalog:
+    def _attach(self, mountpoint: bytes, h: ContentHash, what: str,
+                ancestors: frozenset[ContentHash]) -> LoadedCatalog:
         cat = self._load(h, mountpoint, what)
         self._pinned_catalogs.append(h)
-        if cat.root_prefix != mountpoint:
+        try:
+            # with nested catalogs strictly below root_prefix (Catalog.nested_catalogs), every
+            # step of _catalog_for goes deeper: no cycle, no spinning
+            cat.check_mounted(mountpoint)
+            maxrow = cat.max_rowid()
+            groups = cat.max_hardlink_group()
+        except CvmfsError:
             cat.close()
-            raise FormatError(f"{what}: root_prefix {_display(cat.root_prefix)!r} does not match "
-                              f"its mount point {_display(mountpoint)!r}")
-        maxrow = cat.max_rowid()
+            raise
         base = self._ino_bases.get(mountpoint)
         if base is None:
             base = self._ino_bases[mountpoint] = self._next_ino
-            self._next_ino += maxrow + cat.max_hardlink_group() + 1
-        loaded = LoadedCatalog(mountpoint, cat, base, maxrow, time.monotonic())
+            self._next_ino += maxrow + groups + 1
+        loaded = LoadedCatalog(mountpoint, cat, base, maxrow, time.monotonic(), ancestors | {h})
         self._catalogs[mountpoint] = loaded
         return loaded
 
@@ -118,10 +126,14 @@ class RevisionView:
             if got is not None:
                 return got
             if ref.hash is None:
-                raise FormatError(f"{parent.catalog.what}: nested catalog {_display(ref.path)!r} "
-                                  "has no hash")
+                raise CatalogError(f"{parent.catalog.what}: nested catalog {_display(ref.path)!r} "
+                                   "has no hash")
+            if ref.hash in parent.lineage:
+                raise CatalogError(f"{parent.catalog.what}: nested catalog {ref.hash}C at "
+                                   f"{_display(ref.path)} is also mounted above it (a cycle)")
             return self._attach(ref.path, ref.hash,
-                                f"nested catalog {ref.hash}C at {_display(ref.path)}")
+                                f"nested catalog {ref.hash}C at {_display(ref.path)}",
+                                parent.lineage)
 
     def _catalog_for(self, path: bytes, *, into_mountpoint: bool,
                      load: bool = True) -> LoadedCatalog | None:

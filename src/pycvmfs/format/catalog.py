@@ -6,14 +6,20 @@ import os
 import sqlite3
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
-from pycvmfs.errors import FormatError
+from pycvmfs.errors import CatalogError, FormatError
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.dirent import DirectoryEntry, Flags, split_hardlinks
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, md5_pair
 from pycvmfs.format.sqlite import open_database, read_properties
 
-__all__ = ["COUNTER_NAMES", "Catalog", "Chunk", "NestedRef", "covering_mountpoint", "parent_path"]
+__all__ = ["CATALOG_TABLES", "COUNTER_NAMES", "Catalog", "Chunk", "NestedRef",
+           "covering_mountpoint", "is_path_component", "parent_path"]
+
+#: The tables a catalog may have (format doc §4.2); anything else in sqlite_master is refused.
+CATALOG_TABLES = ("properties", "catalog", "chunks", "nested_catalogs", "bind_mountpoints",
+                  "statistics")
 
 #: The 24 statistics counters every schema-2.5 catalog carries (format doc §4.14).
 COUNTER_FIELDS = ("regular", "symlink", "special", "dir", "nested", "chunked", "chunks",
@@ -63,6 +69,21 @@ def _fs(b: bytes) -> str:
     return os.fsdecode(b)
 
 
+_DOTS = frozenset((b"", b".", b".."))
+
+
+def is_path_component(name: bytes) -> bool:
+    """Whether ``name`` is one path component: not empty, not ``.``/``..``, no ``/``, no NUL."""
+    return name not in _DOTS and b"/" not in name and b"\0" not in name
+
+
+def _is_canonical_below(path: bytes, top: bytes) -> bool:
+    """Whether ``path`` is ``top`` plus one or more path components (``/a/b`` below ``/a``)."""
+    if not path.startswith(top + b"/"):
+        return False
+    return all(is_path_component(c) for c in path[len(top) + 1:].split(b"/"))
+
+
 def _col_name(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -73,7 +94,7 @@ def _int(value: object, what: str, column: str, default: int | None = None) -> i
         return value
     if value is None and default is not None:
         return default
-    raise FormatError(f"{what}: column {column} holds {type(value).__name__} {value!r:.40}, "
+    raise CatalogError(f"{what}: column {column} holds {type(value).__name__} {value!r:.40}, "
                       "not an integer")
 
 
@@ -93,7 +114,7 @@ class Catalog:
         self._check_schema()
         cols = {_col_name(r[1]) for r in conn.execute("PRAGMA table_info(catalog)")}
         if not cols:
-            raise FormatError(f"{what}: no catalog table")
+            raise CatalogError(f"{what}: no catalog table")
         exprs = [c if c in cols else "NULL" for c in _ENTRY_COLUMNS]
         if "hardlinks" not in cols and "inode" in cols:  # schema < 2.1
             exprs[_ENTRY_COLUMNS.index("hardlinks")] = "1"
@@ -106,12 +127,20 @@ class Catalog:
     @classmethod
     def open(cls, path: str | os.PathLike, *, what: str,
              hash: ContentHash | None = None) -> Catalog:
-        conn = open_database(path, what=what, text_as_bytes=True)
+        """Open a decompressed catalog file read-only, refusing schema objects the format does
+        not have (views, triggers...); anything unreadable raises :class:`CatalogError`."""
+        conn = open_database(path, what=what, text_as_bytes=True, tables=CATALOG_TABLES,
+                             error=CatalogError)
         try:
             return cls(conn, what=what, hash=hash)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             conn.close()
-            raise FormatError(f"{what}: unreadable catalog ({e})") from None
+            raise CatalogError(f"{what}: unreadable catalog ({e})") from None
+        except FormatError as e:
+            conn.close()
+            if isinstance(e, CatalogError):
+                raise
+            raise CatalogError(str(e)) from None
         except BaseException:
             conn.close()
             raise
@@ -131,9 +160,9 @@ class Catalog:
         try:
             schema = float(raw)
         except ValueError:
-            raise FormatError(f"{self.what}: bad schema property {raw!r}") from None
+            raise CatalogError(f"{self.what}: bad schema property {raw!r}") from None
         if not (schema < 2.0 - 1e-9 or abs(schema - 2.4) < 1e-9 or abs(schema - 2.5) < 1e-9):
-            raise FormatError(f"{self.what}: unsupported catalog schema {raw}"
+            raise CatalogError(f"{self.what}: unsupported catalog schema {raw}"
                               " (readable: 2.5, 2.4 and < 2.0)")
         self.schema = schema
 
@@ -144,7 +173,7 @@ class Catalog:
         try:
             return int(v)
         except ValueError:
-            raise FormatError(f"{self.what}: property {key}={v!r} is not an integer") from None
+            raise CatalogError(f"{self.what}: property {key}={v!r} is not an integer") from None
 
     @property
     def schema_revision(self) -> int:
@@ -172,7 +201,18 @@ class Catalog:
         """The catalog's mount path (``b""`` for a root catalog)."""
         rp = self.properties.get("root_prefix", "")
         rp = os.fsencode(rp).rstrip(b"/")
+        if rp and not _is_canonical_below(rp, b""):
+            raise CatalogError(f"{self.what}: root_prefix {_fs(rp)!r} is not a canonical path")
         return rp
+
+    def check_mounted(self, mountpoint: bytes) -> None:
+        """Refuse the catalog if it is mounted elsewhere than its ``root_prefix`` says: with
+        nested catalogs always strictly below it (:meth:`nested_catalogs`), this is what keeps
+        every walk of a catalog tree finite and free of cycles."""
+        prefix = self.root_prefix
+        if prefix != mountpoint:
+            raise CatalogError(f"{self.what}: root_prefix {_fs(prefix) or '/'!r} does not match "
+                               f"its mount point {_fs(mountpoint) or '/'!r}")
 
     @property
     def is_volatile(self) -> bool:
@@ -184,24 +224,26 @@ class Catalog:
          symlink, uid, gid, xattr) = row
         w = self.what
         if not isinstance(name, bytes):
-            raise FormatError(f"{w}: row {rowid} has no name")
+            raise CatalogError(f"{w}: row {rowid} has no name")
         where = f"{w}: entry {_fs(name)!r}"
+        if name and not is_path_component(name):
+            raise CatalogError(f"{where} (row {rowid}): the name is not one path component")
         flags = _int(flags, where, "flags")
         group, linkcount = split_hardlinks(_int(hardlinks, where, "hardlinks", 1))
         chash = None
         if hsh is not None and not (isinstance(hsh, bytes) and len(hsh) == 0):
             if not isinstance(hsh, bytes) or len(hsh) != 20:
-                raise FormatError(f"{where} has a malformed hash")
+                raise CatalogError(f"{where} has a malformed hash")
             if any(hsh):
                 try:
                     algo = Algorithm.from_flag_code((flags >> 8) & 7)
                 except FormatError as e:
-                    raise FormatError(f"{where}: {e}") from None
+                    raise CatalogError(f"{where}: {e}") from None
                 chash = ContentHash(algo, hsh)
         if symlink is not None and not isinstance(symlink, bytes):
-            raise FormatError(f"{where}: symlink column is not text")
+            raise CatalogError(f"{where}: symlink column is not text")
         if xattr is not None and not isinstance(xattr, bytes):
-            raise FormatError(f"{where}: xattr column is not a blob")
+            raise CatalogError(f"{where}: xattr column is not a blob")
         entry = DirectoryEntry(
             name=name, mode=_int(mode, where, "mode"), size=_int(size, where, "size", 0),
             mtime=_int(mtime, where, "mtime", 0),
@@ -216,26 +258,51 @@ class Catalog:
             entry.validate(what=w)
             _ = entry.compression, entry.hash_algorithm
         except FormatError as e:
-            raise FormatError(f"{where}: {e}") from None
+            raise CatalogError(f"{where}: {e}") from None
         return entry
 
     def _query(self, where: str, args: tuple) -> list[tuple]:
         try:
             return self._db.execute(self._select + where, args).fetchall()
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-            raise FormatError(f"{self.what}: catalog query failed ({e})") from None
+            raise CatalogError(f"{self.what}: catalog query failed ({e})") from None
 
     def lookup(self, path: bytes) -> DirectoryEntry | None:
-        """The entry at ``path`` if this catalog holds it."""
+        """The entry at ``path`` if this catalog holds it (its name must be the path's last
+        component)."""
         rows = self._query("WHERE md5path_1=? AND md5path_2=?", md5_pair(path))
-        return self._entry(rows[0]) if rows else None
+        if not rows:
+            return None
+        try:
+            entry = self._entry(rows[0])
+        except CatalogError as e:
+            raise CatalogError(f"{e} (at {_fs(path) or '/'!r})") from None
+        if entry.name != path[path.rfind(b"/") + 1:]:
+            raise CatalogError(f"{self.what}: entry {_fs(path) or '/'!r} is named "
+                               f"{_fs(entry.name)!r}")
+        return entry
 
     def listing(self, path: bytes) -> list[DirectoryEntry]:
-        """The children of ``path`` held in this catalog, sorted by name (hidden included)."""
+        """The children of ``path`` held in this catalog, sorted by name (hidden included);
+        a child without a name or two children with one name are refused."""
         rows = self._query("WHERE parent_1=? AND parent_2=?", md5_pair(path))
-        entries = [self._entry(r) for r in rows]
+        try:
+            entries = [self._entry(r) for r in rows]
+        except CatalogError as e:
+            raise CatalogError(f"{e} (in directory {_fs(path) or '/'!r})") from None
         entries.sort(key=lambda e: e.name)
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names) or (names and not names[0]):
+            self._bad_listing(path, names)
         return entries
+
+    def _bad_listing(self, path: bytes, names: list[bytes]) -> None:
+        where = f"{self.what}: directory {_fs(path) or '/'!r}"
+        if not names[0]:
+            raise CatalogError(f"{where} has an entry without a name")
+        dup = next(a for a, b in pairwise(names) if a == b)
+        raise CatalogError(f"{where} lists {_fs(dup)!r} twice "
+                           f"({_fs(path + b'/' + dup)!r})")
 
     def entries(self) -> Iterator[DirectoryEntry]:
         """Every row, in row order."""
@@ -244,21 +311,26 @@ class Catalog:
             for row in cur:
                 yield self._entry(row)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-            raise FormatError(f"{self.what}: catalog query failed ({e})") from None
+            raise CatalogError(f"{self.what}: catalog query failed ({e})") from None
+
+    def _count(self, sql: str, args: tuple = ()) -> int:
+        """A query answering one integer (a count or maximum)."""
+        try:
+            value = self._db.execute(sql, args).fetchone()[0]
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+            raise CatalogError(f"{self.what}: catalog query failed ({e})") from None
+        return _int(value, self.what, "count")
 
     def max_rowid(self) -> int:
-        return int(self._db.execute("SELECT coalesce(max(rowid), 0) FROM catalog").fetchone()[0])
+        return self._count("SELECT coalesce(max(rowid), 0) FROM catalog")
 
     def max_hardlink_group(self) -> int:
-        row = self._db.execute("SELECT coalesce(max(hardlinks >> 32), 0) FROM catalog").fetchone()
-        return int(row[0])
+        return self._count("SELECT coalesce(max(hardlinks >> 32), 0) FROM catalog")
 
     def hardlink_members(self, parent: tuple[int, int], group: int) -> int:
         """How many entries of a directory belong to hard-link ``group``."""
-        row = self._db.execute(
-            "SELECT count(*) FROM catalog WHERE parent_1=? AND parent_2=? AND (hardlinks >> 32)=?",
-            (*parent, group)).fetchone()
-        return int(row[0])
+        return self._count("SELECT count(*) FROM catalog WHERE parent_1=? AND parent_2=? AND "
+                           "(hardlinks >> 32)=?", (*parent, group))
 
     # -- chunks --------------------------------------------------------------------------
     def chunks(self, path: bytes, entry: DirectoryEntry | None = None) -> list[Chunk]:
@@ -266,28 +338,28 @@ class Catalog:
         if entry is None:
             entry = self.lookup(path)
             if entry is None:
-                raise FormatError(f"{self.what}: no entry {_fs(path)!r} for its chunks")
+                raise CatalogError(f"{self.what}: no entry {_fs(path)!r} for its chunks")
         algo = entry.hash_algorithm
         try:
             rows = self._db.execute(
                 "SELECT offset, size, hash FROM chunks WHERE md5path_1=? AND md5path_2=? "
                 "ORDER BY offset", md5_pair(path)).fetchall()
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-            raise FormatError(f"{self.what}: chunks query failed ({e})") from None
+            raise CatalogError(f"{self.what}: chunks query failed ({e})") from None
         out: list[Chunk] = []
         pos = 0
         where = f"{self.what}: chunks of {_fs(path)!r}"
         for offset, size, h in rows:
             offset, size = _int(offset, where, "offset"), _int(size, where, "size")
             if not isinstance(h, bytes) or len(h) != 20:
-                raise FormatError(f"{where}: chunk at {offset} has a malformed hash")
+                raise CatalogError(f"{where}: chunk at {offset} has a malformed hash")
             if offset != pos or size <= 0:
-                raise FormatError(f"{where} do not tile the file (chunk at {offset}, "
+                raise CatalogError(f"{where} do not tile the file (chunk at {offset}, "
                                   f"expected {pos})")
             out.append(Chunk(offset, size, ContentHash(algo, h)))
             pos += size
         if pos != entry.size:
-            raise FormatError(f"{self.what}: chunks of {_fs(path)!r} cover {pos} bytes, "
+            raise CatalogError(f"{self.what}: chunks of {_fs(path)!r} cover {pos} bytes, "
                               f"file has {entry.size}")
         return out
 
@@ -299,26 +371,26 @@ class Catalog:
                 "chunks.md5path_1 = catalog.md5path_1 AND chunks.md5path_2 = catalog.md5path_2")
             for h, size, flags in cur:
                 if not isinstance(h, bytes) or len(h) != 20:
-                    raise FormatError(f"{self.what}: a chunk row has a malformed hash")
+                    raise CatalogError(f"{self.what}: a chunk row has a malformed hash")
                 flags = _int(flags, self.what, "catalog.flags")
                 size = _int(size, self.what, "chunks.size")
                 if flags & Flags.EXTERNAL:
                     continue
                 yield (ContentHash(self._algo(flags), h), self._comp(flags), size)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-            raise FormatError(f"{self.what}: chunks query failed ({e})") from None
+            raise CatalogError(f"{self.what}: chunks query failed ({e})") from None
 
     def _algo(self, flags: int) -> Algorithm:
         try:
             return Algorithm.from_flag_code((flags >> 8) & 7)
         except FormatError as e:
-            raise FormatError(f"{self.what}: {e}") from None
+            raise CatalogError(f"{self.what}: {e}") from None
 
     def _comp(self, flags: int) -> Compression:
         try:
             return Compression.from_flag_code((flags >> 11) & 7)
         except FormatError as e:
-            raise FormatError(f"{self.what}: {e}") from None
+            raise CatalogError(f"{self.what}: {e}") from None
 
     def all_file_hashes(self) -> Iterator[tuple[ContentHash, Compression, int]]:
         """(hash, compression, size) of every non-external entry that names a data object."""
@@ -327,22 +399,21 @@ class Catalog:
             for h, size, flags in cur:
                 flags = _int(flags, self.what, "catalog.flags")
                 if not isinstance(h, bytes):
-                    raise FormatError(f"{self.what}: an entry's hash is not a blob")
+                    raise CatalogError(f"{self.what}: an entry's hash is not a blob")
                 if flags & Flags.EXTERNAL or not any(h):
                     continue
                 if len(h) != 20:
-                    raise FormatError(f"{self.what}: an entry has a malformed hash")
+                    raise CatalogError(f"{self.what}: an entry has a malformed hash")
                 yield (ContentHash(self._algo(flags), h), self._comp(flags),
                        _int(size, self.what, "catalog.size", 0))
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-            raise FormatError(f"{self.what}: catalog query failed ({e})") from None
+            raise CatalogError(f"{self.what}: catalog query failed ({e})") from None
 
     def orphan_chunk_count(self) -> int:
-        row = self._db.execute(
+        return self._count(
             "SELECT count(*) FROM chunks LEFT JOIN catalog ON "
             "chunks.md5path_1 = catalog.md5path_1 AND chunks.md5path_2 = catalog.md5path_2 "
-            "WHERE catalog.rowid IS NULL").fetchone()
-        return int(row[0])
+            "WHERE catalog.rowid IS NULL")
 
     # -- nested catalogs -----------------------------------------------------------------
     def _refs(self, table: str) -> list[NestedRef]:
@@ -355,15 +426,28 @@ class Catalog:
             query = f"SELECT path, {sha_expr}, {size_expr} FROM {table}"
             rows = self._db.execute(query).fetchall()
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-            raise FormatError(f"{self.what}: cannot read table {table} ({e})") from None
+            raise CatalogError(f"{self.what}: cannot read table {table} ({e})") from None
         out = []
+        prefix = self.root_prefix
         for path, sha, size in rows:
             if not isinstance(path, bytes):
-                raise FormatError(f"{self.what}: {table} row without a path")
+                raise CatalogError(f"{self.what}: {table} row without a path")
             where = f"{self.what}: {table} {_fs(path)!r}"
-            h = ContentHash.parse_optional(sha, what=where)
-            out.append(NestedRef(path.rstrip(b"/"), h, _int(size, where, "size", 0)))
+            mountpoint = path.rstrip(b"/")
+            if not _is_canonical_below(mountpoint, prefix):
+                raise CatalogError(f"{where} is not a canonical path below the catalog's own "
+                                   f"root {_fs(prefix) or '/'!r}")
+            try:
+                h = ContentHash.parse_optional(sha, what=where)
+            except FormatError as e:
+                raise CatalogError(str(e)) from None
+            if h is not None and h == self.hash:
+                raise CatalogError(f"{where} references the catalog itself")
+            out.append(NestedRef(mountpoint, h, _int(size, where, "size", 0)))
         out.sort(key=lambda r: r.path)
+        for a, b in pairwise(out):
+            if a.path == b.path:
+                raise CatalogError(f"{self.what}: {table} lists {_fs(a.path)!r} twice")
         return out
 
     def nested_catalogs(self) -> list[NestedRef]:
@@ -390,7 +474,7 @@ class Catalog:
         try:
             rows = self._db.execute("SELECT counter, value FROM statistics").fetchall()
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-            raise FormatError(f"{self.what}: cannot read table statistics ({e})") from None
+            raise CatalogError(f"{self.what}: cannot read table statistics ({e})") from None
         for name, value in rows:
             key = _col_name(name)
             out[key] = _int(value, f"{self.what}: counter {key}", "value")

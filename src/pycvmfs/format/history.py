@@ -16,8 +16,8 @@ from pycvmfs.errors import ConfigError, FormatError, TagNotFoundError
 from pycvmfs.format.hashes import ContentHash
 from pycvmfs.format.sqlite import create_database, open_database, read_properties
 
-__all__ = ["DDL", "SCHEMA", "SCHEMA_REVISION", "TRUNK", "TRUNK_DESCRIPTION", "TRUNK_PREVIOUS",
-           "TRUNK_PREVIOUS_DESCRIPTION", "History", "Tag", "is_auto_tag_name"]
+__all__ = ["DDL", "SCHEMA", "SCHEMA_REVISION", "TABLES", "TRUNK", "TRUNK_DESCRIPTION",
+           "TRUNK_PREVIOUS", "TRUNK_PREVIOUS_DESCRIPTION", "History", "Tag", "is_auto_tag_name"]
 
 SCHEMA = "1.0"
 SCHEMA_REVISION = 3
@@ -45,6 +45,8 @@ _DEFAULT_BRANCH_ROW = "INSERT INTO branches (branch, parent, initial_revision) V
 
 #: The table definitions in creation order; SQLite keeps these texts in ``sqlite_master``.
 DDL = (_PROPERTIES_DDL, _BRANCHES_DDL, _TAGS_DDL, _RECYCLE_BIN_DDL)
+#: The tables a history database may have; other schema objects are refused on open.
+TABLES = ("properties", "branches", "tags", "recycle_bin")
 
 _FIELDS = "name, hash, revision, timestamp, channel, description, {size}, {branch}"
 _AUTO_TAG = re.compile(r"generic(_[0-9]+)?-[0-9]{4}-[0-9]{2}-[0-9]{2}"
@@ -122,7 +124,8 @@ class History:
         Read-only by default. ``writable=True`` upgrades an old schema revision to 3 the way
         stock does, so that tags can be edited.
         """
-        conn = open_database(path, what=what, text_as_bytes=True, writable=writable)
+        conn = open_database(path, what=what, text_as_bytes=True, writable=writable,
+                             tables=TABLES)
         try:
             if writable:
                 conn.execute("PRAGMA journal_mode = DELETE")

@@ -12,7 +12,7 @@ from pycvmfs.errors import FormatError
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, new_hasher
 from pycvmfs.format.sqlite import create_database, open_database, read_properties
 
-__all__ = ["DDL", "KIND_CODES", "SCHEMA", "SCHEMA_REVISION", "RefEntry", "Reflog",
+__all__ = ["DDL", "KIND_CODES", "SCHEMA", "SCHEMA_REVISION", "TABLES", "RefEntry", "Reflog",
            "reflog_hash"]
 
 SCHEMA = "1.0"
@@ -33,6 +33,8 @@ DDL = (
     "CREATE TABLE refs (hash TEXT, type INTEGER, timestamp INTEGER, "
     "CONSTRAINT pk_refs PRIMARY KEY (hash))",
 )
+#: The tables a reflog may have; other schema objects are refused on open.
+TABLES = ("properties", "refs")
 
 _BLOCK = 1 << 20
 
@@ -95,7 +97,7 @@ class Reflog:
     def open(cls, path: str | os.PathLike, *, what: str = "reflog",
              writable: bool = False) -> Reflog:
         """Open an existing reflog file (read-only unless ``writable``)."""
-        conn = open_database(path, what=what, writable=writable)
+        conn = open_database(path, what=what, writable=writable, tables=TABLES)
         try:
             if writable:
                 conn.execute("PRAGMA journal_mode = DELETE")
