@@ -2,8 +2,11 @@
 replica's verified HTTP copy engine (libcurl, OpenSSL). Everything else about the package is in
 pyproject.toml."""
 
+import atexit
 import shlex
+import shutil
 import subprocess
+import tempfile
 
 from setuptools import Extension, setup
 
@@ -17,9 +20,20 @@ def _pkg_config(flag: str, package: str, fallback: list[str]) -> list[str]:
     return shlex.split(out)
 
 
-_WARNINGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+def _scratch() -> str:
+    """A folder of this build's own for setuptools' egg-info and build trees, removed at exit:
+    nothing is written into the source tree (a root-owned clone installs for any user, and a
+    root build leaves nothing behind that a later user build would have to overwrite)."""
+    path = tempfile.mkdtemp(prefix="pycvmfs-build-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
-setup(ext_modules=[
+
+_WARNINGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+_SCRATCH = _scratch()
+
+setup(options={"egg_info": {"egg_base": _SCRATCH}, "build": {"build_base": f"{_SCRATCH}/build"}},
+      ext_modules=[
     Extension(
         "pycvmfs.client._fuse_lowlevel",
         sources=["src/pycvmfs/client/_fuse_lowlevel.c"],
