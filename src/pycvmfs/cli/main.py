@@ -6,6 +6,7 @@ import click
 
 from pycvmfs import __version__
 from pycvmfs.cli import (
+    admin_cmds,
     cache_cmds,
     client_cmds,
     config_cmds,
@@ -30,6 +31,7 @@ publish_cmds.register(cli)
 serve_cmd.register(cli)
 mount_cmds.register(cli)
 replica_cmds.register(cli)
+admin_cmds.register(cli)
 
 
 def main() -> None:

@@ -14,8 +14,9 @@ from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm
 
 __all__ = ["UPSTREAM_FORMS", "RepositoryConfig", "RepositoryDirs", "ServerSettings",
-           "default_config_dir",
-           "local_storage", "local_upstream", "parse_bool", "parse_conf", "write_conf"]
+           "configured_names", "default_config_dir",
+           "local_storage", "local_upstream", "parse_bool", "parse_conf", "update_conf",
+           "write_conf"]
 
 _FQRN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.[A-Za-z0-9_.-]*[A-Za-z0-9]$")
 
@@ -64,6 +65,36 @@ def write_conf(path: Path, values: dict[str, str], header: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
+
+
+def update_conf(path: Path, changes: dict[str, str]) -> None:
+    """Set ``changes`` in a ``KEY=VALUE`` file in place: other lines (comments, settings we
+    do not know) stay as they are, new keys are appended; the file is replaced atomically."""
+    lines = path.read_text().splitlines()
+    seen = set()
+    for i, raw in enumerate(lines):
+        line = raw.strip()
+        line = line[7:].lstrip() if line.startswith("export ") else line
+        key = line.partition("=")[0].strip()
+        if "=" in line and key in changes:  # every assignment: the last one would win
+            lines[i] = f"{key}={changes[key]}"
+            seen.add(key)
+    lines += [f"{k}={v}" for k, v in changes.items() if k not in seen]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def configured_names(config_dir: Path) -> list[str]:
+    """The repositories configured under ``config_dir`` (stratum 0 and 1), sorted."""
+    base = config_dir / "repositories.d"
+    try:
+        return sorted(p.name for p in base.iterdir() if (p / "server.conf").is_file())
+    except FileNotFoundError:
+        return []
 
 
 def parse_bool(value: str, key: str) -> bool:
