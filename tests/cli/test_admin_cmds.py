@@ -8,11 +8,12 @@ import socket
 from pathlib import Path
 
 import pytest
-from tests.helpers.publishing import reader
 
 from pycvmfs.format.chunking import ChunkingParams
 from pycvmfs.publish.config import RepositoryConfig, ServerSettings
 from pycvmfs.publish.repository import Publisher
+
+from helpers.publishing import reader
 
 GOLDEN = "golden.example.org"
 

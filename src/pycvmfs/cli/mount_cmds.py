@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pycvmfs.cli.common import revision_options, revision_selector
+from pycvmfs.cli.mount_report import PYCVMFS_FSTYPE, ReadyReporter, mount_type, read_report
 from pycvmfs.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -210,9 +211,10 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
     probe.close()
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child
+    if pid == 0:  # child: says "ready" on the pipe once mounted, or why it failed
         os.close(r)
         os.setsid()
+        reporter = ReadyReporter(w, mountpoint)
         code = 0
         try:
             _logging(log_file, log_debug)
@@ -220,26 +222,19 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
             repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)
-            os.write(w, b"ok")
-            os.close(w)
+            reporter.start()
             run_mount(repo, mountpoint, options)
         except BaseException as e:
-            with contextlib.suppress(OSError):
-                os.write(w, f"error: {e}".encode())
+            reporter.fail(e)
             code = 1
         os._exit(code)
     os.close(w)
-    message = os.read(r, 4096).decode(errors="replace")
-    os.close(r)
-    if not message.startswith("ok"):
-        raise ConfigError(f"mount of {fqrn} failed: {message or 'the mount process died'}")
-    deadline = time.monotonic() + 30
-    while not os.path.ismount(mountpoint):
-        done, _status = os.waitpid(pid, os.WNOHANG)
-        if done or time.monotonic() > deadline:
-            raise ConfigError(f"mount of {fqrn} at {mountpoint} did not come up"
-                              + (f" (see {log_file})" if log_file else ""))
-        time.sleep(0.05)
+    ready, why = read_report(r, 60.0)
+    if not ready:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        raise ConfigError(f"mount of {fqrn} at {mountpoint} failed: {why}"
+                          + (f" (see {log_file})" if log_file else ""))
     click.echo(f"mounted {fqrn} at {mountpoint} (pid {pid})")
 
 
@@ -250,19 +245,29 @@ def _logging(log_file: str | None, debug: bool) -> None:
 
 @click.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-def umount(mountpoint: str) -> None:
+@click.option("-l", "--lazy", is_flag=True,
+              help="Detach now; the mount ends when its last user (an open file, a working "
+                   "directory) lets go, like umount -l.")
+def umount(mountpoint: str, lazy: bool) -> None:
     """Unmount a pycvmfs mount."""
-    if not os.path.ismount(mountpoint):
+    fstype = mount_type(mountpoint)
+    if fstype is None:
         raise ConfigError(f"{mountpoint}: not mounted")
+    if fstype != PYCVMFS_FSTYPE:
+        raise ConfigError(f"{mountpoint}: not a pycvmfs mount ({fstype} is mounted there); "
+                          "nothing unmounted")
     from pycvmfs.client.fuse import unmount
 
-    proc = unmount(mountpoint)
+    proc = unmount(mountpoint, lazy=lazy)
     if proc.returncode != 0:
-        raise ConfigError(f"{mountpoint}: {proc.stderr.strip() or 'unmount failed'}")
+        why = proc.stderr.strip() or "unmount failed"
+        hint = " (pycvmfs umount -l detaches it now anyway)" if "busy" in why else ""
+        raise ConfigError(f"{mountpoint}: {why}{hint}")
     deadline = time.monotonic() + 10
-    while os.path.ismount(mountpoint) and time.monotonic() < deadline:
+    while mount_type(mountpoint) == PYCVMFS_FSTYPE and time.monotonic() < deadline:
         time.sleep(0.05)
-    click.echo(f"unmounted {mountpoint}")
+    click.echo(f"unmounted {mountpoint}" + (" (lazily: gone when its last user lets go)"
+                                            if lazy else ""))
 
 
 @click.command()

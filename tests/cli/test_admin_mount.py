@@ -1,0 +1,115 @@
+"""Background mount errors reach the caller; umount -l; umount of something else refuses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pycvmfs.server.http import RepositoryServer
+
+from helpers.fuse import CLI, eventually, mount, needs_fuse, pid_alive
+
+pytestmark = needs_fuse
+GOLDEN = "golden.example.org"
+
+
+def _run(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, check=False,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def golden_http(golden_repo):
+    with RepositoryServer({GOLDEN: golden_repo}) as srv:
+        yield srv.repository_url(GOLDEN)
+
+
+@pytest.fixture
+def unmount_all(tmp_path):
+    """Mount points to clean up at teardown, whatever the test left."""
+    points: list[Path] = []
+    yield points
+    for mp in points:
+        if os.path.ismount(mp):
+            subprocess.run(["umount", "-l", str(mp)], check=False)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mount_args(mp: Path, url: str, keys: Path, cache: Path) -> list[object]:
+    return ["mount", GOLDEN, mp, "--server-url", url, "-k", keys, "--cache-dir", cache]
+
+
+def test_background_mount_reports_a_missing_tag(golden_http, golden_keys, tmp_path,
+                                                unmount_all):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    unmount_all.append(mp)
+    res = _run(*_mount_args(mp, golden_http, golden_keys, tmp_path / "c"), "--tag", "no-such")
+    assert res.returncode == 1, res
+    assert res.stderr.startswith(f"pycvmfs: error: mount of {GOLDEN} at {mp} failed: ")
+    assert "no-such" in res.stderr and "Traceback" not in res.stderr
+    assert not os.path.ismount(mp)
+
+
+def test_background_mount_reports_an_unreachable_server_and_a_bad_mountpoint(
+        golden_keys, golden_http, tmp_path, unmount_all):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    unmount_all.append(mp)
+    url = f"http://127.0.0.1:{_closed_port()}/cvmfs/{GOLDEN}"
+    res = _run(*_mount_args(mp, url, golden_keys, tmp_path / "c"))
+    assert res.returncode == 1 and f"127.0.0.1:{url.split(':')[2].split('/')[0]}" in res.stderr
+    assert not os.path.ismount(mp)
+    afile = tmp_path / "a-file"
+    afile.write_text("not a directory")
+    res = _run(*_mount_args(afile, golden_http, golden_keys, tmp_path / "c"))
+    assert res.returncode != 0 and str(afile) in res.stderr and "Traceback" not in res.stderr
+    assert afile.read_text() == "not a directory"
+    wrong_key = tmp_path / "other.pub"
+    subprocess.run(["openssl", "genrsa", "-out", tmp_path / "other.key", "2048"],
+                   capture_output=True, check=True)
+    subprocess.run(["openssl", "rsa", "-in", tmp_path / "other.key", "-pubout", "-out",
+                    wrong_key], capture_output=True, check=True)
+    res = _run(*_mount_args(mp, golden_http, wrong_key, tmp_path / "c"))
+    assert res.returncode == 1 and "whitelist" in res.stderr.lower(), res.stderr
+
+
+def test_umount_lazy_detaches_a_busy_mount(golden_http, golden_keys, tmp_path, unmount_all):
+    mp = mount(GOLDEN, tmp_path / "mnt", golden_http, golden_keys, tmp_path / "c",
+               log_file=tmp_path / "mount.log")
+    unmount_all.append(mp)
+    pid = int(os.getxattr(mp, "user.pid"))
+    with open(mp / "text" / "hello.txt", "rb") as held:  # a user of the mount
+        busy = _run("umount", mp)
+        assert busy.returncode == 1 and "busy" in busy.stderr.lower()
+        assert "umount -l" in busy.stderr and os.path.ismount(mp)
+        lazy = _run("umount", "-l", mp)
+        assert lazy.returncode == 0, lazy.stderr
+        assert not os.path.ismount(mp)
+        assert held.read() and pid_alive(pid)  # still served for its last user
+    assert eventually(lambda: not pid_alive(pid), 15)  # gone once that user let go
+    again = _run("umount", mp)
+    assert again.returncode == 1 and "not mounted" in again.stderr
+
+
+def test_umount_refuses_what_pycvmfs_did_not_mount(tmp_path, unmount_all):
+    mp = tmp_path / "tmpfs"
+    mp.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mp)], check=True)
+    unmount_all.append(mp)
+    (mp / "inside").write_text("x")
+    for args in (("umount", mp), ("umount", "-l", mp)):
+        res = _run(*args)
+        assert res.returncode == 1
+        assert res.stderr == (f"pycvmfs: error: {mp}: not a pycvmfs mount (tmpfs is mounted "
+                              "there); nothing unmounted\n")
+        assert os.path.ismount(mp) and (mp / "inside").read_text() == "x"
