@@ -258,28 +258,78 @@ def tag(fqrn: str, add: str | None, message: str, root_hash: str | None, remove:
 @click.command()
 @click.argument("fqrn")
 @click.argument("target", default="trunk-previous")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-undo-tag", is_flag=True,
+              help="Do not tag the rolled-over head as pre-rollback-r<revision>.")
 @config_option
 @click.option("--json", "as_json", is_flag=True)
-def rollback(fqrn: str, target: str, config_dir: str | None, as_json: bool) -> None:
-    """Make the revision of tag TARGET (default: trunk-previous) current, as a new revision."""
+def rollback(fqrn: str, target: str, force: bool, no_undo_tag: bool, config_dir: str | None,
+             as_json: bool) -> None:
+    """Make the revision of tag TARGET (default: trunk-previous) current, as a new revision.
+
+    Says which newer tags it deletes and asks first (unless -f). The rolled-over head stays
+    reachable as tag pre-rollback-r<revision>: `pycvmfs rollback FQRN pre-rollback-r<N>` undoes
+    the rollback."""
     pub = _open(fqrn, config_dir)
-    m = pub.rollback(target)
+    plan = pub.rollback_plan(target, keep_undo=not no_undo_tag)
+    if not force:
+        names = ", ".join(t.name for t in plan.deleted_tags) or "none"
+        click.echo(f"rolling {fqrn} back to {target} (revision {plan.target.revision}) as "
+                   f"revision {plan.new_revision}; tags deleted: {names}", err=True)
+        if plan.undo_tag:
+            click.echo(f"revision {plan.head_revision} stays reachable as tag {plan.undo_tag}",
+                       err=True)
+        click.confirm("roll back?", abort=True, err=True)
+    m = pub.rollback(target, keep_undo=not no_undo_tag, expect_head=plan.head_root)
     if as_json:
-        emit_json({"revision": m.revision, "root_hash": str(m.root_catalog), "target": target})
-    else:
-        click.echo(f"rolled back to {target}: revision {m.revision} ({m.root_catalog})")
+        emit_json({"revision": m.revision, "root_hash": str(m.root_catalog), "target": target,
+                   "deleted_tags": [t.name for t in plan.deleted_tags],
+                   "undo_tag": plan.undo_tag})
+        return
+    click.echo(f"rolled back to {target}: revision {m.revision} ({m.root_catalog})")
+    if plan.undo_tag:
+        click.echo(f"undo with: pycvmfs rollback {fqrn} {plan.undo_tag}")
 
 
 @click.command()
 @click.argument("fqrn")
 @click.option("-d", "--days", type=int, default=30, show_default=True,
               help="Validity of the new whitelist.")
+@click.option("-p", "--published", is_flag=True,
+              help="Re-sign the current manifest with the repository key instead (same "
+                   "revision), e.g. after it was signed with a wrong key.")
+@click.option("--rotate-certificate", is_flag=True,
+              help="New repository key and certificate, a whitelist naming it (and, until the "
+                   "next resign, the old one), manifest re-signed. Needs the master key.")
+@click.option("--certificate-days", type=int, default=365, show_default=True,
+              help="Validity of the new certificate (with --rotate-certificate).")
 @config_option
-def resign(fqrn: str, days: int, config_dir: str | None) -> None:
-    """Renew the whitelist with the master key (like `cvmfs_server resign`)."""
+def resign(fqrn: str, days: int, published: bool, rotate_certificate: bool,
+           certificate_days: int, config_dir: str | None) -> None:
+    """Renew the whitelist with the master key (like `cvmfs_server resign`); -p re-signs the
+    manifest, --rotate-certificate replaces the repository key. See docs/recovery.md."""
+    from pycvmfs.errors import CvmfsError
+
+    if published and rotate_certificate:
+        raise ConfigError("give either -p or --rotate-certificate (which re-signs the manifest "
+                          "too), not both")
+    if min(days, certificate_days) < 1:
+        raise ConfigError("--days and --certificate-days must be at least 1")
     pub = _open(fqrn, config_dir)
-    pub.resign(days=days)
-    click.echo(f"whitelist of {fqrn} renewed for {days} days")
+    m = pub.resign(days=days, published=published, rotate_certificate=rotate_certificate,
+                   certificate_days=certificate_days)
+    if rotate_certificate:
+        click.echo(f"{fqrn}: new certificate {pub.config.key_path('crt')} "
+                   f"({pub.keys.certificate.fingerprint().fingerprint()}), whitelist renewed "
+                   f"for {days} days, revision {m.revision} re-signed")
+    elif published:
+        click.echo(f"{fqrn}: revision {m.revision} re-signed")
+    else:
+        click.echo(f"whitelist of {fqrn} renewed for {days} days")
+    try:
+        pub.check_signing()
+    except CvmfsError as e:
+        click.echo(f"pycvmfs: warning: {e}", err=True)
 
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "Blacklist",
     "Whitelist",
     "create_whitelist",
+    "first_fingerprint_line",
     "parse_blacklist",
     "parse_fingerprint_line",
     "resign_whitelist",
@@ -211,22 +212,37 @@ def _sign_lines(lines: list[bytes], algorithm: Algorithm, master_key: rsa.RSAPri
 
 def create_whitelist(fqrn: str, certificate: Certificate, master_key: rsa.RSAPrivateKey, *,
                      algorithm: Algorithm = Algorithm.SHA1, days: int = 30,
-                     now: datetime | None = None) -> bytes:
-    """A signed whitelist as stock ``create_whitelist`` writes it (one fingerprint line)."""
+                     now: datetime | None = None, also: Sequence[bytes] = ()) -> bytes:
+    """A signed whitelist as stock ``create_whitelist`` writes it (one fingerprint line), plus
+    the fingerprint lines ``also`` after it (e.g. the old certificate's during a rotation)."""
     start = _utc(now)
     fingerprint = certificate.fingerprint(algorithm).fingerprint()
     return _whitelist_from_line(fqrn, fingerprint.encode("ascii"), algorithm, master_key,
-                                days, start)
+                                days, start, also)
 
 
 def _whitelist_from_line(fqrn: str, fingerprint_line: bytes, algorithm: Algorithm,
-                         master_key: rsa.RSAPrivateKey, days: int, start: datetime) -> bytes:
+                         master_key: rsa.RSAPrivateKey, days: int, start: datetime,
+                         also: Sequence[bytes] = ()) -> bytes:
     if "\n" in fqrn or not fqrn:
         raise FormatError(f"{fqrn!r} is not a repository name")
+    if any(b"\n" in line or parse_fingerprint_line(line) is None for line in also):
+        raise FormatError(f"whitelist for {fqrn}: an extra line is not one fingerprint line")
     expiry = start + timedelta(days=days)
     lines = [_stamp(start).encode(), b"E" + _stamp(expiry).encode(),
-             b"N" + fqrn.encode("utf-8", "surrogateescape"), fingerprint_line]
+             b"N" + fqrn.encode("utf-8", "surrogateescape"), fingerprint_line, *also]
     return _sign_lines(lines, algorithm, master_key)
+
+
+def first_fingerprint_line(body: bytes, *, what: str = WHITELIST_NAME) -> bytes:
+    """The line ``resign`` keeps: the first one after ``N`` (and ``Vpkcs7``/``Wcachain``)."""
+    lines = bytes(body).split(b"\n")[3:]
+    while lines and lines[0] in (b"Vpkcs7", b"Wcachain"):
+        lines.pop(0)
+    line = lines[0] if lines else b""
+    if parse_fingerprint_line(line) is None:
+        raise FormatError(f"{what}: no fingerprint line to re-sign")
+    return line
 
 
 def resign_whitelist(old_data: bytes | None, certificate: Certificate | None,
@@ -247,11 +263,7 @@ def resign_whitelist(old_data: bytes | None, certificate: Certificate | None,
                                 now=start)
     body = split_letter(old_data, what=what).body
     old = Whitelist.parse(body, what=what)
-    lines = body.split(b"\n")[3:]
-    while lines and lines[0] in (b"Vpkcs7", b"Wcachain"):
-        lines.pop(0)
-    line = lines[0] if lines else b""
+    line = first_fingerprint_line(body, what=what)
     fp = parse_fingerprint_line(line)
-    if fp is None:
-        raise FormatError(f"{what}: no fingerprint line to re-sign")
+    assert fp is not None
     return _whitelist_from_line(fqrn or old.fqrn, line, fp.algorithm, master_key, days, start)

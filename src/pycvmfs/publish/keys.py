@@ -71,6 +71,43 @@ class RepositoryKeys:
         cert = Certificate.from_pem(p["crt"].read_bytes(), what=str(p["crt"]))
         return cls(master, p["pub"].read_bytes(), load_private_key(p["key"]), cert)
 
+    def check_pair(self, keys_dir: Path, fqrn: str) -> None:
+        """Refuse a repository key that does not belong to the certificate (a manifest signed
+        with it would be rejected by every client)."""
+        mine = self.repo_key.public_key().public_numbers()
+        cert_key = self.certificate.public_key
+        if not isinstance(cert_key, rsa.RSAPublicKey) or cert_key.public_numbers() != mine:
+            p = self.paths(keys_dir, fqrn)
+            raise ConfigError(f"{p['key']} does not belong to the certificate {p['crt']} "
+                              f"({self.certificate.subject_cn}): clients would refuse what it "
+                              f"signs. Put the matching key back, or make a new pair with "
+                              f"`pycvmfs resign {fqrn} --rotate-certificate` (docs/recovery.md)")
+
+    def with_new_certificate(self, fqrn: str, *, days: int = 365) -> RepositoryKeys:
+        """The same master key with a new repository key and self-signed certificate."""
+        repo_key = generate_rsa_key()
+        return RepositoryKeys(self.master, self.master_public_pem, repo_key,
+                              create_certificate(fqrn, repo_key, days))
+
+    def replace_repository_key(self, keys_dir: Path, fqrn: str) -> None:
+        """Write ``<fqrn>.key`` (0400) and ``<fqrn>.crt`` (0444) over the old ones: both are
+        written in full under temporary names first, then each renamed into place."""
+        p = self.paths(keys_dir, fqrn)
+        staged = []
+        for suffix, data, mode in (("key", private_key_pem(self.repo_key), 0o400),
+                                   ("crt", self.certificate.pem, 0o444)):
+            tmp = p[suffix].with_name(p[suffix].name + ".new")
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            staged.append((tmp, p[suffix]))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+
     def require_master(self, keys_dir: Path, fqrn: str) -> rsa.RSAPrivateKey:
         if self.master is None:
             raise ConfigError(f"the master key {self.paths(keys_dir, fqrn)['masterkey']} is not "

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pycvmfs.errors import ConfigError, ObjectNotFoundError, PublishError, TagNotFoundError
+from pycvmfs.errors import ConfigError, PublishError, TagNotFoundError
 from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.dirent import make_flags
@@ -19,24 +19,47 @@ from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.format.history import History, Tag
 from pycvmfs.format.manifest import Manifest
 from pycvmfs.format.metainfo import make_skeleton
-from pycvmfs.format.whitelist import create_whitelist, resign_whitelist
+from pycvmfs.format.whitelist import Whitelist, create_whitelist
 from pycvmfs.publish.catalog_tree import CatalogTree, CommitResult
 from pycvmfs.publish.config import RepositoryConfig, ServerSettings, check_fqrn, default_config_dir
 from pycvmfs.publish.ingest import Ingester
 from pycvmfs.publish.journal import ObjectJournal, recover
 from pycvmfs.publish.keys import RepositoryKeys
 from pycvmfs.publish.lock import publish_lock
-from pycvmfs.publish.signing import MANIFEST, read_head, store_object, switch_manifest
+from pycvmfs.publish.signing import (
+    MANIFEST,
+    WHITELIST,
+    check_signing,
+    read_head,
+    store_object,
+    switch_manifest,
+)
 from pycvmfs.publish.transaction import PublishSummary, Transaction
 from pycvmfs.publish.upstream import SpooledStore, manifest_key
-from pycvmfs.storage.base import fetch_bytes
 from pycvmfs.storage.local import LocalStorage
 from pycvmfs.storage.objects import download_verified
 
-__all__ = ["Publisher", "open_publisher_store", "s3_upstream_spec"]
+__all__ = ["Publisher", "RollbackPlan", "open_publisher_store", "s3_upstream_spec"]
 
 MASTER_REPLICA_TEXT = b"This file marks the repository as replicatable to stratum 1 servers\n"
-WHITELIST = ".cvmfswhitelist"
+UNDO_TAG_PREFIX = "pre-rollback-r"
+
+
+@dataclasses.dataclass(frozen=True)
+class RollbackPlan:
+    """What ``rollback(target)`` would do: the head it leaves, the target, the tags it deletes
+    and the tag that keeps the rolled-over head reachable (``None`` when not kept)."""
+
+    fqrn: str
+    head_revision: int
+    head_root: ContentHash
+    target: Tag
+    deleted_tags: list[Tag]
+    undo_tag: str | None
+
+    @property
+    def new_revision(self) -> int:
+        return self.head_revision + 1
 
 
 def s3_upstream_spec(spool: str | os.PathLike, alias: str, s3_config: str | os.PathLike) -> str:
@@ -158,10 +181,17 @@ class Publisher:
     def head(self) -> Manifest:
         return read_head(self.store, self.keys, self.fqrn)
 
-    def _begin_change(self) -> Manifest:
-        """The head, for a change outside a transaction (tag, rollback): with an S3 upstream,
-        leftovers of a publisher that died are cleaned up first."""
-        head = self.head()
+    def check_signing(self) -> Whitelist:
+        """Refuse a change no client would accept (key not the certificate's, certificate or
+        whitelist expired, whitelist not naming the certificate), before anything is stored."""
+        return check_signing(self.store, self.config, self.keys)
+
+    def _begin_change(self, head: Manifest | None = None) -> Manifest:
+        """The head, for a change outside a transaction (tag, rollback, resign): with an S3
+        upstream, leftovers of a publisher that died are cleaned up first."""
+        if head is None:
+            head = self.head()
+            self.check_signing()
         if isinstance(self.store, SpooledStore):
             self.recovered_objects = self.store.recover(manifest_key(head))
         return head
@@ -177,7 +207,9 @@ class Publisher:
         return store_object(self.store, data, kind, self.settings.hash_algorithm, self._journal)
 
     def open_journal(self, head: Manifest) -> ObjectJournal:
-        """Start recording the objects of a transaction (after cleaning up a dead one's)."""
+        """Start recording the objects of a transaction (after cleaning up a dead one's);
+        refuses first when the keys cannot sign a revision clients accept."""
+        self.check_signing()
         path = self.config.repo_dir / "objects.journal"
         removed = recover(path, self.store.root, head.root_catalog)
         discard = None
@@ -205,7 +237,9 @@ class Publisher:
 
     def transaction(self, *, tag: str | None = None, message: str = "",
                     progress=None) -> Transaction:
-        """``with publisher.transaction() as txn: ...`` publishes one revision at the end."""
+        """``with publisher.transaction() as txn: ...`` publishes one revision at the end.
+        Refused at once (before the lock is taken) when the keys cannot sign a revision."""
+        self.check_signing()
         return Transaction(self, tag=tag, message=message, progress=progress)
 
     def check_limits(self, tree: CatalogTree) -> list[str]:
@@ -298,6 +332,7 @@ class Publisher:
     def tag(self, name: str, *, root_hash: ContentHash | None = None, message: str = "",
             remove: bool = False) -> Manifest:
         """Add (or with ``remove`` delete) a named tag; re-signs the manifest, S unchanged."""
+        self.check_signing()
         with self.lock():
             head = self._begin_change()
             with self._history_copy(head, "history") as hist:
@@ -329,16 +364,50 @@ class Publisher:
         finally:
             path.unlink(missing_ok=True)
 
-    def rollback(self, target: str = "trunk-previous") -> Manifest:
-        """Make the revision of tag ``target`` current again, as a new revision."""
+    def _plan(self, hist: History, head: Manifest, target: str, keep_undo: bool) -> RollbackPlan:
+        tag = hist.get(target)
+        if tag is None or tag.branch != "":
+            raise TagNotFoundError(f"tag {target!r} not found in {self.fqrn}")
+        if tag.revision >= head.revision:
+            raise PublishError(f"{self.fqrn}: tag {target!r} is the current revision "
+                               f"{head.revision}; nothing to roll back")
+        deleted = [t for t in hist.tags_affected_by_rollback(target)
+                   if t.name not in (target, "trunk")]
+        undo = f"{UNDO_TAG_PREFIX}{head.revision}" if keep_undo else None
+        return RollbackPlan(self.fqrn, head.revision, head.root_catalog, tag, deleted, undo)
+
+    def rollback_plan(self, target: str = "trunk-previous", *,
+                      keep_undo: bool = True) -> RollbackPlan:
+        """What :meth:`rollback` would do, without changing anything; refused like the
+        rollback itself when the keys cannot sign it."""
+        self.check_signing()
+        head = self.head()
+        with self._history_copy(head, "history-read") as hist:
+            plan = self._plan(hist, head, target, keep_undo)
+        (self.config.work_dir / "history-read.db").unlink(missing_ok=True)
+        return plan
+
+    def rollback(self, target: str = "trunk-previous", *, keep_undo: bool = True,
+                 expect_head: ContentHash | None = None) -> Manifest:
+        """Make the revision of tag ``target`` current again, as a new revision.
+
+        Tags newer than the target go (as in stock); with ``keep_undo`` the rolled-over head
+        gets the tag ``pre-rollback-r<revision>``, so ``pycvmfs gc`` keeps it and
+        ``rollback(that tag)`` undoes the rollback. ``expect_head`` (the head a
+        :meth:`rollback_plan` was shown for) refuses when someone published since.
+        """
         from pycvmfs.format.catalog_writer import CatalogWriter
 
+        self.check_signing()
         with self.lock():
             head = self._begin_change()
+            if expect_head is not None and head.root_catalog != expect_head:
+                raise PublishError(f"{self.fqrn}: the head changed to revision {head.revision} "
+                                   "since the rollback was planned; nothing was changed")
             with self._history_copy(head, "history") as hist:
-                tag = hist.get(target)
-                if tag is None or tag.branch != "":
-                    raise TagNotFoundError(f"tag {target!r} not found in {self.fqrn}")
+                plan = self._plan(hist, head, target, keep_undo)
+                tag = plan.target
+                undo_at = self._catalog_info(head.root_catalog) if plan.undo_tag else None
                 now = int(time.time())
                 work = self.config.work_dir / "rollback.db"
                 with open(work, "wb") as f:
@@ -353,6 +422,10 @@ class Publisher:
                 new_root = self.store_object(compress(data), ObjectKind.CATALOG)
                 work.unlink()
                 hist.rollback_to(tag, new_root, head.revision + 1, now, len(data))
+                if plan.undo_tag and undo_at is not None and hist.get(plan.undo_tag) is None:
+                    hist.insert(Tag(plan.undo_tag, head.root_catalog, head.revision,
+                                    undo_at[1], 0, f"head before the rollback to {target}",
+                                    undo_at[2], ""))
             h = self._store_history("history")
             manifest = dataclasses.replace(head, root_catalog=new_root,
                                            root_catalog_size=len(data),
@@ -360,16 +433,18 @@ class Publisher:
             return switch_manifest(self.store, self.config, self.keys, manifest, previous=head,
                                    now=now)
 
-    def resign(self, *, days: int = 30) -> None:
-        """Renew the whitelist (``cvmfs_server resign``)."""
-        with self.lock():
-            try:
-                old = fetch_bytes(self.store, WHITELIST, what=self.store.describe(WHITELIST),
-                                  limit=1 << 20, fresh=True)
-            except ObjectNotFoundError:
-                old = None
-            data = resign_whitelist(old, self.keys.certificate,
-                                    self.keys.require_master(self.config.keys_dir, self.fqrn),
-                                    days=days, fqrn=self.fqrn,
-                                    algorithm=self.settings.hash_algorithm)
-            self.store.put_bytes(WHITELIST, data)
+    def resign(self, *, days: int = 30, published: bool = False,
+               rotate_certificate: bool = False, certificate_days: int = 365) -> Manifest | None:
+        """``cvmfs_server resign``: renew the whitelist (``days``); with ``published`` re-sign
+        the current manifest instead (``resign -p``); with ``rotate_certificate`` make a new
+        repository key and certificate, a whitelist naming it and re-sign the manifest. The
+        manifest ones return the re-signed manifest (same revision)."""
+        from pycvmfs.publish import resign
+
+        if rotate_certificate:
+            return resign.rotate_certificate(self, whitelist_days=days,
+                                             certificate_days=certificate_days)
+        if published:
+            return resign.resign_published(self)
+        resign.renew_whitelist(self, days=days)
+        return None

@@ -6,13 +6,22 @@ import ctypes
 import dataclasses
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from pycvmfs.errors import ConfigError, CvmfsError, IntegrityError, ObjectNotFoundError
+from pycvmfs.errors import (
+    ConfigError,
+    CvmfsError,
+    IntegrityError,
+    ObjectNotFoundError,
+    WhitelistError,
+)
 from pycvmfs.format.compression import compress
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, hash_bytes
 from pycvmfs.format.manifest import Manifest, parse_signed_manifest, sign_manifest, verify_manifest
 from pycvmfs.format.reflog import Reflog, reflog_hash
+from pycvmfs.format.signature import load_public_keys, split_letter
+from pycvmfs.format.whitelist import Whitelist, verify_whitelist
 from pycvmfs.publish.config import RepositoryConfig
 from pycvmfs.publish.journal import ObjectJournal
 from pycvmfs.publish.keys import RepositoryKeys
@@ -20,11 +29,13 @@ from pycvmfs.publish.upstream import SpooledStore, manifest_key
 from pycvmfs.storage.base import ObjectStore, fetch_bytes
 from pycvmfs.storage.local import LocalStorage
 
-__all__ = ["MANIFEST", "REFLOG", "copy_to_file", "read_head", "reflog_trusted", "store_object",
-           "switch_manifest", "sync_storage", "upload_reflog"]
+__all__ = ["MANIFEST", "REFLOG", "WHITELIST", "check_signing", "copy_to_file", "read_head",
+           "read_whitelist", "reflog_trusted", "store_object", "switch_manifest", "sync_storage",
+           "upload_reflog"]
 
 MANIFEST = ".cvmfspublished"
 REFLOG = ".cvmfsreflog"
+WHITELIST = ".cvmfswhitelist"
 
 
 def store_object(store: ObjectStore, data: bytes, kind: ObjectKind, algorithm: Algorithm,
@@ -84,10 +95,58 @@ def read_head(store: ObjectStore, keys: RepositoryKeys, fqrn: str) -> Manifest:
     except IntegrityError:
         parsed, _ = parse_signed_manifest(data, what=what)
         raise IntegrityError(f"{what}: revision {parsed.revision} is not signed by this "
-                             f"repository's certificate ({keys.certificate.subject_cn})") from None
+                             f"repository's certificate ({keys.certificate.subject_cn}); "
+                             f"re-sign it with `pycvmfs resign -p {fqrn}` once the right "
+                             "key is in place (docs/recovery.md)") from None
     if m.fqrn != fqrn:
         raise ConfigError(f"{what}: manifest is for {m.fqrn!r}, not {fqrn!r}")
     return m
+
+
+def read_whitelist(store: ObjectStore) -> bytes | None:
+    """The stored ``.cvmfswhitelist`` (fetched fresh), or None when there is none."""
+    try:
+        return fetch_bytes(store, WHITELIST, what=store.describe(WHITELIST), limit=1 << 20,
+                           fresh=True)
+    except ObjectNotFoundError:
+        return None
+
+
+def check_signing(store: ObjectStore, cfg: RepositoryConfig, keys: RepositoryKeys, *,
+                  now: datetime | None = None) -> Whitelist:
+    """Refuse, before anything is stored, a change that no client would accept.
+
+    The repository key must belong to the certificate, the certificate must not have expired,
+    and the stored whitelist must verify with the master public key, name this repository and
+    this certificate, and not have expired (``cvmfs_server publish`` and ``rollback`` refuse an
+    expired whitelist too). Every message names the file and the command that mends it.
+    """
+    fqrn = cfg.fqrn
+    paths = keys.paths(cfg.keys_dir, fqrn)
+    rotate = f"`pycvmfs resign {fqrn} --rotate-certificate` (docs/recovery.md)"
+    keys.check_pair(cfg.keys_dir, fqrn)
+    when = now or datetime.now(UTC)
+    expiry = keys.certificate.x509.not_valid_after_utc
+    if expiry <= when:
+        raise ConfigError(f"{paths['crt']}: the repository certificate expired on "
+                          f"{expiry:%Y-%m-%d %H:%M} UTC; make a new one with {rotate}")
+    what = store.describe(WHITELIST)
+    data = read_whitelist(store)
+    if data is None:
+        raise WhitelistError(f"{what}: missing; sign one with `pycvmfs resign {fqrn}`")
+    try:
+        return verify_whitelist(data, load_public_keys(paths["pub"]), fqrn=fqrn,
+                                certificate=keys.certificate, now=when, what=what)
+    except CvmfsError as e:
+        try:
+            names_ours = Whitelist.parse(split_letter(data, what=what).body).lists(
+                keys.certificate)
+        except CvmfsError:
+            names_ours = True  # unreadable: a fresh signature is the remedy
+        remedy = (f"renew it with `pycvmfs resign {fqrn}` (docs/recovery.md)" if names_ours
+                  else f"put back the key pair it names ({paths['key']}, {paths['crt']}) or "
+                       f"run {rotate}")
+        raise WhitelistError(f"{e}; {remedy}") from None
 
 
 def _update_reflog(store: ObjectStore, cfg: RepositoryConfig, algorithm: Algorithm,

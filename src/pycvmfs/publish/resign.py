@@ -1,0 +1,100 @@
+"""Re-signing a repository: renew the whitelist, re-sign the manifest, rotate the certificate."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pycvmfs.errors import ConfigError, CvmfsError, IntegrityError, PublishError
+from pycvmfs.format.manifest import Manifest, parse_signed_manifest
+from pycvmfs.format.signature import (
+    check_letter_hash,
+    load_public_keys,
+    split_letter,
+    verify_raw_pkcs1,
+)
+from pycvmfs.format.whitelist import create_whitelist, first_fingerprint_line, resign_whitelist
+from pycvmfs.publish.signing import MANIFEST, WHITELIST, read_whitelist, switch_manifest
+from pycvmfs.storage.base import fetch_bytes
+
+if TYPE_CHECKING:
+    from pycvmfs.publish.repository import Publisher
+
+__all__ = ["current_manifest", "renew_whitelist", "resign_published", "rotate_certificate"]
+
+
+def renew_whitelist(pub: Publisher, *, days: int = 30) -> bytes:
+    """Stock ``resign``: the old fingerprint line with new dates, signed by the master key
+    (without an old whitelist: one for the current certificate)."""
+    master = pub.keys.require_master(pub.config.keys_dir, pub.fqrn)
+    with pub.lock():
+        data = resign_whitelist(read_whitelist(pub.store), pub.keys.certificate, master,
+                                days=days, fqrn=pub.fqrn, algorithm=pub.settings.hash_algorithm,
+                                what=pub.store.describe(WHITELIST))
+        pub.store.put_bytes(WHITELIST, data)
+        return data
+
+
+def current_manifest(pub: Publisher) -> Manifest:
+    """The head manifest, also when it is signed by a key that is not the repository's (the
+    state ``resign -p`` and a certificate rotation mend). Its name must be this repository's
+    and its root catalog must be stored and intact."""
+    try:
+        return pub.head()
+    except IntegrityError:
+        pass  # signed by another key: read it as it is, below
+    what = pub.store.describe(MANIFEST)
+    data = fetch_bytes(pub.store, MANIFEST, what=what, limit=1 << 20, fresh=True)
+    head = parse_signed_manifest(data, what=what).manifest
+    if head.fqrn != pub.fqrn:
+        raise ConfigError(f"{what}: manifest is for {head.fqrn!r}, not {pub.fqrn!r}")
+    try:
+        pub._catalog_info(head.root_catalog)
+    except CvmfsError as e:
+        raise PublishError(f"{what}: its root catalog cannot be used ({e}); not re-signing "
+                           "it") from None
+    return head
+
+
+def resign_published(pub: Publisher) -> Manifest:
+    """Stock ``resign -p``: sign the current manifest again with the repository key (same
+    revision and catalogs; new timestamp, certificate object and reflog). Refused, before
+    anything is written, unless the key pair, certificate and whitelist are in order."""
+    pub.check_signing()
+    with pub.lock():
+        pub.check_signing()
+        head = pub._begin_change(current_manifest(pub))
+        return switch_manifest(pub.store, pub.config, pub.keys, head, previous=head)
+
+
+def _endorsed_line(old: bytes | None, pub: Publisher) -> list[bytes]:
+    """The old whitelist's fingerprint line, when the master key really signed it."""
+    if old is None:
+        return []
+    what = pub.store.describe(WHITELIST)
+    try:
+        letter = split_letter(old, what=what)
+        check_letter_hash(letter, what=what)
+        pubs = load_public_keys(pub.config.key_path("pub"))
+        verify_raw_pkcs1(pubs, letter.hash_bytes, letter.signature, what=what)
+        return [first_fingerprint_line(letter.body, what=what)]
+    except CvmfsError:
+        return []
+
+
+def rotate_certificate(pub: Publisher, *, whitelist_days: int = 30,
+                       certificate_days: int = 365) -> Manifest:
+    """A new repository key and certificate (as ``mkfs`` makes them), then, in this order:
+    a whitelist naming the new certificate first and the one the old whitelist named second
+    (clients holding the old manifest still accept it), the key files replaced, and the
+    manifest re-signed with the new key (same revision). Needs the master key."""
+    master = pub.keys.require_master(pub.config.keys_dir, pub.fqrn)
+    with pub.lock():
+        head = pub._begin_change(current_manifest(pub))
+        new_keys = pub.keys.with_new_certificate(pub.fqrn, days=certificate_days)
+        also = _endorsed_line(read_whitelist(pub.store), pub)
+        pub.store.put_bytes(WHITELIST, create_whitelist(
+            pub.fqrn, new_keys.certificate, master, algorithm=pub.settings.hash_algorithm,
+            days=whitelist_days, also=also))
+        new_keys.replace_repository_key(pub.config.keys_dir, pub.fqrn)
+        pub.keys = new_keys
+        return switch_manifest(pub.store, pub.config, new_keys, head, previous=head)
