@@ -229,6 +229,8 @@ def test_doctor(pycvmfs, golden_server, golden_keys, http_server, tmp_path):
     client = _client_config(tmp_path / "cvmfs", {
         GOLDEN: f"{golden_server.url}/@fqrn@",
         "soon.example.org": f"{served.url}/@fqrn@"}, keys)
+    probed = pycvmfs("probe", GOLDEN, "--config-dir", client, "--json").json()
+    assert probed == [{"url": f"{golden_server.url}/{GOLDEN}", "ok": True, "reason": None}]
     checks = pycvmfs("doctor", "--config-dir", client, "--json").json()
     by_name = {c["name"]: c for c in checks}
     assert by_name["fuse device"]["status"] in ("ok", "fail")
@@ -246,6 +248,8 @@ def test_doctor(pycvmfs, golden_server, golden_keys, http_server, tmp_path):
     missing = tmp_path / "missing.pub"
     with open(dead / "config.d" / "nokey.example.org.conf", "a") as f:
         f.write(f"CVMFS_PUBLIC_KEY={missing}\n")
+    [probed] = pycvmfs("probe", GOLDEN, "--config-dir", dead, "--json", expect=1).json()
+    assert probed["ok"] is False and "127.0.0.1" in probed["reason"]
     res = pycvmfs("chksetup", "--config-dir", dead, "--timeout", "2", expect=1)
     assert all(line.split()[0] in ("OK", "WARN", "FAIL") for line in res.lines)
     assert any(x.startswith("FAIL") and f"{GOLDEN}: server http://127.0.0.1" in x

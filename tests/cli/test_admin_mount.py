@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -113,3 +114,21 @@ def test_umount_refuses_what_pycvmfs_did_not_mount(tmp_path, unmount_all):
         assert res.stderr == (f"pycvmfs: error: {mp}: not a pycvmfs mount (tmpfs is mounted "
                               "there); nothing unmounted\n")
         assert os.path.ismount(mp) and (mp / "inside").read_text() == "x"
+
+
+def test_mount_and_status_json_have_typed_values(golden_http, golden_keys, tmp_path,
+                                                 unmount_all):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    unmount_all.append(mp)
+    res = _run(*_mount_args(mp, golden_http, golden_keys, tmp_path / "c"), "--json")
+    assert res.returncode == 0, res.stderr
+    shown = json.loads(res.stdout)
+    assert shown == {"fqrn": GOLDEN, "mountpoint": str(mp), "pid": shown["pid"]}
+    assert isinstance(shown["pid"], int) and pid_alive(shown["pid"])
+    status = json.loads(_run("status", mp, "--json").stdout)
+    assert status["pid"] == shown["pid"] and status["revision"] == 3
+    assert all(isinstance(status[k], int) for k in ("timestamp", "expires", "nclg", "nioerr",
+                                                    "uptime"))
+    assert isinstance(status["root_hash"], str) and status["fqrn"] == GOLDEN
+    assert _run("umount", mp).returncode == 0

@@ -99,7 +99,7 @@ def test_random_access_reads_and_status(mounter, golden_http, golden_keys):
             f.seek(off)
             assert f.read(70_000) == data[off:off + 70_000]
     res = _run("status", str(mp), "--json")
-    assert '"revision": "3"' in res.stdout and '"nioerr": "0"' in res.stdout
+    assert '"revision": 3,' in res.stdout and '"nioerr": 0,' in res.stdout
 
 
 def test_new_revision_after_the_ttl_while_open_files_keep_theirs(mounter, tmp_path):

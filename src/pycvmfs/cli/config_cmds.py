@@ -7,8 +7,7 @@ import sys
 import click
 
 from pycvmfs.cli.common import emit_json
-from pycvmfs.client.config import DIRECT, ClientConfig, load_client_config
-from pycvmfs.errors import CvmfsError, FetchError
+from pycvmfs.client.config import DIRECT, load_client_config
 
 __all__ = ["register"]
 
@@ -39,42 +38,26 @@ def showconfig(fqrn: str, config_dir: str | None, as_json: bool) -> None:
     click.echo(cfg.showconfig(), nl=False)
 
 
-def _probe_one(cfg: ClientConfig, url: str, proxies: list[str], timeout: int) -> str | None:
-    """Fetch and parse ``<url>/.cvmfspublished``; None if it worked, else the reason."""
-    from pycvmfs.format.manifest import parse_signed_manifest
-    from pycvmfs.storage.base import fetch_bytes
-    from pycvmfs.storage.http import HttpSource
-
-    try:
-        with HttpSource([url], proxies=proxies, timeout=timeout, retries=0) as source:
-            data = fetch_bytes(source, ".cvmfspublished", what=f"{url}/.cvmfspublished",
-                               limit=1 << 20)
-        manifest = parse_signed_manifest(data).manifest
-    except FetchError as e:
-        return "; ".join(e.attempts) or str(e)
-    except CvmfsError as e:
-        return str(e)
-    if manifest.fqrn and manifest.fqrn != cfg.fqrn:
-        return f"manifest is for {manifest.fqrn}, not {cfg.fqrn}"
-    return None
-
-
 @click.command()
 @click.argument("fqrn")
 @_config_dir_option
-def probe(fqrn: str, config_dir: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: a list of {url, ok, reason}.")
+def probe(fqrn: str, config_dir: str | None, as_json: bool) -> None:
     """Fetch .cvmfspublished from every configured server through the configured proxies."""
+    from pycvmfs.client.doctor import probe_server
+
     cfg = load_client_config(fqrn, config_dir=config_dir)
     urls, proxies = cfg.server_urls, cfg.proxies
     timeout = cfg.timeout_direct if all(p == DIRECT for p in proxies) else cfg.timeout
-    worked = 0
-    for url in urls:
-        reason = _probe_one(cfg, url, proxies, timeout)
-        if reason is None:
-            worked += 1
-            click.echo(f"Probing {url}... OK")
-        else:
-            click.echo(f"Probing {url}... Failed ({reason})")
+    results = [(url, probe_server(fqrn, url, proxies, timeout)) for url in urls]
+    if as_json:
+        emit_json([{"url": url, "ok": reason is None, "reason": reason}
+                   for url, reason in results])
+    else:
+        for url, reason in results:
+            click.echo(f"Probing {url}... " + ("OK" if reason is None else f"Failed ({reason})"))
+    worked = sum(reason is None for _url, reason in results)
     if not worked:
         click.echo(f"pycvmfs: error: {fqrn}: no server answered", err=True)
         sys.exit(1)

@@ -154,13 +154,15 @@ def _raise_open_files_limit(nfiles: int) -> None:
                    "for the rest (CVMFS_UID_MAP).")
 @click.option("--gid-map", type=click.Path(dir_okay=False),
               help="The same for group ids (CVMFS_GID_MAP).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON once mounted in the background: fqrn, mountpoint, pid.")
 @revision_options
 def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, config_dir,
           foreground: bool, allow_other: bool, ttl: int | None, log_file: str | None,
           debug: bool, readahead_threads: int, readahead_process: bool,
           kcache_timeout: float | None, fuse_threads: int | None, catalog_idle: float,
           magic_xattrs: str | None, hide_magic_xattrs: bool, claim_ownership: bool | None,
-          uid_map: str | None, gid_map: str | None, **kw) -> None:
+          uid_map: str | None, gid_map: str | None, as_json: bool, **kw) -> None:
     """Mount repository FQRN read-only at MOUNTPOINT (FUSE)."""
     from pycvmfs.client.config import load_client_config
     from pycvmfs.client.fuse import MountOptions, run_mount
@@ -235,6 +237,11 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
             os.waitpid(pid, os.WNOHANG)
         raise ConfigError(f"mount of {fqrn} at {mountpoint} failed: {why}"
                           + (f" (see {log_file})" if log_file else ""))
+    if as_json:
+        from pycvmfs.cli.common import emit_json
+
+        emit_json({"fqrn": fqrn, "mountpoint": os.path.abspath(mountpoint), "pid": pid})
+        return
     click.echo(f"mounted {fqrn} at {mountpoint} (pid {pid})")
 
 
@@ -270,9 +277,17 @@ def umount(mountpoint: str, lazy: bool) -> None:
                                             if lazy else ""))
 
 
+#: status fields that are numbers (the JSON has them as ints; timestamp: epoch seconds;
+#: expires and uptime: minutes, as the stock client's attributes)
+_STATUS_INTS = frozenset({"revision", "timestamp", "expires", "nclg", "nioerr", "uptime",
+                          "pid"})
+
+
 @click.command()
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON; revision, timestamp, expires, nclg, nioerr, uptime and pid as "
+                   "integers.")
 def status(mountpoint: str, as_json: bool) -> None:
     """Show a mount's state from its magic extended attributes (revision, host, proxy...)."""
     from pycvmfs.cli.common import emit_json
@@ -286,7 +301,8 @@ def status(mountpoint: str, as_json: bool) -> None:
         except OSError as e:
             raise ConfigError(f"{mountpoint}: not a pycvmfs mount ({e.strerror})") from None
     if as_json:
-        emit_json(out)
+        emit_json({n: int(v) if n in _STATUS_INTS and v.isdigit() else v
+                   for n, v in out.items()})
         return
     width = max(len(n) for n in names)
     for n, v in out.items():
