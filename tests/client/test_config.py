@@ -14,6 +14,8 @@ from pycvmfs.client.config import (
     load_client_config,
     shell_quote,
 )
+from pycvmfs.client.settings import Review, markdown_table, review_settings
+from pycvmfs.client.stat import read_id_map
 from pycvmfs.errors import ConfigError
 
 FQRN = "atlas.cern.ch"
@@ -232,7 +234,7 @@ def test_default_keys_are_the_pub_files_directly_in_config_keys(tmp_path: Path) 
     ("CVMFS_A=x; CVMFS_B=y", "unsupported shell syntax"),
     ("CVMFS_A=${B/x/y}", "unsupported substitution"),
     ("CVMFS_A=trailing\\", "line continuation"),
-    ("if [ -f /x ]; then", "not a NAME=VALUE assignment"),
+    ("if [ -f /x ]; then", "unsupported test"),  # (if [ A = B ]; then ... fi blocks are read)
     ("1CVMFS=x", "not a NAME=VALUE assignment"),
 ])
 def test_malformed_lines_name_file_and_line(tmp_path: Path, line: str, why: str) -> None:
@@ -277,3 +279,162 @@ def test_an_unknown_magic_xattr_visibility_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "default.local", "CVMFS_MAGIC_XATTRS_VISIBILITY=sometimes\n")
     with pytest.raises(ConfigError, match="CVMFS_MAGIC_XATTRS_VISIBILITY"):
         _ = load(tmp_path).magic_xattrs_visibility
+
+
+# -- guarded blocks, as in the stock default.conf -----------------------------------------------
+
+def test_if_blocks_guard_assignments_as_sh_would(tmp_path: Path) -> None:
+    write(tmp_path, "default.conf", "\n".join([
+        'if [ "x$CVMFS_GUARD" = "x" ]; then',
+        "  readonly CVMFS_USER=cvmfs",
+        "  CVMFS_GUARD=1",
+        "fi",
+        'if [ "$CVMFS_GUARD" != 1 ]; then',
+        "  CVMFS_A=not-taken",
+        "else",
+        '  if [ -z "$UNSET_NAME" ]; then',
+        "    CVMFS_A=nested",
+        "  fi",
+        "fi",
+        "if [ -n '' ] ; then",
+        "CVMFS_B=not-taken",
+        "fi",
+    ]) + "\n")
+    cfg = load(tmp_path)
+    assert (cfg.get("CVMFS_USER"), cfg.get("CVMFS_A"), cfg.get("CVMFS_B")) == ("cvmfs", "nested",
+                                                                              None)
+    assert load(tmp_path, CVMFS_GUARD="set").get("CVMFS_USER") is None  # the guard holds
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("if [ a = b ]; then\nCVMFS_A=1\n", "'if' without 'fi'"),
+    ("fi\n", "'fi' without 'if'"),
+    ("if [ a -lt b ]; then\nfi\n", "unsupported test"),
+    ("if true; then\nfi\n", "unsupported shell syntax"),
+    ("case $x in\n", "unsupported shell syntax"),
+])
+def test_unsupported_or_unbalanced_blocks_name_the_file(tmp_path: Path, text: str,
+                                                         why: str) -> None:
+    path = write(tmp_path, "default.local", text)
+    with pytest.raises(ConfigError, match=re.escape(why)) as e:
+        load(tmp_path)
+    assert str(path) in str(e.value)
+
+
+# -- every stock setting honoured, ignored with a warning, or refused ----------------------------
+
+def review(config_dir: Path, text: str):
+    write(config_dir, "default.local", text)
+    return review_settings(load(config_dir))
+
+
+def test_stock_defaults_raise_no_warning_but_the_user_they_switch_to(tmp_path: Path) -> None:
+    """The values of the stock default.conf ask for what pycvmfs does (or, like
+    CVMFS_MOUNT_DIR, are fixed there and change nothing for pycvmfs), except CVMFS_USER."""
+    stock = {"CVMFS_CLIENT_PROFILE": "", "CVMFS_CACHE_BASE": "/var/lib/cvmfs",
+             "CVMFS_QUOTA_LIMIT": "4000", "CVMFS_TIMEOUT": "5", "CVMFS_TIMEOUT_DIRECT": "10",
+             "CVMFS_STRICT_MOUNT": "no", "CVMFS_NFILES": "131072", "CVMFS_SHARED_CACHE": "yes",
+             "CVMFS_CHECK_PERMISSIONS": "yes", "CVMFS_CLAIM_OWNERSHIP": "yes",
+             "CVMFS_KEYS_DIR": "/etc/cvmfs/keys", "CVMFS_PROXY_RESET_AFTER": "300",
+             "CVMFS_HOST_RESET_AFTER": "1800", "CVMFS_MAX_RETRIES": "1",
+             "CVMFS_BACKOFF_INIT": "2", "CVMFS_BACKOFF_MAX": "10",
+             "CVMFS_SEND_INFO_HEADER": "no", "CVMFS_USE_GEOAPI": "no",
+             "CVMFS_LOW_SPEED_LIMIT": "1024", "CVMFS_BASE_ENV": "1",
+             "CVMFS_MOUNT_DIR": "/cvmfs", "CVMFS_RELOAD_SOCKETS": "/var/run/cvmfs",
+             "CVMFS_USER": "cvmfs"}
+    result = review(tmp_path, "".join(f"{k}={v}\n" for k, v in stock.items()))
+    assert result.refusals == []
+    assert [w.split(" ", 1)[0] for w in result.warnings] == ["CVMFS_USER"]
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("CVMFS_USE_GEOAPI=yes", "CVMFS_USE_GEOAPI ({f}:1): 'yes' is not honoured: servers are not "
+                             "ordered by the Geo API"),
+    ("CVMFS_FOLLOW_REDIRECTS=on", "CVMFS_FOLLOW_REDIRECTS ({f}:1): 'on' is not honoured: HTTP "
+                                  "redirects are never followed"),
+    ("CVMFS_DNS_SERVER=10.0.0.1", "CVMFS_DNS_SERVER ({f}:1): '10.0.0.1' is not honoured"),
+    ("CVMFS_AUTO_UPDATE=no", "CVMFS_AUTO_UPDATE ({f}:1): 'no' is not honoured"),
+    ("CVMFS_CACHE_tiered_TYPE=tiered", "CVMFS_CACHE_tiered_TYPE ({f}:1): 'tiered' is not "
+                                       "honoured: no cache manager instances"),
+    ("CVMFS_TIMOUT=3", "unknown setting CVMFS_TIMOUT ({f}:1); did you mean CVMFS_TIMEOUT?"),
+    ("CVMFS_WHATEVER_ELSE=3", "unknown setting CVMFS_WHATEVER_ELSE ({f}:1) (ignored)"),
+])
+def test_set_but_unhonoured_settings_warn_naming_them(tmp_path: Path, line: str,
+                                                      expected: str) -> None:
+    result = review(tmp_path, line + "\n")
+    assert result.refusals == []
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith(expected.format(f=tmp_path / "default.local"))
+
+
+@pytest.mark.parametrize("line", ["CVMFS_USE_GEOAPI=no", "CVMFS_FOLLOW_REDIRECTS=", "MY_OWN=1",
+                                  "CVMFS_AUTO_UPDATE=yes", "CVMFS_ENFORCE_ACLS=off",
+                                  "CVMFS_TIMEOUT=3", "CVMFS_UID_MAP=/x", "CVMFS_NFS_SOURCE=no",
+                                  "CVMFS_BLACKLIST=/nonexistent"])
+def test_honoured_settings_and_values_that_change_nothing_are_quiet(tmp_path: Path,
+                                                                    line: str) -> None:
+    assert review(tmp_path, line + "\n") == Review([], [])
+
+
+@pytest.mark.parametrize("line", ["CVMFS_ENFORCE_ACLS=yes", "CVMFS_AUTHZ_HELPER=/usr/bin/h",
+                                  "CVMFS_XATTR_PROTECTED_XATTRS=user.proxy",
+                                  "CVMFS_XATTR_PRIVILEGED_GIDS=0", "CVMFS_NFS_SOURCE=yes",
+                                  "CVMFS_BLACKLIST={blacklist}"])
+def test_settings_that_would_weaken_security_or_correctness_are_refused(tmp_path: Path,
+                                                                        line: str) -> None:
+    blacklist = write(tmp_path, "blacklist", "AB:CD:EF\n")
+    result = review(tmp_path, line.format(blacklist=blacklist) + "\n")
+    name = line.split("=")[0]
+    assert result.warnings == [] and len(result.refusals) == 1
+    assert result.refusals[0].startswith(f"{name} ({tmp_path / 'default.local'}:1)")
+    assert " is refused: " in result.refusals[0]
+
+
+def test_every_setting_is_in_the_documentation_table() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "mount.md").read_text()
+    assert markdown_table() in docs
+
+
+# -- owners ---------------------------------------------------------------------------------------
+
+def test_claim_ownership_defaults_to_yes_as_the_stock_default_conf(tmp_path: Path) -> None:
+    write(tmp_path, "default.local", "CVMFS_OTHER=1\n")
+    assert load(tmp_path).claim_ownership is True
+    write(tmp_path, "default.local", "CVMFS_CLAIM_OWNERSHIP=no\n")
+    assert load(tmp_path).claim_ownership is False
+    write(tmp_path, "default.local", "CVMFS_CHECK_PERMISSIONS=off\nCVMFS_WORLD_READABLE=yes\n")
+    cfg = load(tmp_path)
+    assert (cfg.check_permissions, cfg.world_readable) == (False, True)
+
+
+def test_id_maps_read_as_the_stock_client(tmp_path: Path) -> None:
+    uid_map = write(tmp_path, "uid.map", "# comment\n\n 137  1000\n138 1000\n101 5\n5 101\n"
+                                         "* 0\n")
+    write(tmp_path, "default.local", f"CVMFS_UID_MAP={uid_map}\n")
+    m = load(tmp_path).uid_map
+    assert m is not None
+    assert [m.map(n) for n in (137, 138, 101, 5, 4242)] == [1000, 1000, 5, 101, 0]
+    assert load(tmp_path).gid_map is None
+    assert read_id_map(write(tmp_path, "keep.map", "7 8\n")).map(9) == 9  # no '*': unchanged
+
+
+@pytest.mark.parametrize("text", ["1000\n", "1 2 3\n", "alice 1000\n", "1000 -1\n", "* x\n",
+                                  "1 99999999999\n"])
+def test_a_bad_id_map_names_the_variable_file_and_line(tmp_path: Path, text: str) -> None:
+    gid_map = write(tmp_path, "gid.map", "# ok\n1 2\n" + text)
+    write(tmp_path, "default.local", f"CVMFS_GID_MAP={gid_map}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{gid_map}:3")) as e:
+        _ = load(tmp_path).gid_map
+    assert "CVMFS_GID_MAP" in str(e.value)
+    write(tmp_path, "default.local", f"CVMFS_GID_MAP={tmp_path / 'missing.map'}\n")
+    with pytest.raises(ConfigError, match=re.escape(str(tmp_path / "missing.map"))):
+        _ = load(tmp_path).gid_map
+
+
+def test_strict_mount_allows_only_the_listed_repositories(tmp_path: Path) -> None:
+    write(tmp_path, "default.local", "CVMFS_STRICT_MOUNT=yes\nCVMFS_REPOSITORIES=cms.cern.ch\n")
+    with pytest.raises(ConfigError, match=f"{FQRN}: not in CVMFS_REPOSITORIES"):
+        load(tmp_path).check_strict_mount()
+    write(tmp_path, "default.local",
+          f"CVMFS_STRICT_MOUNT=yes\nCVMFS_REPOSITORIES=cms.cern.ch,{FQRN}\n")
+    load(tmp_path).check_strict_mount()

@@ -28,6 +28,7 @@ _ASSIGNMENT = re.compile(rf"(?:(?:export|readonly)\s+)?({_NAME})=")
 _EXPORT_ONLY = re.compile(rf"(?:export|readonly)(?:\s+{_NAME})+")
 _NAME_AT = re.compile(_NAME)
 _SAFE_VALUE = re.compile(r"[0-9A-Za-z/:._,-]*")
+_IF_TEST = re.compile(r"if\s+\[\s(.*)\s\]\s*;\s*then")
 
 
 def default_client_config_dir() -> Path:
@@ -75,6 +76,24 @@ class _LineParser:
         return ConfigError(f"{self.where}: {why}: {self.s.strip()!r}")
 
     def value(self) -> str:
+        word = self.word()
+        rest = self.s[self.i:].strip()
+        if rest and not rest.startswith("#"):
+            raise self.fail("unexpected text after the value (one assignment per line)")
+        return word
+
+    def words(self) -> list[str]:
+        """Every word up to the end of the text (a ``[ ... ]`` test's operands)."""
+        found = []
+        while True:
+            while self.i < len(self.s) and self.s[self.i] in " \t":
+                self.i += 1
+            if self.i >= len(self.s):
+                return found
+            found.append(self.word())
+
+    def word(self) -> str:
+        """One shell word from the current position, up to a blank."""
         s, out = self.s, []
         while self.i < len(s):
             c = s[self.i]
@@ -100,9 +119,6 @@ class _LineParser:
             else:
                 out.append(c)
                 self.i += 1
-        rest = s[self.i:].strip()
-        if rest and not rest.startswith("#"):
-            raise self.fail("unexpected text after the value (one assignment per line)")
         return "".join(out)
 
     def _double_quoted(self) -> str:
@@ -155,6 +171,49 @@ class _LineParser:
         return self.lookup(m.group()) or ""
 
 
+class _Branches:
+    """``if [ A = B ]; then`` / ``else`` / ``fi`` blocks (as the stock ``default.conf`` guards
+    its read-only settings): ``=``, ``==``, ``!=``, ``-z`` and ``-n`` tests, nested."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stack: list[tuple[bool, bool]] = []  # (this branch taken, enclosing one active)
+
+    @property
+    def active(self) -> bool:
+        return all(taken for taken, _outer in self.stack)
+
+    def control(self, line: str, where: str, lookup: Callable[[str], str | None]) -> bool:
+        """Whether ``line`` was an ``if``/``else``/``fi`` line (and apply it)."""
+        if line in ("fi", "else"):
+            if not self.stack:
+                raise ConfigError(f"{where}: {line!r} without 'if'")
+            taken, outer = self.stack.pop()
+            if line == "else":
+                self.stack.append((outer and not taken, outer))
+            return True
+        m = _IF_TEST.fullmatch(line)
+        if m is None:
+            if line.split(None, 1)[0] in ("if", "then", "elif", "case", "for", "while"):
+                raise ConfigError(f"{where}: unsupported shell syntax (only 'if [ A = B ]; "
+                                  f"then' ... 'else' ... 'fi'): {line!r}")
+            return False
+        test = _LineParser(m.group(1), 0, lookup, where).words()
+        if len(test) == 3 and test[1] in ("=", "==", "!="):
+            taken = (test[0] == test[2]) != (test[1] == "!=")
+        elif len(test) == 2 and test[0] in ("-z", "-n"):
+            taken = (test[1] == "") == (test[0] == "-z")
+        else:
+            raise ConfigError(f"{where}: unsupported test (A = B, A != B, -z A, -n A): {line!r}")
+        outer = self.active
+        self.stack.append((outer and taken, outer))
+        return True
+
+    def end(self) -> None:
+        if self.stack:
+            raise ConfigError(f"{self.path}: 'if' without 'fi'")
+
+
 def _parse_file(path: Path, values: dict[str, ConfigValue],
                 environ: Mapping[str, str]) -> None:
     """Apply the assignments of one file to ``values`` (earlier values visible to ``$VAR``)."""
@@ -170,16 +229,20 @@ def _parse_file(path: Path, values: dict[str, ConfigValue],
             return values[name].value
         return environ.get(name)
 
+    branches = _Branches(str(path))
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#") or _EXPORT_ONLY.fullmatch(line):
             continue
         where = f"{path}:{lineno}"
+        if branches.control(line, where, lookup) or not branches.active:
+            continue
         m = _ASSIGNMENT.match(line)
         if not m:
             raise ConfigError(f"{where}: not a NAME=VALUE assignment: {line!r}")
         value = _LineParser(line, m.end(), lookup, where).value()
         values[m.group(1)] = ConfigValue(value, str(path), lineno)
+    branches.end()
 
 
 def load_client_config(fqrn: str, *, config_dir: str | os.PathLike | None = None,
@@ -336,6 +399,12 @@ class ClientConfig:
     def timeout_direct(self) -> int:
         """Seconds for direct connections (``CVMFS_TIMEOUT_DIRECT``, default 10)."""
         return self._uint("CVMFS_TIMEOUT_DIRECT", 10)
+
+    @property
+    def low_speed_limit(self) -> int:
+        """Bytes/s under which a transfer fails after ``CVMFS_TIMEOUT``/``_DIRECT`` seconds
+        (``CVMFS_LOW_SPEED_LIMIT``, default 1024)."""
+        return self._uint("CVMFS_LOW_SPEED_LIMIT", 1024)
 
     @property
     def max_retries(self) -> int:

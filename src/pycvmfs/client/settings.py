@@ -35,8 +35,8 @@ def _on(value: str) -> bool:
     return _empty(value) or value.strip().upper() in ON_VALUES
 
 
-def _never(_value: str) -> bool:
-    return False
+def _zero(value: str) -> bool:
+    return value.strip() in ("", "0")
 
 
 def _always(_value: str) -> bool:
@@ -104,7 +104,7 @@ SETTINGS: dict[str, Setting] = {
     "CVMFS_SEND_INFO_HEADER": _i("no X-CVMFS2 path header is sent", _off),
     "CVMFS_USE_GEOAPI": _i("servers are not ordered by the Geo API; they are tried in the "
                            "configured order", _off),
-    "CVMFS_MAX_SERVERS": _i("every configured server is used", lambda v: v.strip() in ("", "0")),
+    "CVMFS_MAX_SERVERS": _i("every configured server is used", _zero),
     "CVMFS_FAILOVER_INDEFINITELY": _i("a request gives up after every server failed", _off),
     "CVMFS_IPFAMILY_PREFER": _i(f"no IPv4/IPv6 preference; {_RESOLVER}"),
     "CVMFS_IPV4_ONLY": _i(f"no IPv4-only mode; {_RESOLVER}", _off),
@@ -190,7 +190,8 @@ SETTINGS: dict[str, Setting] = {
     "CVMFS_NFS_INTERLEAVED_INODES": _i("no NFS export mode"),
     "CVMFS_MOUNT_RW": _i("the mount is always read-only", _off),
     "CVMFS_SUID": _i("set-uid bits and device files follow the FUSE mount defaults", _off),
-    "CVMFS_MOUNT_DIR": _i("the mount point comes from the command line"),
+    "CVMFS_MOUNT_DIR": _i("the mount point comes from the command line (a fixed stock "
+                          "default.conf value: no warning)", _always),
     "CVMFS_USER": _i("the mount runs as the user who starts it (no privilege drop)"),
     "CVMFS_CWD_CACHE": _i("no working-directory cache across remounts", _off),
     "CVMFS_STATFS_CACHE_TIMEOUT": _i("statfs is answered from the loaded catalogs"),
@@ -201,7 +202,8 @@ SETTINGS: dict[str, Setting] = {
     "CVMFS_SYSTEMD_NOKILL": _i("no systemd kill-mode marking", _off),
     "CVMFS_ARCH": _i("no architecture-specific library path"),
     "CVMFS_LIBRARY_PATH": _i("no stock client library is loaded"),
-    "CVMFS_RELOAD_SOCKETS": _i("no reload sockets (a remount is a new mount)"),
+    "CVMFS_RELOAD_SOCKETS": _i("no reload sockets, a remount is a new mount (a fixed stock "
+                               "default.conf value: no warning)", _always),
     "CVMFS_TALK_SOCKET": _i(_NO_TALK),
     "CVMFS_TALK_OWNER": _i(_NO_TALK),
     "CVMFS_NOTIFICATION_SERVER": _i("no notification server: the manifest is re-checked every "
@@ -285,13 +287,21 @@ def review_settings(cfg: ClientConfig) -> Review:
     return Review(warnings, refusals)
 
 
+_INERT_WORDS = {_off: "off", _on: "on", _zero: "0", _no_blacklist: "the file lists nothing"}
+
+
 def markdown_table() -> str:
     """The table of docs/mount.md: every setting, what pycvmfs does."""
     rows = ["| variable | pycvmfs |", "| --- | --- |"]
     for name, s in SETTINGS.items():
-        label = {HONOURED: "honoured", IGNORED: "ignored (warns)",
-                 REFUSED: "**refused** (error)"}[s.status]
-        rows.append(f"| `{name}` | {label}: {s.what} |")
+        label = {HONOURED: "honoured", IGNORED: "ignored, warns",
+                 REFUSED: "**refused**"}[s.status]
+        if s.status == IGNORED and s.inert is _always:
+            label = "ignored (no warning)"
+        elif s.status != HONOURED and s.inert is not _empty:
+            label += " unless " + _INERT_WORDS[s.inert]
+        what = s.what.replace("|", "\\|")  # (a '|' would end the table cell)
+        rows.append(f"| `{name}` | {label}: {what} |")
     return "\n".join(rows) + "\n"
 
 
