@@ -4,8 +4,10 @@ content compressed once."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -22,9 +24,19 @@ from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
 from pycvmfs.storage.local import LocalStorage
 
-__all__ = ["IngestError", "IngestStats", "Ingested", "Ingester"]
+__all__ = ["IngestError", "IngestStats", "Ingested", "Ingester", "Scanned", "scanned"]
 
 _READ_BLOCK = 1 << 20
+#: How an input file is opened: never through a symlink, never blocking (a FIFO put in its
+#: place must not hang the publish).
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: What must still hold for a file read after a scan: (st_dev, st_ino, st_size, st_mtime_ns).
+Scanned = tuple[int, int, int, int]
+
+
+def scanned(st: os.stat_result) -> Scanned:
+    """The identity of a regular file as a scan saw it (:meth:`Ingester.submit_path`)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +110,24 @@ class Ingester:
         compressed once more by a worker (at most ``after`` files)."""
         self._processes_after = after
 
-    def submit_path(self, path: str | os.PathLike, size: int | None = None) -> Future[Ingested]:
+    def submit_path(self, path: str | os.PathLike, size: int | None = None, *,
+                    seen: Scanned | None = None,
+                    follow_symlinks: bool = False) -> Future[Ingested]:
+        """Ingest the regular file at ``path``. It is opened without following a symlink there
+        (unless ``follow_symlinks``) and without blocking; it must be a regular file, and with
+        ``seen`` (:func:`scanned`) the very file a scan saw, unchanged: anything else fails
+        with :class:`IngestError` naming the path. Nothing else is ever opened."""
+        if seen is not None:
+            size = seen[2]
         if self._processes_after is not None and not self._procs:
             self._submitted += 1
             if self._submitted > self._processes_after:
                 self.start_processes()
         if self._procs:
-            return self._submit_proc(Path(path), size)
+            return self._submit_proc(Path(path), size, seen, follow_symlinks)
         self._slots.acquire()
-        fut = self._pool.submit(self._guard, self._ingest_path, Path(path), size)
+        fut = self._pool.submit(self._guard, self._ingest_path, Path(path), size, seen,
+                                follow_symlinks)
         return fut
 
     def submit_bytes(self, data: bytes) -> Future[Ingested]:
@@ -166,15 +187,16 @@ class Ingester:
         self._batch_bytes = [0] * n
         self._inflight = threading.BoundedSemaphore(4 * n)
 
-    def _submit_proc(self, path: Path, size: int | None) -> Future[Ingested]:
+    def _submit_proc(self, path: Path, size: int | None, seen: Scanned | None,
+                     follow_symlinks: bool) -> Future[Ingested]:
         if size is None:
             try:
-                size = os.stat(path).st_size
+                size = os.stat(path, follow_symlinks=follow_symlinks).st_size
             except OSError as e:
                 raise IngestError(f"{path}: cannot read ({e.strerror})") from None
         w = ((size * 2654435761) & 0xFFFFFFFF) % len(self._procs)
         fut: Future[Ingested] = Future()
-        self._batches[w].append((str(path), size, fut))
+        self._batches[w].append((str(path), size, fut, seen, follow_symlinks))
         self._batch_bytes[w] += size
         if len(self._batches[w]) >= 64 or self._batch_bytes[w] >= 16 << 20:
             self._flush(w)
@@ -187,7 +209,7 @@ class Ingester:
         self._batches[w] = []
         self._batch_bytes[w] = 0
         self._inflight.acquire()
-        bf = self._procs[w].submit(_proc_batch, [(p, n) for p, n, _ in items])
+        bf = self._procs[w].submit(_proc_batch, [(p, n, s, f) for p, n, _, s, f in items])
         bf.add_done_callback(lambda f, items=items: self._batch_done(f, items))
 
     def _batch_done(self, f: Future, items: list) -> None:
@@ -198,8 +220,8 @@ class Ingester:
                 self.journal.record_many(created)
         except BaseException as e:  # a worker died: every file of the batch fails
             err = IngestError(f"ingest worker failed ({e})")
-            for _p, _n, fut in items:
-                fut.set_exception(err)
+            for item in items:
+                item[2].set_exception(err)
             return
         with self._lock:
             for k, v in delta.items():
@@ -207,7 +229,7 @@ class Ingester:
             self._done_files += sum(1 for r in results if not isinstance(r, BaseException))
             self._done_bytes += sum(r.size for r in results if not isinstance(r, BaseException))
             files, size = self._done_files, self._done_bytes
-        for (_p, _n, fut), r in zip(items, results, strict=True):
+        for (_p, _n, fut, _s, _f), r in zip(items, results, strict=True):
             if isinstance(r, BaseException):
                 fut.set_exception(r)
             else:
@@ -252,19 +274,31 @@ class Ingester:
             raise IngestError(f"{what}: {size} bytes is over the file size limit of "
                               f"{self.max_file_size // (1 << 20)} MiB (CVMFS_FILE_MBYTE_LIMIT)")
 
-    def _ingest_path(self, path: Path, size: int | None) -> Ingested:
+    def _ingest_path(self, path: Path, size: int | None, seen: Scanned | None = None,
+                     follow_symlinks: bool = False) -> Ingested:
         what = str(path)
         try:
-            with open(path, "rb") as f:
-                real = os.fstat(f.fileno()).st_size
+            fd = os.open(path, _OPEN_FLAGS & ~os.O_NOFOLLOW if follow_symlinks else _OPEN_FLAGS)
+        except OSError as e:
+            if e.errno == errno.ELOOP and not follow_symlinks:
+                raise IngestError(f"{what}: is a symbolic link now (it was a regular file "
+                                  f"when scanned); not followed") from None
+            raise IngestError(f"{what}: cannot read ({e.strerror})") from None
+        try:
+            with open(fd, "rb", closefd=False) as f:
+                st = os.fstat(fd)
+                _check_opened(what, st, seen)
+                real = st.st_size
                 if size is not None and real != size:
                     raise IngestError(f"{what}: changed while publishing ({size} -> {real} bytes)")
                 result = self._from_reader(f.read, real, what=what)
-                if os.fstat(f.fileno()).st_size != real:
+                if os.fstat(fd).st_size != real:
                     raise IngestError(f"{what}: changed while publishing")
                 return result
         except OSError as e:
             raise IngestError(f"{what}: cannot read ({e.strerror})") from None
+        finally:
+            os.close(fd)
 
     def _ingest_bytes(self, data: bytes) -> Ingested:
         return self._from_reader(_BytesReader(data).read, len(data), what="<data>")
@@ -440,18 +474,33 @@ def _proc_ping() -> bool:
     return _WORKER is not None
 
 
-def _proc_batch(items: list[tuple[str, int]]) -> tuple[list, dict[str, int], list[str]]:
+def _proc_batch(items: list[tuple[str, int, Scanned | None, bool]],
+                ) -> tuple[list, dict[str, int], list[str]]:
     w = _WORKER
     before = w.stats.to_dict()
     out: list = []
-    for path, size in items:
+    for path, size, seen, follow_symlinks in items:
         try:
-            out.append(w._ingest_path(Path(path), size))
+            out.append(w._ingest_path(Path(path), size, seen, follow_symlinks))
         except IngestError as e:
             out.append(e)
     after = w.stats.to_dict()
     created, w._new_objects = w._new_objects, []
     return out, {k: after[k] - before[k] for k in after}, created
+
+
+def _check_opened(what: str, st: os.stat_result, seen: Scanned | None) -> None:
+    """Refuse an opened input that is not a regular file, or not the one a scan saw."""
+    if not stat.S_ISREG(st.st_mode):
+        raise IngestError(f"{what}: not a regular file (mode {stat.filemode(st.st_mode)}); "
+                          f"special files are never read")
+    if seen is None:
+        return
+    if (st.st_dev, st.st_ino) != seen[:2]:
+        raise IngestError(f"{what}: replaced by another file after it was scanned")
+    if (st.st_size, st.st_mtime_ns) != seen[2:]:
+        raise IngestError(f"{what}: changed after it was scanned ({seen[2]} -> {st.st_size} "
+                          f"bytes, mtime {seen[3]} -> {st.st_mtime_ns} ns)")
 
 
 class _BytesReader:

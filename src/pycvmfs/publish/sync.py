@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import Counter
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pycvmfs.format.dirent import Flags
 from pycvmfs.format.xattr import encode_xattrs
+from pycvmfs.publish.ingest import Scanned, scanned
 from pycvmfs.publish.rows import (
     Meta,
     PublishError,
@@ -73,8 +75,9 @@ class _Syncer:
         self.mtime_ns = s.mtime_ns
         self.ignore_special = s.ignore_special_files
         self.dirtab = txn.lookup(b"/.cvmfsdirtab") is not None
-        #: regular files to ingest once the scan is over: (path, size, repo path, meta, link)
-        self.files: list[tuple[str, int, bytes, Meta, tuple[bytes, int] | None]] = []
+        #: regular files to ingest once the scan is over: (path, identity as scanned, repo
+        #: path, meta, link)
+        self.files: list[tuple[str, Scanned, bytes, Meta, tuple[bytes, int] | None]] = []
 
     def _meta(self, path: str, st: os.stat_result) -> Meta:
         return meta_from_stat(st, xattrs=read_user_xattrs(path) if self.xattrs else None,
@@ -82,11 +85,11 @@ class _Syncer:
 
     def run(self, src: Path, dest: bytes, st: os.stat_result) -> None:
         self.txn._put_dir(dest, self._meta(str(src), st), size=st.st_size)
-        stack = [(str(src), dest, True)]
+        stack = [(str(src), dest, True, (st.st_dev, st.st_ino))]
         progress = self.txn.progress
         while stack:
-            local, repo, known = stack.pop()
-            stack.extend(reversed(self._sync_dir(local, repo, known)))
+            local, repo, known, seen = stack.pop()
+            stack.extend(reversed(self._sync_dir(local, repo, known, seen)))
             if progress is not None:
                 progress("scanning", len(self.files), None)
         if progress is not None:
@@ -96,17 +99,30 @@ class _Syncer:
     def _ingest(self) -> None:
         """Announce the bytes of every changed file, then hand them to the ingester."""
         txn = self.txn
-        txn.expect_bytes(sum(size for _path, size, _p, _meta, _link in self.files))
+        txn.expect_bytes(sum(seen[2] for _path, seen, _p, _meta, _link in self.files))
         files, self.files = self.files, []
-        for path, size, p, meta, hardlink in files:
-            txn.add_content(p, meta, txn.ingester.submit_path(path, size), hardlink=hardlink)
+        for path, seen, p, meta, hardlink in files:
+            txn.add_content(p, meta, txn.ingester.submit_path(path, seen=seen),
+                            hardlink=hardlink)
 
-    def _sync_dir(self, local: str, repo: bytes,
-                  known: bool) -> list[tuple[str, bytes, bool]]:
-        """Sync one directory; ``known``: it existed in the repository before this sync."""
+    def _sync_dir(self, local: str, repo: bytes, known: bool,
+                  seen: tuple[int, int]) -> list[tuple[str, bytes, bool, tuple[int, int]]]:
+        """Sync one directory, listed through a descriptor of the very directory the scan of
+        its parent saw (``seen``: device and inode), so a directory swapped for a symlink
+        afterwards is never followed."""
+        fd = _open_dir(local, seen)
+        try:
+            return self._sync_listed(fd, local, repo, known)
+        finally:
+            os.close(fd)
+
+    def _sync_listed(self, fd: int, local: str, repo: bytes,
+                     known: bool) -> list[tuple[str, bytes, bool, tuple[int, int]]]:
+        """Sync the directory open as ``fd``; ``known``: it existed in the repository before
+        this sync."""
         txn = self.txn
         try:
-            with os.scandir(local) as it:
+            with os.scandir(fd) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             raise PublishError(f"{local}: cannot list ({e.strerror})") from None
@@ -116,7 +132,7 @@ class _Syncer:
             try:
                 stats[e.name] = e.stat(follow_symlinks=False)
             except OSError as err:
-                raise PublishError(f"{e.path}: cannot read ({err.strerror})") from None
+                raise PublishError(f"{local}/{e.name}: cannot read ({err.strerror})") from None
         links = Counter((s.st_dev, s.st_ino) for s in stats.values()
                         if stat.S_ISREG(s.st_mode) and s.st_nlink > 1)
         subdirs = []
@@ -126,23 +142,23 @@ class _Syncer:
             if len(name) > 255 or (not repo and name == b".cvmfs"):
                 check_name(p)  # raises with the reason
             st = stats[e.name]
-            meta = self._meta(e.path, st)
+            path = f"{local}/{e.name}"
+            meta = self._meta(path, st)
             old = existing.get(name)
             if stat.S_ISDIR(st.st_mode):
                 was_dir = old is not None and old[0] & Flags.DIR
                 txn.dirs_given.add(p)
                 if not (was_dir and _same_dir(old, meta, st.st_size)):
                     txn._put_dir(p, meta, size=st.st_size)
-                subdirs.append((e.path, p, bool(was_dir)))
+                subdirs.append((path, p, bool(was_dir), (st.st_dev, st.st_ino)))
             elif stat.S_ISREG(st.st_mode):
                 n = links.get((st.st_dev, st.st_ino), 1)
                 if not self.checksum and old is not None and _unchanged(old, meta, st, n):
                     continue
                 key = f"{st.st_dev}:{st.st_ino}:".encode() + repo if n > 1 else b""
-                self.files.append((e.path, st.st_size, p, meta,
-                                   (key, n) if n > 1 else None))
+                self.files.append((path, scanned(st), p, meta, (key, n) if n > 1 else None))
             elif stat.S_ISLNK(st.st_mode):
-                target = os.fsencode(os.readlink(e.path))
+                target = os.fsencode(os.readlink(e.name, dir_fd=fd))
                 txn._put_row(p, symlink_row(p, meta, target))
             else:
                 if self.ignore_special:
@@ -158,6 +174,24 @@ class _Syncer:
                 if name not in present:
                     txn.remove(repo + b"/" + name)
         return subdirs
+
+
+def _open_dir(local: str, seen: tuple[int, int]) -> int:
+    """A descriptor of directory ``local``, refused unless it is still the directory scanned
+    (``seen``: device and inode) and not reached through a symlink in its place."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(local, flags)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PublishError(f"{local}: not a directory any more (replaced after it was "
+                               f"scanned); not followed") from None
+        raise PublishError(f"{local}: cannot list ({e.strerror})") from None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != seen:
+        os.close(fd)
+        raise PublishError(f"{local}: replaced by another directory after it was scanned")
+    return fd
 
 
 def _same_dir(old: tuple, meta: Meta, size: int) -> bool:

@@ -16,7 +16,7 @@ from pycvmfs.format.catalog import parent_path
 from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.dirent import Flags
 from pycvmfs.publish.catalog_tree import CatalogTree
-from pycvmfs.publish.ingest import Ingested, Ingester
+from pycvmfs.publish.ingest import Ingested, Ingester, scanned
 from pycvmfs.publish.rows import (
     Meta,
     check_name,
@@ -177,18 +177,22 @@ class Transaction:
                     None, xattrs if self.pub.settings.include_xattrs else None)
 
     def _ensure_parents(self, path: bytes, meta: Meta | None = None) -> None:
+        """Create the missing directories above ``path``, outermost first (a loop, not
+        recursion: trees thousands of levels deep)."""
+        missing = []
         parent = parent_path(path)
-        if parent == b"":
-            return
-        row = self.tree.lookup(parent)
-        if row is not None and row.flags & Flags.DIR:
-            return
-        if parent in self._pending or row is not None:
-            raise PublishError(f"{os.fsdecode(parent)}: exists and is not a directory")
-        self._ensure_parents(parent, meta)
-        self.tree.put(parent, dir_row(parent, meta or self._now_meta(0o755)))
-        self.summary.entries_added += 1
-        self._touched(parent)
+        while parent:
+            row = self.tree.lookup(parent)
+            if row is not None and row.flags & Flags.DIR:
+                break
+            if parent in self._pending or row is not None:
+                raise PublishError(f"{os.fsdecode(parent)}: exists and is not a directory")
+            missing.append(parent)
+            parent = parent_path(parent)
+        for parent in reversed(missing):
+            self.tree.put(parent, dir_row(parent, meta or self._now_meta(0o755)))
+            self.summary.entries_added += 1
+            self._touched(parent)
 
     def _touched(self, path: bytes) -> None:
         self._changed = True
@@ -274,7 +278,7 @@ class Transaction:
                         st.st_uid if uid is None else uid, st.st_gid if gid is None else gid,
                         None, xattrs if self.pub.settings.include_xattrs else None)
             self.expect_bytes(st.st_size)
-            fut = self.ingester.submit_path(source, st.st_size)
+            fut = self.ingester.submit_path(source, seen=scanned(st), follow_symlinks=True)
         self.add_content(p, meta, fut)
 
     def add_content(self, p: bytes, meta: Meta, content: Future[Ingested], *,
