@@ -123,6 +123,22 @@ def test_rmfs_keeps_data_with_p_and_refuses_what_it_cannot_delete_safely(site, p
     assert "does not delete objects in S3" in err and "rmfs -p" in err and conf.exists()
 
 
+def test_rmfs_of_a_replica(pycvmfs, cli_env, golden_repo, golden_keys, tmp_path):
+    env = _env(cli_env, tmp_path / "etc")
+    storage = tmp_path / "s1" / GOLDEN
+    pycvmfs("add-replica", GOLDEN, golden_repo, storage, "-k", golden_keys / f"{GOLDEN}.pub",
+            env=env)
+    pycvmfs("snapshot", GOLDEN, env=env)
+    refused = pycvmfs("alterfs", GOLDEN, "--ttl", "60", env=env, expect=1)
+    assert "is a stratum 1 here" in refused.stderr
+    report = pycvmfs("rmfs", "-f", GOLDEN, "--json", env=env).json()
+    assert report["type"] == "stratum1" and report["kept"] == []
+    assert not storage.exists() and (tmp_path / "s1").is_dir()
+    assert not (tmp_path / "etc" / "repositories.d" / GOLDEN).exists()
+    assert (golden_keys / f"{GOLDEN}.pub").is_file()  # the key it was given is not its own
+    assert (golden_repo / ".cvmfspublished").is_file()
+
+
 def test_alterfs_changes_server_conf_at_once(site, pycvmfs, cli_env, tmp_path):
     config, pub = site["config"], site["pub"]
     env = _env(cli_env, config)

@@ -124,11 +124,10 @@ class RemovalReport:
 
 @contextlib.contextmanager
 def _all_locks(repo_dir: Path, fqrn: str) -> Iterator[None]:
+    """Both locks (created if missing): no publish or snapshot can start meanwhile."""
     with contextlib.ExitStack() as stack:
         for name in LOCK_NAMES:
-            path = repo_dir / name
-            if path.exists():
-                stack.enter_context(publish_lock(path, what=f"repository {fqrn}"))
+            stack.enter_context(publish_lock(repo_dir / name, what=f"repository {fqrn}"))
         yield
 
 
@@ -186,7 +185,7 @@ def _remove_storage(storage: Path, config_dir: Path, report: RemovalReport) -> N
             report.kept.append(str(path))
             continue
         report.removed.append(str(path))
-    if not report.kept:
+    if not report.kept and not storage.is_symlink():
         storage.rmdir()
         report.removed.append(str(storage))
 
@@ -242,6 +241,10 @@ def alter_settings(fqrn: str, config_dir: str | os.PathLike | None = None, *,
     unknown = set(changes) - set(_ALTERABLE)
     if unknown:
         raise ConfigError(f"cannot alter {', '.join(sorted(unknown))}")
+    _repo_dir, conf = read_server_conf(fqrn, config_dir)
+    if conf.get("CVMFS_REPOSITORY_TYPE") == "stratum1":
+        raise ConfigError(f"{fqrn} is a stratum 1 here: alterfs changes the settings of a "
+                          "stratum 0 (a replica follows its source's)")
     pub = Publisher.open(fqrn, config_dir=config_dir)
     report = AlterReport(fqrn)
     try:
