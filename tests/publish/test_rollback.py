@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import zlib
 
@@ -9,8 +10,11 @@ import pytest
 
 from pycvmfs.errors import TagNotFoundError
 from pycvmfs.format.hashes import ObjectKind
+from pycvmfs.publish.check import check_repository
+from pycvmfs.publish.gc import collect_garbage
 
-from helpers.publishing import reader
+from helpers.publishing import describe_view, reader
+from helpers.signing import pycvmfs, repository_files
 
 
 def _catalog(pub, h, tmp_path, name):
@@ -68,3 +72,77 @@ def test_tag_changes_re_sign_without_a_new_revision(publisher):
     assert "named" not in {t.name for t in publisher.tags()}
     with pytest.raises(TagNotFoundError):
         publisher.tag("named", remove=True)
+
+
+def _three_releases(pub, tmp_path):
+    """v1, v2, v3 of a small tree (changed, added and removed files, a symlink)."""
+    trees = {}
+    for n, files in enumerate([{"a": b"1\n", "d/b": b"b1\n"},
+                               {"a": b"2\n", "d/c": b"c2\n", "big": bytes(300_000)},
+                               {"a": b"3\n", "d/c": b"c3\n"}], start=1):
+        with pub.transaction(tag=f"v{n}") as txn:
+            txn.add_tree(make_tree(tmp_path / f"src{n}", files), "/", delete=True)
+            txn.symlink("/latest", f"v{n}")
+        with reader(pub, tmp_path / f"c{n}") as r, r.open_revision() as view:
+            trees[f"v{n}"] = describe_view(view)
+    return trees
+
+
+def make_tree(root, files):
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+def _current_tree(pub, cache):
+    with reader(pub, cache) as r, r.open_revision() as view:
+        return describe_view(view)
+
+
+def test_rollback_plan_names_the_tags_to_delete_and_changes_nothing(publisher, tmp_path):
+    _three_releases(publisher, tmp_path)
+    before = repository_files(publisher)
+    plan = publisher.rollback_plan("v1")
+    assert plan.target.name == "v1" and plan.new_revision == plan.head_revision + 1
+    names = [t.name for t in plan.deleted_tags]
+    assert {"v2", "v3", "trunk-previous"} <= set(names) and "v1" not in names
+    assert "trunk" not in names and plan.undo_tag == f"pre-rollback-r{plan.head_revision}"
+    assert repository_files(publisher) == before
+    with pytest.raises(TagNotFoundError, match="'v9' not found"):
+        publisher.rollback_plan("v9")
+
+
+def test_a_rollback_is_undone_byte_for_byte_even_after_gc(make_publisher, tmp_path):
+    pub = make_publisher(garbage_collection=True)
+    trees = _three_releases(pub, tmp_path)
+    m = pub.rollback("v1")
+    assert _current_tree(pub, tmp_path / "r1") == trees["v1"]
+    undo = {t.name: t for t in pub.tags()}["pre-rollback-r4"]
+    assert undo.revision == m.revision - 1
+    # gc that keeps no previous revision still keeps the tagged rolled-over head
+    collect_garbage(pub, keep_revisions=0, keep_seconds=0)
+    pub.rollback("pre-rollback-r4")
+    assert _current_tree(pub, tmp_path / "r2") == trees["v3"]
+    assert pub.head().revision == m.revision + 1  # revisions never go back
+    assert not check_repository(pub).problems
+
+
+def test_rollback_cli_lists_the_tags_asks_and_refusing_changes_nothing(publisher, tmp_path):
+    trees = _three_releases(publisher, tmp_path)
+    cfg = ("--config-dir", publisher.config.config_dir)
+    before = repository_files(publisher)
+    r = pycvmfs("rollback", publisher.fqrn, "v2", *cfg, stdin="n\n")
+    assert r.returncode == 1, r.stderr
+    assert "tags deleted: v3" in r.stderr and "trunk-previous" in r.stderr
+    assert "stays reachable as tag pre-rollback-r4" in r.stderr and "roll back?" in r.stderr
+    assert repository_files(publisher) == before
+    r = pycvmfs("rollback", publisher.fqrn, "v2", *cfg, stdin="y\n")
+    assert r.returncode == 0, r.stderr
+    assert f"undo with: pycvmfs rollback {publisher.fqrn} pre-rollback-r4" in r.stdout
+    assert _current_tree(publisher, tmp_path / "r1") == trees["v2"]
+    r = pycvmfs("rollback", publisher.fqrn, "pre-rollback-r4", "-f", "--json", *cfg)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert json.loads(r.stdout)["undo_tag"] == "pre-rollback-r5"
+    assert _current_tree(publisher, tmp_path / "r2") == trees["v3"]

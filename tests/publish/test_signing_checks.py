@@ -3,45 +3,18 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from pycvmfs.errors import ConfigError, CvmfsError, WhitelistError
-from pycvmfs.format.certificate import create_certificate
 from pycvmfs.format.whitelist import create_whitelist
 from pycvmfs.publish.gc import collect_garbage
 from pycvmfs.publish.repository import Publisher
 from pycvmfs.publish.signing import WHITELIST
 
-
-def snapshot(*roots: Path) -> dict[str, bytes]:
-    """Every file's bytes (and every directory) below the given directories."""
-    out: dict[str, bytes] = {}
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames:
-                out[os.path.join(dirpath, name) + "/"] = b""
-            for name in filenames:
-                p = Path(dirpath) / name
-                out[str(p)] = p.read_bytes()
-    return out
-
-
-def pycvmfs(*args: str | os.PathLike) -> subprocess.CompletedProcess:
-    """The installed command line, as a user runs it."""
-    exe = Path(sys.executable).with_name("pycvmfs")
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
-                          timeout=120, check=False)
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    os.chmod(path, 0o600)
-    path.write_bytes(data)
-    os.chmod(path, 0o400)
+from helpers.signing import expire_certificate, pycvmfs, replace_key_file, repository_files
 
 
 def every_write(pub: Publisher, src: Path) -> None:
@@ -85,31 +58,31 @@ def test_a_key_of_another_repository_is_refused_and_nothing_changes(two_revision
     pub, src = two_revisions
     other = make_publisher("other.example.org")
     key = pub.config.key_path("key")
-    replace_file(key, other.config.key_path("key").read_bytes())
-    before = snapshot(pub.config.storage, pub.config.config_dir)
+    replace_key_file(key, other.config.key_path("key").read_bytes())
+    before = repository_files(pub)
     reopened = Publisher.open(pub.fqrn, config_dir=pub.config.config_dir)
     with pytest.raises(ConfigError, match="does not belong to the certificate"):
         _publish(reopened, src)
     every_write(reopened, src)
-    assert snapshot(pub.config.storage, pub.config.config_dir) == before
+    assert repository_files(pub) == before
     r = pycvmfs("publish", pub.fqrn, "--from", src, "--config-dir", pub.config.config_dir)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert f"pycvmfs: error: {key} does not belong to the certificate" in r.stderr
     assert "--rotate-certificate" in r.stderr
-    assert snapshot(pub.config.storage, pub.config.config_dir) == before
+    assert repository_files(pub) == before
 
 
 def test_a_corrupt_key_is_refused_and_nothing_changes(two_revisions):
     pub, src = two_revisions
     key = pub.config.key_path("key")
-    replace_file(key, key.read_bytes()[:200])
-    before = snapshot(pub.config.storage, pub.config.config_dir)
+    replace_key_file(key, key.read_bytes()[:200])
+    before = repository_files(pub)
     with pytest.raises(ConfigError, match=f"{key}: cannot parse the private key"):
         Publisher.open(pub.fqrn, config_dir=pub.config.config_dir)
     r = pycvmfs("publish", pub.fqrn, "--from", src, "--config-dir", pub.config.config_dir)
     assert r.returncode == 1 and f"{key}: cannot parse the private key" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
-    assert snapshot(pub.config.storage, pub.config.config_dir) == before
+    assert repository_files(pub) == before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file")
@@ -117,39 +90,22 @@ def test_an_unreadable_key_is_refused(two_revisions):
     pub, src = two_revisions
     key = pub.config.key_path("key")
     os.chmod(key, 0)
-    before = snapshot(pub.config.storage, pub.config.config_dir)
+    before = repository_files(pub)
     r = pycvmfs("publish", pub.fqrn, "--from", src, "--config-dir", pub.config.config_dir)
     assert r.returncode == 1 and f"{key}: cannot read private key" in r.stderr, r.stderr
     os.chmod(key, 0o400)
-    assert snapshot(pub.config.storage, pub.config.config_dir) == before
-
-
-def expire_certificate(pub: Publisher) -> None:
-    """Give the repository a certificate that expired yesterday, with a whitelist naming it
-    and the head signed with it: a consistent repository a client still reads."""
-    from pycvmfs.publish.signing import switch_manifest
-
-    past = datetime.now(UTC) - timedelta(days=3)
-    cert = create_certificate(pub.fqrn, pub.keys.repo_key, days=2, now=past)
-    crt = pub.config.key_path("crt")
-    os.chmod(crt, 0o600)
-    crt.write_bytes(cert.pem)
-    os.chmod(crt, 0o444)
-    pub.keys.certificate = cert
-    pub.store.put_bytes(WHITELIST, create_whitelist(pub.fqrn, cert, pub.keys.master))
-    head = pub.head()
-    switch_manifest(pub.store, pub.config, pub.keys, head, previous=head)
+    assert repository_files(pub) == before
 
 
 def test_an_expired_certificate_is_refused_with_the_recovery_command(two_revisions):
     pub, src = two_revisions
     expire_certificate(pub)
-    before = snapshot(pub.config.storage, pub.config.config_dir)
+    before = repository_files(pub)
     reopened = Publisher.open(pub.fqrn, config_dir=pub.config.config_dir)
     with pytest.raises(ConfigError, match=r"certificate expired on .*--rotate-certificate"):
         _publish(reopened, src)
     every_write(reopened, src)
-    assert snapshot(pub.config.storage, pub.config.config_dir) == before
+    assert repository_files(pub) == before
 
 
 def test_an_expired_whitelist_is_refused_and_resign_mends_it(two_revisions, tmp_path):
@@ -157,11 +113,11 @@ def test_an_expired_whitelist_is_refused_and_resign_mends_it(two_revisions, tmp_
     past = datetime.now(UTC) - timedelta(days=40)
     pub.store.put_bytes(WHITELIST, create_whitelist(pub.fqrn, pub.keys.certificate,
                                                     pub.keys.master, days=30, now=past))
-    before = snapshot(pub.config.storage, pub.config.config_dir)
+    before = repository_files(pub)
     with pytest.raises(WhitelistError, match=f"expired on .*pycvmfs resign {pub.fqrn}"):
         _publish(pub, src)
     every_write(pub, src)
-    assert snapshot(pub.config.storage, pub.config.config_dir) == before
+    assert repository_files(pub) == before
     r = pycvmfs("resign", pub.fqrn, "--config-dir", pub.config.config_dir)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     _publish(pub, src)
@@ -173,10 +129,10 @@ def test_a_whitelist_without_the_certificate_is_refused(two_revisions, make_publ
     other = make_publisher("other.example.org")
     pub.store.put_bytes(WHITELIST, create_whitelist(pub.fqrn, other.keys.certificate,
                                                     pub.keys.master))
-    before = snapshot(pub.config.storage, pub.config.config_dir)
+    before = repository_files(pub)
     with pytest.raises(WhitelistError, match=r"not in whitelist.*--rotate-certificate"):
         _publish(pub, src)
-    assert snapshot(pub.config.storage, pub.config.config_dir) == before
+    assert repository_files(pub) == before
 
 
 def test_gc_writes_no_manifest_and_still_runs_with_an_expired_whitelist(make_publisher):

@@ -16,7 +16,7 @@ from pycvmfs.format.catalog_writer import EntryRow
 from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.dirent import make_flags
 from pycvmfs.format.hashes import ContentHash, ObjectKind
-from pycvmfs.format.history import History, Tag
+from pycvmfs.format.history import TRUNK, TRUNK_PREVIOUS, History, Tag
 from pycvmfs.format.manifest import Manifest
 from pycvmfs.format.metainfo import make_skeleton
 from pycvmfs.format.whitelist import Whitelist, create_whitelist
@@ -372,7 +372,10 @@ class Publisher:
             raise PublishError(f"{self.fqrn}: tag {target!r} is the current revision "
                                f"{head.revision}; nothing to roll back")
         deleted = [t for t in hist.tags_affected_by_rollback(target)
-                   if t.name not in (target, "trunk")]
+                   if t.name not in (target, TRUNK, TRUNK_PREVIOUS)]
+        previous = hist.get(TRUNK_PREVIOUS)  # always goes: one anonymous undo, as in stock
+        if previous is not None and target != TRUNK_PREVIOUS:
+            deleted.append(previous)
         undo = f"{UNDO_TAG_PREFIX}{head.revision}" if keep_undo else None
         return RollbackPlan(self.fqrn, head.revision, head.root_catalog, tag, deleted, undo)
 
