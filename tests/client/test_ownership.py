@@ -198,3 +198,25 @@ def test_permission_checks_follow_the_configuration(owners_repo, tmp_path: Path,
     finally:
         umount(mp)
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_open_files_debug_log_and_cache_dir_from_the_configuration(owners_repo,
+                                                                    tmp_path: Path) -> None:
+    """CVMFS_NFILES sets the mount's open-file limit, CVMFS_DEBUGLOG gets its debug log,
+    CVMFS_CACHE_DIR is the cache itself (not CVMFS_CACHE_BASE/shared)."""
+    log, cache = tmp_path / "debug.log", tmp_path / "exact-cache"
+    etc = config_dir(tmp_path, *owners_repo, f"CVMFS_NFILES=4321\nCVMFS_DEBUGLOG={log}\n"
+                                             f"CVMFS_CACHE_DIR={cache}\n")
+    mp = tmp_path / "mnt"
+    res = mount_configured(etc, mp)
+    assert res.returncode == 0, res.stderr
+    try:
+        pid = int(res.stdout.rsplit("(pid ", 1)[1].split(")")[0])
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert [line.split()[3] for line in limits.splitlines()
+                if line.startswith("Max open files")] == ["4321"]  # (the soft limit)
+        assert (mp / "root.txt").read_text() == "root.txt\n"
+    finally:
+        umount(mp)
+    assert " DEBUG " in log.read_text()
+    assert any(cache.glob("[0-9a-f][0-9a-f]/*")) and not (tmp_path / "cache").exists()

@@ -94,15 +94,17 @@ def config_mount_settings(cfg: ClientConfig) -> tuple[dict, dict]:
 
 
 def _raise_open_files_limit(nfiles: int) -> None:
-    """CVMFS_NFILES: the mount's open-file limit (the hard limit too, where allowed)."""
+    """CVMFS_NFILES: the mount's open-file limit, the hard one raised to it if lower (as
+    stock); where that is not allowed, a warning (as for a stock user mount)."""
     import resource
 
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = (nfiles, max(hard, nfiles) if hard != resource.RLIM_INFINITY else hard)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, wanted)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"CVMFS_NFILES={nfiles}: cannot set the open-file limit: {e}") from None
+        click.echo(f"pycvmfs: warning: CVMFS_NFILES={nfiles}: cannot set the open-file limit "
+                   f"({e}); it stays {soft}", err=True)
 
 
 @click.command()

@@ -97,8 +97,8 @@ SETTINGS: dict[str, Setting] = {
     "CVMFS_BACKOFF_MAX": _h("longest back-off between retries (seconds)"),
     "CVMFS_HOST_RESET_AFTER": _h("seconds before going back to the first server"),
     "CVMFS_PROXY_RESET_AFTER": _h("seconds before going back to the first proxy group"),
-    "CVMFS_LOW_SPEED_LIMIT": _i("being added: transfers slower than this are not yet cut off",
-                                _always),
+    "CVMFS_LOW_SPEED_LIMIT": _h("a transfer slower than this (bytes/s) for CVMFS_TIMEOUT"
+                                "[_DIRECT] seconds fails like a timeout"),
     "CVMFS_FOLLOW_REDIRECTS": _i("HTTP redirects are never followed: a 3xx answer moves to the "
                                  "next server", _off),
     "CVMFS_SEND_INFO_HEADER": _i("no X-CVMFS2 path header is sent", _off),
