@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -132,3 +134,27 @@ def test_mount_and_status_json_have_typed_values(golden_http, golden_keys, tmp_p
                                                     "uptime"))
     assert isinstance(status["root_hash"], str) and status["fqrn"] == GOLDEN
     assert _run("umount", mp).returncode == 0
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare(1)")
+def test_an_unusable_fuse_device_is_reported_by_mount_and_doctor(golden_http, golden_keys,
+                                                                 tmp_path):
+    """In a private mount namespace a plain file covers /dev/fuse (the machine's stays)."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    cover = tmp_path / "not-a-device"
+    cover.touch()
+    mount_cmd = shlex.join(map(str, [*CLI, *_mount_args(mp, golden_http, golden_keys,
+                                                         tmp_path / "c")]))
+    doctor_cmd = shlex.join([*CLI, "doctor", "--json", "--config-dir", str(tmp_path)])
+    script = (f"mount --bind {shlex.quote(str(cover))} /dev/fuse && "
+              f"{{ {mount_cmd}; echo mount-exit=$?; {doctor_cmd}; }}")
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert "mount-exit=1" in res.stdout, res
+    assert (f"pycvmfs: error: mount of {GOLDEN} at {mp} failed: cannot mount FUSE at {mp} "
+            "(is /dev/fuse usable?)") in res.stderr
+    checks = json.loads(res.stdout.split("mount-exit=1\n", 1)[1])
+    assert checks[0] == {"name": "fuse device", "status": "fail",
+                         "detail": "/dev/fuse: not a character device"}
+    assert not os.path.ismount(mp) and os.path.exists("/dev/fuse")
