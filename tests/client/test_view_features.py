@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from pycvmfs.client.export import export_tree
+from pycvmfs.client.export import ExportOptions, export_tree
 from pycvmfs.client.repository import open_repository
 from pycvmfs.errors import NoSuchAttributeError, NotADirectoryPathError, TooManySymlinksError
 from pycvmfs.format.chunking import ChunkingParams
@@ -138,7 +138,8 @@ def test_compression_and_algorithm_come_from_each_entry(view, built):
 
 def test_export_recreates_hard_links_devices_modes_and_xattrs(view, tmp_path):
     dest = tmp_path / "out"
-    report = export_tree(view, "/", dest)
+    everything = ExportOptions(preserve_setid=True, devices=True, specials=True)
+    report = export_tree(view, "/", dest, options=everything)
     assert os.stat(dest / "hl/a").st_ino == os.stat(dest / "hl/b").st_ino
     assert os.stat(dest / "hl/a").st_nlink == 3 and report.hardlinks == 2
     assert stat.S_ISFIFO(os.lstat(dest / "dev/fifo").st_mode)

@@ -425,14 +425,25 @@ class RevisionView:
         start = self.stat(top)
         if not start.is_dir:
             raise NotADirectoryPathError(start.path)
-        stack = [start.path]
+        first = normalize_path(start.path)
+        # each directory listed in the catalog that holds its parent's listing, or in the one
+        # mounted on it: no lookup from the root per directory (linear in the tree's depth)
+        stack = [(first, self._catalog_for(first, into_mountpoint=True))]
+        mounted: dict[bytes, dict[bytes, NestedRef]] = {}
         while stack:
-            d = stack.pop()
-            entries = self.scandir(d)
+            d, lc = stack.pop()
+            entries = [self._stat(d + b"/" + c.name, c, lc) for c in lc.catalog.listing(d)
+                       if not c.is_hidden]
             dirs = [s for s in entries if s.is_dir]
             files = [s for s in entries if not s.is_dir]
-            yield d, dirs, files
-            stack.extend(s.path for s in reversed(dirs))
+            yield _display(d), dirs, files
+            refs = mounted.get(lc.mountpoint)
+            if refs is None:
+                refs = mounted[lc.mountpoint] = {r.path: r for r in lc.catalog.nested_catalogs()}
+            for s in reversed(dirs):
+                child = d + b"/" + s.entry.name
+                ref = refs.get(child)
+                stack.append((child, lc if ref is None else self._nested(lc, ref)))
 
     def close(self) -> None:
         with self._lock:
