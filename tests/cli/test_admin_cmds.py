@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pycvmfs.format.chunking import ChunkingParams
+from pycvmfs.format.whitelist import Whitelist, create_whitelist
 from pycvmfs.publish.config import RepositoryConfig, ServerSettings
 from pycvmfs.publish.repository import Publisher
 
@@ -55,11 +57,22 @@ def test_list_shows_type_revision_and_state(site, pycvmfs, cli_env, golden_repo,
     pycvmfs("snapshot", GOLDEN, env=env)
     broken = _publisher(config, "b.example.org", tmp_path / "srv" / "b.example.org")
     (broken.config.storage / ".cvmfspublished").write_bytes(b"garbage")
+    expired = _publisher(config, "e.example.org", tmp_path / "srv" / "e.example.org")
+    (expired.config.storage / ".cvmfswhitelist").write_bytes(create_whitelist(
+        "e.example.org", expired.keys.certificate,
+        expired.keys.require_master(expired.config.keys_dir, "e.example.org"), days=1,
+        now=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)))
     rows = {r["fqrn"]: r for r in pycvmfs("list", "--json", env=env).json()}
+    whitelist = Whitelist.parse((pub.config.storage / ".cvmfswhitelist").read_bytes())
     assert rows["a.example.org"] == {
         "fqrn": "a.example.org", "type": "stratum0", "storage": str(pub.config.storage),
-        "revision": 2, "state": "ok", "detail": ""}
+        "revision": 2, "state": "ok", "detail": "",
+        "whitelist_expires": whitelist.expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    assert rows["e.example.org"]["state"] == "broken"
+    assert rows["e.example.org"]["whitelist_expires"] == "2020-01-02T00:00:00Z"
+    assert rows["e.example.org"]["detail"].startswith("whitelist expired 2020-01-02T00:00:00Z")
     assert rows[GOLDEN]["type"] == "stratum1" and rows[GOLDEN]["state"] == "ok"
+    assert rows[GOLDEN]["whitelist_expires"] == "2126-10-31T20:00:00Z"
     assert isinstance(rows[GOLDEN]["revision"], int) and rows[GOLDEN]["revision"] > 0
     assert rows["b.example.org"]["state"] == "broken"
     assert ".cvmfspublished" in rows["b.example.org"]["detail"]

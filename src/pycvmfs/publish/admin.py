@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import fcntl
 import os
 import re
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pycvmfs.errors import ConfigError, CvmfsError, RepositoryBusyError
+from pycvmfs.format.whitelist import WHITELIST_NAME, Whitelist
 from pycvmfs.publish.config import (
     RepositoryConfig,
     check_fqrn,
@@ -22,6 +24,7 @@ from pycvmfs.publish.config import (
     update_conf,
 )
 from pycvmfs.publish.lock import publish_lock
+from pycvmfs.storage.base import fetch_bytes
 
 __all__ = ["AlterReport", "RemovalReport", "RepositoryStatus", "alter_settings",
            "lock_holder", "parse_duration", "read_server_conf", "remove_repository",
@@ -44,6 +47,14 @@ class RepositoryStatus:
     revision: int | None = None
     state: str = "ok"  # ok / transaction / broken
     detail: str = ""  # why it is not ok
+    whitelist_expires: str | None = None  # ISO 8601 UTC
+
+    def whitelist(self, expires: _dt.datetime) -> None:
+        """Note the whitelist's expiry; an expired one breaks the repository for clients."""
+        self.whitelist_expires = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if expires <= _dt.datetime.now(_dt.UTC) and self.state == "ok":
+            self.state, self.detail = "broken", (f"whitelist expired {self.whitelist_expires}"
+                                                 " (renew it: pycvmfs resign)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +108,9 @@ def stratum0_status(fqrn: str, config_dir: str | os.PathLike | None = None) -> R
         status.storage = str(storage)
     try:
         status.revision = pub.head().revision
+        data = fetch_bytes(pub.store, WHITELIST_NAME, what=pub.store.describe(WHITELIST_NAME),
+                           limit=1 << 20, fresh=True)
+        status.whitelist(Whitelist.parse(data, what=pub.store.describe(WHITELIST_NAME)).expires)
     except CvmfsError as e:
         status.state, status.detail = "broken", str(e)
         return status

@@ -42,7 +42,9 @@ def replica_status(fqrn: str, config_dir: str | os.PathLike | None = None, *,
         repo = Repository(_replica_source(cfg), public_keys=load_public_keys(cfg.public_keys),
                           fqrn=fqrn, cache=_cache(cache_dir))
         with repo:
-            status.revision = repo.refresh().manifest.revision
+            trusted = repo.refresh()
+        status.revision = trusted.manifest.revision
+        status.whitelist(trusted.whitelist.expires)
     except CvmfsError as e:
         status.state, status.detail = "broken", str(e)
         return status
