@@ -247,6 +247,16 @@ def _client_config(path: Path, servers: dict[str, str], keys: Path) -> Path:
     return path
 
 
+def test_doctor_takes_short_names_with_the_default_domain(pycvmfs, tmp_path):
+    client = tmp_path / "cvmfs"
+    client.mkdir()
+    (client / "default.local").write_text("CVMFS_REPOSITORIES=atlas,sw.other.org\n"
+                                          "CVMFS_DEFAULT_DOMAIN=example.org\n")
+    names = {c["name"].split(":")[0] for c in pycvmfs("doctor", "--config-dir", client,
+                                                      "--json", expect=1).json()}
+    assert {"atlas.example.org", "sw.other.org"} <= names
+
+
 def test_doctor(pycvmfs, golden_server, golden_keys, http_server, tmp_path):
     keys = tmp_path / "keys"
     keys.mkdir()

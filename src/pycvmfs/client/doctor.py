@@ -153,12 +153,15 @@ def check_setup(fqrns: Sequence[str] = (), *, config_dir: str | os.PathLike | No
     now = now or _dt.datetime.now(_dt.UTC)
     out = _fuse_checks(fuse_device)
     if not fqrns:
-        try:
-            listed = load_client_config("default.invalid", config_dir=config_dir).get(
-                "CVMFS_REPOSITORIES") or ""
+        try:  # a name in the reserved .invalid domain: only the default files apply
+            defaults = load_client_config("default.invalid", config_dir=config_dir)
         except CvmfsError as e:
             return [*out, Check("configuration", "fail", str(e))]
-        fqrns = [f.strip() for f in listed.split(",") if f.strip()]
+        domain = defaults.get("CVMFS_DEFAULT_DOMAIN") or ""
+        fqrns = [name if "." in name or not domain else f"{name}.{domain}"
+                 for name in (n.strip() for n in
+                              (defaults.get("CVMFS_REPOSITORIES") or "").split(","))
+                 if name]
         if not fqrns:
             out.append(Check("repositories", "warn", "none given and CVMFS_REPOSITORIES "
                              "is empty: only the local set-up was checked"))
