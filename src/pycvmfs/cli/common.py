@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +138,7 @@ class ProgressDisplay:
         self._lines: dict[str, list] = {}  # name -> [task id, last draw, undrawn update]
         self._main = description
         self._main_unit = unit
+        self._adding = threading.Lock()
 
     def __call__(self, done: int, total: int | None) -> None:
         self.show(self._main, done, total, unit=self._main_unit)
@@ -149,8 +151,11 @@ class ProgressDisplay:
             return
         line = self._lines.get(name)
         if line is None:
-            task = self._progress.add_task(name, total=total, unit=unit, final=final)
-            line = self._lines[name] = [task, 0.0, None]
+            with self._adding:  # (callers report from several threads)
+                line = self._lines.get(name)
+                if line is None:
+                    task = self._progress.add_task(name, total=total, unit=unit, final=final)
+                    line = self._lines[name] = [task, 0.0, None]
         now = time.monotonic()
         fields = {"completed": done, "total": total, "final": final}
         if now - line[1] < _REDRAW_EVERY and not (final and total is not None and done >= total):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -129,8 +130,14 @@ class Transaction:
             self.tree = self.pub.open_tree(self.head.root_catalog)
             report = None
             if self.progress is not None:
+                reported = [0]  # worker threads finish in any order: never go back
+                reporting = threading.Lock()
+
                 def report(files: int, size: int) -> None:
-                    self.progress("ingesting", size, self.bytes_expected)
+                    with reporting:
+                        if size >= reported[0]:
+                            reported[0] = size
+                            self.progress("ingesting", size, self.bytes_expected)
             self.ingester = self.pub.new_ingester(on_progress=report)
             self.ingester.journal = self.journal
         except BaseException:
