@@ -97,9 +97,14 @@ def test_the_mounting_user_owns_everything_by_default_as_stock(mounts, owners_re
     assert (os.lstat(mp).st_uid, os.lstat(mp).st_gid) == me
 
 
-def test_no_claim_ownership_shows_the_catalog_owners(mounts, owners_repo) -> None:
+def test_no_claim_ownership_shows_the_catalog_owners(mounts, owners_repo, tmp_path) -> None:
     mp = mounts("catalog", *owners_repo, "--no-claim-ownership")
     assert owners(mp) == {rel: (uid, gid) for rel, (uid, gid, _m) in OWNERS.items()}
+    (tmp_path / "gid.map").write_text("2002 7002\n* 100\n")
+    mp = mounts("mapped", *owners_repo, "--no-claim-ownership", "--gid-map",
+                str(tmp_path / "gid.map"))
+    assert owners(mp) == {"shared": (1001, 100), "shared/alice.txt": (1001, 100),
+                          "shared/bob.txt": (1002, 7002), "root.txt": (0, 100)}
 
 
 def test_uid_and_gid_maps_from_the_configuration(owners_repo, tmp_path: Path) -> None:
