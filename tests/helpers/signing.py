@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -33,11 +34,16 @@ def repository_files(pub: Publisher) -> dict[str, bytes]:
     return snapshot(pub.config.storage, pub.config.config_dir)
 
 
-def pycvmfs(*args: str | os.PathLike, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """The installed command line, as a user runs it."""
-    exe = Path(sys.executable).with_name("pycvmfs")
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
-                          input=stdin, timeout=120, check=False)
+def pycvmfs(*args: str | os.PathLike, stdin: str | None = None,
+            honour_modes: bool = False) -> subprocess.CompletedProcess:
+    """The installed command line, as a user runs it; ``honour_modes``: as root without the
+    capabilities that bypass file modes (util-linux's setpriv, Debian essential)."""
+    argv = [str(Path(sys.executable).with_name("pycvmfs")), *map(str, args)]
+    if honour_modes and os.geteuid() == 0:
+        argv = [shutil.which("setpriv") or "/usr/bin/setpriv",
+                "--bounding-set", "-dac_override,-dac_read_search", "--", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=120,
+                          check=False)
 
 
 def replace_key_file(path: Path, data: bytes, mode: int = 0o400) -> None:

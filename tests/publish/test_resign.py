@@ -143,3 +143,14 @@ def test_rotation_needs_the_master_key_and_changes_nothing_without_it(released):
     assert r.returncode == 1 and f"the master key {master} is not here" in r.stderr, r.stderr
     assert repository_files(pub) == before
     master.write_bytes(kept)
+
+
+def test_rotation_mends_a_lost_repository_key(released, tmp_path):
+    pub, cache = released
+    pub.config.key_path("key").unlink()
+    r = pycvmfs("tag", pub.fqrn, "-a", "x", "--config-dir", pub.config.config_dir)
+    assert r.returncode == 1 and "--rotate-certificate" in r.stderr, r.stderr
+    r = pycvmfs("resign", pub.fqrn, "--rotate-certificate", "--config-dir",
+                pub.config.config_dir)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert_recovered(pub, cache, tmp_path)

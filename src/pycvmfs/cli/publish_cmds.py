@@ -315,7 +315,9 @@ def resign(fqrn: str, days: int, published: bool, rotate_certificate: bool,
                           "too), not both")
     if min(days, certificate_days) < 1:
         raise ConfigError("--days and --certificate-days must be at least 1")
-    pub = _open(fqrn, config_dir)
+    from pycvmfs.publish.repository import Publisher
+
+    pub = Publisher.open(fqrn, config_dir=config_dir, repository_key=not rotate_certificate)
     m = pub.resign(days=days, published=published, rotate_certificate=rotate_certificate,
                    certificate_days=certificate_days)
     if rotate_certificate:

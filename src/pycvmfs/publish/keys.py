@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pycvmfs.errors import ConfigError
+from pycvmfs.errors import ConfigError, CvmfsError
 from pycvmfs.format.certificate import Certificate, create_certificate
 from pycvmfs.format.signature import (
     generate_rsa_key,
@@ -18,6 +18,18 @@ from pycvmfs.format.signature import (
 )
 
 __all__ = ["RepositoryKeys"]
+
+
+def _new_pair(fqrn: str, days: int) -> tuple[rsa.RSAPrivateKey, Certificate]:
+    repo_key = generate_rsa_key()
+    return repo_key, create_certificate(fqrn, repo_key, days)
+
+
+def _rotate_hint(suffix: str, fqrn: str) -> str:
+    if suffix not in ("key", "crt"):
+        return ""
+    return (f"; put it back, or make a new repository key with `pycvmfs resign {fqrn} "
+            "--rotate-certificate` (docs/recovery.md)")
 
 
 @dataclass
@@ -36,9 +48,7 @@ class RepositoryKeys:
     @classmethod
     def generate(cls, fqrn: str, *, days: int = 365) -> RepositoryKeys:
         master = generate_rsa_key()
-        repo_key = generate_rsa_key()
-        return cls(master, public_key_pem(master), repo_key,
-                   create_certificate(fqrn, repo_key, days))
+        return cls(master, public_key_pem(master), *_new_pair(fqrn, days))
 
     @staticmethod
     def paths(keys_dir: Path, fqrn: str) -> dict[str, Path]:
@@ -62,14 +72,23 @@ class RepositoryKeys:
             os.chmod(p[suffix], mode)
 
     @classmethod
-    def load(cls, keys_dir: Path, fqrn: str) -> RepositoryKeys:
+    def load(cls, keys_dir: Path, fqrn: str, *,
+             repository_key: bool = True) -> RepositoryKeys:
+        """Load the key files. Without ``repository_key`` (for a certificate rotation, which
+        replaces them) ``<fqrn>.key`` and ``.crt`` are not read: a new pair stands in."""
         p = cls.paths(keys_dir, fqrn)
-        for s in ("pub", "key", "crt"):
+        for s in ("pub", "key", "crt") if repository_key else ("pub",):
             if not p[s].is_file():
-                raise ConfigError(f"missing key file {p[s]}")
+                raise ConfigError(f"missing key file {p[s]}" + _rotate_hint(s, fqrn))
         master = load_private_key(p["masterkey"]) if p["masterkey"].is_file() else None
-        cert = Certificate.from_pem(p["crt"].read_bytes(), what=str(p["crt"]))
-        return cls(master, p["pub"].read_bytes(), load_private_key(p["key"]), cert)
+        if not repository_key:
+            return cls(master, p["pub"].read_bytes(), *_new_pair(fqrn, 365))
+        try:
+            cert = Certificate.from_pem(p["crt"].read_bytes(), what=str(p["crt"]))
+            repo_key = load_private_key(p["key"])
+        except (OSError, CvmfsError) as e:
+            raise ConfigError(f"{e}{_rotate_hint('key', fqrn)}") from None
+        return cls(master, p["pub"].read_bytes(), repo_key, cert)
 
     def check_pair(self, keys_dir: Path, fqrn: str) -> None:
         """Refuse a repository key that does not belong to the certificate (a manifest signed
@@ -85,9 +104,7 @@ class RepositoryKeys:
 
     def with_new_certificate(self, fqrn: str, *, days: int = 365) -> RepositoryKeys:
         """The same master key with a new repository key and self-signed certificate."""
-        repo_key = generate_rsa_key()
-        return RepositoryKeys(self.master, self.master_public_pem, repo_key,
-                              create_certificate(fqrn, repo_key, days))
+        return RepositoryKeys(self.master, self.master_public_pem, *_new_pair(fqrn, days))
 
     def replace_repository_key(self, keys_dir: Path, fqrn: str) -> None:
         """Write ``<fqrn>.key`` (0400) and ``<fqrn>.crt`` (0444) over the old ones: both are

@@ -95,9 +95,12 @@ class Publisher:
 
     # -- creating and opening ------------------------------------------------------------
     @classmethod
-    def open(cls, fqrn: str, *, config_dir: str | os.PathLike | None = None) -> Publisher:
+    def open(cls, fqrn: str, *, config_dir: str | os.PathLike | None = None,
+             repository_key: bool = True) -> Publisher:
+        """An existing repository; ``repository_key=False`` only for a certificate rotation
+        (``<fqrn>.key``/``.crt`` may then be lost or broken: see :meth:`resign`)."""
         cfg = RepositoryConfig.load(fqrn, Path(config_dir) if config_dir else None)
-        return cls(cfg, RepositoryKeys.load(cfg.keys_dir, fqrn))
+        return cls(cfg, RepositoryKeys.load(cfg.keys_dir, fqrn, repository_key=repository_key))
 
     @classmethod
     def mkfs(cls, fqrn: str, storage: str | os.PathLike | None = None, *,
