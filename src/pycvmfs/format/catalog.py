@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Container, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -53,10 +53,22 @@ def parent_path(path: bytes) -> bytes:
     return path[:path.rfind(b"/")] if b"/" in path else b""
 
 
-def covering_mountpoint(path: bytes, mountpoints: Container[bytes], *,
+def covering_mountpoint(path: bytes, mountpoints: Collection[bytes], *,
                         include_self: bool = True) -> bytes | None:
-    """The mount point in ``mountpoints`` that is ``path`` or contains it (the deepest one),
-    found by walking the path's ancestors: O(depth), whatever the number of nested catalogs."""
+    """The mount point in ``mountpoints`` that is ``path`` or contains it (the deepest one).
+    With fewer mount points than ``path`` has ancestors each is tested, else the ancestors are
+    looked up: O(min(depth, mount points)), so neither many nested catalogs nor paths thousands
+    of levels deep make it slow."""
+    if not mountpoints:
+        return None
+    if len(mountpoints) < path.count(b"/"):
+        best = None
+        for mp in mountpoints:
+            n = len(mp)
+            if (path.startswith(mp) and (path[n:n + 1] == b"/" or (include_self and n == len(path)))
+                    and (best is None or n > len(best))):
+                best = mp
+        return best
     p = path if include_self else parent_path(path)
     while p:
         if p in mountpoints:

@@ -186,6 +186,11 @@ def _open_dir(local: str, seen: tuple[int, int]) -> int:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
             raise PublishError(f"{local}: not a directory any more (replaced after it was "
                                f"scanned); not followed") from None
+        if e.errno == errno.ENAMETOOLONG:  # the catalogs have no such limit, a tar has none
+            raise PublishError(f"{local}: {len(os.fsencode(local))} bytes, a path too long for "
+                               f"this system (PATH_MAX {os.pathconf('/', 'PC_PATH_MAX')}); "
+                               f"a tree this deep can be published from a tar archive "
+                               f"(pycvmfs ingest --tar)") from None
         raise PublishError(f"{local}: cannot list ({e.strerror})") from None
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != seen:
