@@ -11,6 +11,7 @@ from pycvmfs.errors import ConfigError, IntegrityError
 from pycvmfs.format.certificate import Certificate
 from pycvmfs.format.signature import load_public_keys, split_letter
 from pycvmfs.format.whitelist import Whitelist, verify_whitelist
+from pycvmfs.publish.check import check_repository
 from pycvmfs.publish.repository import Publisher
 from pycvmfs.publish.signing import MANIFEST, WHITELIST
 
@@ -63,11 +64,14 @@ def test_resign_p_mends_a_head_signed_by_a_wrong_key(released, make_publisher, t
     with pytest.raises(IntegrityError, match=f"pycvmfs resign -p {pub.fqrn}"), \
             pub.transaction() as txn:
         txn.add_file("/g", b"x")
+    problems = check_repository(pub).problems
+    assert any(f"pycvmfs resign -p {pub.fqrn}" in p.message for p in problems), problems
     old_whitelist = (pub.config.storage / WHITELIST).read_bytes()
     r = pycvmfs("resign", pub.fqrn, "-p", "--config-dir", pub.config.config_dir)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout == f"{pub.fqrn}: revision 2 re-signed\n"
     assert (pub.config.storage / WHITELIST).read_bytes() == old_whitelist
+    assert check_repository(pub).problems == []
     assert_recovered(pub, cache, tmp_path)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from pycvmfs.errors import ConfigError, CvmfsError, WhitelistError
 from pycvmfs.format.whitelist import create_whitelist
+from pycvmfs.publish.check import check_repository
 from pycvmfs.publish.gc import collect_garbage
 from pycvmfs.publish.repository import Publisher
 from pycvmfs.publish.signing import WHITELIST
@@ -119,6 +120,8 @@ def test_an_expired_whitelist_is_refused_and_resign_mends_it(two_revisions, tmp_
         _publish(pub, src)
     every_write(pub, src)
     assert repository_files(pub) == before
+    assert [(p.object, "expired on" in p.message) for p in check_repository(pub).problems] == [
+        ("signing", True)]
     r = pycvmfs("resign", pub.fqrn, "--config-dir", pub.config.config_dir)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     _publish(pub, src)

@@ -111,6 +111,10 @@ def check_repository(target: Publisher | Source | str | os.PathLike, *,
                 head = target.head()
             except CvmfsError as e:  # check what the storage holds, as without a publisher
                 report.problems.append(Problem(MANIFEST, "", str(e)))
+        try:  # would the next publish be refused (keys, certificate, whitelist)?
+            target.check_signing()
+        except CvmfsError as e:
+            report.problems.append(Problem("signing", "", str(e)))
         reflog_checksum = reflog_checksum or target.config.reflog_checksum_path
         work_parent = target.config.work_dir
         work_parent.mkdir(parents=True, exist_ok=True)
