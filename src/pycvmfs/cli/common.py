@@ -138,7 +138,7 @@ class ProgressDisplay:
         self._lines: dict[str, list] = {}  # name -> [task id, last draw, undrawn update]
         self._main = description
         self._main_unit = unit
-        self._adding = threading.Lock()
+        self._lock = threading.Lock()  # (callers report from several threads)
 
     def __call__(self, done: int, total: int | None) -> None:
         self.show(self._main, done, total, unit=self._main_unit)
@@ -149,35 +149,36 @@ class ProgressDisplay:
         "bytes"); ``final=False``: more may be added to the total (shown as ``+``, no ETA)."""
         if self._progress is None:
             return
-        line = self._lines.get(name)
-        if line is None:
-            with self._adding:  # (callers report from several threads)
-                line = self._lines.get(name)
-                if line is None:
-                    task = self._progress.add_task(name, total=total, unit=unit, final=final)
-                    line = self._lines[name] = [task, 0.0, None]
         now = time.monotonic()
         fields = {"completed": done, "total": total, "final": final}
-        if now - line[1] < _REDRAW_EVERY and not (final and total is not None and done >= total):
-            line[2] = fields  # cheap: drawn with the next update or at the end
-            return
-        line[1], line[2] = now, None
-        self._progress.update(line[0], **fields)
+        with self._lock:
+            line = self._lines.get(name)
+            if line is None:
+                task = self._progress.add_task(name, total=total, unit=unit, final=final)
+                line = self._lines[name] = [task, 0.0, None]
+            if now - line[1] < _REDRAW_EVERY and not (final and total is not None
+                                                      and done >= total):
+                line[2] = fields  # cheap: drawn with the next update or at the end
+                return
+            line[1], line[2] = now, None
+            self._progress.update(line[0], **fields)
 
     def final(self) -> None:
         """Every line's total is now final."""
         if self._progress is None:
             return
-        for line in self._lines.values():
-            pending = line[2] or {}
-            line[2] = None
-            self._progress.update(line[0], **{**pending, "final": True})
+        with self._lock:
+            for line in self._lines.values():
+                pending = line[2] or {}
+                line[2] = None
+                self._progress.update(line[0], **{**pending, "final": True})
 
     def _flush(self) -> None:
-        for line in self._lines.values():
-            if line[2] is not None:
-                self._progress.update(line[0], **line[2])
-                line[2] = None
+        with self._lock:
+            for line in self._lines.values():
+                if line[2] is not None:
+                    self._progress.update(line[0], **line[2])
+                    line[2] = None
 
 
 def make_progress(description: str, *, enabled: bool | None = None, unit: str = "items"):
@@ -228,9 +229,12 @@ def _columns() -> list:
 
     class Rate(ProgressColumn):
         def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            if speed is None and task.elapsed:
-                speed = task.completed / task.elapsed  # too few samples yet: the average
+            if task.finished_time:  # done: the average of the whole run
+                speed = task.completed / task.finished_time
+            else:  # the recent rate; the average while rich has too few samples (it drops
+                speed = task.speed  # them whenever the total changes)
+                if speed is None and task.elapsed:
+                    speed = task.completed / task.elapsed
             if not speed:
                 return Text("")
             return Text(f"{amount(speed, task.fields.get('unit', 'items'))}/s",
