@@ -14,7 +14,7 @@ from pycvmfs.client.config import (
     load_client_config,
     shell_quote,
 )
-from pycvmfs.client.settings import Review, markdown_table, review_settings
+from pycvmfs.client.settings import Review, markdown_table, report_settings, review_settings
 from pycvmfs.client.stat import read_id_map
 from pycvmfs.errors import ConfigError
 
@@ -438,3 +438,17 @@ def test_strict_mount_allows_only_the_listed_repositories(tmp_path: Path) -> Non
     write(tmp_path, "default.local",
           f"CVMFS_STRICT_MOUNT=yes\nCVMFS_REPOSITORIES=cms.cern.ch,{FQRN}\n")
     load(tmp_path).check_strict_mount()
+
+
+def test_a_mount_refuses_what_showconfig_only_warns_about(tmp_path: Path) -> None:
+    write(tmp_path, "default.local", "CVMFS_ENFORCE_ACLS=yes\nCVMFS_IPV4_ONLY=yes\n")
+    cfg, shown = load(tmp_path), []
+    report_settings(cfg, refuse=False, warn=shown.append)
+    where = tmp_path / "default.local"
+    assert shown == [f"CVMFS_IPV4_ONLY ({where}:2): 'yes' is not honoured: no IPv4-only mode; "
+                     "the system resolver is used (getaddrinfo)",
+                     f"CVMFS_ENFORCE_ACLS ({where}:1): 'yes' is refused: pycvmfs does not "
+                     "enforce POSIX ACLs: files would be readable beyond what their ACLs allow "
+                     "(a mount refuses to start)"]
+    with pytest.raises(ConfigError, match=re.escape(f"CVMFS_ENFORCE_ACLS ({where}:1)")):
+        report_settings(cfg, refuse=True, warn=lambda _line: None)
