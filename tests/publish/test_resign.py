@@ -10,7 +10,7 @@ import pytest
 from pycvmfs.errors import ConfigError, IntegrityError
 from pycvmfs.format.certificate import Certificate
 from pycvmfs.format.signature import load_public_keys, split_letter
-from pycvmfs.format.whitelist import Whitelist, verify_whitelist
+from pycvmfs.format.whitelist import Whitelist, create_whitelist, verify_whitelist
 from pycvmfs.publish.check import check_repository
 from pycvmfs.publish.repository import Publisher
 from pycvmfs.publish.signing import MANIFEST, WHITELIST
@@ -157,4 +157,23 @@ def test_rotation_mends_a_lost_repository_key(released, tmp_path):
     r = pycvmfs("resign", pub.fqrn, "--rotate-certificate", "--config-dir",
                 pub.config.config_dir)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert_recovered(pub, cache, tmp_path)
+
+
+def test_a_rotation_run_again_after_an_interruption_keeps_the_published_manifest_valid(
+        released, tmp_path):
+    pub, cache = released
+    old_cert = pub.keys.certificate
+    first = pub.keys.with_new_certificate(pub.fqrn)
+    # interrupted after the whitelist of a first rotation: nothing else changed
+    pub.store.put_bytes(WHITELIST, create_whitelist(
+        pub.fqrn, first.certificate, pub.keys.master,
+        also=[old_cert.fingerprint().fingerprint().encode()]))
+    pub.resign(rotate_certificate=True)
+    assert whitelist_of(pub).fingerprints == [pub.keys.certificate.fingerprint(),
+                                              first.certificate.fingerprint(),
+                                              old_cert.fingerprint()]
+    master = load_public_keys(pub.config.key_path("pub"))
+    verify_whitelist((pub.config.storage / WHITELIST).read_bytes(), master, fqrn=pub.fqrn,
+                     certificate=old_cert)  # what signs the manifest proxies may still hold
     assert_recovered(pub, cache, tmp_path)

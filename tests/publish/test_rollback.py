@@ -136,7 +136,9 @@ def test_rollback_cli_lists_the_tags_asks_and_refusing_changes_nothing(publisher
     r = pycvmfs("rollback", publisher.fqrn, "v2", *cfg, stdin="n\n")
     assert r.returncode == 1, r.stderr
     assert "tags deleted: v3" in r.stderr and "trunk-previous" in r.stderr
-    assert "stays reachable as tag pre-rollback-r4" in r.stderr and "roll back?" in r.stderr
+    head = publisher.head()
+    assert f"leaving behind revision 4 ({head.root_catalog}), kept by tag pre-rollback-r4" \
+        in r.stderr and "roll back?" in r.stderr
     assert repository_files(publisher) == before
     r = pycvmfs("rollback", publisher.fqrn, "v2", *cfg, stdin="y\n")
     assert r.returncode == 0, r.stderr

@@ -276,9 +276,9 @@ def rollback(fqrn: str, target: str, force: bool, no_undo_tag: bool, config_dir:
         names = ", ".join(t.name for t in plan.deleted_tags) or "none"
         click.echo(f"rolling {fqrn} back to {target} (revision {plan.target.revision}) as "
                    f"revision {plan.new_revision}; tags deleted: {names}", err=True)
-        if plan.undo_tag:
-            click.echo(f"revision {plan.head_revision} stays reachable as tag {plan.undo_tag}",
-                       err=True)
+        kept = f"tag {plan.undo_tag}" if plan.undo_tag else "nothing but the reflog, until gc"
+        click.echo(f"leaving behind revision {plan.head_revision} ({plan.head_root}), kept by "
+                   f"{kept}", err=True)
         click.confirm("roll back?", abort=True, err=True)
     m = pub.rollback(target, keep_undo=not no_undo_tag, expect_head=plan.head_root)
     if as_json:

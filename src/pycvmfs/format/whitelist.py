@@ -24,7 +24,6 @@ __all__ = [
     "Blacklist",
     "Whitelist",
     "create_whitelist",
-    "first_fingerprint_line",
     "parse_blacklist",
     "parse_fingerprint_line",
     "resign_whitelist",
@@ -234,7 +233,7 @@ def _whitelist_from_line(fqrn: str, fingerprint_line: bytes, algorithm: Algorith
     return _sign_lines(lines, algorithm, master_key)
 
 
-def first_fingerprint_line(body: bytes, *, what: str = WHITELIST_NAME) -> bytes:
+def _first_fingerprint_line(body: bytes, *, what: str = WHITELIST_NAME) -> bytes:
     """The line ``resign`` keeps: the first one after ``N`` (and ``Vpkcs7``/``Wcachain``)."""
     lines = bytes(body).split(b"\n")[3:]
     while lines and lines[0] in (b"Vpkcs7", b"Wcachain"):
@@ -263,7 +262,7 @@ def resign_whitelist(old_data: bytes | None, certificate: Certificate | None,
                                 now=start)
     body = split_letter(old_data, what=what).body
     old = Whitelist.parse(body, what=what)
-    line = first_fingerprint_line(body, what=what)
+    line = _first_fingerprint_line(body, what=what)
     fp = parse_fingerprint_line(line)
     assert fp is not None
     return _whitelist_from_line(fqrn or old.fqrn, line, fp.algorithm, master_key, days, start)

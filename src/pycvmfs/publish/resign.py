@@ -12,7 +12,7 @@ from pycvmfs.format.signature import (
     split_letter,
     verify_raw_pkcs1,
 )
-from pycvmfs.format.whitelist import create_whitelist, first_fingerprint_line, resign_whitelist
+from pycvmfs.format.whitelist import Whitelist, create_whitelist, resign_whitelist
 from pycvmfs.publish.signing import MANIFEST, WHITELIST, read_whitelist, switch_manifest
 from pycvmfs.storage.base import fetch_bytes
 
@@ -66,8 +66,8 @@ def resign_published(pub: Publisher) -> Manifest:
         return switch_manifest(pub.store, pub.config, pub.keys, head, previous=head)
 
 
-def _endorsed_line(old: bytes | None, pub: Publisher) -> list[bytes]:
-    """The old whitelist's fingerprint line, when the master key really signed it."""
+def _endorsed_lines(old: bytes | None, pub: Publisher) -> list[bytes]:
+    """The fingerprint lines of the old whitelist, when the master key really signed it."""
     if old is None:
         return []
     what = pub.store.describe(WHITELIST)
@@ -76,22 +76,24 @@ def _endorsed_line(old: bytes | None, pub: Publisher) -> list[bytes]:
         check_letter_hash(letter, what=what)
         pubs = load_public_keys(pub.config.key_path("pub"))
         verify_raw_pkcs1(pubs, letter.hash_bytes, letter.signature, what=what)
-        return [first_fingerprint_line(letter.body, what=what)]
+        listed = Whitelist.parse(letter.body, what=what).fingerprints
     except CvmfsError:
         return []
+    return [fp.fingerprint().encode("ascii") for fp in listed]
 
 
 def rotate_certificate(pub: Publisher, *, whitelist_days: int = 30,
                        certificate_days: int = 365) -> Manifest:
     """A new repository key and certificate (as ``mkfs`` makes them), then, in this order:
-    a whitelist naming the new certificate first and the one the old whitelist named second
-    (clients holding the old manifest still accept it), the key files replaced, and the
-    manifest re-signed with the new key (same revision). Needs the master key."""
+    a whitelist naming the new certificate first and then those the old whitelist named
+    (clients holding the old manifest still accept it, also after an interrupted rotation),
+    the key files replaced, and the manifest re-signed with the new key (same revision).
+    Needs the master key."""
     master = pub.keys.require_master(pub.config.keys_dir, pub.fqrn)
     with pub.lock():
         head = pub._begin_change(current_manifest(pub))
         new_keys = pub.keys.with_new_certificate(pub.fqrn, days=certificate_days)
-        also = _endorsed_line(read_whitelist(pub.store), pub)
+        also = _endorsed_lines(read_whitelist(pub.store), pub)
         pub.store.put_bytes(WHITELIST, create_whitelist(
             pub.fqrn, new_keys.certificate, master, algorithm=pub.settings.hash_algorithm,
             days=whitelist_days, also=also))
