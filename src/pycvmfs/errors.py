@@ -36,6 +36,11 @@ class HashMismatchError(IntegrityError):
         self.actual = actual
 
 
+class SizeLimitError(IntegrityError):
+    """A download larger than its object may be (its catalog size, or a fixed cap): stopped as
+    soon as it went past, so a mirror cannot fill memory or disk."""
+
+
 class SignatureError(IntegrityError):
     """A signed file (manifest, whitelist) whose signature does not verify."""
 

@@ -53,7 +53,8 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
                         timeout_direct=cfg.timeout_direct, retries=cfg.max_retries,
                         backoff=(cfg.backoff_init, cfg.backoff_max),
                         host_reset_after=cfg.host_reset_after or 0,
-                        proxy_reset_after=cfg.proxy_reset_after or 0)
+                        proxy_reset_after=cfg.proxy_reset_after or 0,
+                        low_speed_limit=cfg.low_speed_limit)
     keys_found = load_public_keys(list(keys) or cfg.public_keys)
     cache_base = cache_dir or cfg.cache_base or str(default_cache_dir())
     directory = os.path.join(cache_base, "shared" if cfg.shared_cache else fqrn)

@@ -71,8 +71,10 @@ class Download:
     """
 
     def __init__(self, cache: ObjectCache, h: ContentHash, kind: ObjectKind,
-                 compression: Compression, what: str, release: Callable[[], None]) -> None:
+                 compression: Compression, what: str, release: Callable[[], None],
+                 max_size: int | None = None) -> None:
         self.h, self.kind, self.what = h, kind, what
+        self.max_size = max_size
         self.relpath = h.object_path(kind)
         self._cache = cache
         self._compression = compression
@@ -96,7 +98,7 @@ class Download:
         if self._fd >= 0:
             os.ftruncate(self._fd, 0)
         self._size = 0
-        self._body = CheckedBody(self.h, self._compression, self.what)
+        self._body = CheckedBody(self.h, self._compression, self.what, self.max_size)
 
     @property
     def stored(self) -> int:
@@ -104,7 +106,9 @@ class Download:
         return self._body.stored
 
     def write(self, block: bytes) -> None:
-        """Take the next block of the compressed body."""
+        """Take the next block of the compressed body; raises :class:`SizeLimitError` as soon
+        as the object is larger than ``max_size`` (the temporary file then holds at most that
+        many bytes, until :meth:`reset` or :meth:`abort`)."""
         self._body.feed(block, self._put)
 
     def verify(self) -> int:
@@ -229,16 +233,19 @@ class ObjectCache:
 
     def fetch(self, source: Source, h: ContentHash, kind: ObjectKind,
               compression: Compression = Compression.ZLIB, *, what: str | None = None,
-              pin: bool = False) -> Path:
+              pin: bool = False, max_size: int | None = None) -> Path:
         """The path of the decompressed object, downloading and verifying it if needed.
 
         With ``pin`` (and a quota), the object stays pinned until :meth:`unpin` is called.
+        ``max_size`` bounds the decompressed size (the catalog's size of a file, a fixed cap
+        for a certificate): a body past it fails (:class:`SizeLimitError`, the source tries
+        its next server) having written at most that much, and leaves no temporary file.
         """
         if not pin or self.quota is None:
-            return self._fetch(source, h, kind, compression, what)
+            return self._fetch(source, h, kind, compression, what, max_size)
         self.quota.pin(h)
         try:
-            return self._fetch(source, h, kind, compression, what)
+            return self._fetch(source, h, kind, compression, what, max_size)
         except BaseException:
             self.quota.unpin(h)
             raise
@@ -267,10 +274,11 @@ class ObjectCache:
 
     def begin_download(self, h: ContentHash, kind: ObjectKind,
                        compression: Compression = Compression.ZLIB, *,
-                       what: str | None = None) -> Download | None:
+                       what: str | None = None, max_size: int | None = None) -> Download | None:
         """A :class:`Download` of ``h`` into the cache, to be fed by the caller (for instance
         by a :class:`~pycvmfs.storage.batch.BatchFetcher`); None when the object is cached
-        already or being downloaded by someone else right now. Never blocks."""
+        already or being downloaded by someone else right now. Never blocks. ``max_size``:
+        as for :meth:`fetch`."""
         lock = self._lock_for(str(h))
         if not lock.acquire(blocking=False):
             return None
@@ -279,7 +287,7 @@ class ObjectCache:
                 lock.release()
                 return None
             download = Download(self, h, kind, compression, what or h.describe(kind),
-                                lock.release)
+                                lock.release, max_size)
         except BaseException:
             if lock.locked():
                 lock.release()
@@ -288,7 +296,7 @@ class ObjectCache:
         return download
 
     def _fetch(self, source: Source, h: ContentHash, kind: ObjectKind,
-               compression: Compression, what: str | None) -> Path:
+               compression: Compression, what: str | None, max_size: int | None) -> Path:
         dest = self._where(h)
         if os.path.isfile(dest):
             return self._hit(h, Path(dest))
@@ -306,7 +314,7 @@ class ObjectCache:
         try:
             self.stats["misses"] += 1
             label = what or h.describe(kind)
-            download = Download(self, h, kind, compression, label, lock.release)
+            download = Download(self, h, kind, compression, label, lock.release, max_size)
         except BaseException:
             lock.release()
             raise

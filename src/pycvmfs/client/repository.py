@@ -26,12 +26,12 @@ from pycvmfs.format.history import History, Tag
 from pycvmfs.format.manifest import Manifest, verify_manifest
 from pycvmfs.format.whitelist import Whitelist, verify_whitelist
 from pycvmfs.storage.base import Source, fetch_bytes
+from pycvmfs.storage.objects import HISTORY_LIMIT, SMALL_FILE_LIMIT, catalog_limit
 
 __all__ = ["Repository", "TrustedState", "open_repository"]
 
 MANIFEST = ".cvmfspublished"
 WHITELIST = ".cvmfswhitelist"
-_SMALL_FILE_LIMIT = 1 << 20  # manifests and whitelists are a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,9 @@ class Repository:
         self._state: TrustedState | None = None
         self._history: History | None = None
         self._lock = threading.RLock()
+        #: recorded (uncompressed) catalog sizes, from the manifest and the nested_catalogs
+        #: rows of the catalogs opened so far: each catalog download is capped by its size
+        self._catalog_sizes: dict[ContentHash, int] = {}
 
     # -- the chain of trust --------------------------------------------------------------
     def refresh(self) -> TrustedState:
@@ -80,7 +83,7 @@ class Repository:
         in the source."""
         with self._lock:
             data = fetch_bytes(self.source, MANIFEST, what=self._where(MANIFEST),
-                               limit=_SMALL_FILE_LIMIT)
+                               limit=SMALL_FILE_LIMIT)
             from pycvmfs.format.manifest import parse_signed_manifest
 
             unverified, _ = parse_signed_manifest(data, what=self._where(MANIFEST))
@@ -95,13 +98,13 @@ class Repository:
             if unverified.certificate is None:
                 raise FormatError(f"{self._where(MANIFEST)}: no certificate hash (key X)")
             cert_path = self.cache.fetch(self.source, unverified.certificate,
-                                         ObjectKind.CERTIFICATE)
+                                         ObjectKind.CERTIFICATE, max_size=SMALL_FILE_LIMIT)
             certificate = Certificate.from_pem(
                 Path(cert_path).read_bytes(),
                 what=unverified.certificate.describe(ObjectKind.CERTIFICATE))
             manifest = verify_manifest(data, certificate, what=self._where(MANIFEST))
             wl_bytes = fetch_bytes(self.source, WHITELIST, what=self._where(WHITELIST),
-                                   limit=_SMALL_FILE_LIMIT)
+                                   limit=SMALL_FILE_LIMIT)
             whitelist = verify_whitelist(wl_bytes, self.public_keys, fqrn=fqrn,
                                          certificate=certificate, now=self._now(),
                                          blacklist=self.blacklist,
@@ -113,6 +116,7 @@ class Repository:
             if self._state is None or self._state.manifest.history != manifest.history:
                 self._close_history()
             self._state = TrustedState(manifest, certificate, whitelist, data, wl_bytes)
+            self._catalog_sizes[manifest.root_catalog] = manifest.root_catalog_size
             return self._state
 
     def _check_not_older(self, m: Manifest, crumb: Breadcrumb | None) -> None:
@@ -141,27 +145,45 @@ class Repository:
 
     # -- objects and catalogs ------------------------------------------------------------
     def fetch_object(self, h: ContentHash, kind: ObjectKind,
-                     compression: Compression = Compression.ZLIB) -> Path:
-        """Path of a verified, decompressed object in the local cache."""
-        return self.cache.fetch(self.source, h, kind, compression)
+                     compression: Compression = Compression.ZLIB, *,
+                     max_size: int | None = None) -> Path:
+        """Path of a verified, decompressed object in the local cache; ``max_size`` bounds
+        its size (:meth:`ObjectCache.fetch`)."""
+        return self.cache.fetch(self.source, h, kind, compression, max_size=max_size)
 
     def load_catalog(self, h: ContentHash, mountpoint: bytes = b"",
                      what: str | None = None) -> Catalog:
-        path = self.fetch_object(h, ObjectKind.CATALOG)
-        return Catalog.open(path, what=what or h.describe(ObjectKind.CATALOG), hash=h)
+        return self._open_catalog(h, what, pin=False)
 
     def _load_pinned_catalog(self, h: ContentHash, mountpoint: bytes, what: str) -> Catalog:
         # a view's catalogs stay pinned in the cache until the view closes (release_object)
-        path = self.cache.fetch(self.source, h, ObjectKind.CATALOG, pin=True)
+        return self._open_catalog(h, what, pin=True)
+
+    def _open_catalog(self, h: ContentHash, what: str | None, *, pin: bool) -> Catalog:
+        """Fetch (capped by its recorded size) and open a catalog; the sizes its nested
+        catalogs are recorded with cap their downloads in turn."""
+        path = self.cache.fetch(self.source, h, ObjectKind.CATALOG, pin=pin,
+                                max_size=catalog_limit(self._catalog_sizes.get(h)))
         try:
-            return Catalog.open(path, what=what or h.describe(ObjectKind.CATALOG), hash=h)
+            cat = Catalog.open(path, what=what or h.describe(ObjectKind.CATALOG), hash=h)
+            try:
+                for ref in cat.nested_catalogs():
+                    if ref.hash is not None and ref.size:
+                        self._catalog_sizes[ref.hash] = ref.size
+            except BaseException:
+                cat.close()
+                raise
         except BaseException:
-            self.cache.unpin(h)
+            if pin:
+                self.cache.unpin(h)
             raise
+        return cat
 
     def _fetch_for_entry(self, h: ContentHash, kind: ObjectKind, entry: DirectoryEntry) -> Path:
-        # pinned until the RepoFile reading it lets go (release_object below)
-        return self.cache.fetch(self.source, h, kind, entry.compression, pin=True)
+        # pinned until the RepoFile reading it lets go (release_object below); a file or one
+        # of its chunks is at most the file's size in the catalog
+        return self.cache.fetch(self.source, h, kind, entry.compression, pin=True,
+                                max_size=entry.size)
 
     def _lookup_for_entry(self, h: ContentHash) -> Path | None:
         # cached objects only, pinned like _fetch_for_entry; None: download in a thread
@@ -174,7 +196,7 @@ class Repository:
                 h = self.state.manifest.history
                 if h is None:
                     return None
-                path = self.fetch_object(h, ObjectKind.HISTORY)
+                path = self.fetch_object(h, ObjectKind.HISTORY, max_size=HISTORY_LIMIT)
                 self._history = History.open(path, what=h.describe(ObjectKind.HISTORY))
             return self._history
 
@@ -288,11 +310,15 @@ def open_repository(location: str, *, keys: Sequence[str | os.PathLike] | Sequen
                     proxies: Sequence[str] = ("DIRECT",), timeout: float = 10.0,
                     now: Callable[[], _dt.datetime] | None = None,
                     env: Callable[[str], str | None] | None = None,
-                    quota_limit: int | None = None) -> Repository:
+                    quota_limit: int | None = None, low_speed_limit: int = 1024,
+                    deadline: float = 3600.0) -> Repository:
     """Open a repository from a URL (``http://host/cvmfs/fqrn``, several separated by ``;``) or
     a local storage directory, trusting the given public keys (files or directories).
 
-    ``quota_limit`` (bytes) keeps the cache under that size with LRU eviction (``cachedb``)."""
+    ``quota_limit`` (bytes) keeps the cache under that size with LRU eviction (``cachedb``).
+    Over HTTP, a transfer slower than ``low_speed_limit`` bytes/s for ``timeout`` seconds
+    (``CVMFS_LOW_SPEED_LIMIT``), or not done after ``deadline`` seconds, fails over to the
+    next server (:class:`~pycvmfs.storage.http.HttpSource`)."""
     from pycvmfs.format.signature import load_public_keys
     from pycvmfs.storage.locate import open_source
 
@@ -301,7 +327,8 @@ def open_repository(location: str, *, keys: Sequence[str | os.PathLike] | Sequen
     if paths:
         public_keys += load_public_keys(paths)
     if location.strip().lower().startswith(("http://", "https://")):
-        source = open_source(location, proxies=proxies, timeout=timeout)
+        source = open_source(location, proxies=proxies, timeout=timeout,
+                             low_speed_limit=low_speed_limit, deadline=deadline)
     else:
         source = open_source(location)
     if fqrn is None:

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator
 # tools' object names depend on.
 from zlib_ng import zlib_ng as _inflating
 
-from pycvmfs.errors import FormatError, IntegrityError
+from pycvmfs.errors import FormatError, IntegrityError, SizeLimitError
 
-__all__ = ["Compression", "Inflater", "compress", "decompress", "inflate_stream"]
+__all__ = ["Compression", "Inflater", "compress", "decompress", "inflate_stream", "stored_bound"]
 
 # Output produced per decompress() call is bounded so a small "zip bomb" cannot blow up memory.
 _MAX_PIECE = 1 << 20
@@ -57,16 +57,34 @@ def compress(data: bytes | bytearray | memoryview,
     return zlib.compress(data)
 
 
-def decompress(data: bytes | bytearray | memoryview, compression: Compression = Compression.ZLIB,
-               *, what: str = "object") -> bytes:
-    """Decompress one whole object; a stream that is broken, truncated or followed by junk fails."""
+def stored_bound(size: int, compression: Compression = Compression.ZLIB) -> int:
+    """The most stored bytes an object of ``size`` decompressed bytes can have: the size itself
+    uncompressed, else zlib's ``compressBound`` (stored blocks' overhead plus the wrapper)."""
     if compression is Compression.NONE:
+        return size
+    return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
+
+
+def _too_large(what: str, limit: int) -> SizeLimitError:
+    return SizeLimitError(f"{what}: decompresses to more than its size limit of {limit} bytes; "
+                          "stopped there")
+
+
+def decompress(data: bytes | bytearray | memoryview, compression: Compression = Compression.ZLIB,
+               *, what: str = "object", limit: int | None = None) -> bytes:
+    """Decompress one whole object; a stream that is broken, truncated or followed by junk fails,
+    so does one that inflates past ``limit`` bytes (without inflating the rest)."""
+    if compression is Compression.NONE:
+        if limit is not None and len(data) > limit:
+            raise _too_large(what, limit)
         return bytes(data)
     d = _inflating.decompressobj()
     try:
-        out = d.decompress(data)
+        out = d.decompress(data) if limit is None else d.decompress(data, limit + 1)
     except _inflating.error as e:
         raise IntegrityError(f"{what}: not a valid zlib stream ({e})") from None
+    if limit is not None and len(out) > limit:
+        raise _too_large(what, limit)
     if not d.eof:
         raise IntegrityError(f"{what}: zlib stream is truncated")
     if d.unused_data:
@@ -75,18 +93,29 @@ def decompress(data: bytes | bytearray | memoryview, compression: Compression = 
 
 
 class Inflater:
-    """Incremental decompression of one object with bounded output per step."""
+    """Incremental decompression of one object with bounded output per step. With ``limit``,
+    a stream that inflates past that many bytes raises :class:`SizeLimitError` as soon as it
+    does (at most ``limit + 1`` bytes are inflated)."""
 
     def __init__(self, compression: Compression = Compression.ZLIB, *,
-                 what: str = "object") -> None:
+                 what: str = "object", limit: int | None = None) -> None:
         self.compression = compression
         self.what = what
+        self.limit = limit
+        self._left = -1 if limit is None else limit  # output still allowed (-1: no limit)
         self._d = _inflating.decompressobj() if compression is Compression.ZLIB else None
+
+    def _count(self, n: int) -> None:
+        if self._left >= 0:
+            self._left -= n
+            if self._left < 0:
+                raise _too_large(self.what, self.limit or 0)
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
         """Yield the decompressed pieces that ``data`` completes."""
         if self._d is None:
             if data:
+                self._count(len(data))
                 yield bytes(data)
             return
         if self._d.eof:
@@ -96,8 +125,10 @@ class Inflater:
         buf = data
         try:
             while True:
-                out = self._d.decompress(buf, _MAX_PIECE)
+                out = self._d.decompress(
+                    buf, _MAX_PIECE if self._left < 0 else min(_MAX_PIECE, self._left + 1))
                 if out:
+                    self._count(len(out))
                     yield out
                 buf = self._d.unconsumed_tail
                 if not buf or self._d.eof:
@@ -112,18 +143,20 @@ class Inflater:
         if self._d is None:
             return b""
         try:
-            out = self._d.flush()
+            out = self._d.flush()  # (what a fed stream holds back is a few hundred bytes)
         except _inflating.error as e:
             raise IntegrityError(f"{self.what}: not a valid zlib stream ({e})") from None
+        self._count(len(out))
         if not self._d.eof:
             raise IntegrityError(f"{self.what}: zlib stream is truncated")
         return out
 
 
 def inflate_stream(pieces: Iterable[bytes], compression: Compression = Compression.ZLIB,
-                   *, what: str = "object") -> Iterator[bytes]:
-    """Decompress a stream of compressed pieces, yielding decompressed pieces."""
-    inf = Inflater(compression, what=what)
+                   *, what: str = "object", limit: int | None = None) -> Iterator[bytes]:
+    """Decompress a stream of compressed pieces, yielding decompressed pieces (at most
+    ``limit`` bytes of them: see :class:`Inflater`)."""
+    inf = Inflater(compression, what=what, limit=limit)
     for piece in pieces:
         yield from inf.feed(piece)
     tail = inf.finish()

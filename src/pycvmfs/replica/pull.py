@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from pycvmfs.errors import CvmfsError, FormatError, ObjectNotFoundError
+from pycvmfs.errors import CvmfsError, FormatError, ObjectNotFoundError, SizeLimitError
 from pycvmfs.format.catalog import Catalog
-from pycvmfs.format.compression import Compression
+from pycvmfs.format.compression import Compression, stored_bound
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, parse_object_name
 from pycvmfs.format.sqlite import open_database
 from pycvmfs.replica.copying import BufferedObject, VerifyingReader
@@ -25,7 +25,12 @@ from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
 from pycvmfs.storage.httpcopy import HttpCopier
 from pycvmfs.storage.local import LocalStorage
-from pycvmfs.storage.objects import download_verified
+from pycvmfs.storage.objects import (
+    HISTORY_LIMIT,
+    SMALL_FILE_LIMIT,
+    catalog_limit,
+    download_verified,
+)
 
 __all__ = ["Progress", "PullStats", "Puller"]
 
@@ -168,6 +173,11 @@ class Puller:
         self._uploads = threading.BoundedSemaphore(self._workers * 2)
         self._lock = threading.Lock()
         self._objects: dict[str, str | list[_Node]] = {}
+        #: the catalog's size of each object scheduled and not finished: caps its download
+        self._sizes: dict[str, int | None] = {}
+        #: recorded (uncompressed) catalog sizes: the root's from the manifest, the others from
+        #: their parents' nested_catalogs rows; each catalog download is capped by its size
+        self._catalog_sizes: dict[ContentHash, int] = {}
         self._catalogs: dict[str, str | _Node] = {}
         self._prefetch: dict[str, Future] = {}
         self._error: BaseException | None = None
@@ -179,9 +189,12 @@ class Puller:
     # -- public ------------------------------------------------------------------------------
 
     def pull(self, h: ContentHash, *, history: bool, optional: bool = False,
-             root: bool = True) -> None:
+             root: bool = True, size: int = 0) -> None:
         """Schedule the tree of catalog ``h`` (and, with ``history``, its previous revisions
-        back to one the destination has). ``optional``: a missing ``h`` is skipped."""
+        back to one the destination has). ``optional``: a missing ``h`` is skipped. ``size``:
+        the catalog's recorded size (manifest ``B``), its download's cap (0: unknown)."""
+        if size:
+            self._catalog_sizes[h] = size
         self._tree(h, None, history=history, optional=optional, root=root)
 
     def wait(self) -> None:
@@ -221,9 +234,10 @@ class Puller:
         if self.dest.exists(relpath):
             return 0
         what = self._what(h, kind)
-        if check_zlib:
-            download_verified(self.source, h, kind, Compression.ZLIB, None, what=what)
-        n = self._copy(h, kind, relpath)
+        if check_zlib:  # (small objects: capped as the stock client caps them)
+            download_verified(self.source, h, kind, Compression.ZLIB, None, what=what,
+                              max_size=SMALL_FILE_LIMIT)
+        n = self._copy(h, kind, relpath, SMALL_FILE_LIMIT if check_zlib else None)
         with self._lock:
             self.stats.bytes_fetched += n
         return n
@@ -235,7 +249,7 @@ class Puller:
         name = h.object_name(kind)
         if self.dest.exists(relpath):
             return self._from_dest(h, kind, self.tmp / f"pull.{name}.db")
-        loaded_raw, db = self._download(h, kind)
+        loaded_raw, db = self._download(h, kind, HISTORY_LIMIT)
         with open(loaded_raw, "rb") as f:
             self.dest.put_file(relpath, f)
         with self._lock:
@@ -370,11 +384,16 @@ class Puller:
     def _fetch_catalog(self, h: ContentHash, *, check: bool) -> _Loaded | str:
         if check and self.dest.exists(h.object_path(ObjectKind.CATALOG)):
             return _PRESENT
-        raw, db = self._download(h, ObjectKind.CATALOG)
+        raw, db = self._download(h, ObjectKind.CATALOG,
+                                 catalog_limit(self._catalog_sizes.get(h)))
         what = self._what(h, ObjectKind.CATALOG)
         with Catalog.open(db, what=what, hash=h) as cat:
             previous = cat.previous_revision
-            nested = [r.hash for r in cat.nested_catalogs() if r.hash is not None]
+            refs = [r for r in cat.nested_catalogs() if r.hash is not None]
+        for r in refs:
+            if r.size and r.hash is not None:
+                self._catalog_sizes[r.hash] = r.size
+        nested = [r.hash for r in refs if r.hash is not None]
         with self._lock:
             self.stats.catalogs_fetched += 1
             self.stats.bytes_fetched += raw.stat().st_size
@@ -389,7 +408,7 @@ class Puller:
             self._check()
             new: list[tuple[ContentHash, ObjectKind, str]] = []
             with self._lock:  # once per run of objects, not once per object
-                for h, kind in chunk:
+                for h, kind, size in chunk:
                     name = h.object_name(kind)
                     state = self._objects.get(name)
                     if state == _DONE:
@@ -401,6 +420,7 @@ class Puller:
                         state.append(node)
                         continue
                     self._objects[name] = [node]
+                    self._sizes[name] = size
                     self._scheduled += 1
                     new.append((h, kind, name))
             copies: list[tuple[str, int, bytes, str]] = []
@@ -528,7 +548,7 @@ class Puller:
                     with self._lock:
                         self.stats.objects_present += 1
                 else:
-                    n = self._copy(h, kind, relpath)
+                    n = self._copy(h, kind, relpath, self._sizes.get(name))
                     with self._lock:
                         self.stats.objects_fetched += 1
                         self.stats.bytes_fetched += n
@@ -543,6 +563,7 @@ class Puller:
             with self._lock:
                 waiters = self._objects[name]
                 self._objects[name] = _DONE if ok else _FAILED
+                self._sizes.pop(name, None)
                 self._finished += 1
             assert isinstance(waiters, list)
             for n in waiters:
@@ -551,16 +572,34 @@ class Puller:
         finally:
             self._window.give()  # last: an empty window means all bookkeeping is done
 
-    def _copy(self, h: ContentHash, kind: ObjectKind, relpath: str) -> int:
+    def _copy(self, h: ContentHash, kind: ObjectKind, relpath: str,
+              max_size: int | None = None) -> int:
+        """Copy the stored bytes of one object; with ``max_size`` (its size in the catalog) a
+        body longer than zlib can make of that size fails as soon as it is."""
         what = self._what(h, kind)
+        cap = None if max_size is None else stored_bound(max_size)
+        too_large: list[SizeLimitError] = []
+
+        def capped(blocks: Iterator[bytes]) -> Iterator[bytes]:
+            got = 0
+            for block in blocks:
+                got += len(block)
+                if cap is not None and got > cap:
+                    too_large.append(SizeLimitError(
+                        f"{what}: {got} stored bytes, more than its size limit of {max_size} "
+                        "bytes can take; stopped there"))
+                    raise too_large[-1]
+                yield block
 
         def consume(blocks: Iterator[bytes]) -> int:
-            reader = VerifyingReader(blocks, h, what)
+            reader = VerifyingReader(capped(blocks), h, what)
             try:
                 self.dest.put_file(relpath, reader)  # type: ignore[arg-type]
             except BaseException:
                 if reader.error is not None:  # a store may wrap what the stream raised
                     raise reader.error from None
+                if too_large:
+                    raise too_large[-1] from None
                 raise
             if not reader.eof:  # the store stopped reading early: never keep unchecked bytes
                 self.dest.delete(relpath)
@@ -570,14 +609,16 @@ class Puller:
 
         return self.source.fetch(relpath, consume, what=what)
 
-    def _download(self, h: ContentHash, kind: ObjectKind) -> tuple[Path, Path]:
-        """Fetch a compressed SQLite object: its verified bytes and its decompressed file."""
+    def _download(self, h: ContentHash, kind: ObjectKind, max_size: int) -> tuple[Path, Path]:
+        """Fetch a compressed SQLite object: its verified bytes and its decompressed file (of
+        at most ``max_size`` bytes: a larger one fails when it gets there, leaving nothing)."""
         name = h.object_name(kind)
         raw, db = self.tmp / f"pull.{name}", self.tmp / f"pull.{name}.db"
         what = self._what(h, kind)
         try:
             with open(raw, "wb") as fr, open(db, "wb") as fd:
-                download_verified(self.source, h, kind, Compression.ZLIB, fd, raw=fr, what=what)
+                download_verified(self.source, h, kind, Compression.ZLIB, fd, raw=fr, what=what,
+                                  max_size=max_size)
         except BaseException:
             raw.unlink(missing_ok=True)
             db.unlink(missing_ok=True)
@@ -676,10 +717,10 @@ class Puller:
 _ALGORITHMS = {code: Algorithm.from_flag_code(code) for code in range(3)}
 
 
-def _referenced(db: Path, base: Path | None, *, what: str) -> Iterator[tuple[ContentHash,
-                                                                          ObjectKind]]:
+def _referenced(db: Path, base: Path | None, *,
+                what: str) -> Iterator[tuple[ContentHash, ObjectKind, int | None]]:
     """The data objects and chunks a catalog references (external files excluded), minus those
-    its ``base`` catalog references too."""
+    its ``base`` catalog references too, with their (uncompressed) sizes."""
     conn = open_database(db, what=what)
     try:
         schemas = ["main"]
@@ -692,13 +733,14 @@ def _referenced(db: Path, base: Path | None, *, what: str) -> Iterator[tuple[Con
             if not parts or not _has_table(conn, "main", _TABLES[kind]):
                 continue
             sql = parts[0] + (" EXCEPT " + parts[1] if len(parts) > 1 else "")
-            for digest, code in conn.execute(sql):
+            for digest, code, size in conn.execute(sql):
                 if not isinstance(digest, bytes) or len(digest) != 20 or digest == _ZERO:
                     continue
                 algorithm = _ALGORITHMS.get(code)
                 if algorithm is None:
                     raise FormatError(f"{what}: unknown hash algorithm code {code} in flags")
-                yield ContentHash(algorithm, digest), kind
+                yield (ContentHash(algorithm, digest), kind,
+                       size if isinstance(size, int) and size >= 0 else None)
     except sqlite3.DatabaseError as e:
         raise CvmfsError(f"{what}: cannot list the referenced objects ({e})") from None
     finally:
@@ -715,11 +757,11 @@ def _has_table(conn: sqlite3.Connection, schema: str, table: str) -> bool:
 
 
 def _files_sql(schema: str) -> str:
-    return (f"SELECT hash, (flags >> 8) & 7 FROM {schema}.catalog "
+    return (f"SELECT hash, (flags >> 8) & 7, size FROM {schema}.catalog "
             "WHERE hash IS NOT NULL AND (flags & 128) = 0")
 
 
 def _chunks_sql(schema: str) -> str:
-    return (f"SELECT c.hash, (k.flags >> 8) & 7 FROM {schema}.chunks AS c "
+    return (f"SELECT c.hash, (k.flags >> 8) & 7, c.size FROM {schema}.chunks AS c "
             f"JOIN {schema}.catalog AS k ON c.md5path_1 = k.md5path_1 "
             "AND c.md5path_2 = k.md5path_2 WHERE (k.flags & 128) = 0")

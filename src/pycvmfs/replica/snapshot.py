@@ -174,10 +174,11 @@ def _replicate(source: Source, dest: ObjectStore, trusted: TrustedState, pkcs7: 
         try:
             tags = _tags(puller, m.history) if m.history is not None else []
             # the trunk, back through previous revisions to one the replica has
-            puller.pull(m.root_catalog, history=incremental)
+            puller.pull(m.root_catalog, history=incremental, size=m.root_catalog_size)
             if all_tags:
                 for tag in tags:
-                    puller.pull(tag.root_hash, history=False, optional=m.garbage_collectable)
+                    puller.pull(tag.root_hash, history=False, optional=m.garbage_collectable,
+                                size=tag.size)
                     report.tags.append(tag.name)
             puller.wait()
             if m.certificate is None:

@@ -88,6 +88,8 @@ typedef struct engine {
     char base_url[MAX_BASE + 1];
     char proxy[MAX_BASE + 1];
     long connect_timeout_ms, low_speed_time;
+    long low_speed_limit;       /* bytes/s under which a transfer fails (after the time) */
+    long timeout_ms;            /* a transfer's deadline (0: none) */
     unsigned long route;
     char *user_agent;
     char setup_error[ERROR_SIZE];
@@ -368,8 +370,9 @@ static int start(Engine *e, handle *h, job *j, const char *base, unsigned long r
     if (h->route != route) {
         curl_easy_setopt(h->easy, CURLOPT_PROXY, proxy);
         curl_easy_setopt(h->easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
-        curl_easy_setopt(h->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(h->easy, CURLOPT_LOW_SPEED_LIMIT, e->low_speed_limit);
         curl_easy_setopt(h->easy, CURLOPT_LOW_SPEED_TIME, low_speed);
+        curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, e->timeout_ms);
         h->route = route;
     }
     snprintf(url, sizeof url, "%s/%s", base, j->relpath);
@@ -672,20 +675,22 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 static int Engine_init(Engine *e, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"root", "base_url", "proxy", "connect_timeout_ms",
                              "low_speed_time", "user_agent", "parallel", "fsync", "fix_mode",
-                             "named_files", NULL};
+                             "named_files", "low_speed_limit", "timeout_ms", NULL};
     PyObject *root_obj = NULL;
     const char *base, *proxy, *user_agent;
-    long connect_ms, low_speed;
+    long connect_ms, low_speed, low_speed_limit = 1, timeout_ms = 0;
     int parallel, do_fsync, fix_mode, named_files = 0;
     if (e->initialized || e->root_fd >= 0 || e->user_agent) {
         PyErr_SetString(PyExc_RuntimeError, "Engine is initialized already");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&ssllsipp|p", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&ssllsipp|pll", kwlist,
                                      PyUnicode_FSConverter, &root_obj, &base, &proxy,
                                      &connect_ms, &low_speed, &user_agent, &parallel, &do_fsync,
-                                     &fix_mode, &named_files))
+                                     &fix_mode, &named_files, &low_speed_limit, &timeout_ms))
         return -1;
+    e->low_speed_limit = low_speed_limit > 0 ? low_speed_limit : 1;
+    e->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
     const char *root = PyBytes_AS_STRING(root_obj);
     if (parallel < 1 || parallel > 1024) {
         Py_DECREF(root_obj);

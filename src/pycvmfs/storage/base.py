@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
-from pycvmfs.errors import FetchError
+from pycvmfs.errors import SizeLimitError
 
 T = TypeVar("T")
 
@@ -66,14 +66,16 @@ class ObjectStore(Source, Protocol):
 
 def fetch_bytes(source: Source, relpath: str, *, what: str, limit: int | None = None,
                 fresh: bool = False) -> bytes:
-    """Fetch a whole (small) file into memory; ``limit`` bounds its size."""
+    """Fetch a whole (small) file into memory; ``limit`` bounds its size: a larger body raises
+    :class:`SizeLimitError` (bad bytes: a source tries its next server) as soon as it is."""
 
     def consume(blocks: Iterator[bytes]) -> bytes:
         buf = bytearray()
         for b in blocks:
             buf += b
             if limit is not None and len(buf) > limit:
-                raise FetchError(what, [f"larger than {limit} bytes"])
+                raise SizeLimitError(f"{what}: larger than its size limit of {limit} bytes; "
+                                     "stopped there")
         return bytes(buf)
 
     return source.fetch(relpath, consume, what=what, fresh=fresh)

@@ -112,9 +112,11 @@ class BatchFetcher:
             self._routes[c] = (proxy, timeout)
             c.setopt(pycurl.PROXY, "" if proxy == DIRECT else proxy)
             c.setopt(pycurl.CONNECTTIMEOUT_MS, int(timeout * 1000))
-            # a read timeout as the stock client has it: less than 1 byte/s for that long
-            c.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+            # as the stock client: under CVMFS_LOW_SPEED_LIMIT bytes/s for the timeout fails
+            # (at least 1 byte/s: a read timeout), and so does the source's deadline
+            c.setopt(pycurl.LOW_SPEED_LIMIT, max(1, self.source.low_speed_limit))
             c.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeout)))
+            c.setopt(pycurl.TIMEOUT_MS, int(self.source.deadline * 1000))
         c.setopt(pycurl.WRITEFUNCTION, t.write)
         self._active[c] = t
         self._multi.add_handle(c)

@@ -48,23 +48,51 @@ class _TransferError(Exception):
     """The body could not be read to its end (dropped connection, read timeout)."""
 
 
-class _Body:
-    """The iterator of blocks handed to a consumer; remembers transfer errors and completion."""
+@dataclass(frozen=True)
+class _Pace:
+    """How slow a transfer may be: under ``low_speed`` bytes/s for ``window`` seconds, or not
+    finished ``deadline`` seconds after its request (0: no deadline), it fails."""
 
-    def __init__(self, resp: urllib3.BaseHTTPResponse) -> None:
+    low_speed: int
+    window: float
+    deadline: float
+    started: float
+
+
+class _Body:
+    """The iterator of blocks handed to a consumer; remembers transfer errors and completion.
+    Blocks are what each read from the connection brought, so that a transfer too slow for
+    its :class:`_Pace` is noticed between reads, as libcurl's low-speed limit does."""
+
+    def __init__(self, resp: urllib3.BaseHTTPResponse, pace: _Pace) -> None:
         self._resp = resp
+        self._pace = pace
         self.error: str | None = None
         self.complete = False
 
     def __iter__(self) -> Iterator[bytes]:
+        pace = self._pace
+        clock = time.monotonic
+        since, got = clock(), 0  # the current low-speed window: its start, bytes in it
         try:
-            for block in self._resp.stream(BLOCK_SIZE):
-                if block:
-                    yield block
+            while block := self._resp.read1(BLOCK_SIZE):
+                now = clock()
+                got += len(block)
+                if now - since >= pace.window:
+                    if got < pace.low_speed * (now - since):
+                        self._fail(f"too slow: {got} bytes in {now - since:.1f} s, under the "
+                                   f"low-speed limit of {pace.low_speed} bytes/s")
+                    since, got = now, 0
+                if pace.deadline and now - pace.started > pace.deadline:
+                    self._fail(f"deadline: transfer not finished after {pace.deadline:g} s")
+                yield block
         except (Urllib3Error, OSError) as e:
-            self.error = f"transfer interrupted: {_reason(e)}"
-            raise _TransferError(self.error) from e
+            self._fail(f"transfer interrupted: {_reason(e)}", e)
         self.complete = True
+
+    def _fail(self, reason: str, cause: BaseException | None = None) -> None:
+        self.error = reason
+        raise _TransferError(reason) from cause
 
     def release(self) -> None:
         """Return the connection to the pool if the body was read, else drop the connection."""
@@ -92,6 +120,13 @@ class HttpSource:
     group is preferred again (``0``: never). Requests through a proxy use ``timeout`` seconds,
     direct ones ``timeout_direct`` (default: ``timeout``).
 
+    Slow transfers (``CVMFS_LOW_SPEED_LIMIT``, as the stock client sets libcurl's
+    ``CURLOPT_LOW_SPEED_LIMIT``/``_TIME``): a body arriving at less than ``low_speed_limit``
+    bytes/s (default 1024) over a window of the request's timeout fails, and so does a
+    transfer not finished ``deadline`` seconds after its request (default 3600; 0: none).
+    Either counts as a connection failure (retry, then the next proxy, then the next server);
+    the error names the URL and says "too slow" or "deadline".
+
     Failover (§8.6): a connection error, timeout or HTTP 429 is retried on the same URL up to
     ``retries`` times, sleeping between ``backoff[0]`` and twice that for the first retry, doubled
     per retry, at most ``backoff[1]`` seconds; then the next proxy is tried, then the next server.
@@ -116,6 +151,8 @@ class HttpSource:
         proxy_reset_after: float = 0.0,
         user_agent: str = f"pycvmfs/{__version__}",
         pool_size: int = 10,
+        low_speed_limit: int = 1024,
+        deadline: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -128,10 +165,14 @@ class HttpSource:
         if timeout_direct is None:
             timeout_direct = timeout
         if (timeout <= 0 or timeout_direct <= 0 or retries < 0 or backoff[0] < 0
-                or backoff[1] < backoff[0] or host_reset_after < 0 or proxy_reset_after < 0):
+                or backoff[1] < backoff[0] or host_reset_after < 0 or proxy_reset_after < 0
+                or low_speed_limit < 0 or deadline < 0):
             raise ConfigError(f"HttpSource: invalid timeout={timeout}/{timeout_direct}, "
-                              f"retries={retries}, backoff={backoff} or reset "
-                              f"{host_reset_after}/{proxy_reset_after}")
+                              f"retries={retries}, backoff={backoff}, reset "
+                              f"{host_reset_after}/{proxy_reset_after}, low_speed_limit="
+                              f"{low_speed_limit} or deadline={deadline}")
+        self.low_speed_limit = low_speed_limit
+        self.deadline = deadline
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
         self._timeout_direct = urllib3.Timeout(connect=timeout_direct, read=timeout_direct)
         self._retries = retries
@@ -171,7 +212,8 @@ class HttpSource:
                 "timeout_direct": float(self._timeout_direct.connect_timeout),  # type: ignore
                 "retries": self._retries, "backoff": list(self._backoff),
                 "host_reset_after": self._host_reset_after,
-                "proxy_reset_after": self._proxy_reset_after, "user_agent": self.user_agent}
+                "proxy_reset_after": self._proxy_reset_after, "user_agent": self.user_agent,
+                "low_speed_limit": self.low_speed_limit, "deadline": self.deadline}
 
     def __enter__(self) -> HttpSource:
         return self
@@ -351,6 +393,7 @@ class HttpSource:
         headers = {**self._headers, **NO_CACHE_HEADERS} if no_cache else dict(self._headers)
         via_proxy = proxy != DIRECT
         self._count("requests")
+        started = time.monotonic()
         try:
             resp = self._pools[proxy].urlopen(
                 "GET", url, headers=headers, redirect=False, retries=False,
@@ -363,7 +406,8 @@ class HttpSource:
             resp.drain_conn()
             resp.release_conn()
             return out
-        body = _Body(resp)
+        pace = _Pace(self.low_speed_limit, self.timeout_for(proxy), self.deadline, started)
+        body = _Body(resp, pace)
         try:
             value = consume(iter(body))
         except Exception as e:

@@ -13,6 +13,11 @@ system, and made two engines slower than one on ext4) is needed. Where the file 
 make nameless files (or with ``named_files=True``) it is a named file in ``data/txn``, renamed
 into place.
 
+Transfers follow the source's ``low_speed_limit`` (bytes/s over its timeout) and ``deadline``
+as libcurl's ``CURLOPT_LOW_SPEED_LIMIT``/``_TIME`` and ``CURLOPT_TIMEOUT``; a body is kept only
+once its hash matched, so one larger than its object is never kept (the engine does not know
+object sizes: the source's deadline and low-speed limit bound how long it may take).
+
 Only the source's current server and proxy are used: a failure is handed back (``on_done``
 with its reason), and the caller retries through :meth:`HttpSource.fetch` with its fail-over
 and no-cache rules; when that moved the source on, transfers that start afterwards follow.
@@ -68,8 +73,9 @@ class HttpCopier:
         try:
             for i in range(engines):
                 share = parallel // engines + (1 if i < parallel % engines else 0)
-                self._engines.append(Engine(root, *self._route, source.user_agent, share,
-                                            dest.fsync, fix_mode, named_files))
+                self._engines.append(Engine(
+                    root, *self._route, source.user_agent, share, dest.fsync, fix_mode,
+                    named_files, max(1, source.low_speed_limit), int(source.deadline * 1000)))
         except BaseException:
             for e in self._engines:
                 e.stop(True)

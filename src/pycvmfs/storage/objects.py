@@ -5,12 +5,31 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from pycvmfs.errors import FetchError, HashMismatchError, IntegrityError
-from pycvmfs.format.compression import Compression, Inflater
+from pycvmfs.errors import FetchError, HashMismatchError, IntegrityError, SizeLimitError
+from pycvmfs.format.compression import Compression, Inflater, stored_bound
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
 
-__all__ = ["CheckedBody", "download_verified", "fetch_object_bytes"]
+__all__ = ["CATALOG_LIMIT", "HISTORY_LIMIT", "REFLOG_LIMIT", "SMALL_FILE_LIMIT", "CheckedBody",
+           "catalog_limit", "download_verified", "fetch_object_bytes"]
+
+# Size caps of the downloads whose size no signed record gives (decompressed bytes; a body
+# past its cap is stopped there). The stock client reads the manifest, whitelist, certificate
+# and meta-info into memory sinks of at most 1 MiB (``MemSink::kMaxMemSize``); they are a few
+# hundred bytes to a few KiB.
+SMALL_FILE_LIMIT = 1 << 20
+#: the tag database: about 150 bytes a tag
+HISTORY_LIMIT = 256 << 20
+#: the reflog: one row per catalog, certificate, history and meta-info object ever published
+REFLOG_LIMIT = 1 << 30
+#: a catalog whose size is not recorded (0 in a schema-0 parent or a manifest without B)
+CATALOG_LIMIT = 4 << 30
+
+
+def catalog_limit(recorded: int | None) -> int:
+    """The size cap of a catalog: its recorded (uncompressed) size from the parent's
+    ``nested_catalogs`` row or the manifest's ``B``, else :data:`CATALOG_LIMIT`."""
+    return recorded if recorded else CATALOG_LIMIT
 
 Sink = Callable[[bytes], None]
 #: Where decompressed bytes go: a bytearray, a writable binary file, or a callable (which may
@@ -53,14 +72,21 @@ class CheckedBody:
     """One object body checked as it arrives: the stored bytes hashed, the decompression
     carried along into ``write``. A decompression error is held back and raised by
     :meth:`finish` only when the hash is right: a wrong hash says more (wrong bytes: another
-    server may have the right ones)."""
+    server may have the right ones).
 
-    __slots__ = ("_broken", "_hasher", "_inflater", "h", "stored", "what")
+    With ``max_size`` (the most decompressed bytes the object may have: its size in the
+    catalog, or a fixed cap) a body that inflates past it, or whose stored bytes exceed what
+    zlib can make of that size (:func:`stored_bound`), raises :class:`SizeLimitError` at once,
+    having inflated and kept at most ``max_size + 1`` bytes."""
 
-    def __init__(self, h: ContentHash, compression: Compression, what: str) -> None:
+    __slots__ = ("_broken", "_hasher", "_inflater", "_max_stored", "h", "stored", "what")
+
+    def __init__(self, h: ContentHash, compression: Compression, what: str,
+                 max_size: int | None = None) -> None:
         self.h, self.what = h, what
         self._hasher = h.algorithm.new()
-        self._inflater = Inflater(compression, what=what)
+        self._inflater = Inflater(compression, what=what, limit=max_size)
+        self._max_stored = -1 if max_size is None else stored_bound(max_size, compression)
         self._broken: IntegrityError | None = None
         self.stored = 0  # compressed bytes seen
 
@@ -68,6 +94,9 @@ class CheckedBody:
         """Take the next block; returns the decompressed bytes it completed."""
         self._hasher.update(block)
         self.stored += len(block)
+        if 0 <= self._max_stored < self.stored:
+            raise SizeLimitError(f"{self.what}: {self.stored} stored bytes, more than its size "
+                                 f"limit of {self._inflater.limit} bytes can take; stopped there")
         if self._broken is not None:
             return 0
         plain = 0
@@ -76,6 +105,8 @@ class CheckedBody:
                 plain += len(piece)
                 if write is not None:
                     write(piece)
+        except SizeLimitError:
+            raise  # past the size limit: stop the transfer now
         except IntegrityError as e:
             self._broken = e
         return plain
@@ -97,9 +128,11 @@ class CheckedBody:
 
 def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
                       compression: Compression, sink: Output, *,
-                      what: str | None = None, raw: Output = None) -> tuple[int, int]:
+                      what: str | None = None, raw: Output = None,
+                      max_size: int | None = None) -> tuple[int, int]:
     """Stream object ``h`` from ``source`` into ``sink`` (see :data:`Output`), checking its hash
     over the compressed bytes as they arrive; ``raw`` also gets the stored (compressed) bytes.
+    ``max_size`` bounds the decompressed size (see :class:`CheckedBody`).
 
     Returns ``(stored bytes, decompressed bytes)``. When the source reads the body again (after
     bad bytes, from another server), what the earlier attempt wrote is taken back first. Raises
@@ -118,7 +151,7 @@ def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
         if attempts > 1:
             restart()
             restart_raw()
-        body = CheckedBody(h, compression, label)
+        body = CheckedBody(h, compression, label, max_size)
         plain = 0
         for block in blocks:
             if write_raw is not None:
@@ -131,10 +164,12 @@ def download_verified(source: Source, h: ContentHash, kind: ObjectKind,
 
 
 def fetch_object_bytes(source: Source, h: ContentHash, kind: ObjectKind,
-                       compression: Compression = Compression.ZLIB) -> bytes:
-    """A whole (small) object, verified and decompressed, in memory."""
+                       compression: Compression = Compression.ZLIB, *,
+                       max_size: int | None = None) -> bytes:
+    """A whole (small) object, verified and decompressed, in memory (at most ``max_size``
+    bytes of it: see :class:`CheckedBody`)."""
     out = bytearray()
-    download_verified(source, h, kind, compression, out)
+    download_verified(source, h, kind, compression, out, max_size=max_size)
     return bytes(out)
 
 
