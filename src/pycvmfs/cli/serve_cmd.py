@@ -22,8 +22,11 @@ __all__ = ["register", "serve"]
               help="Append a common-log-format line per request to this file.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Worker processes (one event loop, i.e. about one core, each).")
+@click.option("--request-timeout", default=20.0, show_default=True,
+              type=click.FloatRange(min=0.1),
+              help="Seconds a client may take to send a whole request (then 408).")
 def serve(storage_dirs: tuple[Path, ...], host: str, port: int, access_log: Path | None,
-          workers: int) -> None:
+          workers: int, request_timeout: float) -> None:
     """Serve repository storage directories at http://HOST:PORT/cvmfs/<name>/.
 
     Each STORAGE_DIR is either one repository's storage (a folder with .cvmfspublished, served
@@ -47,7 +50,7 @@ def serve(storage_dirs: tuple[Path, ...], host: str, port: int, access_log: Path
                    f"press Ctrl-C to stop", err=True)
 
     serve_forever(repositories, host=host, port=port, access_log=access_log, workers=workers,
-                  ready=ready)
+                  ready=ready, request_timeout=request_timeout)
 
 
 def register(group: click.Group) -> None:

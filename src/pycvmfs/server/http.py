@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pycvmfs.errors import ConfigError, CvmfsError
 from pycvmfs.server.files import LONG_TTL, SHORT_TTL, parse_range, split_target
-from pycvmfs.server.protocol import Connections
+from pycvmfs.server.protocol import REQUEST_TIMEOUT, Connections
 from pycvmfs.server.site import Site
 
 __all__ = ["LONG_TTL", "SHORT_TTL", "RepositoryServer", "Site", "find_repositories",
@@ -60,10 +60,12 @@ def _base_url(host: str, port: int) -> str:
 
 async def _serve(site: Site, sock: socket.socket, shutdown_timeout: float,
                  started: Callable[[asyncio.Event], None],
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
     """Serve on ``sock`` until the event given to ``started`` is set, then shut down."""
     loop = asyncio.get_running_loop()
-    connections = Connections(site, keepalive_timeout=keepalive_timeout)
+    connections = Connections(site, keepalive_timeout=keepalive_timeout,
+                              request_timeout=request_timeout)
     server = await loop.create_server(connections, sock=sock, backlog=4096)
     connections.start()
     stop = asyncio.Event()
@@ -80,17 +82,20 @@ class RepositoryServer:
 
     ``port=0`` picks a free port; ``url`` is ``http://host:port`` once started, and a
     repository's URL is ``url + "/cvmfs/" + name`` (:meth:`repository_url`). Idle keep-alive
-    connections are closed after ``keepalive_timeout`` seconds.
+    connections are closed after ``keepalive_timeout`` seconds, a request not received whole
+    within ``request_timeout`` seconds gets 408 and its connection closes.
     """
 
     def __init__(self, repositories: Mapping[str, Path], *, host: str = "127.0.0.1",
                  port: int = 0, access_log: Path | None = None,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.repositories = dict(repositories)
         self.host = host
         self.port = port
         self.access_log = access_log
         self.keepalive_timeout = keepalive_timeout
+        self.request_timeout = request_timeout
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -131,7 +136,8 @@ class RepositoryServer:
             ready.set()
 
         try:
-            loop.run_until_complete(_serve(site, sock, 2.0, started, self.keepalive_timeout))
+            loop.run_until_complete(_serve(site, sock, 2.0, started, self.keepalive_timeout,
+                                           self.request_timeout))
         except BaseException as e:
             if not ready.is_set():
                 self._failure = e
@@ -160,7 +166,7 @@ class RepositoryServer:
 
 
 async def _serve_until_signalled(repositories: Mapping[str, Path], access_log: Path | None,
-                                 sock: socket.socket) -> None:
+                                 sock: socket.socket, request_timeout: float) -> None:
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
 
@@ -169,7 +175,8 @@ async def _serve_until_signalled(repositories: Mapping[str, Path], access_log: P
             loop.add_signal_handler(sig, stop.set)
 
     try:
-        await _serve(Site(repositories, access_log=access_log), sock, 10.0, started)
+        await _serve(Site(repositories, access_log=access_log), sock, 10.0, started,
+                     request_timeout=request_timeout)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
@@ -188,13 +195,15 @@ def _raise_open_files_limit() -> None:
 
 def serve_forever(repositories: Mapping[str, Path], *, host: str = "127.0.0.1",
                   port: int = 8000, access_log: Path | None = None, workers: int = 1,
-                  ready: Callable[[str], None] | None = None) -> None:
+                  ready: Callable[[str], None] | None = None,
+                  request_timeout: float = REQUEST_TIMEOUT) -> None:
     """Serve in the foreground until SIGINT or SIGTERM, then shut down cleanly and return.
 
     Must run in the main thread. ``workers > 1`` forks that many processes (one event loop
     each; one loop uses one core), each with its own ``SO_REUSEPORT`` socket so that the kernel
     spreads connections evenly (one shared socket where that option is missing).
-    ``ready(url)`` is called once the socket listens.
+    ``ready(url)`` is called once the socket listens. A request not received whole within
+    ``request_timeout`` seconds gets 408 and its connection closes.
     """
     Site(repositories, access_log=access_log)  # validate before binding
     if workers > 1 and not hasattr(os, "fork"):
@@ -206,14 +215,15 @@ def serve_forever(repositories: Mapping[str, Path], *, host: str = "127.0.0.1",
     if ready is not None:
         ready(_base_url(host, port))
     if workers <= 1:
-        asyncio.run(_serve_until_signalled(repositories, access_log, sock))
+        asyncio.run(_serve_until_signalled(repositories, access_log, sock, request_timeout))
     else:
-        _run_workers(repositories, access_log, sock, host, port, workers, reuse_port)
+        _run_workers(repositories, access_log, sock, host, port, workers, reuse_port,
+                     request_timeout)
 
 
 def _run_workers(repositories: Mapping[str, Path], access_log: Path | None,
                  sock: socket.socket, host: str, port: int, workers: int,
-                 reuse_port: bool) -> None:
+                 reuse_port: bool, request_timeout: float) -> None:
     """Fork the workers, pass SIGINT/SIGTERM on to them, wait for all; raise if one failed."""
     children: list[int] = []
     for i in range(workers):
@@ -224,7 +234,8 @@ def _run_workers(repositories: Mapping[str, Path], access_log: Path | None,
                 if reuse_port and i > 0:  # the first child keeps the parent's socket
                     sock.close()
                     sock = _listen(host, port, reuse_port=True)
-                asyncio.run(_serve_until_signalled(repositories, access_log, sock))
+                asyncio.run(_serve_until_signalled(repositories, access_log, sock,
+                                                   request_timeout))
             except BaseException:
                 traceback.print_exc()
                 code = 1

@@ -20,6 +20,14 @@ _log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 #: A request head (request line and headers) larger than this is refused.
 MAX_HEAD = 1024 * 1024
+#: A request target longer than this gets 414 (Apache's LimitRequestLine is 8190 bytes).
+MAX_TARGET = 8192
+#: More header fields than this, or one longer than MAX_FIELD, get 400 (Apache's limits).
+MAX_FIELDS = 100
+MAX_FIELD = 8192
+#: Seconds a client may take from the first byte of a request to its end (slowloris; Apache's
+#: RequestReadTimeout allows 20-40 s for the head); then 408 and the connection closes.
+REQUEST_TIMEOUT = 20.0
 _Request = tuple[bytes, bytes, "bytes | None", bool, bool, str]  # method, target, Range,
 # If-Range seen, keep-alive, HTTP version
 
@@ -46,9 +54,11 @@ class Connections:
 
     SWEEP = 1.0
 
-    def __init__(self, site: Site, *, keepalive_timeout: float = 75.0) -> None:
+    def __init__(self, site: Site, *, keepalive_timeout: float = 75.0,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.site = site
         self.keepalive_timeout = keepalive_timeout
+        self.request_timeout = request_timeout
         self.open: set[HttpConnection] = set()
         self.closing = False
         self._timer: asyncio.TimerHandle | None = None
@@ -62,7 +72,15 @@ class Connections:
         self._timer = asyncio.get_running_loop().call_later(self.SWEEP, self._sweep)
 
     def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        late = loop.time() - self.request_timeout
         for conn in list(self.open):
+            if conn.started is not None:  # a request not complete yet
+                if conn.busy():  # reading waits for our answers: not the client's time
+                    conn.started = loop.time()
+                elif conn.started < late:  # slowloris, or a stalled client
+                    conn.refuse(408)
+                    continue
             if conn.requests != conn.seen or conn.busy():
                 conn.seen, conn.idle = conn.requests, 0.0
             else:
@@ -102,9 +120,9 @@ class HttpConnection(asyncio.Protocol):
     requests wait, and reading from the client pauses.
     """
 
-    __slots__ = ("conns", "head_bytes", "idle", "if_range", "in_head", "parser", "pending",
-                 "range", "reading_paused", "remote", "requests", "seen", "site", "stream",
-                 "transport", "url", "write_paused")
+    __slots__ = ("conns", "fields", "head_bytes", "idle", "if_range", "in_head", "parser",
+                 "pending", "range", "reading_paused", "refusal", "remote", "requests", "seen",
+                 "site", "started", "stream", "transport", "url", "write_paused")
 
     def __init__(self, conns: Connections) -> None:
         self.conns = conns
@@ -117,6 +135,9 @@ class HttpConnection(asyncio.Protocol):
         self.if_range = False
         self.in_head = False
         self.head_bytes = 0
+        self.fields = 0
+        self.started: float | None = None  # loop time of the first byte of an unfinished request
+        self.refusal = 400  # the status of the error answered when parsing stops
         self.requests = 0
         self.seen = 0
         self.idle = 0.0
@@ -169,6 +190,7 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as e:
             _log.debug("%s: malformed request: %s", self.remote, e)
             self.pending.append(None)
+            self.started = None
         if self.in_head:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD:
@@ -187,11 +209,19 @@ class HttpConnection(asyncio.Protocol):
         self.range = None
         self.if_range = False
         self.in_head = True
+        self.fields = 0
+        self.started = asyncio.get_running_loop().time()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > MAX_TARGET:
+            self.refusal = 414
+            raise ValueError(f"request target over {MAX_TARGET} bytes")  # stops the parser
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += 1
+        if self.fields > MAX_FIELDS or len(name) + len(value) > MAX_FIELD:
+            raise ValueError("too many or too long header fields")  # stops the parser: 400
         n = len(name)
         if n == 5 and name.lower() == b"range":
             self.range = value
@@ -204,6 +234,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.requests += 1
+        self.started = None
         p = self.parser
         req = (p.get_method(), self.url, self.range, self.if_range, p.should_keep_alive(),
                p.get_http_version())
@@ -226,6 +257,16 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def refuse(self, status: int) -> None:
+        """Answer ``status`` after the responses already due, then close; read no more."""
+        self.refusal = status
+        self.started = None
+        self.pending.append(None)
+        if self.transport is not None and not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        self._drain()
+
     def _drain(self) -> None:
         """Answer waiting requests while nothing else is being sent."""
         pending = self.pending
@@ -245,10 +286,10 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if req is None:
-            resp = self.site.error(400)
+            resp = self.site.error(self.refusal)
             transport.write(resp.head + b"Connection: close\r\n\r\n" + resp.body)
             if self.site.access_log is not None:
-                self.site.log(self.remote, None, "", "", 400, resp.sent)
+                self.site.log(self.remote, None, "", "", self.refusal, resp.sent)
             self.pending.clear()
             transport.close()
             return

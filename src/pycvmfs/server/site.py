@@ -45,7 +45,8 @@ SERVER_HEADER = f"pycvmfs/{__version__}"
 _LOG_UNSAFE = re.compile(r'[^\x21\x23-\x5b\x5d-\x7e]')
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Found",
-            405: "Method Not Allowed", 416: "Range Not Satisfiable",
+            405: "Method Not Allowed", 408: "Request Timeout", 414: "URI Too Long",
+            416: "Range Not Satisfiable",
             500: "Internal Server Error"}
 
 
