@@ -152,23 +152,41 @@ def cat(url: str, path: str, **kw) -> None:
 @click.argument("dest", type=click.Path())
 @click.option("--raw-symlinks", is_flag=True,
               help="Keep variant symlinks unexpanded ($(VAR) as stored).")
+@click.option("-p", "--preserve-permissions", "--preserve-setid", "preserve_setid", is_flag=True,
+              help="Also recreate setuid, setgid and sticky bits (off: cleared, as tar does "
+                   "for other users than root).")
+@click.option("--devices", is_flag=True, help="Recreate device nodes (off: skipped, as rsync).")
+@click.option("--specials", is_flag=True, help="Recreate FIFOs and sockets (off: skipped).")
+@click.option("--xattrs-include", "xattr_include", multiple=True, metavar="PATTERN",
+              help="Also write extended attributes matching PATTERN, e.g. 'security.*' or "
+                   "'trusted.*' (repeatable; 'user.*' always).")
+@click.option("--no-xattrs", is_flag=True, help="Write no extended attributes.")
 @click.option("-j", "--jobs", type=int, default=4, show_default=True,
               help="Parallel downloads.")
 @repository_options
 @revision_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def get(url: str, path: str, dest: str, raw_symlinks: bool, jobs: int, as_json: bool, **kw) -> None:
-    """Export PATH (a file or a subtree) of a revision to the local DEST."""
+def get(url: str, path: str, dest: str, raw_symlinks: bool, preserve_setid: bool, devices: bool,
+        specials: bool, xattr_include: tuple[str, ...], no_xattrs: bool, jobs: int,
+        as_json: bool, **kw) -> None:
+    """Export PATH (a file or a subtree) of a revision to the local DEST.
+
+    Nothing below DEST is followed: files, symlinks and specials already there are replaced,
+    directories merged into. A name in the repository that is not a plain file name is refused
+    before anything is written.
+    """
     import time
 
-    from pycvmfs.client.export import export_tree
+    from pycvmfs.client.export import ExportOptions, export_tree
 
+    options = ExportOptions(raw_symlinks=raw_symlinks, xattrs=not no_xattrs,
+                            xattr_include=("user.*", *xattr_include),
+                            preserve_setid=preserve_setid, devices=devices, specials=specials)
     sel = revision_selector(kw)
     t0 = time.monotonic()
     with open_repo(url, kw) as repo, repo.open_revision(**sel) as view, \
-            make_progress("exporting") as progress:
-        report = export_tree(view, path, dest, workers=jobs, raw_symlinks=raw_symlinks,
-                             progress=progress)
+            make_progress("exporting", unit="bytes") as progress:
+        report = export_tree(view, path, dest, workers=jobs, progress=progress, options=options)
     seconds = time.monotonic() - t0
     for w in report.warnings:
         click.echo(f"pycvmfs: warning: {w}", err=True)
