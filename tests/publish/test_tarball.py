@@ -10,6 +10,7 @@ import random
 import stat
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -344,4 +345,30 @@ def test_corrupt_or_truncated_archives_are_refused_by_name_without_change(
             shared.transaction() as txn:
         txn.add_tarball(path)
     assert str(path) in str(err.value) and where in str(err.value)
+    assert shared.head() == before
+
+
+def test_a_huge_declared_size_is_refused_before_anything_is_read(shared, tmp_path):
+    ti = _ti("big")
+    ti.size = 10**15  # a PB, followed by a few bytes only
+    path = tmp_path / "huge.tar"
+    path.write_bytes(ti.tobuf(tarfile.GNU_FORMAT) + b"x" * 1000)
+    before = shared.head()
+    started = time.monotonic()
+    with pytest.raises(PublishError, match=r"member 'big': 1000000000000000 bytes is over the "
+                       r"file size limit of 1024 MiB") as err, shared.transaction() as txn:
+        txn.add_tarball(path)
+    assert str(path) in str(err.value) and time.monotonic() - started < 5
+    assert shared.head() == before
+
+
+def test_a_member_below_a_symlink_member_is_refused(shared, tmp_path):
+    """``s -> /etc`` then ``s/passwd``: nothing is ever written through a symlink."""
+    path = tmp_path / "through.tar"
+    path.write_bytes(_archive([(_ti("s", tarfile.SYMTYPE, linkname="/etc"), None),
+                               _file("s/passwd", b"root::0:0::/:/bin/sh\n")]))
+    before = shared.head()
+    with pytest.raises(PublishError, match=r"member 's/passwd': /through/s: exists and is not "
+                       r"a directory"), shared.transaction() as txn:
+        txn.add_tarball(path, "/through")
     assert shared.head() == before
