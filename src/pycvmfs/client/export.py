@@ -302,11 +302,13 @@ class _Writer:
         return self.dest / os.path.relpath(s.path, self.top.path)
 
     def apply(self, events: list[tuple], downloads: _Downloads) -> None:
+        s = self.top
         try:
             for op, s, name, detail in events:
                 if op == _ENTER:
                     self.enter(s, name)
                 elif op == _LEAVE:
+                    s = self.ids[-1][0]
                     self.leave()
                 elif op == _FILE:
                     tmp = downloads.next_temp()
@@ -315,6 +317,11 @@ class _Writer:
                     self.report.files += 1
                 else:
                     self.make_other(op, s, name, detail)
+        except CvmfsError:
+            raise
+        except OSError as e:  # its file name would be a temporary or a bare relative name
+            raise CvmfsError(f"{self.shown(s)}: cannot export {s.type} {s.path} "
+                             f"({e.strerror or e})") from None
         finally:
             if self.cur >= 0:
                 os.close(self.cur)
