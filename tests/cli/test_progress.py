@@ -67,3 +67,16 @@ def test_ingest_shows_archive_bytes_read_of_its_size(pycvmfs, cli_env, repo, tmp
     r = pycvmfs("ingest", FQRN, "--tar", archive, "--to", "/t", *repo, env=env)
     m = bytes_line(r.stderr, "reading")
     assert m.group(1) == m.group(2) == f"{archive.stat().st_size / 1e6:.1f} MB"
+
+
+def test_snapshot_shows_objects_and_bytes_with_a_rate(pycvmfs, cli_env, golden_server,
+                                                      golden_keys, tmp_path):
+    env = cli_env()
+    env["PYCVMFS_PROGRESS"] = "1"
+    r = pycvmfs("snapshot", f"{golden_server.url}/golden.example.org", tmp_path / "replica",
+                "-k", golden_keys, "--state-dir", tmp_path / "state", env=env)
+    m = bytes_line(r.stderr, "file data")
+    assert m.group(1) == m.group(2)
+    objects = re.search(r"^objects .*? ([\d,]+)/([\d,]+) ", r.stderr, re.MULTILINE)
+    assert objects and objects.group(1) == objects.group(2) != "0", r.stderr
+    assert "+" not in r.stderr  # the walk is over: every total is final

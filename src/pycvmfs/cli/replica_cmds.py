@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -91,11 +91,8 @@ def snapshot_cmd(target: str, dest: str | None, keys: tuple[str, ...], fqrn: str
     from pycvmfs.replica.config import ReplicaConfig
     from pycvmfs.replica.snapshot import snapshot_replica
 
-    enabled = not as_json and sys.stderr.isatty()
-    with make_progress("snapshot: objects", enabled=enabled) as bar:
-        def progress(stage: str, done: int, total: int | None) -> None:
-            bar(done, total)
-
+    with make_progress("snapshot", enabled=False if as_json else None) as display:
+        progress = _snapshot_lines(display)
         if dest is None:
             if keys or fqrn or state_dir or proxy:
                 raise ConfigError("--key, --fqrn, --state-dir and --proxy go with SOURCE_URL "
@@ -108,6 +105,25 @@ def snapshot_cmd(target: str, dest: str | None, keys: tuple[str, ...], fqrn: str
             report = _adhoc(target, dest, keys, fqrn, state_dir, all_tags is not False,
                             workers or 16, proxy, timeout, progress)
     _print_report(report, as_json)
+
+
+def _snapshot_lines(display) -> Callable[[str, int, int | None], None]:
+    """A pull's ``progress`` shown as lines: catalogs read, objects and their bytes (as the
+    catalogs record them) done of the totals found so far, marked ``+`` until the walk through
+    the catalogs is over."""
+    walked = [False]
+
+    def update(stage: str, done: int, total: int | None) -> None:
+        if stage == "catalogs":
+            display.show("catalogs", done, total)
+            if total is not None and not walked[0]:
+                walked[0] = True
+                display.final()
+        elif stage in ("objects", "bytes"):
+            display.show(stage if stage == "objects" else "file data", done, total,
+                         unit="items" if stage == "objects" else "bytes", final=walked[0])
+
+    return update
 
 
 def _adhoc(url: str, dest: str, keys: tuple[str, ...], fqrn: str | None, state_dir: str | None,

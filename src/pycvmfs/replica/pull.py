@@ -35,6 +35,9 @@ from pycvmfs.storage.objects import (
 __all__ = ["Progress", "PullStats", "Puller"]
 
 #: progress(stage, done, total or None); called from worker threads, at most ~10 times a second.
+#: A pull reports "catalogs" (read so far), "objects" (data objects and chunks finished, of those
+#: found so far) and "bytes" (their sizes as the catalogs record them, uncompressed). The walk
+#: finds more as it reads catalogs: the totals are final once a "catalogs" report has a total.
 Progress = Callable[[str, int, int | None], None]
 
 _DONE = "done"
@@ -183,6 +186,10 @@ class Puller:
         self._error: BaseException | None = None
         self._scheduled = 0
         self._finished = 0
+        self._scheduled_bytes = 0  # catalog sizes of the objects scheduled, and finished
+        self._finished_bytes = 0
+        self._walked = False  # every pull() scheduled: the totals are final
+        self._reporting = threading.Lock()
         self._progress = progress
         self._last_progress = 0.0
 
@@ -199,6 +206,8 @@ class Puller:
 
     def wait(self) -> None:
         """Wait for every scheduled copy; raise the first error."""
+        self._walked = True
+        self._report(force=True)
         self._window.wait_empty()  # (pool and batch hand objects to each other until then)
         if self._copier is not None:
             self._copier.close()
@@ -324,6 +333,7 @@ class Puller:
                 self._depend(node, prev_node)
             try:
                 self._schedule_objects(node, base)
+                self._report()
                 for child in loaded.nested:
                     self._start_prefetch(child)
                 for child in loaded.nested:
@@ -422,6 +432,7 @@ class Puller:
                     self._objects[name] = [node]
                     self._sizes[name] = size
                     self._scheduled += 1
+                    self._scheduled_bytes += size or 0
                     new.append((h, kind, name))
             copies: list[tuple[str, int, bytes, str]] = []
             present: list[str] = []
@@ -563,7 +574,7 @@ class Puller:
             with self._lock:
                 waiters = self._objects[name]
                 self._objects[name] = _DONE if ok else _FAILED
-                self._sizes.pop(name, None)
+                self._finished_bytes += self._sizes.pop(name, None) or 0
                 self._finished += 1
             assert isinstance(waiters, list)
             for n in waiters:
@@ -709,9 +720,18 @@ class Puller:
         now = time.monotonic()
         if not force and now - self._last_progress < _PROGRESS_EVERY:
             return
-        self._last_progress = now
-        with contextlib.suppress(Exception):
-            self._progress("objects", self._finished, self._scheduled)
+        # one report at a time, its numbers read inside: they never go back
+        if not self._reporting.acquire(blocking=force):
+            return
+        try:
+            self._last_progress = now
+            catalogs = self.stats.catalogs_fetched
+            with contextlib.suppress(Exception):
+                self._progress("catalogs", catalogs, catalogs if self._walked else None)
+                self._progress("objects", self._finished, self._scheduled)
+                self._progress("bytes", self._finished_bytes, self._scheduled_bytes)
+        finally:
+            self._reporting.release()
 
 
 _ALGORITHMS = {code: Algorithm.from_flag_code(code) for code in range(3)}
