@@ -140,6 +140,11 @@ class ProgressDisplay:
         self._main_unit = unit
         self._lock = threading.Lock()  # (callers report from several threads)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is shown (callers may skip their reports otherwise)."""
+        return self._progress is not None
+
     def __call__(self, done: int, total: int | None) -> None:
         self.show(self._main, done, total, unit=self._main_unit)
 

@@ -162,8 +162,13 @@ _STAGE_UNITS = {"scanning": "items", "ingesting": "bytes", "reading": "bytes",
                 "cataloguing": "items"}
 
 
-def _stages(display, hidden: tuple[str, ...] = ()) -> Callable[[str, int, int | None], None]:
-    """A transaction's ``progress``: one line per stage on ``display``."""
+def _stages(display, hidden: tuple[str, ...] = ()) -> Callable[[str, int, int | None],
+                                                                 None] | None:
+    """A transaction's ``progress``: one line per stage on ``display`` (None when it shows
+    nothing: the transaction then makes no reports at all)."""
+    if not display.enabled:
+        return None
+
     def update(stage: str, done: int, total: int | None) -> None:
         if stage not in hidden:
             display.show(stage, done, total, unit=_STAGE_UNITS.get(stage, "items"))
