@@ -33,7 +33,7 @@ def _deep_dirs(root: Path, depth: int) -> str:
     return "d/" * depth + "leaf"
 
 
-def test_a_tar_member_3000_levels_deep(publisher, tmp_path):
+def test_a_tar_member_3000_levels_deep_is_published_and_removed(publisher, tmp_path):
     name = "d/" * 3000 + "leaf"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -48,6 +48,10 @@ def test_a_tar_member_3000_levels_deep(publisher, tmp_path):
     with reader(publisher, tmp_path / "cache") as r, r.open_revision() as view:
         assert view.read_bytes("deep/" + name) == b"at the bottom\n"
         assert view.stat("deep/" + "d/" * 2999 + "d").is_dir
+    with publisher.transaction() as txn:  # removal walks the 3,000 levels too
+        txn.remove("/deep")
+    with reader(publisher, tmp_path / "cache2") as r, r.open_revision() as view:
+        assert not view.exists("deep")
 
 
 def test_a_directory_tree_1000_levels_deep(publisher, tmp_path):

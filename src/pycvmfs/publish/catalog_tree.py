@@ -226,30 +226,51 @@ class CatalogTree:
         row = o.writer.get(path)
         if row is None:
             raise FormatError(f"cannot remove {_show(path)}: no such entry")
-        if row.flags & Flags.DIR:
-            if path == o.mountpoint:  # a whole nested catalog goes
-                parent = self._parent_of(o)
-                self._drop_catalog(o, parent)
-                parent.writer.remove(path)
-                self._touch(parent, parent_path(path))
-                return
-            for name, child in o.writer.listing(path):
-                if child.flags & Flags.DIR:
-                    self.remove(path + b"/" + name)
+        if not row.flags & Flags.DIR:
+            o.writer.remove(path)
+            self._touch(o, parent_path(path))
+            return
+        if path == o.mountpoint:  # a whole nested catalog goes
+            self._remove_catalog(self._parent_of(o), path)
+            return
+        dirs = [path]  # this catalog's directories below path, parents first (no recursion:
+        stack = [path]  # trees thousands of levels deep)
+        while stack:
+            directory = stack.pop()
+            for name, child in o.writer.listing(directory):
+                p = directory + b"/" + name
+                if not child.flags & Flags.DIR:
+                    o.writer.remove(p)
+                elif p in o.nested:
+                    self._remove_catalog(o, p)
                 else:
-                    o.writer.remove(path + b"/" + name)
-        o.writer.remove(path)
-        self._touch(o, parent_path(path))
+                    dirs.append(p)
+                    stack.append(p)
+        for directory in reversed(dirs):
+            o.writer.remove(directory)
+            self._touch(o, parent_path(directory))
+
+    def _remove_catalog(self, parent: _Open, mountpoint: bytes) -> None:
+        """Remove the nested catalog at ``mountpoint`` of ``parent`` and its mount point."""
+        self._drop_catalog(self._child(parent, mountpoint), parent)
+        parent.writer.remove(mountpoint)
+        self._touch(parent, parent_path(mountpoint))
 
     def _drop_catalog(self, o: _Open, parent: _Open) -> None:
-        for mp in list(o.nested):  # deeper catalogs go too
-            self._drop_catalog(self._child(o, mp), o)
-        for f in COUNTER_FIELDS:
-            parent.subtree_delta[f] -= o.old_totals[f]
-        parent.writer.remove_nested(o.mountpoint)
-        del parent.nested[o.mountpoint]
-        parent.dirty = True
-        self._close_removed(o)
+        """Drop catalog ``o`` and every catalog below it (deepest first, in a loop)."""
+        order = []
+        stack = [(o, parent)]
+        while stack:
+            cur, above = stack.pop()
+            order.append((cur, above))
+            stack.extend((self._child(cur, mp), cur) for mp in list(cur.nested))
+        for cur, above in reversed(order):
+            for f in COUNTER_FIELDS:
+                above.subtree_delta[f] -= cur.old_totals[f]
+            above.writer.remove_nested(cur.mountpoint)
+            del above.nested[cur.mountpoint]
+            above.dirty = True
+            self._close_removed(cur)
 
     def _close_removed(self, o: _Open) -> None:
         o.writer.abort()
