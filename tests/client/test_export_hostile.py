@@ -146,7 +146,7 @@ def odd_repo(tmp_path: Path):
         txn.add_file("/t/setuid", b"#!/bin/sh\n", mode=0o4755, mtime=MTIME)
         txn.add_file("/t/setgid", b"x", mode=0o2755, mtime=MTIME)
         txn.mkdir("/t/sticky", mode=0o1777, mtime=MTIME)
-        txn.special("/t/fifo", stat.S_IFIFO, mode=0o644)
+        txn.special("/t/fifo", stat.S_IFIFO, mode=0o666)
         txn.special("/t/null", stat.S_IFCHR, mode=0o666, rdev=os.makedev(1, 3))
         txn.add_file("/t/attrs", b"x", mtime=MTIME, xattrs={
             b"user.kept": b"1", b"trusted.t": b"2", b"security.s": b"3"})
@@ -180,6 +180,7 @@ def test_setid_bits_devices_fifos_and_system_xattrs_are_opt_in(odd_repo, tmp_pat
     assert stat.S_IMODE((full / "setgid").stat().st_mode) == 0o2755
     assert stat.S_IMODE((full / "sticky").stat().st_mode) == 0o1777
     assert stat.S_ISFIFO((full / "fifo").lstat().st_mode)
+    assert stat.S_IMODE((full / "fifo").lstat().st_mode) == 0o666  # not cut by the umask
     if os.geteuid() == 0:
         assert stat.S_ISCHR((full / "null").lstat().st_mode)
     got = _xattr_names(full / "attrs")

@@ -383,6 +383,8 @@ class _Writer:
                 raise
             self.report.warnings.append(f"{s.path}: cannot create {s.type} ({e.strerror})")
             return
+        if op == _SPECIAL:  # made just now, exclusively, by us: not a link (the umask undone)
+            os.chmod(tmp, self.opts.permissions(s.st_mode), dir_fd=cur)
         if op != _LINK:
             os.utime(tmp, ns=(s.st_mtime_ns, s.st_mtime_ns), dir_fd=cur, follow_symlinks=False)
         _rename_into(cur, tmp, cur, name, self.shown(s), s)
