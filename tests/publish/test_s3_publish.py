@@ -281,3 +281,34 @@ def test_cli_mkfs_publish_check_gc_with_an_s3_config(seaweed, tmp_path):
     r = _cli("mkfs", "other.example.org", "--s3-config", str(conf), "--upstream", "S3,x,y@z",
              env=env)
     assert r.returncode == 1 and "not both" in r.stderr
+
+
+def test_keys_are_checked_and_rotated_on_s3(seaweed, s3repo, tmp_path):
+    pub, bucket = s3repo
+    cache = tmp_path / "cache"
+    assert revision_over_http(seaweed, bucket, pub, cache) == 1
+    client = seaweed.client()
+
+    def manifest() -> bytes:
+        return client.get_object(Bucket=bucket, Key=f"{FQRN}/.cvmfspublished")["Body"].read()
+
+    key = pub.config.key_path("key")
+    kept = key.read_bytes()
+    os.chmod(key, 0o600)
+    key.write_bytes(Publisher.mkfs("other.example.org", tmp_path / "other",
+                                   config_dir=tmp_path / "etc2").config.key_path("key")
+                    .read_bytes())
+    before = (bucket_keys(seaweed, bucket), manifest())
+    wrong = Publisher.open(FQRN, config_dir=tmp_path / "etc")
+    with pytest.raises(ConfigError, match="does not belong to the certificate"), \
+            wrong.transaction() as txn:
+        txn.add_file("/f", b"x")
+    assert (bucket_keys(seaweed, bucket), manifest()) == before
+    key.write_bytes(kept)
+    pub = Publisher.open(FQRN, config_dir=tmp_path / "etc")
+    assert pub.resign(rotate_certificate=True).revision == 1
+    assert revision_over_http(seaweed, bucket, pub, cache) == 1  # the client that saw r1
+    assert pub.resign(published=True).revision == 1
+    with pub.transaction() as txn:
+        txn.add_file("/f", b"x")
+    assert read_back(seaweed, bucket, pub, cache)["f"] == b"x"
