@@ -188,27 +188,35 @@ def test_setid_bits_devices_fifos_and_system_xattrs_are_opt_in(odd_repo, tmp_pat
         assert name in got or any(name in w for w in report.warnings)
 
 
-def test_a_1000_deep_chain_exports_in_linear_time(tmp_path):
-    """No recursion and no walk from the root per directory (it took 121-412 s before)."""
-    src = tmp_path / "src"
-    src.mkdir()
+def _read_down(top: Path, names: list[str], leaf: str) -> bytes:
+    """``leaf`` below the chain of directories ``names`` under ``top``, one openat a level
+    (the whole path is longer than PATH_MAX)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for name in names:
+        fd, parent = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), fd
+        os.close(parent)
+    with open(leaf, "rb", opener=lambda path, flags: os.open(path, flags, dir_fd=fd)) as f:
+        data = f.read()
+    os.close(fd)
+    return data
+
+
+def test_a_1000_deep_chain_longer_than_path_max_exports_in_linear_time(tmp_path):
+    """No recursion, no walk from the root per directory, no absolute paths (the chain's path,
+    5,000 bytes, is longer than PATH_MAX; a 1,000-deep export took 121-412 s before)."""
+    chain = ["dddd"] * 1000
+    pub = Publisher.mkfs(FQRN, tmp_path / "srv" / FQRN, config_dir=tmp_path / "etc",
+                         settings=ServerSettings())
+    with pub.transaction() as txn:
+        txn.add_file("/" + "/".join([*chain, "leaf.txt"]), b"at the bottom\n")
+    out = tmp_path / "out"
     try:
-        fd = os.open(src, os.O_RDONLY)
-        for _ in range(1000):  # os.makedirs recurses per level
-            os.mkdir("d", dir_fd=fd)
-            fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
-            os.close(parent)
-        os.close(fd)
-        pub = Publisher.mkfs(FQRN, tmp_path / "srv" / FQRN, config_dir=tmp_path / "etc",
-                             settings=ServerSettings())
-        with pub.transaction() as txn:
-            txn.add_tree(src, "/")
         with reader(pub, tmp_path / "cache") as r, r.open_revision() as view:
             t0 = time.monotonic()
-            report = export_tree(view, "/", tmp_path / "out")
+            report = export_tree(view, "/", out)
             seconds = time.monotonic() - t0
-        assert report.dirs == 1001  # the root and the chain (new_repository is a file)
-        assert os.path.isdir(tmp_path / "out" / "/".join(["d"] * 1000))
+        assert (report.dirs, report.files) == (1001, 2)  # and new_repository
+        assert _read_down(out, chain, "leaf.txt") == b"at the bottom\n"
         assert seconds < 20, seconds
     finally:  # shutil.rmtree (and so pytest's cleanup) recurses per level
-        subprocess.run(["rm", "-rf", str(src), str(tmp_path / "out")], check=False)
+        subprocess.run(["rm", "-rf", str(out)], check=False)
