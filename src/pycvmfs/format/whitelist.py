@@ -28,6 +28,7 @@ __all__ = [
     "parse_fingerprint_line",
     "resign_whitelist",
     "verify_whitelist",
+    "verify_whitelist_signature",
 ]
 
 WHITELIST_NAME = ".cvmfswhitelist"
@@ -173,6 +174,16 @@ def _banned(blacklist: Blacklist | Iterable[ContentHash | str]) -> list[ContentH
     return out
 
 
+def verify_whitelist_signature(data: bytes, master_keys: Sequence[rsa.RSAPublicKey], *,
+                               what: str = WHITELIST_NAME) -> Whitelist:
+    """The whitelist parsed, once its body hash and master-key signature verify (nothing
+    else is checked: not its name, dates or fingerprints)."""
+    letter = split_letter(data, what=what)
+    check_letter_hash(letter, what=what)
+    verify_raw_pkcs1(master_keys, letter.hash_bytes, letter.signature, what=what)
+    return Whitelist.parse(letter.body, what=what)
+
+
 def verify_whitelist(data: bytes, master_keys: Sequence[rsa.RSAPublicKey], *, fqrn: str | None,
                      certificate: Certificate, now: datetime | None = None,
                      blacklist: Blacklist | Iterable[ContentHash | str] = (),
@@ -184,10 +195,7 @@ def verify_whitelist(data: bytes, master_keys: Sequence[rsa.RSAPublicKey], *, fq
     An empty or ``None`` ``fqrn`` skips the name check, as in stock. PKCS#7 and CA-chain
     whitelists are refused: pycvmfs cannot perform the verification they demand.
     """
-    letter = split_letter(data, what=what)
-    check_letter_hash(letter, what=what)
-    verify_raw_pkcs1(master_keys, letter.hash_bytes, letter.signature, what=what)
-    wl = Whitelist.parse(letter.body, what=what)
+    wl = verify_whitelist_signature(data, master_keys, what=what)
     if fqrn and wl.fqrn != fqrn:
         raise WhitelistError(f"{what}: made for repository {wl.fqrn!r}, not {fqrn!r}")
     if wl.is_expired(now):

@@ -6,13 +6,8 @@ from typing import TYPE_CHECKING
 
 from pycvmfs.errors import ConfigError, CvmfsError, IntegrityError, PublishError
 from pycvmfs.format.manifest import Manifest, parse_signed_manifest
-from pycvmfs.format.signature import (
-    check_letter_hash,
-    load_public_keys,
-    split_letter,
-    verify_raw_pkcs1,
-)
-from pycvmfs.format.whitelist import Whitelist, create_whitelist, resign_whitelist
+from pycvmfs.format.signature import load_public_keys
+from pycvmfs.format.whitelist import create_whitelist, resign_whitelist, verify_whitelist_signature
 from pycvmfs.publish.signing import MANIFEST, WHITELIST, read_whitelist, switch_manifest
 from pycvmfs.storage.base import fetch_bytes
 
@@ -59,7 +54,7 @@ def resign_published(pub: Publisher) -> Manifest:
     """Stock ``resign -p``: sign the current manifest again with the repository key (same
     revision and catalogs; new timestamp, certificate object and reflog). Refused, before
     anything is written, unless the key pair, certificate and whitelist are in order."""
-    pub.check_signing()
+    pub.check_signing()  # before the lock too: a refusal leaves even publish.lock untouched
     with pub.lock():
         pub.check_signing()
         head = pub._begin_change(current_manifest(pub))
@@ -70,13 +65,9 @@ def _endorsed_lines(old: bytes | None, pub: Publisher) -> list[bytes]:
     """The fingerprint lines of the old whitelist, when the master key really signed it."""
     if old is None:
         return []
-    what = pub.store.describe(WHITELIST)
     try:
-        letter = split_letter(old, what=what)
-        check_letter_hash(letter, what=what)
-        pubs = load_public_keys(pub.config.key_path("pub"))
-        verify_raw_pkcs1(pubs, letter.hash_bytes, letter.signature, what=what)
-        listed = Whitelist.parse(letter.body, what=what).fingerprints
+        listed = verify_whitelist_signature(old, load_public_keys(pub.config.key_path("pub")),
+                                            what=pub.store.describe(WHITELIST)).fingerprints
     except CvmfsError:
         return []
     return [fp.fingerprint().encode("ascii") for fp in listed]
