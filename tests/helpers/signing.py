@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pycvmfs.format.certificate import create_certificate
+from pycvmfs.format.manifest import sign_manifest
 from pycvmfs.format.whitelist import create_whitelist
 from pycvmfs.publish.repository import Publisher
-from pycvmfs.publish.signing import WHITELIST, switch_manifest
+from pycvmfs.publish.signing import MANIFEST, WHITELIST, switch_manifest
 
 
 def snapshot(*roots: Path) -> dict[str, bytes]:
@@ -56,8 +57,8 @@ def sign_head_with(pub: Publisher, other: Publisher) -> None:
     """The bricked state: the head re-signed with another repository's key (its certificate
     object still ours), as a publish with a mismatched key file used to leave it."""
     head = pub.head()
-    wrong = dataclasses.replace(pub.keys, repo_key=other.keys.repo_key)
-    switch_manifest(pub.store, pub.config, wrong, head, previous=head)
+    later = dataclasses.replace(head, publish_timestamp=(head.publish_timestamp or 0) + 1)
+    pub.store.put_bytes(MANIFEST, sign_manifest(later, other.keys.repo_key))
 
 
 def expire_certificate(pub: Publisher) -> None:

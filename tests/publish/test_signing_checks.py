@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from pycvmfs.format.whitelist import create_whitelist
 from pycvmfs.publish.check import check_repository
 from pycvmfs.publish.gc import collect_garbage
 from pycvmfs.publish.repository import Publisher
-from pycvmfs.publish.signing import WHITELIST
+from pycvmfs.publish.signing import WHITELIST, switch_manifest
 
 from helpers.signing import expire_certificate, pycvmfs, replace_key_file, repository_files
 
@@ -147,3 +148,14 @@ def test_gc_writes_no_manifest_and_still_runs_with_an_expired_whitelist(make_pub
     pub.store.put_bytes(WHITELIST, create_whitelist(pub.fqrn, pub.keys.certificate,
                                                     pub.keys.master, days=30, now=past))
     assert collect_garbage(pub, keep_revisions=0, dry_run=True).objects >= 1
+
+
+def test_the_signing_step_itself_refuses_a_mismatched_key(publisher, make_publisher):
+    """The last guard, for any future caller that skips the checks above."""
+    wrong = dataclasses.replace(publisher.keys,
+                                repo_key=make_publisher("other.example.org").keys.repo_key)
+    head = publisher.head()
+    before = repository_files(publisher)
+    with pytest.raises(ConfigError, match="does not belong to the certificate"):
+        switch_manifest(publisher.store, publisher.config, wrong, head, previous=head)
+    assert repository_files(publisher) == before

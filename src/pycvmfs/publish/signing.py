@@ -228,6 +228,7 @@ def switch_manifest(store: ObjectStore, cfg: RepositoryConfig, keys: RepositoryK
     upstream (:class:`SpooledStore`) the spooled objects are uploaded before the reflog, and the
     manifest upload is the switch.
     """
+    keys.check_pair(cfg.keys_dir, cfg.fqrn)  # the last guard: never sign what no client accepts
     algorithm = manifest.root_catalog.algorithm
     stamp = int(now if now is not None else time.time())
     if previous is not None:
