@@ -118,6 +118,16 @@ def test_a_slowloris_client_gets_408_after_the_request_timeout(served, golden_re
         assert REQUEST_TIMEOUT - 0.1 < time.monotonic() - started < REQUEST_TIMEOUT + 2.5
 
 
+def test_a_connection_that_never_sends_a_request_is_closed_after_the_request_timeout(
+        served, golden_repo):
+    with socket.create_connection(served, timeout=5) as silent:
+        started = time.monotonic()
+        assert _normal_request_seconds(served, golden_repo) < 1.0
+        silent.settimeout(REQUEST_TIMEOUT + 3)
+        assert silent.recv(1) == b""  # closed (TimeoutError if not), nothing to answer
+        assert REQUEST_TIMEOUT - 0.1 < time.monotonic() - started < REQUEST_TIMEOUT + 2.5
+
+
 def test_an_idle_keep_alive_connection_is_not_a_slow_request(served, golden_repo):
     """The request timeout runs only from a request's first byte to its end."""
     manifest = (golden_repo / ".cvmfspublished").read_bytes()

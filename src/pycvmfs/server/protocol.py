@@ -85,7 +85,10 @@ class Connections:
                 conn.seen, conn.idle = conn.requests, 0.0
             else:
                 conn.idle += self.SWEEP
-                if conn.idle >= self.keepalive_timeout:
+                # a connection yet to send its first request has the request timeout
+                limit = self.keepalive_timeout if conn.requests else min(
+                    self.keepalive_timeout, self.request_timeout)
+                if conn.idle >= limit and conn.started is None:
                     conn.close()
         if self.site.access_log is not None:
             self.site.access_log.flush_if_due()
