@@ -56,12 +56,12 @@ def parent_path(path: bytes) -> bytes:
 def covering_mountpoint(path: bytes, mountpoints: Collection[bytes], *,
                         include_self: bool = True) -> bytes | None:
     """The mount point in ``mountpoints`` that is ``path`` or contains it (the deepest one).
-    With fewer mount points than ``path`` has ancestors each is tested, else the ancestors are
-    looked up: O(min(depth, mount points)), so neither many nested catalogs nor paths thousands
-    of levels deep make it slow."""
+    With few mount points (or fewer than ``path`` has ancestors) each is tested, else the
+    ancestors are looked up: O(min(depth, mount points)), so neither many nested catalogs nor
+    paths thousands of levels deep make it slow."""
     if not mountpoints:
         return None
-    if len(mountpoints) < path.count(b"/"):
+    if len(mountpoints) <= 64 or len(mountpoints) < path.count(b"/"):
         best = None
         for mp in mountpoints:
             n = len(mp)
