@@ -211,3 +211,30 @@ def test_mount_answers_eio_for_the_hostile_parts_and_keeps_serving(hostile, tmp_
         if not eventually(lambda: not pid_alive(pid), 10):
             os.kill(pid, signal.SIGKILL)  # spinning: it would not let go of the mount
             subprocess.run(["umount", "-l", str(mp)], check=False, timeout=30)
+
+
+DEPTH = 200  # the recursive check reached Python's recursion limit at about 160 levels
+
+
+def test_deep_legal_nesting_reads_verifies_and_checks(tmp_path: Path):
+    """Nested catalogs as deep as paths allow are no cycle: every walker follows them."""
+    from pycvmfs.client.verify import verify_repository
+    from pycvmfs.publish.check import check_repository
+
+    pub = Publisher.mkfs("deep.example.org", tmp_path / "srv" / "deep.example.org",
+                         config_dir=tmp_path / "etc")
+    leaf = "/d" * DEPTH
+    with pub.transaction() as txn:
+        for level in range(1, DEPTH + 1):
+            txn.add_file("/d" * level + "/.cvmfscatalog", b"")
+        txn.add_file(leaf + "/leaf.txt", b"leaf\n")
+    report = check_repository(pub)
+    assert report.ok and report.catalogs == DEPTH + 1, report
+    repo = open_repository(str(pub.config.storage), keys=[pub.config.key_path("pub")],
+                           cache_dir=tmp_path / "c")
+    with repo:
+        with repo.open_revision() as view:
+            assert view.read_bytes(leaf + "/leaf.txt") == b"leaf\n"
+            assert len(list(view.catalogs())) == DEPTH + 1
+        verified = verify_repository(repo)
+        assert verified.ok and verified.checked["catalog"] == DEPTH + 1, verified

@@ -6,6 +6,7 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from pycvmfs.errors import (
     IntegrityError,
     ObjectNotFoundError,
 )
-from pycvmfs.format.catalog import Catalog, NestedRef
+from pycvmfs.format.catalog import Catalog
 from pycvmfs.format.certificate import Certificate
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
@@ -141,6 +142,10 @@ def check_repository(target: Publisher | Source | str | os.PathLike, *,
     return report
 
 
+#: A catalog check as a generator: yields nested catalogs' generators, gets their results.
+_Steps = Generator[Any, Any, Any]
+
+
 @dataclass
 class _Done:
     totals: dict[str, int] | None  # self + subtree as recomputed; None when unknown
@@ -259,8 +264,8 @@ class _Checker:
 
     def _root(self, h: ContentHash, size: int | None, label: str, *,
               missing_ok: bool = False) -> Any:
-        done = self._catalog(h, b"", None, size, nested=False, missing_ok=missing_ok,
-                             label=label)
+        done = self._walk(self._catalog(h, b"", None, size, nested=False,
+                                        missing_ok=missing_ok, label=label))
         if isinstance(done, _Done):
             self.report.revisions.append(done.revision)
         return done
@@ -298,14 +303,33 @@ class _Checker:
             self.problem(REFLOG, "", str(e))
 
     # -- catalogs ------------------------------------------------------------------------
+    @staticmethod
+    def _walk(top: _Steps) -> Any:
+        """Run a catalog's check generator and, from this loop, those of the nested catalogs
+        it asks for: nesting as deep as paths allow never meets Python's recursion limit."""
+        stack, answer = [top], None
+        while True:
+            try:
+                request = stack[-1].send(answer)
+            except StopIteration as finished:
+                stack.pop()
+                if not stack:
+                    return finished.value
+                answer = finished.value
+                continue
+            stack.append(request)
+            answer = None
+
     def _catalog(self, h: ContentHash, mountpoint: bytes, transition: Row | None,
                  size: int | None, *, nested: bool, missing_ok: bool = False,
-                 label: str = "") -> Any:
+                 label: str = "") -> _Steps:
+        """Check one catalog (a generator for :meth:`_walk`: it yields the generators of its
+        nested catalogs and gets their results back); returns its :class:`_Done`."""
         name = h.object_name(ObjectKind.CATALOG)
         what = h.describe(ObjectKind.CATALOG)
         done = self.done.get(name)
         if done is None:
-            done = self._inspect(h, mountpoint, nested, missing_ok, label)
+            done = yield from self._inspect(h, mountpoint, nested, missing_ok, label)
             if not isinstance(done, _Done):
                 return done
             self.done[name] = done
@@ -324,7 +348,7 @@ class _Checker:
         return done
 
     def _inspect(self, h: ContentHash, mp: bytes, nested: bool, missing_ok: bool,
-                 label: str) -> Any:
+                 label: str) -> _Steps:
         what = h.describe(ObjectKind.CATALOG)
         self.depth += 1  # one file per nesting level: parents stay open while children run
         path = self.tmp / f"catalog-{self.depth}.db"
@@ -342,7 +366,7 @@ class _Checker:
             self.report.catalogs += 1
             with Catalog.open(path, what=what, hash=h) as cat, \
                     RowReader(path, what=what) as rows:
-                return self._invariants(cat, rows, h, mp, nested, size)
+                return (yield from self._invariants(cat, rows, h, mp, nested, size))
         except CvmfsError as e:
             self.problem(what, mp, _why(e))
             return None
@@ -351,16 +375,20 @@ class _Checker:
             path.unlink(missing_ok=True)
 
     def _invariants(self, cat: Catalog, rows: RowReader, h: ContentHash, mp: bytes,
-                    nested: bool, size: int) -> _Done:
+                    nested: bool, size: int) -> _Steps:
         what = h.describe(ObjectKind.CATALOG)
-
-        def child(ref: NestedRef, transition: Row | None) -> dict[str, int] | None:
-            got = self._catalog(ref.hash, ref.path, transition, ref.size, nested=True)
-            return got.totals if isinstance(got, _Done) else None
-
         inv = CatalogInvariants(cat, rows, mp, nested=nested,
                                 bad=lambda path, message: self.problem(what, path, message))
-        totals = inv.check(child)
+        steps = inv.check_steps()
+        answer = None
+        while True:
+            try:
+                ref, transition = steps.send(answer)
+            except StopIteration as finished:
+                totals = finished.value
+                break
+            got = yield self._catalog(ref.hash, ref.path, transition, ref.size, nested=True)
+            answer = got.totals if isinstance(got, _Done) else None
         self.verify_objects(cat, rows, what, mp)
         try:
             previous = cat.previous_revision

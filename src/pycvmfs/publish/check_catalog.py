@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -248,6 +248,20 @@ class CatalogInvariants:
 
     def check(self, child: ChildFn) -> dict[str, int] | None:
         """Run every check; the recomputed self+subtree totals (None when unknown)."""
+        steps = self.check_steps()
+        answer = None
+        while True:
+            try:
+                ref, transition = steps.send(answer)
+            except StopIteration as done:
+                return done.value
+            answer = child(ref, transition)
+
+    def check_steps(self) -> Generator[tuple[NestedRef, Row | None],
+                                       dict[str, int] | None, dict[str, int] | None]:
+        """:meth:`check` as a generator: yields ``(nested ref, its mount point row)`` for each
+        child to check and takes the child's totals back, so a caller can walk a deep catalog
+        tree from a loop instead of recursing (returns the totals)."""
         mp = self.mp
         self.root = root = self.rows.lookup(mp)
         if root is None:
@@ -283,7 +297,9 @@ class CatalogInvariants:
                          "mount points found")
         subtree: dict[str, int] | None = dict.fromkeys(COUNTER_FIELDS, 0)
         for ref in refs:
-            totals = self._child(ref, child)
+            totals = None
+            if self._child_ok(ref):
+                totals = yield ref, self.rows.lookup(ref.path)
             if totals is None or subtree is None:
                 subtree = None
             else:
@@ -294,19 +310,19 @@ class CatalogInvariants:
             return None
         return {k: self.counts[k] + subtree[k] for k in COUNTER_FIELDS}
 
-    def _child(self, ref: NestedRef, child: ChildFn) -> dict[str, int] | None:
+    def _child_ok(self, ref: NestedRef) -> bool:
+        """Whether the registered child can be checked (reporting what is wrong with it)."""
         if not ref.path.startswith(self.mp + b"/"):
             self.bad(ref.path, "registered nested catalog is not below this catalog")
-            return None
-        transition = self.rows.lookup(ref.path)
+            return False
         if ref.path not in self.mountpoints:
             self.bad(ref.path, "registered nested catalog without a mount point entry"
-                     if transition is None else "registered nested catalog whose entry is not "
-                     "a reachable mount point")
+                     if self.rows.lookup(ref.path) is None else "registered nested catalog "
+                     "whose entry is not a reachable mount point")
         if ref.hash is None:
             self.bad(ref.path, "nested catalog registered without a hash")
-            return None
-        return child(ref, transition)
+            return False
+        return True
 
     def _counters(self, subtree: dict[str, int] | None) -> None:
         stored = self.rows.statistics()
