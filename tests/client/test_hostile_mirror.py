@@ -4,9 +4,8 @@ error that names the object or URL, leaves nothing partial, and fails over to a 
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,15 @@ from pycvmfs.client.repository import open_repository
 from pycvmfs.errors import FetchError, SizeLimitError
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 
-from helpers.hostile import HostileMirror, PeakSize, SlowServer, endless, tree_size, zlib_bomb
+from helpers.hostile import (
+    HostileMirror,
+    PeakSize,
+    SlowServer,
+    endless,
+    finishes_within,
+    tree_size,
+    zlib_bomb,
+)
 
 FQRN = "golden.example.org"
 BOMB = 1 << 30  # inflated bytes of the bombs (about 1 MiB on the wire)
@@ -58,25 +65,6 @@ def _open(urls: list[str], keys: Path, cache: Path, **kw):
 
 def _no_partial_files(cache: Path) -> None:
     assert not any((cache / "txn").iterdir()), list((cache / "txn").iterdir())
-
-
-def _within(seconds: float, work: Callable[[], object]) -> object:
-    """Run ``work`` in a thread; fail (instead of hanging the suite) when it takes longer."""
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["value"] = work()
-        except BaseException as e:
-            box["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"still running after {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def test_zlib_bomb_for_a_file_stops_at_its_catalog_size(mirror, golden_facts, golden_keys,
@@ -127,7 +115,7 @@ def test_oversized_manifest_or_whitelist_is_cut_off_and_fails_over(
     mirror.answers[f"/{FQRN}/{name}"] = endless()  # as many bytes as the client reads
     with _open([mirror.url], golden_keys, tmp_path / "c1") as repo, \
             pytest.raises(SizeLimitError) as err:
-        _within(60, repo.refresh)
+        finishes_within(60, repo.refresh)
     assert f"{name} of {mirror.url}/{FQRN}" in str(err.value) and "1048576" in str(err.value)
     # the client stopped reading: two tries (plain, no-cache) of 1 MiB and the socket buffers
     assert mirror.sent[f"/{FQRN}/{name}"] < 32 * MiB
@@ -163,7 +151,7 @@ def test_dripping_and_silent_servers_are_given_up_and_failed_over(golden_server,
         start = time.monotonic()
         with _open([silent.url, drip.url, golden_server.url], golden_keys, tmp_path / "c",
                    timeout=3) as repo:
-            manifest = _within(60, lambda: repo.refresh().manifest)
+            manifest = finishes_within(60, lambda: repo.refresh().manifest)
             took = time.monotonic() - start
             assert manifest.revision > 0
             assert repo.source.current_url == f"{golden_server.url}/{FQRN}"
@@ -173,7 +161,7 @@ def test_dripping_and_silent_servers_are_given_up_and_failed_over(golden_server,
         assert drip.requests == 2 and silent.requests == 2
         with _open([drip.url], golden_keys, tmp_path / "c2", timeout=3) as repo, \
                 pytest.raises(FetchError) as err:
-            _within(30, repo.refresh)
+            finishes_within(30, repo.refresh)
         assert f"{drip.url}/{FQRN}/.cvmfspublished: too slow" in str(err.value)
         assert "low-speed limit of 1024 bytes/s" in str(err.value)
         assert tree_size(tmp_path / "c2" / "txn") == 0

@@ -193,3 +193,23 @@ def tree_size(directory: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
+
+
+def finishes_within(seconds: float, work: Callable[[], object]) -> object:
+    """``work()`` run in a thread: its value or its exception; fails (instead of hanging the
+    suite) when it takes longer than ``seconds``."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still running after {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

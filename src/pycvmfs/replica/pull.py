@@ -23,7 +23,7 @@ from pycvmfs.replica.copying import BufferedObject, VerifyingReader
 from pycvmfs.storage.base import ObjectStore, Source
 from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
-from pycvmfs.storage.httpcopy import HttpCopier
+from pycvmfs.storage.httpcopy import HttpCopier, Job
 from pycvmfs.storage.local import LocalStorage
 from pycvmfs.storage.objects import (
     HISTORY_LIMIT,
@@ -434,7 +434,7 @@ class Puller:
                     self._scheduled += 1
                     self._scheduled_bytes += size or 0
                     new.append((h, kind, name))
-            copies: list[tuple[str, int, bytes, str]] = []
+            copies: list[Job] = []
             present: list[str] = []
             try:
                 for h, kind, name in new:
@@ -445,7 +445,8 @@ class Puller:
                             if self.dest.exists(relpath):
                                 present.append(name)
                             else:
-                                copies.append((relpath, h.algorithm.value, h.digest, name))
+                                copies.append((relpath, h.algorithm.value, h.digest, name,
+                                               _stored_cap(self._sizes.get(name))))
                         elif self._batch is None:
                             self._pool.submit(self._object_task, h, kind, name)
                         else:  # asking a remote store is a round trip: many at once
@@ -462,7 +463,7 @@ class Puller:
                 if copies:
                     self._submit_copies(copies)
 
-    def _submit_copies(self, copies: list[tuple[str, int, bytes, str]]) -> None:
+    def _submit_copies(self, copies: list[Job]) -> None:
         """Hand objects missing from the local destination to the copy engines (all or none:
         when this raises, none of them was taken)."""
         try:
@@ -588,7 +589,7 @@ class Puller:
         """Copy the stored bytes of one object; with ``max_size`` (its size in the catalog) a
         body longer than zlib can make of that size fails as soon as it is."""
         what = self._what(h, kind)
-        cap = None if max_size is None else stored_bound(max_size)
+        cap = _stored_cap(max_size)
         too_large: list[SizeLimitError] = []
 
         def capped(blocks: Iterator[bytes]) -> Iterator[bytes]:
@@ -768,6 +769,11 @@ def _referenced(db: Path, base: Path | None, *,
 
 
 _TABLES = {ObjectKind.FILE: "catalog", ObjectKind.PARTIAL: "chunks"}
+
+
+def _stored_cap(size: int | None) -> int | None:
+    """The most stored bytes of an object of ``size`` bytes in its catalog (None: unknown)."""
+    return None if size is None else stored_bound(size)
 
 
 def _has_table(conn: sqlite3.Connection, schema: str, table: str) -> bool:

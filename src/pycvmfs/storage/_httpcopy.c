@@ -59,6 +59,8 @@ typedef struct job {
     char tmp[160];              /* the named file in data/txn ("" when there is none), or
                                    what the nameless one is called in messages */
     unsigned long long size;
+    unsigned long long max_size;  /* stored bytes allowed (with has_max_size) */
+    int has_max_size;
     int status_checked;
     char error[ERROR_SIZE];     /* "" while all is well */
 } job;
@@ -270,6 +272,11 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata) {
         return 0;
     }
     j->size += n;
+    if (j->has_max_size && j->size > j->max_size) {
+        set_error(j, "more than %llu stored bytes, its size limit; stopped there",
+                  j->max_size);
+        return 0;
+    }
     if (j->fd < 0 && j->len + n <= SPILL_AT) {
         if (j->len + n > j->cap) {
             size_t cap = j->cap ? j->cap : 16384;
@@ -775,12 +782,20 @@ static int is_object_path(const char *p, Py_ssize_t n, int algorithm,
     return left == 0 || (left == 1 && rest[0] && strchr("PCHXM", rest[0]));
 }
 
-/* Check one job (relpath, algorithm code, digest, token) and fill j from it (the token is
- * borrowed); -1 with an exception when it is malformed. */
+/* Check one job (relpath, algorithm code, digest, token[, most stored bytes or None]) and
+ * fill j from it (the token is borrowed); -1 with an exception when it is malformed. */
 static int parse_job(PyObject *item, job *j, PyObject **token) {
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 4) {
-        PyErr_SetString(PyExc_TypeError, "a job is (relpath, algorithm, digest, token)");
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 4 || PyTuple_GET_SIZE(item) > 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "a job is (relpath, algorithm, digest, token[, max_size])");
         return -1;
+    }
+    j->has_max_size = 0;
+    if (PyTuple_GET_SIZE(item) == 5 && PyTuple_GET_ITEM(item, 4) != Py_None) {
+        j->max_size = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 4));
+        if (j->max_size == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+        j->has_max_size = 1;
     }
     PyObject *rel = PyTuple_GET_ITEM(item, 0), *alg = PyTuple_GET_ITEM(item, 1),
              *dig = PyTuple_GET_ITEM(item, 2);

@@ -14,9 +14,9 @@ make nameless files (or with ``named_files=True``) it is a named file in ``data/
 into place.
 
 Transfers follow the source's ``low_speed_limit`` (bytes/s over its timeout) and ``deadline``
-as libcurl's ``CURLOPT_LOW_SPEED_LIMIT``/``_TIME`` and ``CURLOPT_TIMEOUT``; a body is kept only
-once its hash matched, so one larger than its object is never kept (the engine does not know
-object sizes: the source's deadline and low-speed limit bound how long it may take).
+as libcurl's ``CURLOPT_LOW_SPEED_LIMIT``/``_TIME`` and ``CURLOPT_TIMEOUT``; a job's ``max_size``
+bounds its stored bytes (the zlib bound of its size in the catalog): a longer body fails as soon
+as it is, before it fills the disk.
 
 Only the source's current server and proxy are used: a failure is handed back (``on_done``
 with its reason), and the caller retries through :meth:`HttpSource.fetch` with its fail-over
@@ -40,8 +40,9 @@ __all__ = ["Done", "HttpCopier", "Job"]
 
 log = logging.getLogger("pycvmfs.httpcopy")
 
-#: (relpath, hash algorithm code, digest, token): one object to copy
-Job = tuple[str, int, bytes, Any]
+#: (relpath, hash algorithm code, digest, token[, max_size]): one object to copy; a body of more
+#: than ``max_size`` stored bytes (when given and not None) fails as soon as it is
+Job = tuple[str, int, bytes, Any] | tuple[str, int, bytes, Any, int | None]
 #: ``on_done(results)``: a list of (token, stored bytes, None) or (token, 0, reason), called from
 #: a collector thread (one per engine) for every batch of finished jobs
 Done = Callable[[list[tuple[Any, int, str | None]]], None]
