@@ -138,6 +138,10 @@ def test_a_whitelist_without_the_certificate_is_refused(two_revisions, make_publ
     with pytest.raises(WhitelistError, match=r"not in whitelist.*--rotate-certificate"):
         _publish(pub, src)
     assert repository_files(pub) == before
+    # a renewal keeps the line (as stock) and says that it does not help
+    r = pycvmfs("resign", pub.fqrn, "--config-dir", pub.config.config_dir)
+    assert r.returncode == 0 and "pycvmfs: warning:" in r.stderr, r.stderr
+    assert "not in whitelist" in r.stderr and "--rotate-certificate" in r.stderr
 
 
 def test_gc_writes_no_manifest_and_still_runs_with_an_expired_whitelist(make_publisher):
