@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pycvmfs.errors import CvmfsError, FormatError
-from pycvmfs.format.catalog import COUNTER_NAMES, Catalog, Chunk
+from pycvmfs.errors import CatalogError, CvmfsError, FormatError
+from pycvmfs.format.catalog import COUNTER_NAMES, Catalog, Chunk, is_path_component
 from pycvmfs.format.catalog_writer import DDL, CatalogWriter, EntryRow
 from pycvmfs.format.dirent import DirectoryEntry, make_flags
 from pycvmfs.format.hashes import Algorithm, hash_bytes, md5_pair
@@ -182,8 +182,18 @@ valid_xattrs = st.sampled_from([None, encode_xattrs({b"user.a": b"1"}, what="s")
                                 encode_xattrs({b"user.k": bytes(255), b"user.e": b""}, what="s")])
 
 
+#: Names that are not one path component, and modes that are no file type the format knows.
+hostile_names = st.sampled_from([RawText(b"a\0b"), RawText(b"\0"), "x/y", "/", "..", ".", "",
+                                 RawText(b"a/\0")])
+hostile_modes = st.sampled_from([-1, 0, 0o644, 0o170644, 0o200000 | 0o644, 2**40, DIR | 2**16])
+
+
 def garbage(column: str) -> st.SearchStrategy:
     """Arbitrary values for a column, minus the triggers of reader bugs still open."""
+    if column == "name":
+        return st.one_of(any_value, hostile_names)
+    if column == "mode":
+        return st.one_of(any_value, hostile_modes)
     if column == "flags" and known("scan-column-types"):
         return numeric
     if column == "size" and known("scan-column-types"):
@@ -282,6 +292,91 @@ FUZZ = settings(max_examples=200, deadline=None,
 @given(raw=raw_catalogs())
 def test_malformed_column_values_raise_only_cvmfs_errors(scratch: Path, raw: RawCatalog) -> None:
     Exerciser().run(raw.write(scratch / "values.db"))
+
+
+def _assert_well_formed(cat: Catalog) -> None:
+    """What the reader hands out obeys the format, whatever the file holds (or it raised)."""
+    for p in PATHS:
+        try:
+            children = cat.listing(p)
+        except CvmfsError:
+            children = []
+        names = [e.name for e in children]
+        assert len(set(names)) == len(names), names
+        for e in children:
+            assert is_path_component(e.name), e
+            assert stat.S_IFMT(e.mode) in _KNOWN_TYPES and 0 <= e.mode <= 0o177777, e
+            assert e.size >= 0, e
+        try:
+            entry = cat.lookup(p)
+        except CvmfsError:
+            entry = None
+        assert entry is None or entry.name == p.rsplit(b"/", 1)[-1], (p, entry)
+    try:
+        refs, prefix = cat.nested_catalogs(), cat.root_prefix
+    except CvmfsError:
+        return
+    for ref in refs:
+        below = ref.path[len(prefix) + 1:].split(b"/")
+        assert ref.path.startswith(prefix + b"/") and all(map(is_path_component, below)), ref
+
+
+_KNOWN_TYPES = {stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK,
+                stat.S_IFCHR, stat.S_IFBLK}
+
+
+@FUZZ
+@given(raw=raw_catalogs())
+def test_what_the_reader_returns_is_well_formed(scratch: Path, raw: RawCatalog) -> None:
+    try:
+        cat = Catalog.open(raw.write(scratch / "formed.db"), what="fuzz")
+    except CvmfsError:
+        return
+    with cat:
+        _assert_well_formed(cat)
+
+
+identifiers = st.from_regex(r"x[a-z0-9_]{0,8}", fullmatch=True)
+_TABLE_COLUMNS = {"catalog": ["size", "mode", "name", "parent_1"], "chunks": ["offset", "hash"],
+                  "properties": ["key", "value"], "nested_catalogs": ["path", "sha1"],
+                  "statistics": ["counter", "value"]}
+SCHEMA_TEMPLATES = {  # statement template, whether the reader accepts it
+    "plain-index": ("CREATE INDEX {n} ON {t} ({c})", True),
+    "plain-desc": ("CREATE INDEX IF NOT EXISTS {n} ON {t} ({c} DESC)", True),
+    "expression-index": ("CREATE INDEX {n} ON {t} ({c} || 'x')", False),
+    "collated-index": ("CREATE INDEX {n} ON {t} ({c} COLLATE NOCASE)", False),
+    "partial-index": ("CREATE INDEX {n} ON {t} ({c}) WHERE {c} IS NOT NULL", False),
+    "view": ("CREATE VIEW {n} AS SELECT {c} FROM {t}", False),
+    "trigger": ("CREATE TRIGGER {n} AFTER UPDATE ON {t} BEGIN SELECT 1; END", False),
+    "table": ("CREATE TABLE {n} ({c})", False),
+    "generated": ("ALTER TABLE {t} ADD COLUMN {n} AS ({c} IS NULL)", False),
+}
+
+
+@settings(FUZZ, max_examples=150)
+@given(objects=st.lists(st.tuples(st.sampled_from(sorted(SCHEMA_TEMPLATES)),
+                                  st.sampled_from(sorted(_TABLE_COLUMNS)), st.data()),
+                        min_size=1, max_size=3),
+       names=st.lists(identifiers, min_size=3, max_size=3, unique=True))
+def test_schema_objects_are_checked_before_any_query(scratch: Path, objects: list,
+                                                    names: list[str]) -> None:
+    path = scratch / "schema-objects.db"
+    path.write_bytes(valid_catalog_bytes(scratch))
+    conn = sqlite3.connect(path)
+    accepted = True
+    for (kind, table, data), name in zip(objects, names, strict=False):
+        template, ok = SCHEMA_TEMPLATES[kind]
+        column = data.draw(st.sampled_from(_TABLE_COLUMNS[table]))
+        conn.execute(template.format(n=name, t=table, c=column))
+        accepted &= ok
+    conn.commit()
+    conn.close()
+    if accepted:
+        with Catalog.open(path, what="fuzz") as cat:
+            assert cat.lookup(b"/a/b") is not None
+    else:
+        with pytest.raises(CatalogError, match=r"^fuzz: "):
+            Catalog.open(path, what="fuzz")
 
 
 @settings(FUZZ, max_examples=100)
