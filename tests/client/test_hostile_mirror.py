@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from pycvmfs.client.cache import ObjectCache
+from pycvmfs.client.fetcher import FetchProcess
+from pycvmfs.client.files import Prefetcher
 from pycvmfs.client.repository import open_repository
 from pycvmfs.errors import FetchError, SizeLimitError
+from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
+from pycvmfs.storage.batch import BatchFetcher
+from pycvmfs.storage.http import HttpSource
 
 from helpers.hostile import (
     HostileMirror,
@@ -168,3 +174,39 @@ def test_dripping_and_silent_servers_are_given_up_and_failed_over(golden_server,
     finally:
         silent.stop()
         drip.stop()
+
+
+@pytest.mark.parametrize("engine", ["download process", "in-process batch", "threads"])
+def test_mount_read_ahead_stops_a_bomb_at_the_catalog_size(mirror, golden_facts, tmp_path,
+                                                           engine):
+    h, size = golden_facts["readme"], golden_facts["readme_size"]
+    mirror.answers[_url_path(h, ObjectKind.FILE)] = zlib_bomb(1 << 30)
+    cache = ObjectCache(tmp_path / "cache")
+    source = HttpSource([f"{mirror.url}/{FQRN}"], timeout=5.0, retries=0)
+    if engine == "download process":
+        ahead = FetchProcess(source, cache)
+    elif engine == "in-process batch":
+        ahead = Prefetcher(lambda *a: None, cache.contains, batch=BatchFetcher(source),
+                           begin=cache.begin_download)
+    else:
+        ahead = Prefetcher(lambda h, kind, comp, size: cache.fetch(source, h, kind, comp,
+                                                                   max_size=size),
+                           cache.contains, workers=1)
+    try:
+        with PeakSize(tmp_path / "cache" / "txn") as peak:
+            assert ahead.submit(h, ObjectKind.FILE, Compression.ZLIB, size)
+            finishes_within(30, lambda: _read_ahead_ended(ahead, h))
+    finally:
+        ahead.close()
+    assert peak.peak <= MiB  # not the 1 GiB the bomb inflates to
+    assert not cache.contains(h)
+    _no_partial_files(tmp_path / "cache")
+
+
+def _read_ahead_ended(ahead, h: ContentHash) -> None:
+    if isinstance(ahead, FetchProcess):
+        event = ahead.waiter(h)
+        assert event is None or event.wait(30)
+        return
+    while ahead.stats["failed"] + ahead.stats["fetched"] == 0:
+        time.sleep(0.01)

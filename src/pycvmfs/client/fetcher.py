@@ -88,8 +88,9 @@ class FetchProcess:
         return not self._closed and len(self._inflight) < self._backlog
 
     def submit(self, h: ContentHash | None, kind: ObjectKind,
-               compression: Compression = Compression.ZLIB) -> bool:
-        """Ask the child for ``h`` unless it was asked for recently or too much is pending."""
+               compression: Compression = Compression.ZLIB, size: int | None = None) -> bool:
+        """Ask the child for ``h`` (of at most ``size`` bytes, when given) unless it was asked
+        for recently or too much is pending."""
         if h is None:
             return False
         key = str(h)
@@ -102,7 +103,8 @@ class FetchProcess:
             self._inflight[key] = threading.Event()
             self.stats["submitted"] += 1
             try:  # a short line into a pipe that the backlog keeps far from full
-                self._stdin.write(f"{key}{kind.suffix} {compression.value}\n".encode())
+                self._stdin.write(f"{key}{kind.suffix} {compression.value} "
+                                  f"{-1 if size is None else size}\n".encode())
                 self._stdin.flush()
             except (OSError, ValueError) as e:
                 self._inflight.pop(key).set()
@@ -192,7 +194,7 @@ def _serve(settings: dict[str, Any], requests: IO[bytes], answers: IO[bytes]) ->
                          on_error=lambda e: log.warning("transfer engine: %s", e))
     # every request is answered, so nothing is remembered or dropped here: the mount bounds
     # what it asks for, and a request for a cached object is answered at once
-    prefetcher = Prefetcher(lambda h, kind, comp: None, cache.contains, batch=batch,
+    prefetcher = Prefetcher(lambda h, kind, comp, size: None, cache.contains, batch=batch,
                             begin=cache.begin_download, backlog=1 << 30, remember=0,
                             ended=answer)
     try:
@@ -201,10 +203,11 @@ def _serve(settings: dict[str, Any], requests: IO[bytes], answers: IO[bytes]) ->
             try:
                 h, kind = parse_object_name(line[0])
                 compression = Compression(int(line[1]))
+                size = int(line[2]) if len(line) > 2 and line[2] != "-1" else None
             except (IndexError, ValueError, CvmfsError) as e:
                 log.warning("bad request %r: %s", raw[:100], e)
                 continue
-            if not prefetcher.submit(h, kind, compression):
+            if not prefetcher.submit(h, kind, compression, size):
                 answer(h, "not queued")
     finally:
         prefetcher.close()  # finishes the transfers in flight

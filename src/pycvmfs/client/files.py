@@ -27,8 +27,9 @@ log = logging.getLogger("pycvmfs.prefetch")
 ObjectFetcher = Callable[[ContentHash, ObjectKind], Path]
 #: lookup(hash, kind) -> path of the object if cached (pinned like fetch), never downloading
 ObjectLookup = Callable[[ContentHash, ObjectKind], Path | None]
-#: readahead(hash, kind) -> None: start fetching an object into the cache in the background
-ReadAhead = Callable[[ContentHash, ObjectKind], None]
+#: readahead(hash, kind, compression, size) -> None: start fetching an object (of at most
+#: ``size`` bytes) into the cache in the background
+ReadAhead = Callable[[ContentHash, ObjectKind, Compression, int | None], object]
 
 #: sequential reads of a chunked file keep this many bytes of chunks downloading ahead
 READAHEAD_BYTES = 32 << 20
@@ -59,17 +60,19 @@ class Batch(Protocol):
     def close(self) -> None: ...
 
 
-#: begin(hash, kind, compression) -> a sink for the object's body, or None to skip it
-BeginDownload = Callable[[ContentHash, ObjectKind, Compression], Sink | None]
+#: begin(hash, kind, compression, max_size=size) -> a sink for the object's body (of at most
+#: ``size`` bytes), or None to skip it
+BeginDownload = Callable[..., Sink | None]
 
 
 class Prefetcher:
     """Downloads objects into the cache in the background (read-ahead).
 
-    Either in threads: ``fetch(hash, kind, compression)`` does the work (the cache's verified
-    download) and ``cached(hash)`` tells whether it can be skipped; or, with ``batch`` and
-    ``begin``, as transfers of a :class:`~pycvmfs.storage.batch.BatchFetcher` (many at once,
-    the HTTP work in C): ``begin`` returns the cache's :class:`~pycvmfs.client.cache.Download`
+    Either in threads: ``fetch(hash, kind, compression, size)`` does the work (the cache's
+    verified download, capped at the object's size in the catalog when it is given) and
+    ``cached(hash)`` tells whether it can be skipped; or, with ``batch`` and ``begin``, as
+    transfers of a :class:`~pycvmfs.storage.batch.BatchFetcher` (many at once, the HTTP work
+    in C): ``begin`` returns the cache's :class:`~pycvmfs.client.cache.Download`
     of the object (None when it is cached or in flight already), fed as the body arrives and
     finished (verified, moved into the cache) when it is complete; a failed transfer is just
     dropped. An object is in flight at most once, recently requested hashes are remembered so
@@ -79,7 +82,7 @@ class Prefetcher:
     flight: the cache holds its lock on the object meanwhile), and report errors themselves.
     """
 
-    def __init__(self, fetch: Callable[[ContentHash, ObjectKind, Compression], object],
+    def __init__(self, fetch: Callable[[ContentHash, ObjectKind, Compression, int | None], object],
                  cached: Callable[[ContentHash], bool], *, workers: int = 6,
                  backlog: int = 64, remember: int = 8192, batch: Batch | None = None,
                  begin: BeginDownload | None = None,
@@ -106,8 +109,9 @@ class Prefetcher:
         return not self._closed and self._queued < self._backlog
 
     def submit(self, h: ContentHash | None, kind: ObjectKind,
-               compression: Compression = Compression.ZLIB) -> bool:
-        """Queue ``h`` unless it was requested recently or the queue is full."""
+               compression: Compression = Compression.ZLIB, size: int | None = None) -> bool:
+        """Queue ``h`` unless it was requested recently or the queue is full; ``size`` (its
+        size in the catalog) caps its download."""
         if h is None:
             return False
         with self._lock:
@@ -119,25 +123,27 @@ class Prefetcher:
             self._queued += 1
             self.stats["submitted"] += 1
         if self._pool is not None:
-            self._pool.submit(self._run, h, kind, compression)
+            self._pool.submit(self._run, h, kind, compression, size)
         else:
-            self._start(h, kind, compression)
+            self._start(h, kind, compression, size)
         return True
 
-    def _run(self, h: ContentHash, kind: ObjectKind, compression: Compression) -> None:
+    def _run(self, h: ContentHash, kind: ObjectKind, compression: Compression,
+             size: int | None) -> None:
         try:
             fetched = not self._cached(h)
             if fetched:
-                self._fetch(h, kind, compression)
+                self._fetch(h, kind, compression, size)
         except Exception as e:  # the reader fetches again and reports the error
             self._ended(h, e)
         else:
             self._ended(h, None, fetched)
 
-    def _start(self, h: ContentHash, kind: ObjectKind, compression: Compression) -> None:
+    def _start(self, h: ContentHash, kind: ObjectKind, compression: Compression,
+               size: int | None) -> None:
         sink: Sink | None = None
         try:
-            sink = self._begin(h, kind, compression)
+            sink = self._begin(h, kind, compression, max_size=size)
             if sink is None:  # cached, or being downloaded already
                 self._ended(h, None)
                 return
@@ -352,7 +358,8 @@ class RepoFile(io.RawIOBase):
         j = i + 1
         while j < len(chunks) and j <= i + READAHEAD_CHUNKS and ahead < READAHEAD_BYTES:
             if j >= start and chunks[j].hash is not None:
-                self._readahead(chunks[j].hash, ObjectKind.PARTIAL)
+                self._readahead(chunks[j].hash, ObjectKind.PARTIAL, self._entry.compression,
+                                chunks[j].size)
                 self._ahead = j
             ahead += chunks[j].size
             j += 1

@@ -112,10 +112,12 @@ def _make_prefetcher(repo: Repository, workers: int,
             return FetchProcess(source, cache, parallel=BATCH_PARALLEL)
         batch = BatchFetcher(source, parallel=BATCH_PARALLEL,
                              on_error=lambda e: log.warning("read-ahead: %s", e))
-        return Prefetcher(lambda h, kind, comp: cache.fetch(source, h, kind, comp),
+        return Prefetcher(lambda h, kind, comp, size: cache.fetch(source, h, kind, comp,
+                                                                  max_size=size),
                           cache.contains, batch=batch, begin=cache.begin_download,
                           backlog=BATCH_BACKLOG)
-    return Prefetcher(lambda h, kind, comp: cache.fetch(source, h, kind, comp),
+    return Prefetcher(lambda h, kind, comp, size: cache.fetch(source, h, kind, comp,
+                                                              max_size=size),
                       cache.contains, workers=workers)
 
 
@@ -348,13 +350,13 @@ class _TreeWalk:
                     continue
                 if not flags & Flags.CHUNKED:
                     if e.size <= PREFETCH_MAX_SIZE and e.hash is not None:
-                        prefetcher.submit(e.hash, ObjectKind.FILE, e.compression)
+                        prefetcher.submit(e.hash, ObjectKind.FILE, e.compression, e.size)
                         self.bytes += e.size
                     continue
                 chunks = view.chunks_loaded(where + b"/" + e.name, e) or []
                 for c in chunks[:TREE_AHEAD_CHUNKS]:  # the reader's read-ahead does the rest
                     if c.hash is not None:
-                        prefetcher.submit(c.hash, ObjectKind.PARTIAL, e.compression)
+                        prefetcher.submit(c.hash, ObjectKind.PARTIAL, e.compression, c.size)
                         self.bytes += c.size
 
 
@@ -832,7 +834,7 @@ class CvmfsFilesystem:
             e = entries[j].entry
             if (e.is_regular and not e.is_chunked and not e.is_external and e.hash is not None
                     and 0 < e.size <= PREFETCH_MAX_SIZE):
-                prefetcher.submit(e.hash, ObjectKind.FILE, e.compression)
+                prefetcher.submit(e.hash, ObjectKind.FILE, e.compression, e.size)
             listing.ahead = j
             j += 1
 

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pycvmfs.client.files import RepoFile
+from pycvmfs.client.files import ReadAhead, RepoFile
 from pycvmfs.client.stat import Stat
 from pycvmfs.errors import (
     CatalogError,
@@ -80,7 +80,7 @@ class RevisionView:
         # cached-only lookup (pinned like fetch_object); lets a reader skip a thread hop
         self._lookup_object = lookup_object
         #: set by a reader (the FUSE mount) to download objects ahead of sequential reads
-        self.readahead: Callable[[ContentHash, ObjectKind], None] | None = None
+        self.readahead: ReadAhead | None = None
         self._pinned_catalogs: list[ContentHash] = []
         self._env = env if env is not None else os.environ.get
         self._lock = threading.RLock()
