@@ -135,8 +135,8 @@ BAD_ENTRIES = {  # (change, message) for /d/f, read through listing("/d") and lo
     "dot-dot-name": (_set("name", "'..'"), "not one path component"),
     "dot-name": (_set("name", "'.'"), "not one path component"),
     "mode-out-of-range": (_set("mode", 0o100644 | 1 << 20), "mode 0o4100644"),
-    "mode-unknown-type": (_set("mode", 0o644), "mode 0o644, which is not a regular mode"),
-    "mode-dir-for-file": (_set("mode", DIR), "which is not a regular mode"),
+    "mode-unknown-type": (_set("mode", 0o644), "mode 0o644, which is not a regular file mode"),
+    "mode-dir-for-file": (_set("mode", DIR), "which is not a regular file mode"),
     "mode-negative": (_set("mode", -1), "mode -0o1"),
     "size-negative": (_set("size", -5), "negative size -5"),
 }

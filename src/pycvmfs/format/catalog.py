@@ -96,11 +96,25 @@ def _is_canonical_below(path: bytes, top: bytes) -> bool:
     return all(is_path_component(c) for c in path[len(top) + 1:].split(b"/"))
 
 
+class _EntryWhere:
+    """``<catalog>: entry '<name>'`` for messages, formatted only if one is raised (the
+    reader makes one per row it reads)."""
+
+    __slots__ = ("name", "what")
+
+    def __init__(self, what: str, name: bytes) -> None:
+        self.what = what
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{self.what}: entry {_fs(self.name)!r}"
+
+
 def _col_name(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _int(value: object, what: str, column: str, default: int | None = None) -> int:
+def _int(value: object, what: object, column: str, default: int | None = None) -> int:
     """An INTEGER column's value; anything else (REAL, TEXT, BLOB, NULL) is malformed."""
     if type(value) is int:
         return value
@@ -237,8 +251,8 @@ class Catalog:
         w = self.what
         if not isinstance(name, bytes):
             raise CatalogError(f"{w}: row {rowid} has no name")
-        where = f"{w}: entry {_fs(name)!r}"
-        if name and not is_path_component(name):
+        where = _EntryWhere(w, name)
+        if name and (name in _DOTS or b"/" in name or b"\0" in name):  # is_path_component
             raise CatalogError(f"{where} (row {rowid}): the name is not one path component")
         flags = _int(flags, where, "flags")
         group, linkcount = split_hardlinks(_int(hardlinks, where, "hardlinks", 1))

@@ -33,10 +33,13 @@ class Flags:
     DIRECT_IO = 0x10000
 
 
-#: The file type bits of a mode, by what the flags call that kind of entry.
-_FILE_TYPE = {_stat.S_IFDIR: "dir", _stat.S_IFLNK: "symlink", _stat.S_IFREG: "regular",
-              _stat.S_IFIFO: "special", _stat.S_IFSOCK: "special", _stat.S_IFCHR: "special",
-              _stat.S_IFBLK: "special"}
+#: The flag bits that say what kind of entry a row is, by the file type bits of its mode.
+_KIND_FLAGS = Flags.DIR | Flags.FILE | Flags.LINK | Flags.SPECIAL
+_SPECIAL_FLAGS = Flags.FILE | Flags.SPECIAL
+_TYPE_FLAGS = {_stat.S_IFDIR: Flags.DIR, _stat.S_IFLNK: Flags.FILE | Flags.LINK,
+               _stat.S_IFREG: Flags.FILE, _stat.S_IFIFO: _SPECIAL_FLAGS,
+               _stat.S_IFSOCK: _SPECIAL_FLAGS, _stat.S_IFCHR: _SPECIAL_FLAGS,
+               _stat.S_IFBLK: _SPECIAL_FLAGS}
 
 
 def split_hardlinks(value: int) -> tuple[int, int]:
@@ -199,19 +202,14 @@ class DirectoryEntry:
         if self.is_regular and not self.is_chunked and self.hash is None:
             raise FormatError(f"{what}: regular file {self.name!r} has no content hash")
         mode = self.mode
-        if not 0 <= mode <= 0o177777 or _FILE_TYPE.get(_stat.S_IFMT(mode)) != self._kind():
+        if not 0 <= mode <= 0o177777 or (self.flags & _KIND_FLAGS) != _TYPE_FLAGS.get(
+                mode & 0o170000):
+            kind = ("directory" if self.is_dir else "symlink" if self.is_symlink else
+                    "special file" if self.is_special else "regular file")
             raise FormatError(f"{what}: entry {self.name!r} has mode {mode:#o}, which is not "
-                              f"a {self._kind()} mode (flags {self.flags})")
+                              f"a {kind} mode (flags {self.flags})")
         if self.size < 0:
             raise FormatError(f"{what}: entry {self.name!r} has a negative size {self.size}")
-
-    def _kind(self) -> str:
-        """What the flags say the entry is: ``dir``, ``symlink``, ``special`` or ``regular``."""
-        if self.is_dir:
-            return "dir"
-        if self.is_symlink:
-            return "symlink"
-        return "special" if self.is_special else "regular"
 
 
 def expand_symlink(target: bytes, lookup: Callable[[str], str | None] | Mapping[str, str]) -> bytes:
