@@ -118,11 +118,14 @@ def endless(block: bytes = b"x" * 65536, total: int = 1 << 40) -> Callable[[], I
 class SlowServer:
     """A raw socket server on 127.0.0.1: every request gets a 200 header announcing
     ``length`` bytes, then ``piece`` bytes every ``interval`` seconds; with ``silent`` it
-    accepts and reads the request but never answers. :attr:`requests` counts connections."""
+    accepts and reads the request but never answers; with ``header_interval`` the header
+    itself comes one byte at a time, that many seconds apart. :attr:`requests` counts
+    connections."""
 
     def __init__(self, *, piece: int = 1, interval: float = 2.0, length: int = 1 << 20,
-                 silent: bool = False) -> None:
+                 silent: bool = False, header_interval: float = 0.0) -> None:
         self.piece, self.interval, self.length, self.silent = piece, interval, length, silent
+        self.header_interval = header_interval
         self.requests = 0
         self._sock = socket.create_server(("127.0.0.1", 0))
         self._stop = threading.Event()
@@ -145,7 +148,13 @@ class SlowServer:
                 if self.silent:
                     self._stop.wait()
                     return
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.length)
+                header = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.length
+                if not self.header_interval:
+                    conn.sendall(header)
+                for i in range(len(header) if self.header_interval else 0):
+                    conn.sendall(header[i:i + 1])
+                    if self._stop.wait(self.header_interval):
+                        return
                 sent = 0
                 while sent < self.length and not self._stop.wait(self.interval):
                     conn.sendall(b"x" * self.piece)

@@ -22,7 +22,7 @@ from pycvmfs.storage.httpcopy import HttpCopier
 from pycvmfs.storage.local import LocalStorage
 from pycvmfs.storage.objects import fetch_object_bytes
 
-from helpers.hostile import HostileMirror, SlowServer, endless, zlib_bomb
+from helpers.hostile import HostileMirror, SlowServer, endless, finishes_within, zlib_bomb
 
 # above the old 1 byte/s read timeout of the curl engines, far under the default 1024 bytes/s
 SLOW = {"piece": 100, "interval": 0.5}
@@ -111,6 +111,18 @@ def test_http_source_gives_up_a_slow_body_and_fails_over(slow_server, golden_ser
     slow_server.length = 600
     ok = HttpSource([slow_server.url], timeout=2.0, retries=0, low_speed_limit=100)
     assert len(fetch_bytes(ok, ".cvmfspublished", what="manifest")) == 600
+
+
+def test_http_source_gives_up_response_headers_that_trickle_in():
+    trickle = SlowServer(header_interval=1.0, length=5)  # a byte a second: under the timeout
+    try:
+        src = HttpSource([trickle.url], timeout=2.0, retries=0)
+        with pytest.raises(FetchError) as err:
+            finishes_within(10, lambda: fetch_bytes(src, "f", what="f"))
+        assert f"{trickle.url}/f: too slow: no complete response headers after 4 s" in \
+            str(err.value)
+    finally:
+        trickle.stop()
 
 
 def test_http_source_deadline_ends_a_transfer_fast_enough_but_endless():

@@ -17,6 +17,7 @@ from pycvmfs import __version__
 from pycvmfs.errors import ConfigError, FetchError, IntegrityError, ObjectNotFoundError
 from pycvmfs.storage.base import BLOCK_SIZE, Consumer
 from pycvmfs.storage.local import check_relpath
+from pycvmfs.storage.watchdog import WATCHED_POOLS, HeadersTooSlow
 
 T = TypeVar("T")
 
@@ -123,7 +124,8 @@ class HttpSource:
     Slow transfers (``CVMFS_LOW_SPEED_LIMIT``, as the stock client sets libcurl's
     ``CURLOPT_LOW_SPEED_LIMIT``/``_TIME``): a body arriving at less than ``low_speed_limit``
     bytes/s (default 1024) over a window of the request's timeout fails, and so does a
-    transfer not finished ``deadline`` seconds after its request (default 3600; 0: none).
+    transfer not finished ``deadline`` seconds after its request (default 3600; 0: none). The
+    response headers must be complete within twice the timeout.
     Either counts as a connection failure (retry, then the next proxy, then the next server);
     the error names the URL and says "too slow" or "deadline".
 
@@ -197,9 +199,10 @@ class HttpSource:
         timeout = self._timeout_direct if proxy == DIRECT else self._timeout
         kw: dict[str, Any] = {"num_pools": max(10, len(self._urls)), "maxsize": pool_size,
                               "block": False, "retries": False, "timeout": timeout}
-        if proxy == DIRECT:
-            return urllib3.PoolManager(**kw)
-        return urllib3.ProxyManager(proxy, **kw)
+        manager = (urllib3.PoolManager(**kw) if proxy == DIRECT
+                   else urllib3.ProxyManager(proxy, **kw))
+        manager.pool_classes_by_scheme = WATCHED_POOLS  # (headers within the timeout)
+        return manager
 
     def __repr__(self) -> str:
         return f"HttpSource({self._urls!r}, proxies={self.proxy_spec!r})"
@@ -455,6 +458,8 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, urllib3.exceptions.ReadTimeoutError):
         return "read timeout"
     if isinstance(e, urllib3.exceptions.ProtocolError):
+        if len(e.args) > 1 and isinstance(e.args[1], HeadersTooSlow):
+            return str(e.args[1])
         return f"protocol error: {e}"
     return f"{type(e).__name__}: {e}"
 
