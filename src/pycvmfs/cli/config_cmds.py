@@ -50,7 +50,8 @@ def probe(fqrn: str, config_dir: str | None, as_json: bool) -> None:
     cfg = load_client_config(fqrn, config_dir=config_dir)
     urls, proxies = cfg.server_urls, cfg.proxies
     timeout = cfg.timeout_direct if all(p == DIRECT for p in proxies) else cfg.timeout
-    results = [(url, probe_server(fqrn, url, proxies, timeout)) for url in urls]
+    results = [(url, probe_server(fqrn, url, proxies, timeout, cfg.low_speed_limit))
+               for url in urls]
     if as_json:
         emit_json([{"url": url, "ok": reason is None, "reason": reason}
                    for url, reason in results])

@@ -29,7 +29,8 @@ class Check:
         return asdict(self)
 
 
-def probe_server(fqrn: str, url: str, proxies: Sequence[str], timeout: float) -> str | None:
+def probe_server(fqrn: str, url: str, proxies: Sequence[str], timeout: float,
+                 low_speed_limit: int = 1024) -> str | None:
     """Fetch and parse ``<url>/.cvmfspublished`` once (no retries); None if that worked, else
     the reason."""
     from pycvmfs.format.manifest import parse_signed_manifest
@@ -37,7 +38,8 @@ def probe_server(fqrn: str, url: str, proxies: Sequence[str], timeout: float) ->
     from pycvmfs.storage.http import HttpSource
 
     try:
-        with HttpSource([url], proxies=list(proxies), timeout=timeout, retries=0) as source:
+        with HttpSource([url], proxies=list(proxies), timeout=timeout, retries=0,
+                        low_speed_limit=low_speed_limit) as source:
             data = fetch_bytes(source, ".cvmfspublished", what=f"{url}/.cvmfspublished",
                                limit=1 << 20)
         manifest = parse_signed_manifest(data).manifest
@@ -119,7 +121,7 @@ def _repository_checks(cfg: ClientConfig, timeout: float, warn_days: int,
         return [*out, Check(f"{name}: servers", "fail", str(e))]
     reached = []
     for url in urls:
-        reason = probe_server(name, url, proxies, timeout)
+        reason = probe_server(name, url, proxies, timeout, cfg.low_speed_limit)
         out.append(Check(f"{name}: server {url}", "fail" if reason else "ok",
                          reason or ".cvmfspublished fetched"))
         if reason is None:
@@ -127,7 +129,8 @@ def _repository_checks(cfg: ClientConfig, timeout: float, warn_days: int,
     if not reached:
         return out
     try:
-        source = HttpSource(reached, proxies=proxies, timeout=timeout, retries=0)
+        source = HttpSource(reached, proxies=proxies, timeout=timeout, retries=0,
+                            low_speed_limit=cfg.low_speed_limit)
         with tempfile.TemporaryDirectory(prefix="pycvmfs-doctor-") as scratch, \
                 Repository(source, public_keys=load_public_keys(keys), fqrn=name,
                            cache=ObjectCache(scratch), now=lambda: now) as repo:
