@@ -14,6 +14,7 @@ from pycvmfs.client.cache import ObjectCache
 from pycvmfs.client.fetcher import FetchProcess
 from pycvmfs.client.files import Prefetcher
 from pycvmfs.client.repository import open_repository
+from pycvmfs.client.verify import verify_repository
 from pycvmfs.errors import FetchError, SizeLimitError
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
@@ -210,3 +211,13 @@ def _read_ahead_ended(ahead, h: ContentHash) -> None:
         return
     while ahead.stats["failed"] + ahead.stats["fetched"] == 0:
         time.sleep(0.01)
+
+
+def test_verify_reports_a_bomb_by_its_size_limit(mirror, golden_facts, golden_keys, tmp_path):
+    h = golden_facts["readme"]
+    mirror.answers[_url_path(h, ObjectKind.FILE)] = zlib_bomb(BOMB)
+    with _open([mirror.url], golden_keys, tmp_path / "c") as repo:
+        report = finishes_within(120, lambda: verify_repository(repo))
+    failures = dict(report.failures)
+    assert f"size limit of {golden_facts['readme_size']} bytes" in failures[str(h)]
+    assert len(failures) == 1

@@ -30,6 +30,10 @@ from pycvmfs.storage.objects import HISTORY_LIMIT, SMALL_FILE_LIMIT, catalog_lim
 
 __all__ = ["Repository", "TrustedState", "open_repository"]
 
+#: size caps of the objects no catalog entry gives a size for (see storage.objects)
+_FIXED_LIMITS = {ObjectKind.CERTIFICATE: SMALL_FILE_LIMIT, ObjectKind.METAINFO: SMALL_FILE_LIMIT,
+                 ObjectKind.HISTORY: HISTORY_LIMIT}
+
 MANIFEST = ".cvmfspublished"
 WHITELIST = ".cvmfswhitelist"
 
@@ -97,8 +101,7 @@ class Repository:
             self._check_not_older(unverified, crumb)
             if unverified.certificate is None:
                 raise FormatError(f"{self._where(MANIFEST)}: no certificate hash (key X)")
-            cert_path = self.cache.fetch(self.source, unverified.certificate,
-                                         ObjectKind.CERTIFICATE, max_size=SMALL_FILE_LIMIT)
+            cert_path = self.fetch_object(unverified.certificate, ObjectKind.CERTIFICATE)
             certificate = Certificate.from_pem(
                 Path(cert_path).read_bytes(),
                 what=unverified.certificate.describe(ObjectKind.CERTIFICATE))
@@ -116,7 +119,6 @@ class Repository:
             if self._state is None or self._state.manifest.history != manifest.history:
                 self._close_history()
             self._state = TrustedState(manifest, certificate, whitelist, data, wl_bytes)
-            self._catalog_sizes[manifest.root_catalog] = manifest.root_catalog_size
             return self._state
 
     def _check_not_older(self, m: Manifest, crumb: Breadcrumb | None) -> None:
@@ -148,8 +150,23 @@ class Repository:
                      compression: Compression = Compression.ZLIB, *,
                      max_size: int | None = None) -> Path:
         """Path of a verified, decompressed object in the local cache; ``max_size`` bounds
-        its size (:meth:`ObjectCache.fetch`)."""
+        its size (:meth:`ObjectCache.fetch`), by default the limit of its kind (a catalog's
+        recorded size, the fixed caps of certificate, meta-info and history)."""
+        if max_size is None:
+            max_size = self.size_limit(h, kind)
         return self.cache.fetch(self.source, h, kind, compression, max_size=max_size)
+
+    def size_limit(self, h: ContentHash, kind: ObjectKind) -> int | None:
+        """The most bytes object ``h`` may decompress to, as far as the repository knows
+        without a catalog entry: a catalog's recorded size (the manifest's for the root, the
+        parent's row for a nested catalog opened through this repository), the fixed caps of
+        certificate, meta-info and history; None for data objects (their size is the entry's)."""
+        if kind is ObjectKind.CATALOG:
+            recorded = self._catalog_sizes.get(h)
+            if not recorded and self._state is not None and h == self._state.manifest.root_catalog:
+                recorded = self._state.manifest.root_catalog_size
+            return catalog_limit(recorded)
+        return _FIXED_LIMITS.get(kind)
 
     def load_catalog(self, h: ContentHash, mountpoint: bytes = b"",
                      what: str | None = None) -> Catalog:
@@ -163,7 +180,7 @@ class Repository:
         """Fetch (capped by its recorded size) and open a catalog; the sizes its nested
         catalogs are recorded with cap their downloads in turn."""
         path = self.cache.fetch(self.source, h, ObjectKind.CATALOG, pin=pin,
-                                max_size=catalog_limit(self._catalog_sizes.get(h)))
+                                max_size=self.size_limit(h, ObjectKind.CATALOG))
         try:
             cat = Catalog.open(path, what=what or h.describe(ObjectKind.CATALOG), hash=h)
             try:
@@ -196,7 +213,7 @@ class Repository:
                 h = self.state.manifest.history
                 if h is None:
                     return None
-                path = self.fetch_object(h, ObjectKind.HISTORY, max_size=HISTORY_LIMIT)
+                path = self.fetch_object(h, ObjectKind.HISTORY)
                 self._history = History.open(path, what=h.describe(ObjectKind.HISTORY))
             return self._history
 
@@ -225,16 +242,22 @@ class Repository:
             t = self.history().get(tag) if self.history() is not None else None
             if t is None:
                 raise TagNotFoundError(f"tag {tag!r} not found in the history of {self.fqrn}")
-            return t.root_hash, t.revision
+            return self._tagged(t)
         if date is not None:
             ts = _parse_date(date)
             t = self.history().tag_at_date(ts) if self.history() is not None else None
             if t is None:
                 raise TagNotFoundError(f"no tag of {self.fqrn} at or before {date}")
-            return t.root_hash, t.revision
+            return self._tagged(t)
         if revision is not None and revision != m.revision:
             return self._find_revision(revision), revision
         return m.root_catalog, m.revision
+
+    def _tagged(self, t: Tag) -> tuple[ContentHash, int | None]:
+        """A tag's root catalog and revision; its recorded size caps the catalog's download."""
+        if t.size:
+            self._catalog_sizes[t.root_hash] = t.size
+        return t.root_hash, t.revision
 
     def _find_revision(self, revision: int) -> ContentHash:
         if revision > self.state.manifest.revision or revision < 0:

@@ -82,13 +82,18 @@ class _Checker:
             self.seen.add(name)
             return True
 
-    def check(self, h: ContentHash, kind: ObjectKind, compression: Compression) -> None:
+    def check(self, h: ContentHash, kind: ObjectKind, compression: Compression,
+              size: int | None = None) -> None:
+        """Download and check ``h`` (in a pool thread), capped at ``size`` (its catalog size)
+        or the limit of its kind."""
         if not self.first_time(h, kind):
             return
+        limit = size if size is not None else self.repo.size_limit(h, kind)
 
         def run() -> None:
             try:
-                stored, _ = download_verified(self.repo.source, h, kind, compression, None)
+                stored, _ = download_verified(self.repo.source, h, kind, compression, None,
+                                              max_size=limit)
                 self._count(kind, stored)
             except CvmfsError as e:
                 self.fail(h.object_name(kind), e)
@@ -174,10 +179,10 @@ def _walk_revision(repo: Repository, checker: _Checker, root: ContentHash,
                 report.revisions.append(cat.revision)
                 first = False
             try:
-                for fh, comp, _size in cat.all_file_hashes():
-                    checker.check(fh, ObjectKind.FILE, comp)
-                for ch, comp, _size in cat.all_chunk_hashes():
-                    checker.check(ch, ObjectKind.PARTIAL, comp)
+                for fh, comp, size in cat.all_file_hashes():
+                    checker.check(fh, ObjectKind.FILE, comp, size)
+                for ch, comp, size in cat.all_chunk_hashes():
+                    checker.check(ch, ObjectKind.PARTIAL, comp, size)
                 for ref in cat.nested_catalogs():
                     if ref.hash is not None and checker.first_time(ref.hash, ObjectKind.CATALOG):
                         stack.append((ref.hash, ref.path))
