@@ -171,6 +171,20 @@ def test_batch_fetcher_follows_the_low_speed_limit_and_the_deadline(slow_server)
         fast_enough.stop()
 
 
+def test_batch_fetcher_ends_a_body_past_its_size(golden_dir):
+    mirror = HostileMirror(golden_dir)
+    try:
+        mirror.answers["/endless"] = endless()
+        t = _Collect("endless")
+        with BatchFetcher(HttpSource([mirror.url], timeout=2.0), parallel=1) as bf:
+            bf.submit(t, max_size=100_000)
+            assert t.ended.wait(10)
+        assert t.error == "more than 100000 bytes, its size limit; stopped there"
+        assert t.got <= 100_000 and mirror.sent["/endless"] < 16 << 20
+    finally:
+        mirror.stop()
+
+
 def test_copy_engine_follows_the_low_speed_limit(slow_server, tmp_path):
     dest = LocalStorage(tmp_path / "dest", fsync=False)
     dest.create_skeleton()

@@ -538,7 +538,8 @@ class Puller:
         try:
             if self._error is None and not self.dest.exists(h.object_path(kind)):
                 assert self._batch is not None
-                self._batch.submit(BufferedObject(h, kind, name, self.tmp, self._batch_done))
+                self._batch.submit(BufferedObject(h, kind, name, self.tmp, self._batch_done),
+                                   _stored_cap(self._sizes.get(name)))
                 return
         except BaseException as e:
             self._fail(e)

@@ -51,11 +51,13 @@ class BatchFetcher:
         self.source = source
         self.parallel = max(1, parallel)
         self._on_error = on_error
-        self._queue: queue.SimpleQueue[Transfer | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Transfer, int | None] | None] = \
+            queue.SimpleQueue()
         self._multi = pycurl.CurlMulti()
         self._free = [self._easy() for _ in range(self.parallel)]
         self._active: dict[pycurl.Curl, Transfer] = {}
         self._routes: dict[pycurl.Curl, tuple[str, float]] = {}  # proxy, timeout set on each
+        self._capped: dict[pycurl.Curl, _Capped] = {}  # the transfers with a size limit
         self._closed = False
         self._thread = threading.Thread(target=self._drive, name="pycvmfs-batch", daemon=True)
         self._thread.start()
@@ -71,10 +73,12 @@ class BatchFetcher:
         c.setopt(pycurl.NOPROXY, "")
         return c
 
-    def submit(self, transfer: Transfer) -> None:
+    def submit(self, transfer: Transfer, max_size: int | None = None) -> None:
+        """Queue a transfer; with ``max_size``, a body of more bytes ends it at once (its
+        ``done`` gets the reason)."""
         if self._closed:
             raise RuntimeError("BatchFetcher is closed")
-        self._queue.put(transfer)
+        self._queue.put((transfer, max_size))
 
     def close(self) -> None:
         """Finish what was submitted, then stop the driver thread."""
@@ -99,7 +103,7 @@ class BatchFetcher:
         proxy = self.source.current_proxy
         return self.source.current_url, proxy, self.source.timeout_for(proxy)
 
-    def _start(self, t: Transfer, route: tuple[str, str, float]) -> None:
+    def _start(self, t: Transfer, max_size: int | None, route: tuple[str, str, float]) -> None:
         base, proxy, timeout = route
         try:
             url = f"{base}/{quote_relpath(t.relpath)}"
@@ -117,7 +121,11 @@ class BatchFetcher:
             c.setopt(pycurl.LOW_SPEED_LIMIT, max(1, self.source.low_speed_limit))
             c.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeout)))
             c.setopt(pycurl.TIMEOUT_MS, int(self.source.deadline * 1000))
-        c.setopt(pycurl.WRITEFUNCTION, t.write)
+        if max_size is None:
+            c.setopt(pycurl.WRITEFUNCTION, t.write)
+        else:
+            self._capped[c] = capped = _Capped(t, max_size)
+            c.setopt(pycurl.WRITEFUNCTION, capped.write)
         self._active[c] = t
         self._multi.add_handle(c)
         self.source.count_request()
@@ -129,6 +137,9 @@ class BatchFetcher:
             status = c.getinfo(pycurl.RESPONSE_CODE)
             if status != 200:
                 error = f"HTTP {status}"
+        capped = self._capped.pop(c, None)
+        if capped is not None and capped.over:
+            error = f"more than {capped.limit} bytes, its size limit; stopped there"
         c.setopt(pycurl.WRITEFUNCTION, _discard)  # drop the transfer's reference
         self._free.append(c)
         self._done(t, error)
@@ -152,8 +163,9 @@ class BatchFetcher:
                 self._free.append(c)
                 self._done(t, reason)
             self._active.clear()
-            while (t := self._queue.get()) is not None:
-                self._done(t, reason)
+            self._capped.clear()
+            while (queued := self._queue.get()) is not None:
+                self._done(queued[0], reason)
 
     def _loop(self) -> None:
         stopping = False
@@ -162,15 +174,15 @@ class BatchFetcher:
             route = None
             while self._free and not stopping:
                 try:
-                    t = self._queue.get(block=not self._active, timeout=None)
+                    queued = self._queue.get(block=not self._active, timeout=None)
                 except queue.Empty:
                     break
-                if t is None:
+                if queued is None:
                     stopping = True
                     break
                 if route is None:
                     route = self._route()
-                self._start(t, route)
+                self._start(*queued, route)
             if not self._active:
                 continue
             while True:
@@ -191,3 +203,21 @@ class BatchFetcher:
 
 def _discard(block: bytes) -> None:
     return None
+
+
+class _Capped:
+    """A transfer's ``write`` that ends the transfer (returns 0) past ``limit`` bytes."""
+
+    __slots__ = ("got", "limit", "over", "transfer")
+
+    def __init__(self, transfer: Transfer, limit: int) -> None:
+        self.transfer, self.limit = transfer, limit
+        self.got = 0
+        self.over = False
+
+    def write(self, block: bytes) -> int | None:
+        self.got += len(block)
+        if self.got > self.limit:
+            self.over = True
+            return 0
+        return self.transfer.write(block)  # type: ignore[func-returns-value]
