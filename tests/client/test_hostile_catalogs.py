@@ -213,10 +213,10 @@ def test_mount_answers_eio_for_the_hostile_parts_and_keeps_serving(hostile, tmp_
             subprocess.run(["umount", "-l", str(mp)], check=False, timeout=30)
 
 
-DEPTH = 200  # the recursive check reached Python's recursion limit at about 160 levels
+DEPTH = 520  # the recursive walks met Python's recursion limit: check at ~160, snapshot ~490
 
 
-def test_deep_legal_nesting_reads_verifies_and_checks(tmp_path: Path):
+def test_deep_legal_nesting_reads_verifies_checks_and_replicates(tmp_path: Path):
     """Nested catalogs as deep as paths allow are no cycle: every walker follows them."""
     from pycvmfs.client.verify import verify_repository
     from pycvmfs.publish.check import check_repository
@@ -238,3 +238,8 @@ def test_deep_legal_nesting_reads_verifies_and_checks(tmp_path: Path):
             assert len(list(view.catalogs())) == DEPTH + 1
         verified = verify_repository(repo)
         assert verified.ok and verified.checked["catalog"] == DEPTH + 1, verified
+    replica = tmp_path / "replica" / "deep.example.org"
+    res = _cli("snapshot", str(pub.config.storage), str(replica), "-k",
+               str(pub.config.key_path("pub")), timeout=300)
+    assert res.returncode == 0 and (replica / ".cvmfspublished").exists(), res.stderr
+    assert f"{DEPTH + 2} catalogs" in res.stderr + res.stdout  # the tree and revision 0's

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Generator, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 from pycvmfs.errors import CatalogError, FormatError
 from pycvmfs.format.compression import Compression
@@ -15,7 +16,7 @@ from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, md5_pair
 from pycvmfs.format.sqlite import open_database, read_properties
 
 __all__ = ["CATALOG_TABLES", "COUNTER_NAMES", "Catalog", "Chunk", "NestedRef",
-           "covering_mountpoint", "is_path_component", "parent_path"]
+           "covering_mountpoint", "is_path_component", "parent_path", "run_tree_steps"]
 
 #: The tables a catalog may have (format doc §4.2); anything else in sqlite_master is refused.
 CATALOG_TABLES = ("properties", "catalog", "chunks", "nested_catalogs", "bind_mountpoints",
@@ -75,6 +76,32 @@ def covering_mountpoint(path: bytes, mountpoints: Collection[bytes], *,
             return p
         p = parent_path(p)
     return None
+
+
+def run_tree_steps(top: Generator[Any, Any, Any]) -> Any:
+    """Run a catalog tree walk written as generators, without recursion: a step that needs a
+    nested catalog handled first yields that catalog's generator and gets its result (or its
+    exception, raised at the ``yield``) back. Nesting as deep as paths allow never meets
+    Python's recursion limit, and the order is that of the recursive walk. Returns the result
+    of ``top``."""
+    stack, answer, error = [top], None, None
+    while True:
+        try:
+            request = stack[-1].send(answer) if error is None else stack[-1].throw(error)
+        except StopIteration as finished:
+            stack.pop()
+            if not stack:
+                return finished.value
+            answer, error = finished.value, None
+            continue
+        except BaseException as e:
+            stack.pop()
+            if not stack:
+                raise
+            answer, error = None, e
+            continue
+        stack.append(request)
+        answer, error = None, None
 
 
 def _fs(b: bytes) -> str:

@@ -19,7 +19,7 @@ from pycvmfs.errors import (
     IntegrityError,
     ObjectNotFoundError,
 )
-from pycvmfs.format.catalog import Catalog
+from pycvmfs.format.catalog import Catalog, run_tree_steps
 from pycvmfs.format.certificate import Certificate
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
@@ -264,8 +264,8 @@ class _Checker:
 
     def _root(self, h: ContentHash, size: int | None, label: str, *,
               missing_ok: bool = False) -> Any:
-        done = self._walk(self._catalog(h, b"", None, size, nested=False,
-                                        missing_ok=missing_ok, label=label))
+        done = run_tree_steps(self._catalog(h, b"", None, size, nested=False,
+                                            missing_ok=missing_ok, label=label))
         if isinstance(done, _Done):
             self.report.revisions.append(done.revision)
         return done
@@ -303,28 +303,11 @@ class _Checker:
             self.problem(REFLOG, "", str(e))
 
     # -- catalogs ------------------------------------------------------------------------
-    @staticmethod
-    def _walk(top: _Steps) -> Any:
-        """Run a catalog's check generator and, from this loop, those of the nested catalogs
-        it asks for: nesting as deep as paths allow never meets Python's recursion limit."""
-        stack, answer = [top], None
-        while True:
-            try:
-                request = stack[-1].send(answer)
-            except StopIteration as finished:
-                stack.pop()
-                if not stack:
-                    return finished.value
-                answer = finished.value
-                continue
-            stack.append(request)
-            answer = None
-
     def _catalog(self, h: ContentHash, mountpoint: bytes, transition: Row | None,
                  size: int | None, *, nested: bool, missing_ok: bool = False,
                  label: str = "") -> _Steps:
-        """Check one catalog (a generator for :meth:`_walk`: it yields the generators of its
-        nested catalogs and gets their results back); returns its :class:`_Done`."""
+        """Check one catalog (a generator for :func:`run_tree_steps`: it yields the generators
+        of its nested catalogs and gets their results back); returns its :class:`_Done`."""
         name = h.object_name(ObjectKind.CATALOG)
         what = h.describe(ObjectKind.CATALOG)
         done = self.done.get(name)

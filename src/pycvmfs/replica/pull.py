@@ -8,14 +8,15 @@ import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from pycvmfs.errors import CvmfsError, FormatError, ObjectNotFoundError, SizeLimitError
-from pycvmfs.format.catalog import Catalog
+from pycvmfs.format.catalog import Catalog, run_tree_steps
 from pycvmfs.format.compression import Compression, stored_bound
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, parse_object_name
 from pycvmfs.format.sqlite import open_database
@@ -202,7 +203,7 @@ class Puller:
         the catalog's recorded size (manifest ``B``), its download's cap (0: unknown)."""
         if size:
             self._catalog_sizes[h] = size
-        self._tree(h, None, history=history, optional=optional, root=root)
+        run_tree_steps(self._tree(h, None, history=history, optional=optional, root=root))
 
     def wait(self) -> None:
         """Wait for every scheduled copy; raise the first error."""
@@ -269,7 +270,9 @@ class Puller:
     # -- the walk (calling thread) -----------------------------------------------------------
 
     def _tree(self, h: ContentHash, parent: _Node | None, *, history: bool, optional: bool,
-              root: bool) -> None:
+              root: bool) -> Generator[Any, Any, None]:
+        """Schedule a catalog's tree; a generator for :func:`run_tree_steps` (it yields the
+        walks of nested catalogs instead of recursing, so any nesting depth is followed)."""
         self._check()
         chain: list[_Loaded] = []
         anchor: _Node | None = None  # a pending catalog the oldest new one waits for
@@ -307,7 +310,8 @@ class Puller:
                 anchor.db_users += 1
             base = anchor.loaded.db
         try:
-            newest = self._walk_chain(chain, anchor, base, history=history, root=root)
+            newest = yield from self._walk_chain(chain, anchor, base, history=history,
+                                                 root=root)
         finally:
             if anchor is not None:
                 self._drop_db_user(anchor)
@@ -318,7 +322,7 @@ class Puller:
         self._release(newest, ok=True)
 
     def _walk_chain(self, chain: list[_Loaded], anchor: _Node | None, base: Path | None, *,
-                    history: bool, root: bool) -> _Node:
+                    history: bool, root: bool) -> Generator[Any, Any, _Node]:
         """Schedule the catalogs of a previous-revision chain, oldest first; returns the newest
         node with one extra pending count that the caller releases."""
         prev_node = anchor
@@ -337,7 +341,8 @@ class Puller:
                 for child in loaded.nested:
                     self._start_prefetch(child)
                 for child in loaded.nested:
-                    self._tree(child, node, history=history, optional=False, root=False)
+                    yield self._tree(child, node, history=history, optional=False,
+                                     root=False)
             finally:
                 if prev_node is not None and prev_node is not anchor:
                     self._drop_db_user(prev_node)
