@@ -10,8 +10,8 @@ from pycvmfs.format.compression import Compression, Inflater, stored_bound
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
 
-__all__ = ["CATALOG_LIMIT", "HISTORY_LIMIT", "REFLOG_LIMIT", "SMALL_FILE_LIMIT", "CheckedBody",
-           "catalog_limit", "download_verified", "fetch_object_bytes"]
+__all__ = ["CATALOG_LIMIT", "HISTORY_LIMIT", "SMALL_FILE_LIMIT", "CheckedBody", "catalog_limit",
+           "download_verified", "fetch_object_bytes"]
 
 # Size caps of the downloads whose size no signed record gives (decompressed bytes; a body
 # past its cap is stopped there). The stock client reads the manifest, whitelist, certificate
@@ -20,8 +20,6 @@ __all__ = ["CATALOG_LIMIT", "HISTORY_LIMIT", "REFLOG_LIMIT", "SMALL_FILE_LIMIT",
 SMALL_FILE_LIMIT = 1 << 20
 #: the tag database: about 150 bytes a tag
 HISTORY_LIMIT = 256 << 20
-#: the reflog: one row per catalog, certificate, history and meta-info object ever published
-REFLOG_LIMIT = 1 << 30
 #: a catalog whose size is not recorded (0 in a schema-0 parent or a manifest without B)
 CATALOG_LIMIT = 4 << 30
 
