@@ -147,3 +147,16 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def deep_tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """A folder for trees thousands of levels deep, removed with ``rm -rf`` afterwards:
+    ``shutil.rmtree``, and so pytest's own clean-up of old base folders, recurses once per
+    level and fails on them with a RecursionError at the end of a later run."""
+    path = tmp_path / "deep"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        subprocess.run(["rm", "-rf", str(path)], check=False)

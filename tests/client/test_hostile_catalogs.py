@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pycvmfs.client.repository import open_repository
-from pycvmfs.errors import CatalogError
+from pycvmfs.errors import CatalogError, SizeLimitError
 from pycvmfs.format.hashes import ContentHash, md5_pair
 from pycvmfs.publish.repository import Publisher
 from pycvmfs.publish.signing import switch_manifest
@@ -127,6 +127,23 @@ def test_client_api_refuses_the_hostile_parts_and_reads_the_rest(hostile, tmp_pa
                                                r"'/sub' is not a canonical path below"):
             view.listdir("/sub/x")  # looped forever before: /sub's own mount point
         assert view.read_bytes("/ok/b.txt") == b"b\n"
+
+
+def test_a_file_bigger_than_its_catalog_size_is_refused_as_such(tmp_path: Path):
+    """The object is the right one (its hash matches) but the catalog records fewer bytes: the
+    publisher lied about the size, and nothing past that size is inflated or served."""
+    pub = _publish(tmp_path)
+    m1, m2 = md5_pair(b"/ok/a.txt")
+    forge(pub, tmp_path, {"": [f"UPDATE catalog SET size = 1 WHERE md5path_1 = {m1} "
+                               f"AND md5path_2 = {m2}"]})
+    repo = open_repository(str(pub.config.storage), keys=[pub.config.key_path("pub")],
+                           cache_dir=tmp_path / "c")
+    with repo, repo.open_revision() as view:
+        with pytest.raises(SizeLimitError, match="decompresses to more than its size limit of "
+                                                 "1 bytes"):
+            view.read_bytes("/ok/a.txt")
+        assert view.read_bytes("/ok/b.txt") == b"b\n"
+    assert not any((tmp_path / "c").glob("txn/*"))
 
 
 @pytest.mark.parametrize("argv", [["ls", "/ok"], ["ls", "/sub/x"], ["get", "/sub/x/f.txt"]])

@@ -285,6 +285,10 @@ class DiskWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def add(self, mountpoint: Path) -> None:
+        """A mount made after the watch started: its processes are stopped for samples too."""
+        self._pids = self._pids | {int(os.getxattr(mountpoint, "user.pid"))}
+
     def _sample(self) -> int:
         frozen = []
         try:
@@ -466,6 +470,7 @@ def test_a_mount_killed_mid_read_leaves_the_other_reading_and_the_cache_usable(
 
         # a new mount on the same cache, while b is still mounted
         c = mounts.mount(BIG, "mnt-c", "--config-dir", str(etc))
+        watch.add(c)
         c_errors: list = []
         c_done: list[str] = []
         _join(_run_readers([(c, order, big_repo, c_errors, c_done),

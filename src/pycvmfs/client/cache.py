@@ -106,9 +106,9 @@ class Download:
         return self._body.stored
 
     def write(self, block: bytes) -> None:
-        """Take the next block of the compressed body; raises :class:`SizeLimitError` as soon
-        as the object is larger than ``max_size`` (the temporary file then holds at most that
-        many bytes, until :meth:`reset` or :meth:`abort`)."""
+        """Take the next block of the compressed body (see :class:`CheckedBody`: the temporary
+        file never holds more than ``max_size + 1`` bytes; stored bytes past what that size
+        allows raise :class:`SizeLimitError` at once)."""
         self._body.feed(block, self._put)
 
     def verify(self) -> int:

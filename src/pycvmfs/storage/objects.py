@@ -73,9 +73,13 @@ class CheckedBody:
     server may have the right ones).
 
     With ``max_size`` (the most decompressed bytes the object may have: its size in the
-    catalog, or a fixed cap) a body that inflates past it, or whose stored bytes exceed what
-    zlib can make of that size (:func:`stored_bound`), raises :class:`SizeLimitError` at once,
-    having inflated and kept at most ``max_size + 1`` bytes."""
+    catalog, or a fixed cap) a body whose stored bytes exceed what zlib can make of that size
+    (:func:`stored_bound`) raises :class:`SizeLimitError` at once. A body that inflates past
+    ``max_size`` stops being inflated there (at most ``max_size + 1`` bytes are inflated and
+    kept) but is still hashed, up to that bound of stored bytes, so that :meth:`finish` can say
+    which it is: bytes that are not the object (:class:`HashMismatchError`: another server may
+    have the right ones) or the right object bigger than its recorded size
+    (:class:`SizeLimitError`)."""
 
     __slots__ = ("_broken", "_hasher", "_inflater", "_max_stored", "h", "stored", "what")
 
@@ -103,9 +107,7 @@ class CheckedBody:
                 plain += len(piece)
                 if write is not None:
                     write(piece)
-        except SizeLimitError:
-            raise  # past the size limit: stop the transfer now
-        except IntegrityError as e:
+        except IntegrityError as e:  # a SizeLimitError too: nothing more is inflated
             self._broken = e
         return plain
 
