@@ -16,14 +16,14 @@ PYCVMFS_FSTYPE = "fuse.pycvmfs"  # what mountinfo says of a pycvmfs mount (subty
 def mount_type(path: str) -> str | None:
     """The file system type of the top mount at ``path``, None if nothing is mounted there;
     read from ``/proc/self/mountinfo``, so a hung or dead FUSE mount is never touched."""
-    from pycvmfs.client.fuse import _unescape_mountinfo
+    from pycvmfs.client.fuse import unescape_mountinfo
 
     target = os.path.realpath(path)
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            if len(fields) > 4 and "-" in fields and _unescape_mountinfo(fields[4]) == target:
+            if len(fields) > 4 and "-" in fields and unescape_mountinfo(fields[4]) == target:
                 found = fields[fields.index("-") + 1]
     return found
 

@@ -33,7 +33,7 @@ from pycvmfs.format.hashes import ObjectKind
 from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
 
-__all__ = ["CvmfsFilesystem", "MountOptions", "run_mount"]
+__all__ = ["CvmfsFilesystem", "MountOptions", "run_mount", "unescape_mountinfo"]
 
 log = logging.getLogger("pycvmfs.fuse")
 
@@ -1037,7 +1037,7 @@ def _fuse_connection(mountpoint: str) -> int | None:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
-                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == mountpoint:
+                if len(fields) > 4 and unescape_mountinfo(fields[4]) == mountpoint:
                     rest = fields[fields.index("-") + 1:] if "-" in fields else []
                     if rest and rest[0].startswith("fuse"):
                         found = int(fields[2].split(":")[1])  # the last one: on top
@@ -1046,6 +1046,7 @@ def _fuse_connection(mountpoint: str) -> int | None:
     return found
 
 
-def _unescape_mountinfo(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+def unescape_mountinfo(field: str) -> str:
+    """A path field of ``/proc/*/mountinfo`` as the path it names (mountinfo writes space,
+    tab, newline and backslash as octal escapes)."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
