@@ -189,9 +189,11 @@ class Publisher:
         whitelist expired, whitelist not naming the certificate), before anything is stored."""
         return check_signing(self.store, self.config, self.keys)
 
-    def _begin_change(self, head: Manifest | None = None) -> Manifest:
-        """The head, for a change outside a transaction (tag, rollback, resign): with an S3
-        upstream, leftovers of a publisher that died are cleaned up first."""
+    def begin_change(self, head: Manifest | None = None) -> Manifest:
+        """The head, for a change outside a transaction (tag, rollback, resign), read and
+        checked with :meth:`check_signing` unless the caller passes the ``head`` it read; with
+        an S3 upstream, leftovers of a publisher that died are cleaned up first. Call it
+        holding :meth:`lock`."""
         if head is None:
             head = self.head()
             self.check_signing()
@@ -337,20 +339,20 @@ class Publisher:
         """Add (or with ``remove`` delete) a named tag; re-signs the manifest, S unchanged."""
         self.check_signing()
         with self.lock():
-            head = self._begin_change()
+            head = self.begin_change()
             with self._history_copy(head, "history") as hist:
                 if remove:
                     if not hist.remove(name):
                         raise TagNotFoundError(f"tag {name!r} not found in {self.fqrn}")
                 else:
                     target = root_hash or head.root_catalog
-                    info = self._catalog_info(target)
+                    info = self.catalog_info(target)
                     hist.insert(Tag(name, target, info[0], info[1], 0, message, info[2], ""))
             h = self._store_history("history")
             return switch_manifest(self.store, self.config, self.keys,
                                    dataclasses.replace(head, history=h), previous=head)
 
-    def _catalog_info(self, h: ContentHash) -> tuple[int, int, int]:
+    def catalog_info(self, h: ContentHash) -> tuple[int, int, int]:
         """(revision, last_modified, uncompressed size) of a root catalog."""
         from pycvmfs.format.catalog import Catalog
 
@@ -406,14 +408,14 @@ class Publisher:
 
         self.check_signing()
         with self.lock():
-            head = self._begin_change()
+            head = self.begin_change()
             if expect_head is not None and head.root_catalog != expect_head:
                 raise PublishError(f"{self.fqrn}: the head changed to revision {head.revision} "
                                    "since the rollback was planned; nothing was changed")
             with self._history_copy(head, "history") as hist:
                 plan = self._plan(hist, head, target, keep_undo)
                 tag = plan.target
-                undo_at = self._catalog_info(head.root_catalog) if plan.undo_tag else None
+                undo_at = self.catalog_info(head.root_catalog) if plan.undo_tag else None
                 now = int(time.time())
                 work = self.config.work_dir / "rollback.db"
                 with open(work, "wb") as f:

@@ -43,7 +43,7 @@ def current_manifest(pub: Publisher) -> Manifest:
     if head.fqrn != pub.fqrn:
         raise ConfigError(f"{what}: manifest is for {head.fqrn!r}, not {pub.fqrn!r}")
     try:
-        pub._catalog_info(head.root_catalog)
+        pub.catalog_info(head.root_catalog)
     except CvmfsError as e:
         raise PublishError(f"{what}: its root catalog cannot be used ({e}); not re-signing "
                            "it") from None
@@ -57,7 +57,7 @@ def resign_published(pub: Publisher) -> Manifest:
     pub.check_signing()  # before the lock too: a refusal leaves even publish.lock untouched
     with pub.lock():
         pub.check_signing()
-        head = pub._begin_change(current_manifest(pub))
+        head = pub.begin_change(current_manifest(pub))
         return switch_manifest(pub.store, pub.config, pub.keys, head, previous=head)
 
 
@@ -82,7 +82,7 @@ def rotate_certificate(pub: Publisher, *, whitelist_days: int = 30,
     Needs the master key."""
     master = pub.keys.require_master(pub.config.keys_dir, pub.fqrn)
     with pub.lock():
-        head = pub._begin_change(current_manifest(pub))
+        head = pub.begin_change(current_manifest(pub))
         new_keys = pub.keys.with_new_certificate(pub.fqrn, days=certificate_days)
         also = _endorsed_lines(read_whitelist(pub.store), pub)
         pub.store.put_bytes(WHITELIST, create_whitelist(
