@@ -11,20 +11,7 @@ from pathlib import Path
 
 import pytest
 
-
-class Recorder:
-    """A transaction's ``progress``: every call, in order (calls come from several threads)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, int | None]] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, stage: str, done: int, total: int | None) -> None:
-        with self._lock:
-            self.calls.append((stage, done, total))
-
-    def stage(self, name: str) -> list[tuple[int, int | None]]:
-        return [(done, total) for stage, done, total in self.calls if stage == name]
+from helpers.progress import ProgressRecorder
 
 
 def make_tree(root: Path, files: int) -> int:
@@ -56,7 +43,7 @@ def test_tree_sync_reports_bytes_of_a_total_known_first(make_publisher, tmp_path
     src = tmp_path / "src"
     files = 400 if processes else 60  # worker processes start after 256 files
     total = make_tree(src, files)
-    rec = Recorder()
+    rec = ProgressRecorder()
     with pub.transaction(progress=rec) as txn:
         txn.add_tree(src, "/")
     assert txn.summary.bytes_in == total
@@ -74,7 +61,7 @@ def test_tree_sync_reports_bytes_of_a_total_known_first(make_publisher, tmp_path
         data = os.urandom(3000)
         p.write_bytes(data)
         size += len(data)
-    rec = Recorder()
+    rec = ProgressRecorder()
     with pub.transaction(progress=rec) as txn:
         txn.add_tree(src, "/")
     assert_counts_to(rec.stage("ingesting"), size)
@@ -83,7 +70,7 @@ def test_tree_sync_reports_bytes_of_a_total_known_first(make_publisher, tmp_path
 def test_add_file_announces_its_bytes(publisher, tmp_path):
     local = tmp_path / "blob"
     local.write_bytes(os.urandom(70_000))
-    rec = Recorder()
+    rec = ProgressRecorder()
     with publisher.transaction(progress=rec) as txn:
         txn.add_file("/a", local)
         txn.add_file("/b", b"x" * 1234)
@@ -105,7 +92,7 @@ def make_tar(path: Path, members: int) -> None:
 def test_tarball_reports_archive_bytes_read_of_its_size(publisher, tmp_path):
     archive = tmp_path / "a.tar.gz"
     make_tar(archive, 200)
-    rec = Recorder()
+    rec = ProgressRecorder()
     with publisher.transaction(progress=rec) as txn:
         txn.add_tarball(archive, "/t")
     assert_counts_to(rec.stage("reading"), archive.stat().st_size)
@@ -118,7 +105,7 @@ def test_tarball_from_a_pipe_reports_bytes_without_a_total(publisher, tmp_path):
     r, w = os.pipe()
     writer = threading.Thread(target=lambda: (os.write(w, archive.read_bytes()), os.close(w)))
     writer.start()
-    rec = Recorder()
+    rec = ProgressRecorder()
     try:
         with open(r, "rb") as stream, publisher.transaction(progress=rec) as txn:
             txn.add_tarball(stream, "/t")

@@ -4,26 +4,11 @@ end (the totals final) told by a "catalogs" report that has a total."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 import zlib
 from pathlib import Path
 
+from helpers.progress import ProgressRecorder
 from helpers.replica import GOLDEN_FQRN
-
-
-class Recorder:
-    """A pull's ``progress``: every call, in order (calls come from several threads)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, int | None]] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, stage: str, done: int, total: int | None) -> None:
-        with self._lock:
-            self.calls.append((stage, done, total))
-
-    def stage(self, name: str) -> list[tuple[int, int | None]]:
-        return [(done, total) for stage, done, total in self.calls if stage == name]
 
 
 def referenced_objects(replica: Path, tmp_path: Path) -> dict[tuple[bytes, int, str], int]:
@@ -63,7 +48,7 @@ def assert_grows_to(seen: list[tuple[int, int | None]], total: int) -> None:
 
 def test_snapshot_reports_objects_and_bytes_of_totals_found_so_far(golden_server, replicate,
                                                                    tmp_path):
-    rec = Recorder()
+    rec = ProgressRecorder()
     dest = tmp_path / GOLDEN_FQRN
     report = replicate(f"{golden_server.url}/{GOLDEN_FQRN}", dest, tmp_path / "state",
                        all_tags=True, progress=rec)
