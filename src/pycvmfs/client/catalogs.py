@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 from pycvmfs.client.repository import Repository
 from pycvmfs.format.catalog import Catalog
 from pycvmfs.format.hashes import ContentHash, ObjectKind
-from pycvmfs.format.sqlite import open_database
 
 __all__ = ["CatalogInfo", "list_catalogs"]
 
@@ -39,16 +38,9 @@ def list_catalogs(repo: Repository, root: ContentHash | None = None) -> list[Cat
         what = h.describe(ObjectKind.CATALOG)
         with Catalog.open(path, what=what, hash=h) as catalog:
             children = [r for r in catalog.nested_catalogs() if r.hash is not None]
+            entries = catalog.entry_count()
         out.append(CatalogInfo(mountpoint.decode("utf-8", "surrogateescape") or "/", str(h),
-                               os.path.getsize(path), _entry_count(path, what), depth))
+                               os.path.getsize(path), entries, depth))
         pending.extend((r.path, r.hash, depth + 1) for r in reversed(children))
     return out
 
-
-def _entry_count(path: os.PathLike, what: str) -> int:
-    """Rows of the ``catalog`` table (what stock ``list-catalogs -e`` counts)."""
-    conn = open_database(path, what=what)
-    try:
-        return int(conn.execute("SELECT count(*) FROM catalog").fetchone()[0])
-    finally:
-        conn.close()

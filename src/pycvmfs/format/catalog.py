@@ -374,6 +374,10 @@ class Catalog:
             raise CatalogError(f"{self.what}: catalog query failed ({e})") from None
         return _int(value, self.what, "count")
 
+    def entry_count(self) -> int:
+        """Rows of the ``catalog`` table (what stock ``list-catalogs -e`` counts)."""
+        return self._count("SELECT count(*) FROM catalog")
+
     def max_rowid(self) -> int:
         return self._count("SELECT coalesce(max(rowid), 0) FROM catalog")
 
