@@ -19,7 +19,7 @@ from pycvmfs.errors import (
     IntegrityError,
     ObjectNotFoundError,
 )
-from pycvmfs.format.catalog import Catalog, run_tree_steps
+from pycvmfs.format.catalog import Catalog, NestedRef, run_tree_steps
 from pycvmfs.format.certificate import Certificate
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
@@ -362,16 +362,12 @@ class _Checker:
         what = h.describe(ObjectKind.CATALOG)
         inv = CatalogInvariants(cat, rows, mp, nested=nested,
                                 bad=lambda path, message: self.problem(what, path, message))
-        steps = inv.check_steps()
-        answer = None
-        while True:
-            try:
-                ref, transition = steps.send(answer)
-            except StopIteration as finished:
-                totals = finished.value
-                break
+
+        def child(ref: NestedRef, transition: Row | None) -> _Steps:
             got = yield self._catalog(ref.hash, ref.path, transition, ref.size, nested=True)
-            answer = got.totals if isinstance(got, _Done) else None
+            return got.totals if isinstance(got, _Done) else None
+
+        totals = yield from inv.check(child)
         self.verify_objects(cat, rows, what, mp)
         try:
             previous = cat.previous_revision

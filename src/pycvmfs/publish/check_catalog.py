@@ -7,7 +7,7 @@ import sqlite3
 import stat
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pycvmfs.errors import CvmfsError, FormatError
 from pycvmfs.format.catalog import COUNTER_FIELDS, COUNTER_NAMES, Catalog, NestedRef
@@ -224,9 +224,11 @@ def _row(r: tuple) -> Row:
 
 
 Report = Callable[[bytes | str, str], None]
-#: child(nested ref, its mount point row in this catalog) -> recomputed self+subtree totals
-#: of the child, or None when they are unknown (the child is missing or broken).
-ChildFn = Callable[[NestedRef, Row | None], dict[str, int] | None]
+#: child(nested ref, its mount point row in this catalog): a generator (it may yield to a
+#: tree walker such as :func:`~pycvmfs.format.catalog.run_tree_steps`) that returns the
+#: recomputed self+subtree totals of the child, or None when they are unknown (the child is
+#: missing or broken).
+ChildFn = Callable[[NestedRef, Row | None], Generator[Any, Any, dict[str, int] | None]]
 
 
 class CatalogInvariants:
@@ -246,22 +248,10 @@ class CatalogInvariants:
         self.mountpoints: set[bytes] = set()
         self.root: Row | None = None
 
-    def check(self, child: ChildFn) -> dict[str, int] | None:
-        """Run every check; the recomputed self+subtree totals (None when unknown)."""
-        steps = self.check_steps()
-        answer = None
-        while True:
-            try:
-                ref, transition = steps.send(answer)
-            except StopIteration as done:
-                return done.value
-            answer = child(ref, transition)
-
-    def check_steps(self) -> Generator[tuple[NestedRef, Row | None],
-                                       dict[str, int] | None, dict[str, int] | None]:
-        """:meth:`check` as a generator: yields ``(nested ref, its mount point row)`` for each
-        child to check and takes the child's totals back, so a caller can walk a deep catalog
-        tree from a loop instead of recursing (returns the totals)."""
+    def check(self, child: ChildFn) -> Generator[Any, Any, dict[str, int] | None]:
+        """Run every check (a generator: it yields what ``child`` yields, so a caller can walk
+        a deep catalog tree from a loop instead of recursing); returns the recomputed
+        self+subtree totals (None when unknown)."""
         mp = self.mp
         self.root = root = self.rows.lookup(mp)
         if root is None:
@@ -299,7 +289,7 @@ class CatalogInvariants:
         for ref in refs:
             totals = None
             if self._child_ok(ref):
-                totals = yield ref, self.rows.lookup(ref.path)
+                totals = yield from child(ref, self.rows.lookup(ref.path))
             if totals is None or subtree is None:
                 subtree = None
             else:
