@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pycvmfs.client.catalogs import list_catalogs
 from pycvmfs.client.repository import open_repository
 from pycvmfs.errors import CatalogError, SizeLimitError
 from pycvmfs.format.hashes import ContentHash, md5_pair
@@ -144,6 +145,27 @@ def test_a_file_bigger_than_its_catalog_size_is_refused_as_such(tmp_path: Path):
             view.read_bytes("/ok/a.txt")
         assert view.read_bytes("/ok/b.txt") == b"b\n"
     assert not any((tmp_path / "c").glob("txn/*"))
+
+
+def test_list_catalogs_checks_mount_points_and_recorded_sizes(tmp_path: Path):
+    """list-catalogs walks a tree as the readers do: each catalog where its root_prefix says,
+    each download capped by the size its parent records."""
+    pub = _publish(tmp_path / "moved")
+    forge(pub, tmp_path / "moved", {"/sub": ["DELETE FROM nested_catalogs",
+                                             "UPDATE properties SET value = '/elsewhere' "
+                                             "WHERE key = 'root_prefix'"]})
+    with open_repository(str(pub.config.storage), keys=[pub.config.key_path("pub")],
+                         cache_dir=tmp_path / "c1") as repo, \
+            pytest.raises(CatalogError, match="root_prefix '/elsewhere' does not match its "
+                                              "mount point '/sub'"):
+        list_catalogs(repo)
+    pub = _publish(tmp_path / "small")
+    forge(pub, tmp_path / "small", {"": ["UPDATE nested_catalogs SET size = 100 "
+                                         "WHERE path = '/sub'"]})
+    with open_repository(str(pub.config.storage), keys=[pub.config.key_path("pub")],
+                         cache_dir=tmp_path / "c2") as repo, \
+            pytest.raises(SizeLimitError, match="size limit of 100 bytes"):
+        list_catalogs(repo)
 
 
 @pytest.mark.parametrize("argv", [["ls", "/ok"], ["ls", "/sub/x"], ["get", "/sub/x/f.txt"]])

@@ -6,7 +6,6 @@ import os
 from dataclasses import asdict, dataclass
 
 from pycvmfs.client.repository import Repository
-from pycvmfs.format.catalog import Catalog
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 
 __all__ = ["CatalogInfo", "list_catalogs"]
@@ -34,9 +33,10 @@ def list_catalogs(repo: Repository, root: ContentHash | None = None) -> list[Cat
     pending: list[tuple[bytes, ContentHash, int]] = [(b"", root, 0)]
     while pending:
         mountpoint, h, depth = pending.pop()
-        path = repo.fetch_object(h, ObjectKind.CATALOG)
-        what = h.describe(ObjectKind.CATALOG)
-        with Catalog.open(path, what=what, hash=h) as catalog:
+        path = repo.fetch_object(h, ObjectKind.CATALOG)  # capped by its recorded size
+        # opened through the repository: checked to be mounted where its root_prefix says, and
+        # the sizes of its nested catalogs cap their downloads
+        with repo.load_catalog(h, mountpoint) as catalog:
             children = [r for r in catalog.nested_catalogs() if r.hash is not None]
             entries = catalog.entry_count()
         out.append(CatalogInfo(mountpoint.decode("utf-8", "surrogateescape") or "/", str(h),

@@ -170,20 +170,26 @@ class Repository:
 
     def load_catalog(self, h: ContentHash, mountpoint: bytes = b"",
                      what: str | None = None) -> Catalog:
-        return self._open_catalog(h, what, pin=False)
+        """The catalog ``h``, verified, to be mounted at ``mountpoint`` (``b""``: a root
+        catalog); one whose ``root_prefix`` says otherwise raises :class:`CatalogError`."""
+        return self._open_catalog(h, mountpoint, what, pin=False)
 
     def _load_pinned_catalog(self, h: ContentHash, mountpoint: bytes, what: str) -> Catalog:
         # a view's catalogs stay pinned in the cache until the view closes (release_object)
-        return self._open_catalog(h, what, pin=True)
+        return self._open_catalog(h, mountpoint, what, pin=True)
 
-    def _open_catalog(self, h: ContentHash, what: str | None, *, pin: bool) -> Catalog:
-        """Fetch (capped by its recorded size) and open a catalog; the sizes its nested
+    def _open_catalog(self, h: ContentHash, mountpoint: bytes, what: str | None, *,
+                      pin: bool) -> Catalog:
+        """Fetch (capped by its recorded size) and open a catalog, checked to be mounted where
+        its root_prefix says (:meth:`Catalog.check_mounted`: with nested catalogs strictly
+        below it, every walk of the tree goes deeper, never round); the sizes its nested
         catalogs are recorded with cap their downloads in turn."""
         path = self.cache.fetch(self.source, h, ObjectKind.CATALOG, pin=pin,
                                 max_size=self.size_limit(h, ObjectKind.CATALOG))
         try:
             cat = Catalog.open(path, what=what or h.describe(ObjectKind.CATALOG), hash=h)
             try:
+                cat.check_mounted(mountpoint)
                 for ref in cat.nested_catalogs():
                     if ref.hash is not None and ref.size:
                         self._catalog_sizes[ref.hash] = ref.size

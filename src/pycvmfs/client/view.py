@@ -98,12 +98,11 @@ class RevisionView:
     # -- catalogs ------------------------------------------------------------------------
     def _attach(self, mountpoint: bytes, h: ContentHash, what: str,
                 ancestors: frozenset[ContentHash]) -> LoadedCatalog:
+        # loaded checked to be mounted at its root_prefix, with its nested catalogs strictly
+        # below it: every step of _catalog_for goes deeper, no cycle, no spinning
         cat = self._load(h, mountpoint, what)
         self._pinned_catalogs.append(h)
         try:
-            # with nested catalogs strictly below root_prefix (Catalog.nested_catalogs), every
-            # step of _catalog_for goes deeper: no cycle, no spinning
-            cat.check_mounted(mountpoint)
             maxrow = cat.max_rowid()
             groups = cat.max_hardlink_group()
         except CvmfsError:
