@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pycvmfs.errors import HashMismatchError
+from pycvmfs.errors import HashMismatchError, IntegrityError, SizeLimitError
+from pycvmfs.format.compression import stored_bound
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import ObjectStore
 
@@ -19,16 +20,20 @@ SPILL_AT = 1 << 20
 
 class VerifyingReader:
     """A read-only stream over a body's blocks that fails at its end if the hash is wrong, so
-    that an atomic ``put_file`` never keeps bad bytes."""
+    that an atomic ``put_file`` never keeps bad bytes. With ``max_size`` (the object's size in
+    its catalog) a body longer than zlib can make of that size fails as soon as it is."""
 
-    def __init__(self, blocks: Iterator[bytes], h: ContentHash, what: str) -> None:
+    def __init__(self, blocks: Iterator[bytes], h: ContentHash, what: str,
+                 max_size: int | None = None) -> None:
         self._blocks = blocks
         self._hasher = h.algorithm.new()
         self._hash = h
         self._what = what
+        self._max_size = max_size
+        self._max_stored = None if max_size is None else stored_bound(max_size)
         self._buf = b""
         self.eof = False  # the end was reached and the hash matched
-        self.error: HashMismatchError | None = None
+        self.error: IntegrityError | None = None
         self.count = 0
 
     def readable(self) -> bool:
@@ -37,8 +42,13 @@ class VerifyingReader:
     def _next(self) -> bytes:
         for block in self._blocks:
             if block:
-                self._hasher.update(block)
                 self.count += len(block)
+                if self._max_stored is not None and self.count > self._max_stored:
+                    self.error = SizeLimitError(
+                        f"{self._what}: {self.count} stored bytes, more than its size limit of "
+                        f"{self._max_size} bytes can take; stopped there")
+                    raise self.error
+                self._hasher.update(block)
                 return block
         if not self.eof:
             actual = ContentHash(self._hash.algorithm, self._hasher.digest())

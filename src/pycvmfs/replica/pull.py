@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pycvmfs.errors import CvmfsError, FormatError, ObjectNotFoundError, SizeLimitError
+from pycvmfs.errors import CvmfsError, FormatError, ObjectNotFoundError
 from pycvmfs.format.catalog import Catalog, run_tree_steps
 from pycvmfs.format.compression import Compression, stored_bound
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, parse_object_name
@@ -595,29 +595,14 @@ class Puller:
         """Copy the stored bytes of one object; with ``max_size`` (its size in the catalog) a
         body longer than zlib can make of that size fails as soon as it is."""
         what = self._what(h, kind)
-        cap = _stored_cap(max_size)
-        too_large: list[SizeLimitError] = []
-
-        def capped(blocks: Iterator[bytes]) -> Iterator[bytes]:
-            got = 0
-            for block in blocks:
-                got += len(block)
-                if cap is not None and got > cap:
-                    too_large.append(SizeLimitError(
-                        f"{what}: {got} stored bytes, more than its size limit of {max_size} "
-                        "bytes can take; stopped there"))
-                    raise too_large[-1]
-                yield block
 
         def consume(blocks: Iterator[bytes]) -> int:
-            reader = VerifyingReader(capped(blocks), h, what)
+            reader = VerifyingReader(blocks, h, what, max_size)
             try:
                 self.dest.put_file(relpath, reader)  # type: ignore[arg-type]
             except BaseException:
                 if reader.error is not None:  # a store may wrap what the stream raised
                     raise reader.error from None
-                if too_large:
-                    raise too_large[-1] from None
                 raise
             if not reader.eof:  # the store stopped reading early: never keep unchecked bytes
                 self.dest.delete(relpath)
