@@ -21,8 +21,10 @@ __all__ = ["register"]
 
 
 def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ...],
-                    cache_dir: str | None, proxies: tuple[str, ...], config_dir: str | None):
-    """A Repository from explicit options, else from the CernVM-FS configuration."""
+                    cache_dir: str | None, proxies: tuple[str, ...], config_dir: str | None,
+                    cfg: ClientConfig | None = None):
+    """A Repository from explicit options, else from the CernVM-FS configuration (``cfg``
+    when the caller loaded it already, else loaded from ``config_dir``)."""
     from pycvmfs.client.cache import ObjectCache, default_cache_dir
     from pycvmfs.client.repository import Repository, open_repository
 
@@ -36,14 +38,12 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
         return open_repository(urls, keys=list(keys), fqrn=fqrn, cache_dir=cache_dir,
                                proxies=list(proxies) or ["DIRECT"],
                                quota_limit=quota_limit_from_env())
-    try:
-        from pycvmfs.client.config import load_client_config
-    except ImportError:  # pragma: no cover - the configuration module is optional here
-        raise ConfigError("give --server-url and --key") from None
+    from pycvmfs.client.config import load_client_config
     from pycvmfs.format.signature import load_public_keys
     from pycvmfs.storage.http import HttpSource
 
-    cfg = load_client_config(fqrn, config_dir=config_dir)
+    if cfg is None:
+        cfg = load_client_config(fqrn, config_dir=config_dir)
     urls = cfg.server_urls
     if not urls:
         raise ConfigError(f"{fqrn}: CVMFS_SERVER_URL is not configured")
@@ -175,6 +175,7 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
     selector = revision_selector(kw)
     settings: dict = {}
     log_debug = debug
+    cfg = None
     if not server_urls:
         cfg = load_client_config(fqrn, config_dir=config_dir)
         report_settings(cfg, refuse=True)
@@ -206,12 +207,12 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
                            **settings)
     if foreground:
         _logging(log_file, log_debug)
-        repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)
+        repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir, cfg)
         repo.refresh()
         run_mount(repo, mountpoint, options)
         return
     # background: check the repository first, then serve from a detached child
-    probe = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)
+    probe = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir, cfg)
     probe.refresh()
     probe.close()
     r, w = os.pipe()
@@ -226,7 +227,7 @@ def mount(fqrn: str, mountpoint: str, server_urls, keys, proxies, cache_dir, con
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
-            repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir)
+            repo = _open_for_mount(fqrn, server_urls, keys, cache_dir, proxies, config_dir, cfg)
             reporter.start()
             run_mount(repo, mountpoint, options)
         except BaseException as e:
