@@ -52,7 +52,6 @@ class LoadedCatalog:
     ino_base: int
     max_rowid: int
     last_used: float = 0.0  # time.monotonic() of the last path resolved through it
-    lineage: frozenset[ContentHash] = frozenset()  # its own hash and those of its ancestors
 
 
 class RevisionView:
@@ -89,15 +88,14 @@ class RevisionView:
         self._ino_bases: dict[bytes, int] = {}
         self._retired: list[tuple[float, LoadedCatalog]] = []  # dropped, closed after a grace
         self._next_ino = 256
-        root = self._attach(b"", root_hash, f"root catalog {root_hash}C", frozenset())
+        root = self._attach(b"", root_hash, f"root catalog {root_hash}C")
         self.root_catalog = root.catalog
         self.revision = revision if revision is not None else root.catalog.revision
         self.timestamp = timestamp
         self._repo_prefix = b"/cvmfs/" + fqrn.encode()
 
     # -- catalogs ------------------------------------------------------------------------
-    def _attach(self, mountpoint: bytes, h: ContentHash, what: str,
-                ancestors: frozenset[ContentHash]) -> LoadedCatalog:
+    def _attach(self, mountpoint: bytes, h: ContentHash, what: str) -> LoadedCatalog:
         # loaded checked to be mounted at its root_prefix, with its nested catalogs strictly
         # below it: every step of _catalog_for goes deeper, no cycle, no spinning
         cat = self._load(h, mountpoint, what)
@@ -112,7 +110,7 @@ class RevisionView:
         if base is None:
             base = self._ino_bases[mountpoint] = self._next_ino
             self._next_ino += maxrow + groups + 1
-        loaded = LoadedCatalog(mountpoint, cat, base, maxrow, time.monotonic(), ancestors | {h})
+        loaded = LoadedCatalog(mountpoint, cat, base, maxrow, time.monotonic())
         self._catalogs[mountpoint] = loaded
         return loaded
 
@@ -127,12 +125,8 @@ class RevisionView:
             if ref.hash is None:
                 raise CatalogError(f"{parent.catalog.what}: nested catalog {_display(ref.path)!r} "
                                    "has no hash")
-            if ref.hash in parent.lineage:
-                raise CatalogError(f"{parent.catalog.what}: nested catalog {ref.hash}C at "
-                                   f"{_display(ref.path)} is also mounted above it (a cycle)")
             return self._attach(ref.path, ref.hash,
-                                f"nested catalog {ref.hash}C at {_display(ref.path)}",
-                                parent.lineage)
+                                f"nested catalog {ref.hash}C at {_display(ref.path)}")
 
     def _catalog_for(self, path: bytes, *, into_mountpoint: bool,
                      load: bool = True) -> LoadedCatalog | None:
