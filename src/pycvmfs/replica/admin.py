@@ -29,6 +29,12 @@ def _cache(cache_dir: str | os.PathLike | None) -> ObjectCache:
     return ObjectCache(Path(cache_dir) if cache_dir else default_cache_dir())
 
 
+def _replica_reader(cfg: ReplicaConfig, cache_dir: str | os.PathLike | None) -> Repository:
+    """A verified reader of a stratum 1's storage, with the keys it replicates with."""
+    return Repository(_replica_source(cfg), public_keys=load_public_keys(cfg.public_keys),
+                      fqrn=cfg.fqrn, cache=_cache(cache_dir))
+
+
 def replica_status(fqrn: str, config_dir: str | os.PathLike | None = None, *,
                    cache_dir: str | os.PathLike | None = None) -> RepositoryStatus:
     """State of a stratum 1: the revision it serves, checked with the master key it replicates
@@ -39,9 +45,7 @@ def replica_status(fqrn: str, config_dir: str | os.PathLike | None = None, *,
         cfg = ReplicaConfig.load(fqrn, config_dir)
         if cfg.storage_dir is not None:
             status.storage = str(cfg.storage_dir)
-        repo = Repository(_replica_source(cfg), public_keys=load_public_keys(cfg.public_keys),
-                          fqrn=fqrn, cache=_cache(cache_dir))
-        with repo:
+        with _replica_reader(cfg, cache_dir) as repo:
             trusted = repo.refresh()
         status.revision = trusted.manifest.revision
         status.whitelist(trusted.whitelist.expires)
@@ -78,9 +82,7 @@ def open_configured(fqrn: str, config_dir: str | os.PathLike | None = None, *,
     a stratum 1 with the key it replicates with), over its storage."""
     _repo_dir, conf = read_server_conf(fqrn, config_dir)
     if conf.get("CVMFS_REPOSITORY_TYPE") == "stratum1":
-        cfg = ReplicaConfig.load(fqrn, config_dir)
-        return Repository(_replica_source(cfg), public_keys=load_public_keys(cfg.public_keys),
-                          fqrn=fqrn, cache=_cache(cache_dir))
+        return _replica_reader(ReplicaConfig.load(fqrn, config_dir), cache_dir)
     from pycvmfs.publish.repository import Publisher
 
     pub = Publisher.open(fqrn, config_dir=config_dir)
