@@ -36,12 +36,13 @@ def probe_server(fqrn: str, url: str, proxies: Sequence[str], timeout: float,
     from pycvmfs.format.manifest import parse_signed_manifest
     from pycvmfs.storage.base import fetch_bytes
     from pycvmfs.storage.http import HttpSource
+    from pycvmfs.storage.objects import SMALL_FILE_LIMIT
 
     try:
         with HttpSource([url], proxies=list(proxies), timeout=timeout, retries=0,
                         low_speed_limit=low_speed_limit) as source:
             data = fetch_bytes(source, ".cvmfspublished", what=f"{url}/.cvmfspublished",
-                               limit=1 << 20)
+                               limit=SMALL_FILE_LIMIT)
         manifest = parse_signed_manifest(data).manifest
     except FetchError as e:
         return "; ".join(e.attempts) or str(e)
