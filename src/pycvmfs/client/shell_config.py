@@ -179,7 +179,7 @@ class _Branches:
 
 
 def parse_config_file(path: Path, values: dict[str, ConfigValue],
-                environ: Mapping[str, str]) -> None:
+                      environ: Mapping[str, str]) -> None:
     """Apply the assignments of one file to ``values`` (earlier values visible to ``$VAR``)."""
     try:
         text = path.read_bytes().decode("utf-8")
