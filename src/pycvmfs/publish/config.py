@@ -62,9 +62,7 @@ def parse_conf(text: str, *, what: str) -> dict[str, str]:
 def write_conf(path: Path, values: dict[str, str], header: str) -> None:
     lines = [f"# {line}" for line in header.splitlines()]
     lines += [f"{k}={v}" for k, v in values.items()]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    _replace_lines(path, lines)
 
 
 def update_conf(path: Path, changes: dict[str, str]) -> None:
@@ -80,6 +78,11 @@ def update_conf(path: Path, changes: dict[str, str]) -> None:
             lines[i] = f"{key}={changes[key]}"
             seen.add(key)
     lines += [f"{k}={v}" for k, v in changes.items() if k not in seen]
+    _replace_lines(path, lines)
+
+
+def _replace_lines(path: Path, lines: list[str]) -> None:
+    """Write ``lines`` to a temporary file next to ``path``, then rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
