@@ -163,7 +163,7 @@ class Catalog:
         self._db = conn
         self.what = what
         self.hash = hash
-        self.properties = read_properties(conn, what=what)
+        self.properties = read_properties(conn, what=what, error=CatalogError)
         self._check_schema()
         cols = {_col_name(r[1]) for r in conn.execute("PRAGMA table_info(catalog)")}
         if not cols:
@@ -189,11 +189,6 @@ class Catalog:
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             conn.close()
             raise CatalogError(f"{what}: unreadable catalog ({e})") from None
-        except FormatError as e:
-            conn.close()
-            if isinstance(e, CatalogError):
-                raise
-            raise CatalogError(str(e)) from None
         except BaseException:
             conn.close()
             raise

@@ -110,13 +110,13 @@ def create_database(path: str | os.PathLike, *, what: str) -> sqlite3.Connection
     return conn
 
 
-def read_properties(conn: sqlite3.Connection, *, what: str,
-                    table: str = "properties") -> dict[str, str]:
-    """The ``key -> value`` rows of a properties table, as text."""
+def read_properties(conn: sqlite3.Connection, *, what: str, table: str = "properties",
+                    error: type[FormatError] = FormatError) -> dict[str, str]:
+    """The ``key -> value`` rows of a properties table, as text (unreadable: ``error``)."""
     try:
         rows = conn.execute(f"SELECT key, value FROM {table}").fetchall()
     except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-        raise FormatError(f"{what}: cannot read table {table} ({e})") from None
+        raise error(f"{what}: cannot read table {table} ({e})") from None
     out: dict[str, str] = {}
     for k, v in rows:
         if isinstance(k, bytes):
