@@ -241,17 +241,6 @@ def _whitelist_from_line(fqrn: str, fingerprint_line: bytes, algorithm: Algorith
     return _sign_lines(lines, algorithm, master_key)
 
 
-def _first_fingerprint_line(body: bytes, *, what: str = WHITELIST_NAME) -> bytes:
-    """The line ``resign`` keeps: the first one after ``N`` (and ``Vpkcs7``/``Wcachain``)."""
-    lines = bytes(body).split(b"\n")[3:]
-    while lines and lines[0] in (b"Vpkcs7", b"Wcachain"):
-        lines.pop(0)
-    line = lines[0] if lines else b""
-    if parse_fingerprint_line(line) is None:
-        raise FormatError(f"{what}: no fingerprint line to re-sign")
-    return line
-
-
 def resign_whitelist(old_data: bytes | None, certificate: Certificate | None,
                      master_key: rsa.RSAPrivateKey, *, days: int = 30,
                      now: datetime | None = None, fqrn: str | None = None,
@@ -270,7 +259,11 @@ def resign_whitelist(old_data: bytes | None, certificate: Certificate | None,
                                 now=start)
     body = split_letter(old_data, what=what).body
     old = Whitelist.parse(body, what=what)
-    line = _first_fingerprint_line(body, what=what)
+    lines = body.split(b"\n")[3:]
+    while lines and lines[0] in (b"Vpkcs7", b"Wcachain"):
+        lines.pop(0)
+    line = lines[0] if lines else b""
     fp = parse_fingerprint_line(line)
-    assert fp is not None
+    if fp is None:
+        raise FormatError(f"{what}: no fingerprint line to re-sign")
     return _whitelist_from_line(fqrn or old.fqrn, line, fp.algorithm, master_key, days, start)
