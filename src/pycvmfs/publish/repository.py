@@ -299,6 +299,15 @@ class Publisher:
             hist.close()
             old.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _reading_history(self, head: Manifest) -> Iterator[History]:
+        """The history of ``head`` to read only; its work copy goes afterwards."""
+        try:
+            with self._history_copy(head, "history-read") as hist:
+                yield hist
+        finally:
+            (self.config.work_dir / "history-read.db").unlink(missing_ok=True)
+
     def _store_history(self, name: str) -> ContentHash:
         path = self.config.work_dir / f"{name}.db"
         h = self.store_object(compress(path.read_bytes()), ObjectKind.HISTORY)
@@ -329,10 +338,8 @@ class Publisher:
         head = self.head()
         if head.history is None:
             return []
-        with self._history_copy(head, "history-read") as hist:
-            out = hist.tags()
-        (self.config.work_dir / "history-read.db").unlink(missing_ok=True)
-        return out
+        with self._reading_history(head) as hist:
+            return hist.tags()
 
     def tag(self, name: str, *, root_hash: ContentHash | None = None, message: str = "",
             remove: bool = False) -> Manifest:
@@ -390,10 +397,8 @@ class Publisher:
         rollback itself when the keys cannot sign it."""
         self.check_signing()
         head = self.head()
-        with self._history_copy(head, "history-read") as hist:
-            plan = self._plan(hist, head, target, keep_undo)
-        (self.config.work_dir / "history-read.db").unlink(missing_ok=True)
-        return plan
+        with self._reading_history(head) as hist:
+            return self._plan(hist, head, target, keep_undo)
 
     def rollback(self, target: str = "trunk-previous", *, keep_undo: bool = True,
                  expect_head: ContentHash | None = None) -> Manifest:
