@@ -28,8 +28,9 @@ from pycvmfs.client.repository import Repository
 from pycvmfs.client.stat import IdMap, Ownership, Stat
 from pycvmfs.client.view import RevisionView
 from pycvmfs.errors import CvmfsError, NoSuchPathError, PathError
+from pycvmfs.format.compression import Compression
 from pycvmfs.format.dirent import Flags
-from pycvmfs.format.hashes import ObjectKind
+from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
 
@@ -107,18 +108,18 @@ def _make_prefetcher(repo: Repository, workers: int,
     connections, the HTTP work in C), in a child process unless ``in_process``; else in
     ``workers`` threads."""
     cache, source = repo.cache, repo.source
+
+    def fetch(h: ContentHash, kind: ObjectKind, comp: Compression, size: int | None) -> Path:
+        return cache.fetch(source, h, kind, comp, max_size=size)
+
     if isinstance(source, HttpSource):
         if not in_process:
             return FetchProcess(source, cache, parallel=BATCH_PARALLEL)
         batch = BatchFetcher(source, parallel=BATCH_PARALLEL,
                              on_error=lambda e: log.warning("read-ahead: %s", e))
-        return Prefetcher(lambda h, kind, comp, size: cache.fetch(source, h, kind, comp,
-                                                                  max_size=size),
-                          cache.contains, batch=batch, begin=cache.begin_download,
+        return Prefetcher(fetch, cache.contains, batch=batch, begin=cache.begin_download,
                           backlog=BATCH_BACKLOG)
-    return Prefetcher(lambda h, kind, comp, size: cache.fetch(source, h, kind, comp,
-                                                              max_size=size),
-                      cache.contains, workers=workers)
+    return Prefetcher(fetch, cache.contains, workers=workers)
 
 
 class _Listing:
