@@ -53,8 +53,8 @@ def rmfs(fqrn: str, force: bool, preserve_data: bool, config_dir: str | None,
          as_json: bool) -> None:
     """Remove repository FQRN: its configuration, its keys and its storage (like
     `cvmfs_server rmfs`). Refused while a publish or snapshot runs; in S3 only with -p."""
-    from pycvmfs.publish.admin import read_server_conf, remove_repository
-    from pycvmfs.publish.config import local_storage
+    from pycvmfs.publish.admin import remove_repository
+    from pycvmfs.publish.config import local_storage, read_server_conf
 
     _repo_dir, conf = read_server_conf(fqrn, config_dir)
     if not force:

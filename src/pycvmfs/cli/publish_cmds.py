@@ -74,18 +74,15 @@ def mkfs(fqrn: str, storage: str | None, s3_config: str | None, upstream: str | 
          chunk_sizes: str | None, no_chunking: bool, xattrs: bool, no_auto_tag: bool,
          garbage_collectable: bool, ttl: int, whitelist_days: int, as_json: bool) -> None:
     """Create repository FQRN in --storage or in S3, with new keys (like `cvmfs_server mkfs`)."""
-    from pathlib import Path
-
     from pycvmfs.format.compression import Compression
     from pycvmfs.format.hashes import Algorithm
-    from pycvmfs.publish.config import ServerSettings, default_config_dir
+    from pycvmfs.publish.config import ServerSettings, config_base
     from pycvmfs.publish.repository import Publisher, s3_upstream_spec
 
     if s3_config and upstream:
         raise ConfigError("give either --s3-config or --upstream, not both")
     if s3_config:
-        spool = storage or (Path(config_dir) if config_dir else default_config_dir()) / \
-            "repositories.d" / fqrn / "spool"
+        spool = storage or config_base(config_dir) / "repositories.d" / fqrn / "spool"
         upstream = s3_upstream_spec(spool, fqrn, s3_config)
     elif upstream:
         if not upstream.startswith("S3,"):

@@ -16,18 +16,17 @@ from pycvmfs.errors import ConfigError, CvmfsError, RepositoryBusyError
 from pycvmfs.format.whitelist import WHITELIST_NAME, Whitelist
 from pycvmfs.publish.config import (
     RepositoryConfig,
-    check_fqrn,
-    default_config_dir,
     local_storage,
     parse_bool,
     parse_conf,
+    read_server_conf,
     update_conf,
 )
 from pycvmfs.publish.lock import publish_lock
 from pycvmfs.storage.base import fetch_bytes
 
 __all__ = ["AlterReport", "RemovalReport", "RepositoryStatus", "alter_settings",
-           "lock_holder", "parse_duration", "read_server_conf", "remove_repository",
+           "lock_holder", "parse_duration", "remove_repository",
            "stratum0_status"]
 
 #: the locks a publish (stratum 0) and a snapshot (stratum 1) hold in the repository folder
@@ -58,22 +57,6 @@ class RepositoryStatus:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _config_dir(config_dir: str | os.PathLike | None) -> Path:
-    return Path(config_dir) if config_dir else default_config_dir()
-
-
-def read_server_conf(fqrn: str, config_dir: str | os.PathLike | None) -> tuple[Path, dict]:
-    """The repository folder and its parsed ``server.conf``."""
-    check_fqrn(fqrn)
-    repo_dir = _config_dir(config_dir) / "repositories.d" / fqrn
-    conf_path = repo_dir / "server.conf"
-    try:
-        return repo_dir, parse_conf(conf_path.read_text(), what=str(conf_path))
-    except FileNotFoundError:
-        raise ConfigError(f"repository {fqrn} is not configured here ({conf_path} missing; "
-                          "pass --config-dir?)") from None
 
 
 def lock_holder(path: Path) -> str | None:

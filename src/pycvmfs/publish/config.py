@@ -14,8 +14,8 @@ from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm
 
 __all__ = ["UPSTREAM_FORMS", "RepositoryConfig", "RepositoryDirs", "ServerSettings",
-           "configured_names", "default_config_dir",
-           "local_storage", "local_upstream", "parse_bool", "parse_conf", "update_conf",
+           "config_base", "configured_names", "default_config_dir", "local_storage",
+           "local_upstream", "parse_bool", "parse_conf", "read_server_conf", "update_conf",
            "write_conf"]
 
 _FQRN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.[A-Za-z0-9_.-]*[A-Za-z0-9]$")
@@ -63,6 +63,24 @@ def write_conf(path: Path, values: dict[str, str], header: str) -> None:
     lines = [f"# {line}" for line in header.splitlines()]
     lines += [f"{k}={v}" for k, v in values.items()]
     _replace_lines(path, lines)
+
+
+def config_base(config_dir: str | os.PathLike | None) -> Path:
+    """``config_dir`` as given, else :func:`default_config_dir`."""
+    return Path(config_dir) if config_dir else default_config_dir()
+
+
+def read_server_conf(fqrn: str, config_dir: str | os.PathLike | None) -> tuple[Path, dict]:
+    """The repository folder ``<config_dir>/repositories.d/<fqrn>`` (stratum 0 or 1) and its
+    parsed ``server.conf``."""
+    check_fqrn(fqrn)
+    repo_dir = config_base(config_dir) / "repositories.d" / fqrn
+    conf_path = repo_dir / "server.conf"
+    try:
+        return repo_dir, parse_conf(conf_path.read_text(), what=str(conf_path))
+    except FileNotFoundError:
+        raise ConfigError(f"repository {fqrn} is not configured here ({conf_path} missing; "
+                          "create it with `pycvmfs mkfs` or pass --config-dir)") from None
 
 
 def update_conf(path: Path, changes: dict[str, str]) -> None:
@@ -298,14 +316,8 @@ class RepositoryConfig(RepositoryDirs):
 
     @classmethod
     def load(cls, fqrn: str, config_dir: Path | None = None) -> RepositoryConfig:
-        check_fqrn(fqrn)
-        config_dir = Path(config_dir) if config_dir else default_config_dir()
-        conf_path = config_dir / "repositories.d" / fqrn / "server.conf"
-        try:
-            conf = parse_conf(conf_path.read_text(), what=str(conf_path))
-        except FileNotFoundError:
-            raise ConfigError(f"repository {fqrn} is not configured here ({conf_path} missing; "
-                              "create it with `pycvmfs mkfs` or pass --config-dir)") from None
+        config_dir = config_base(config_dir)
+        repo_dir, conf = read_server_conf(fqrn, config_dir)
         upstream = conf.get("CVMFS_UPSTREAM_STORAGE", "")
         settings = ServerSettings.from_conf(conf)
         if upstream.startswith("S3,"):
@@ -315,7 +327,7 @@ class RepositoryConfig(RepositoryDirs):
             return cls(fqrn, config_dir, Path(spool), settings, upstream)
         storage = local_storage(upstream)
         if storage is None:
-            raise ConfigError(f"{conf_path}: CVMFS_UPSTREAM_STORAGE={upstream!r} "
+            raise ConfigError(f"{repo_dir / 'server.conf'}: CVMFS_UPSTREAM_STORAGE={upstream!r} "
                               f"({UPSTREAM_FORMS})")
         return cls(fqrn, config_dir, storage, settings)
 

@@ -21,7 +21,7 @@ from pycvmfs.format.manifest import Manifest
 from pycvmfs.format.metainfo import make_skeleton
 from pycvmfs.format.whitelist import Whitelist, create_whitelist
 from pycvmfs.publish.catalog_tree import CatalogTree, CommitResult
-from pycvmfs.publish.config import RepositoryConfig, ServerSettings, check_fqrn, default_config_dir
+from pycvmfs.publish.config import RepositoryConfig, ServerSettings, check_fqrn, config_base
 from pycvmfs.publish.ingest import Ingester
 from pycvmfs.publish.journal import ObjectJournal, recover
 from pycvmfs.publish.keys import RepositoryKeys
@@ -113,7 +113,7 @@ class Publisher:
         ``storage`` is the storage directory; or ``upstream`` an S3 upstream
         ``S3,<spool dir>,<alias>@<s3.conf>`` (see :func:`s3_upstream_spec`)."""
         check_fqrn(fqrn)
-        config_dir = Path(config_dir) if config_dir else default_config_dir()
+        config_dir = config_base(config_dir)
         if upstream is not None:
             from pycvmfs.storage.locate import parse_s3_upstream
 

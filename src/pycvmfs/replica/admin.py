@@ -9,8 +9,8 @@ from pycvmfs.client.cache import ObjectCache, default_cache_dir
 from pycvmfs.client.repository import Repository
 from pycvmfs.errors import CvmfsError
 from pycvmfs.format.signature import load_public_keys
-from pycvmfs.publish.admin import RepositoryStatus, lock_holder, read_server_conf, stratum0_status
-from pycvmfs.publish.config import configured_names, default_config_dir
+from pycvmfs.publish.admin import RepositoryStatus, lock_holder, stratum0_status
+from pycvmfs.publish.config import config_base, configured_names, read_server_conf
 from pycvmfs.replica.config import ReplicaConfig
 from pycvmfs.storage.base import Source
 
@@ -61,7 +61,7 @@ def replica_status(fqrn: str, config_dir: str | os.PathLike | None = None, *,
 def list_repositories(config_dir: str | os.PathLike | None = None, *,
                       cache_dir: str | os.PathLike | None = None) -> list[RepositoryStatus]:
     """Every repository under ``<config_dir>/repositories.d``, like ``cvmfs_server list``."""
-    base = Path(config_dir) if config_dir else default_config_dir()
+    base = config_base(config_dir)
     out = []
     for fqrn in configured_names(base):
         try:

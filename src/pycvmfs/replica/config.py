@@ -11,7 +11,7 @@ from pycvmfs.publish.config import (
     UPSTREAM_FORMS,
     RepositoryDirs,
     check_fqrn,
-    default_config_dir,
+    config_base,
     local_storage,
     local_upstream,
     parse_bool,
@@ -107,7 +107,7 @@ class ReplicaConfig(RepositoryDirs):
     @classmethod
     def load(cls, fqrn: str, config_dir: str | os.PathLike[str] | None = None) -> ReplicaConfig:
         check_fqrn(fqrn)
-        base = Path(config_dir) if config_dir else default_config_dir()
+        base = config_base(config_dir)
         repo_dir = base / "repositories.d" / fqrn
         conf: dict[str, str] = {}
         for name in ("server.conf", "replica.conf"):
@@ -181,7 +181,7 @@ class ReplicaConfig(RepositoryDirs):
             keys.append(os.path.abspath(k))
         upstream = (storage if storage.startswith("S3,")
                     else local_upstream(os.path.abspath(storage)))
-        base = Path(config_dir) if config_dir else default_config_dir()
+        base = config_base(config_dir)
         cfg = cls(fqrn=fqrn, config_dir=base, stratum0=stratum0.strip().rstrip("/"),
                   public_keys=keys, upstream=upstream)
         for key, value in settings.items():
