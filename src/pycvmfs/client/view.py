@@ -156,11 +156,8 @@ class RevisionView:
         """The catalog hash mounted at ``path`` (the root hash for ``b""``), or None."""
         if path == b"":
             return self.root_hash
-        lc = self._catalog_for(path, into_mountpoint=False)
-        for ref in lc.catalog.nested_catalogs():
-            if ref.path == path:
-                return ref.hash
-        return None
+        ref = self._catalog_for(path, into_mountpoint=False).catalog.nested_at(path)
+        return None if ref is None else ref.hash
 
     def loaded_catalog_count(self) -> int:
         return len(self._catalogs)
@@ -422,7 +419,6 @@ class RevisionView:
         # each directory listed in the catalog that holds its parent's listing, or in the one
         # mounted on it: no lookup from the root per directory (linear in the tree's depth)
         stack = [(first, self._catalog_for(first, into_mountpoint=True))]
-        mounted: dict[bytes, dict[bytes, NestedRef]] = {}
         while stack:
             d, lc = stack.pop()
             entries = [self._stat(d + b"/" + c.name, c, lc) for c in lc.catalog.listing(d)
@@ -430,12 +426,9 @@ class RevisionView:
             dirs = [s for s in entries if s.is_dir]
             files = [s for s in entries if not s.is_dir]
             yield _display(d), dirs, files
-            refs = mounted.get(lc.mountpoint)
-            if refs is None:
-                refs = mounted[lc.mountpoint] = {r.path: r for r in lc.catalog.nested_catalogs()}
             for s in reversed(dirs):
                 child = d + b"/" + s.entry.name
-                ref = refs.get(child)
+                ref = lc.catalog.nested_at(child)
                 stack.append((child, lc if ref is None else self._nested(lc, ref)))
 
     def close(self) -> None:

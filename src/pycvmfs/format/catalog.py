@@ -510,12 +510,20 @@ class Catalog:
     def bind_mountpoints(self) -> list[NestedRef]:
         return self._refs("bind_mountpoints")
 
-    def find_nested(self, path: bytes) -> NestedRef | None:
-        """The direct child catalog whose mount point is ``path`` or contains it."""
+    def _by_path(self) -> dict[bytes, NestedRef]:
         if self._nested_by_path is None:
             self._nested_by_path = {r.path: r for r in self.nested_catalogs()}
-        mp = covering_mountpoint(path, self._nested_by_path)
-        return None if mp is None else self._nested_by_path[mp]
+        return self._nested_by_path
+
+    def nested_at(self, path: bytes) -> NestedRef | None:
+        """The direct child catalog mounted at ``path`` exactly."""
+        return self._by_path().get(path)
+
+    def find_nested(self, path: bytes) -> NestedRef | None:
+        """The direct child catalog whose mount point is ``path`` or contains it."""
+        by_path = self._by_path()
+        mp = covering_mountpoint(path, by_path)
+        return None if mp is None else by_path[mp]
 
     # -- statistics ----------------------------------------------------------------------
     def statistics(self) -> dict[str, int]:
