@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pycvmfs.errors import ConfigError, CvmfsError, RepositoryBusyError
-from pycvmfs.format.whitelist import WHITELIST_NAME, Whitelist
+from pycvmfs.errors import ConfigError, CvmfsError, RepositoryBusyError, WhitelistError
+from pycvmfs.format.whitelist import Whitelist
 from pycvmfs.publish.config import (
     RepositoryConfig,
     local_storage,
@@ -23,7 +23,7 @@ from pycvmfs.publish.config import (
     update_conf,
 )
 from pycvmfs.publish.lock import publish_lock
-from pycvmfs.storage.base import fetch_bytes
+from pycvmfs.publish.signing import WHITELIST, read_whitelist
 
 __all__ = ["AlterReport", "RemovalReport", "RepositoryStatus", "alter_settings",
            "lock_holder", "parse_duration", "remove_repository",
@@ -91,9 +91,11 @@ def stratum0_status(fqrn: str, config_dir: str | os.PathLike | None = None) -> R
         status.storage = str(storage)
     try:
         status.revision = pub.head().revision
-        data = fetch_bytes(pub.store, WHITELIST_NAME, what=pub.store.describe(WHITELIST_NAME),
-                           limit=1 << 20, fresh=True)
-        status.whitelist(Whitelist.parse(data, what=pub.store.describe(WHITELIST_NAME)).expires)
+        what = pub.store.describe(WHITELIST)
+        data = read_whitelist(pub.store)
+        if data is None:
+            raise WhitelistError(f"{what}: missing; sign one with `pycvmfs resign {fqrn}`")
+        status.whitelist(Whitelist.parse(data, what=what).expires)
     except CvmfsError as e:
         status.state, status.detail = "broken", str(e)
         return status
