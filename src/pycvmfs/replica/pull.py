@@ -245,9 +245,13 @@ class Puller:
             return 0
         what = self._what(h, kind)
         if check_zlib:  # (small objects: capped as the stock client caps them)
+            stored = bytearray()
             download_verified(self.source, h, kind, Compression.ZLIB, None, what=what,
-                              max_size=SMALL_FILE_LIMIT)
-        n = self._copy(h, kind, relpath, SMALL_FILE_LIMIT if check_zlib else None)
+                              raw=stored, max_size=SMALL_FILE_LIMIT)
+            self.dest.put_bytes(relpath, bytes(stored))
+            n = len(stored)
+        else:
+            n = self._copy(h, kind, relpath)
         with self._lock:
             self.stats.bytes_fetched += n
         return n
