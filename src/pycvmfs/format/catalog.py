@@ -13,7 +13,7 @@ from pycvmfs.errors import CatalogError, FormatError
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.dirent import DirectoryEntry, Flags, split_hardlinks
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind, md5_pair
-from pycvmfs.format.sqlite import open_database, read_properties
+from pycvmfs.format.sqlite import column_text, open_database, read_properties
 
 __all__ = ["CATALOG_TABLES", "COUNTER_NAMES", "Catalog", "Chunk", "NestedRef",
            "covering_mountpoint", "is_path_component", "parent_path", "run_tree_steps"]
@@ -137,10 +137,6 @@ class _EntryWhere:
         return f"{self.what}: entry {_fs(self.name)!r}"
 
 
-def _col_name(value: object) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _int(value: object, what: object, column: str, default: int | None = None) -> int:
     """An INTEGER column's value; anything else (REAL, TEXT, BLOB, NULL) is malformed."""
     if type(value) is int:
@@ -165,7 +161,7 @@ class Catalog:
         self.hash = hash
         self.properties = read_properties(conn, what=what, error=CatalogError)
         self._check_schema()
-        cols = {_col_name(r[1]) for r in conn.execute("PRAGMA table_info(catalog)")}
+        cols = {column_text(r[1]) for r in conn.execute("PRAGMA table_info(catalog)")}
         if not cols:
             raise CatalogError(f"{what}: no catalog table")
         exprs = [c if c in cols else "NULL" for c in _ENTRY_COLUMNS]
@@ -174,7 +170,7 @@ class Catalog:
         self._select = "SELECT rowid, " + ", ".join(exprs) + " FROM catalog "
         self._nested: list[NestedRef] | None = None
         self._nested_by_path: dict[bytes, NestedRef] | None = None
-        self._tables = {_col_name(r[0])
+        self._tables = {column_text(r[0])
                         for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
     @classmethod
@@ -472,7 +468,7 @@ class Catalog:
         if table not in self._tables:
             return []
         try:
-            cols = {_col_name(r[1]) for r in self._db.execute(f"PRAGMA table_info({table})")}
+            cols = {column_text(r[1]) for r in self._db.execute(f"PRAGMA table_info({table})")}
             size_expr = "size" if "size" in cols else "0"
             sha_expr = "sha1" if "sha1" in cols else "NULL"
             query = f"SELECT path, {sha_expr}, {size_expr} FROM {table}"
@@ -536,7 +532,7 @@ class Catalog:
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise CatalogError(f"{self.what}: cannot read table statistics ({e})") from None
         for name, value in rows:
-            key = _col_name(name)
+            key = column_text(name)
             out[key] = _int(value, f"{self.what}: counter {key}", "value")
         return out
 

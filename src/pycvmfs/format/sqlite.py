@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 from pycvmfs.errors import FormatError
 
-__all__ = ["PAGE_SIZE", "check_schema_objects", "create_database", "open_database",
-           "read_properties"]
+__all__ = ["PAGE_SIZE", "check_schema_objects", "column_text", "create_database",
+           "open_database", "read_properties"]
 
 #: The stock tools build SQLite with this default page size; our files use it too.
 PAGE_SIZE = 1024
@@ -61,7 +61,9 @@ def open_database(path: str | os.PathLike, *, what: str, text_as_bytes: bool = F
     return conn
 
 
-def _text(value: object) -> str:
+def column_text(value: object) -> str:
+    """A column value as text, whatever the connection's text factory (names in
+    ``sqlite_master``, ``PRAGMA`` answers)."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
@@ -71,10 +73,12 @@ def check_schema_objects(conn: sqlite3.Connection, *, what: str, tables: Collect
     it does not name, generated columns, indexes on expressions or partial indexes. SQLite
     would run their SQL while we read, so a hostile file must not get that far."""
     rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    found = []
     for kind, name, table, sql in rows:
-        kind, name, table = _text(kind), _text(name), _text(table)
-        sql = None if sql is None else _text(sql)
+        kind, name, table = column_text(kind), column_text(name), column_text(table)
+        sql = None if sql is None else column_text(sql)
         if kind == "table":
+            found.append(name)
             if name not in tables and not name.startswith("sqlite_stat"):
                 raise error(f"{what}: table {name!r} is not part of the format")
             if sql is not None and not sql.lstrip().upper().startswith("CREATE TABLE"):
@@ -88,14 +92,12 @@ def check_schema_objects(conn: sqlite3.Connection, *, what: str, tables: Collect
                             f"({sql[:60]!r})")
         else:
             raise error(f"{what}: {kind} {name!r} is not part of the format (no {kind}s)")
-    for kind, name, _table, _sql in rows:
-        if _text(kind) != "table":
-            continue
-        for column in conn.execute("SELECT name, hidden FROM pragma_table_xinfo(?)",
-                                   (_text(name),)):
-            if column[1]:
-                raise error(f"{what}: table {_text(name)!r} has a generated or hidden column "
-                            f"{_text(column[0])!r}")
+    for name in found:
+        for column, hidden in conn.execute("SELECT name, hidden FROM pragma_table_xinfo(?)",
+                                           (name,)):
+            if hidden:
+                raise error(f"{what}: table {name!r} has a generated or hidden column "
+                            f"{column_text(column)!r}")
 
 
 def create_database(path: str | os.PathLike, *, what: str) -> sqlite3.Connection:
