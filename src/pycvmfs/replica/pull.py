@@ -408,11 +408,12 @@ class Puller:
         what = self._what(h, ObjectKind.CATALOG)
         with Catalog.open(db, what=what, hash=h) as cat:
             previous = cat.previous_revision
-            refs = [r for r in cat.nested_catalogs() if r.hash is not None]
-        for r in refs:
-            if r.size and r.hash is not None:
-                self._catalog_sizes[r.hash] = r.size
-        nested = [r.hash for r in refs if r.hash is not None]
+            nested = []
+            for r in cat.nested_catalogs():
+                if r.hash is not None:
+                    nested.append(r.hash)
+                    if r.size:
+                        self._catalog_sizes[r.hash] = r.size
         with self._lock:
             self.stats.catalogs_fetched += 1
             self.stats.bytes_fetched += raw.stat().st_size
