@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from pycvmfs.format.whitelist import Whitelist, create_whitelist
 from pycvmfs.publish.config import RepositoryConfig, ServerSettings
 from pycvmfs.publish.repository import Publisher
 
+from helpers.daemons import free_port
 from helpers.publishing import reader
 
 GOLDEN = "golden.example.org"
@@ -40,12 +40,6 @@ def _env(cli_env, config: Path) -> dict:
     env = cli_env()
     env["PYCVMFS_CONFIG_DIR"] = str(config)
     return env
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_list_shows_type_revision_and_state(site, pycvmfs, cli_env, golden_repo, golden_keys,
@@ -282,7 +276,7 @@ def test_doctor(pycvmfs, golden_server, golden_keys, http_server, tmp_path):
     assert by_name["soon.example.org: certificate"]["status"] == "ok"
     # a server on a closed port, a repository without its key: failures, exit status 1
     dead = _client_config(tmp_path / "dead", {
-        GOLDEN: f"http://127.0.0.1:{_closed_port()}/cvmfs/@fqrn@",
+        GOLDEN: f"http://127.0.0.1:{free_port()}/cvmfs/@fqrn@",
         "nokey.example.org": f"{golden_server.url}/@fqrn@"}, keys)
     missing = tmp_path / "missing.pub"
     with open(dead / "config.d" / "nokey.example.org.conf", "a") as f:

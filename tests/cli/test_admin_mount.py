@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from pycvmfs.server.http import RepositoryServer
 
+from helpers.daemons import free_port
 from helpers.fuse import CLI, eventually, mount, needs_fuse, pid_alive
 
 pytestmark = needs_fuse
@@ -41,12 +41,6 @@ def unmount_all(tmp_path):
             subprocess.run(["umount", "-l", str(mp)], check=False)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _mount_args(mp: Path, url: str, keys: Path, cache: Path) -> list[object]:
     return ["mount", GOLDEN, mp, "--server-url", url, "-k", keys, "--cache-dir", cache]
 
@@ -68,7 +62,7 @@ def test_background_mount_reports_an_unreachable_server_and_a_bad_mountpoint(
     mp = tmp_path / "mnt"
     mp.mkdir()
     unmount_all.append(mp)
-    url = f"http://127.0.0.1:{_closed_port()}/cvmfs/{GOLDEN}"
+    url = f"http://127.0.0.1:{free_port()}/cvmfs/{GOLDEN}"
     res = _run(*_mount_args(mp, url, golden_keys, tmp_path / "c"))
     assert res.returncode == 1 and f"127.0.0.1:{url.split(':')[2].split('/')[0]}" in res.stderr
     assert not os.path.ismount(mp)
