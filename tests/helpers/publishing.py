@@ -17,6 +17,15 @@ def reader(pub: Publisher, cache_dir: Path, **kw):
                            cache_dir=cache_dir, **kw)
 
 
+def write_files(root: Path, files: dict[str, bytes]) -> Path:
+    """Write ``files`` (relative path: contents) below ``root``; returns ``root``."""
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
 def describe_tree(root: Path) -> dict[str, dict]:
     """Every entry below a local directory: type, mode, size, mtime, sha1, target, xattrs, ino."""
     out = {}

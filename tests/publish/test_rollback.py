@@ -13,7 +13,7 @@ from pycvmfs.format.hashes import ObjectKind
 from pycvmfs.publish.check import check_repository
 from pycvmfs.publish.gc import collect_garbage
 
-from helpers.publishing import describe_view, reader
+from helpers.publishing import describe_view, reader, write_files
 from helpers.signing import pycvmfs, repository_files
 
 
@@ -81,19 +81,11 @@ def _three_releases(pub, tmp_path):
                                {"a": b"2\n", "d/c": b"c2\n", "big": bytes(300_000)},
                                {"a": b"3\n", "d/c": b"c3\n"}], start=1):
         with pub.transaction(tag=f"v{n}") as txn:
-            txn.add_tree(make_tree(tmp_path / f"src{n}", files), "/", delete=True)
+            txn.add_tree(write_files(tmp_path / f"src{n}", files), "/", delete=True)
             txn.symlink("/latest", f"v{n}")
         with reader(pub, tmp_path / f"c{n}") as r, r.open_revision() as view:
             trees[f"v{n}"] = describe_view(view)
     return trees
-
-
-def make_tree(root, files):
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return root
 
 
 def _current_tree(pub, cache):

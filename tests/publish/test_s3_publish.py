@@ -22,6 +22,8 @@ from pycvmfs.publish.repository import Publisher, s3_upstream_spec
 from pycvmfs.publish.upstream import SpooledStore
 from pycvmfs.storage.s3 import S3Storage, S3StorageError
 
+from helpers.publishing import write_files
+
 FQRN = "s3.example.org"
 SMALL_CHUNKS = ChunkingParams(65536, 131072, 262144)
 
@@ -65,14 +67,6 @@ def revision_over_http(seaweed, bucket: str, pub: Publisher, cache: Path) -> int
         return repo.refresh().manifest.revision
 
 
-def make_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return root
-
-
 def blob(seed: str, size: int) -> bytes:
     out = bytearray()
     n = 0
@@ -107,7 +101,7 @@ def test_mkfs_writes_a_stock_s3_upstream_and_a_readable_repository(seaweed, s3re
 def test_publish_incremental_tag_rollback_on_s3_read_back_over_http(seaweed, s3repo, tmp_path):
     pub, bucket = s3repo
     big = blob("big", 700_000)  # chunked with the small chunk sizes
-    tree = make_tree(tmp_path / "tree", {"a.txt": b"alpha\n", "sub/b.txt": b"beta\n",
+    tree = write_files(tmp_path / "tree", {"a.txt": b"alpha\n", "sub/b.txt": b"beta\n",
                                          "sub/big.bin": big, "nested/.cvmfscatalog": b"",
                                          "nested/n.txt": b"inside\n"})
     with pub.transaction(tag="v1") as txn:
@@ -263,7 +257,7 @@ def test_cli_mkfs_publish_check_gc_with_an_s3_config(seaweed, tmp_path):
     r = _cli("mkfs", FQRN, "--s3-config", str(conf), "-z", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["storage"] == f"s3://{bucket}/{FQRN}"
-    tree = make_tree(tmp_path / "tree", {"hello.txt": b"hello from the CLI\n"})
+    tree = write_files(tmp_path / "tree", {"hello.txt": b"hello from the CLI\n"})
     r = _cli("publish", FQRN, "--from", str(tree), "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["revision"] == 2
