@@ -170,20 +170,17 @@ class ProgressDisplay:
 
     def final(self) -> None:
         """Every line's total is now final."""
-        if self._progress is None:
-            return
-        with self._lock:
-            for line in self._lines.values():
-                pending = line[2] or {}
-                line[2] = None
-                self._progress.update(line[0], **{**pending, "final": True})
+        if self._progress is not None:
+            self._flush(final=True)
 
-    def _flush(self) -> None:
+    def _flush(self, **fields) -> None:
+        """Draw every line's undrawn update (with ``fields`` set on every line)."""
         with self._lock:
             for line in self._lines.values():
-                if line[2] is not None:
-                    self._progress.update(line[0], **line[2])
-                    line[2] = None
+                update = {**(line[2] or {}), **fields}
+                line[2] = None
+                if update:
+                    self._progress.update(line[0], **update)
 
 
 def make_progress(description: str, *, enabled: bool | None = None, unit: str = "items"):
