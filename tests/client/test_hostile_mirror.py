@@ -89,6 +89,21 @@ def test_zlib_bomb_for_a_file_stops_at_its_catalog_size(mirror, golden_facts, go
     assert not repo.cache.contains(h)
 
 
+def test_zlib_bomb_for_a_chunk_stops_at_the_chunk_size(mirror, golden_keys, tmp_path):
+    """A reader (no read-ahead) caps a chunk at its own size, not its file's (3 MiB here)."""
+    cache = tmp_path / "cache"
+    with _open([mirror.url], golden_keys, cache) as repo, repo.open_revision() as view:
+        first = view.root_catalog.chunks(b"/bin/blob-3m.bin")[0]
+        assert first.size < view.lstat("/bin/blob-3m.bin").st_size // 8
+        mirror.answers[_url_path(first.hash, ObjectKind.PARTIAL)] = zlib_bomb(BOMB)
+        with PeakSize(cache / "txn") as peak, pytest.raises(SizeLimitError) as err, \
+                view.open("/bin/blob-3m.bin") as f:
+            f.read(10)
+    assert f"size limit of {first.size} bytes" in str(err.value)
+    assert peak.peak <= first.size + MiB
+    _no_partial_files(cache)
+
+
 def test_zlib_bomb_fails_over_to_a_good_server(mirror, golden_server, golden_facts,
                                                golden_keys, tmp_path):
     h = golden_facts["readme"]

@@ -24,7 +24,7 @@ __all__ = ["Prefetcher", "RepoFile"]
 log = logging.getLogger("pycvmfs.prefetch")
 
 #: fetch(hash, kind) -> path of the verified, decompressed object in the cache
-ObjectFetcher = Callable[[ContentHash, ObjectKind], Path]
+ObjectFetcher = Callable[[ContentHash, ObjectKind, int], Path]
 #: lookup(hash, kind) -> path of the object if cached (pinned like fetch), never downloading
 ObjectLookup = Callable[[ContentHash, ObjectKind], Path | None]
 #: readahead(hash, kind, compression, size) -> None: start fetching an object (of at most
@@ -304,7 +304,7 @@ class RepoFile(io.RawIOBase):
         want = max(0, min(size, self._size - offset))
         if self._chunks is None and want and not self.closed:
             # one whole-file object: a single pread straight into the bytes returned
-            fd = self._acquire(self._entry.hash, ObjectKind.FILE, wait)
+            fd = self._acquire(self._entry.hash, ObjectKind.FILE, self._size, wait)
             try:
                 data = os.pread(fd, want, offset)
             finally:
@@ -339,7 +339,7 @@ class RepoFile(io.RawIOBase):
                         self._read_ahead(i)
                     self._last_chunk = i
             n = min(want - done, base + length - pos)
-            fd = self._acquire(obj, kind, wait)
+            fd = self._acquire(obj, kind, length, wait)
             try:
                 got = os.preadv(fd, [mv[done:done + n]], pos - base)
             finally:
@@ -364,7 +364,9 @@ class RepoFile(io.RawIOBase):
             ahead += chunks[j].size
             j += 1
 
-    def _acquire(self, h: ContentHash | None, kind: ObjectKind, wait: bool = True) -> int:
+    def _acquire(self, h: ContentHash | None, kind: ObjectKind, size: int,
+                 wait: bool = True) -> int:
+        """A descriptor of object ``h`` (of ``size`` bytes in the catalog: its download's cap)."""
         if h is None:
             raise CvmfsError(f"{self.name}: file has no content hash")
         with self._fd_lock:
@@ -373,7 +375,7 @@ class RepoFile(io.RawIOBase):
                 slot[1] += 1
                 return slot[0]
         if wait:
-            path = self._fetch(h, kind)  # downloads, verifies (and pins) outside the lock
+            path = self._fetch(h, kind, size)  # downloads, verifies (and pins) outside the lock
         else:
             found = self._lookup(h, kind) if self._lookup is not None else None
             if found is None:

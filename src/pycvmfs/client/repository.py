@@ -202,11 +202,12 @@ class Repository:
             raise
         return cat
 
-    def _fetch_for_entry(self, h: ContentHash, kind: ObjectKind, entry: DirectoryEntry) -> Path:
-        # pinned until the RepoFile reading it lets go (release_object below); a file or one
-        # of its chunks is at most the file's size in the catalog
+    def _fetch_for_entry(self, h: ContentHash, kind: ObjectKind, entry: DirectoryEntry,
+                         size: int) -> Path:
+        # pinned until the RepoFile reading it lets go (release_object below); capped at its
+        # size in the catalog (the file's, or the chunk's)
         return self.cache.fetch(self.source, h, kind, entry.compression, pin=True,
-                                max_size=entry.size)
+                                max_size=size)
 
     def _lookup_for_entry(self, h: ContentHash) -> Path | None:
         # cached objects only, pinned like _fetch_for_entry; None: download in a thread

@@ -64,7 +64,8 @@ class RevisionView:
     """
 
     def __init__(self, *, fqrn: str, root_hash: ContentHash, load_catalog: CatalogLoader,
-                 fetch_object: Callable[[ContentHash, ObjectKind, DirectoryEntry], os.PathLike],
+                 fetch_object: Callable[[ContentHash, ObjectKind, DirectoryEntry, int],
+                                        os.PathLike],
                  env: Callable[[str], str | None] | None = None, revision: int | None = None,
                  timestamp: int | None = None,
                  release_object: Callable[[ContentHash], None] | None = None,
@@ -364,7 +365,8 @@ class RevisionView:
     def _repo_file(self, path: str, e: DirectoryEntry, chunks: list[Chunk] | None) -> RepoFile:
         look = self._lookup_object
         ahead = self.readahead
-        return RepoFile(path, e, chunks, lambda h, kind: self._fetch_object(h, kind, e),
+        return RepoFile(path, e, chunks,
+                        lambda h, kind, size: self._fetch_object(h, kind, e, size),
                         self._release_object,
                         lookup=None if look is None else lambda h, kind: look(h),
                         readahead=None if ahead is None or chunks is None else ahead)
@@ -381,7 +383,7 @@ class RevisionView:
         when the cache keeps a quota, until :meth:`release_file_object`)."""
         if e.hash is None or e.is_chunked or not e.is_regular:
             raise FormatError(f"{os.fsdecode(e.name)}: not an unchunked regular file")
-        return self._fetch_object(e.hash, ObjectKind.FILE, e)
+        return self._fetch_object(e.hash, ObjectKind.FILE, e, e.size)
 
     def release_file_object(self, e: DirectoryEntry) -> None:
         """Release the pin taken by :meth:`fetch_file_object`."""
