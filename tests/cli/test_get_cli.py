@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pytest
 
 from pycvmfs.publish.config import ServerSettings
 from pycvmfs.publish.repository import Publisher
+
+from helpers.progress import bytes_line
 
 FQRN = "get.example.org"
 BIG = bytes(range(256)) * 4096  # 1 MiB
@@ -37,9 +38,7 @@ def test_get_reports_bytes_of_the_total_counted_first(pycvmfs, cli_env, repo, tm
     r = pycvmfs("get", repo[0], "/t", tmp_path / "out", *repo[1:], "--json", env=env)
     total = r.json()["bytes"]
     assert total == len(BIG) + len(b"#!/bin/sh\n") + 1
-    m = re.search(r"^exporting .*?(\d[\d.]* (?:bytes|[kMGT]B))/(\d[\d.]* (?:bytes|[kMGT]B)) +"
-                  r"\d[\d.]* (?:bytes|[kMGT]B)/s", r.stderr, re.MULTILINE)
-    assert m, r.stderr
+    m = bytes_line(r.stderr, "exporting")
     assert m.group(1) == m.group(2) == f"{total / 1e6:.1f} MB", r.stderr
 
 

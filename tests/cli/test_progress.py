@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.progress import bytes_line
+
 FQRN = "progress.example.org"
-#: "<amount>/<amount> <rate>/s" of a finished bytes line, e.g. "1.3 MB/1.3 MB 15.3 MB/s"
-_SIZE = r"\d[\d.]* (?:bytes|[kMGT]B)"
-
-
-def bytes_line(stderr: str, stage: str) -> re.Match:
-    m = re.search(rf"^{stage} .*?({_SIZE})/({_SIZE}) +({_SIZE})/s", stderr, re.MULTILINE)
-    assert m, f"no {stage} line with bytes done/total and a rate in:\n{stderr}"
-    return m
 
 
 @pytest.fixture
