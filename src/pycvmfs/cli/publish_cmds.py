@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from pycvmfs.cli.common import emit_json, make_progress
-from pycvmfs.errors import ConfigError
+from pycvmfs.errors import ConfigError, CvmfsError
 
 __all__ = ["register"]
 
@@ -310,8 +310,6 @@ def resign(fqrn: str, days: int, published: bool, rotate_certificate: bool,
            certificate_days: int, config_dir: str | None) -> None:
     """Renew the whitelist with the master key (like `cvmfs_server resign`); -p re-signs the
     manifest, --rotate-certificate replaces the repository key. See docs/recovery.md."""
-    from pycvmfs.errors import CvmfsError
-
     if published and rotate_certificate:
         raise ConfigError("give either -p or --rotate-certificate (which re-signs the manifest "
                           "too), not both")
@@ -334,9 +332,6 @@ def resign(fqrn: str, days: int, published: bool, rotate_certificate: bool,
         pub.check_signing()
     except CvmfsError as e:
         click.echo(f"pycvmfs: warning: {e}", err=True)
-
-
-
 
 
 @click.command()
