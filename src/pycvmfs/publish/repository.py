@@ -181,6 +181,16 @@ class Publisher:
     def lock(self, *, wait: bool = False):
         return publish_lock(self.config.lock_path, what=f"repository {self.fqrn}", wait=wait)
 
+    @contextlib.contextmanager
+    def signing_lock(self) -> Iterator[None]:
+        """The publish lock for a change that signs a new manifest: :meth:`check_signing`
+        before it is taken (a refusal leaves even ``publish.lock`` untouched) and again once it
+        is held (the keys or the whitelist may have changed meanwhile)."""
+        self.check_signing()
+        with self.lock():
+            self.check_signing()
+            yield
+
     def head(self) -> Manifest:
         return read_head(self.store, self.keys, self.fqrn)
 
@@ -190,13 +200,11 @@ class Publisher:
         return check_signing(self.store, self.config, self.keys)
 
     def begin_change(self, head: Manifest | None = None) -> Manifest:
-        """The head, for a change outside a transaction (tag, rollback, resign), read and
-        checked with :meth:`check_signing` unless the caller passes the ``head`` it read; with
-        an S3 upstream, leftovers of a publisher that died are cleaned up first. Call it
-        holding :meth:`lock`."""
+        """The head (or the ``head`` the caller read), for a change outside a transaction (tag,
+        rollback, resign): with an S3 upstream, leftovers of a publisher that died are cleaned
+        up first. Call it holding :meth:`signing_lock` (or :meth:`lock`)."""
         if head is None:
             head = self.head()
-            self.check_signing()
         if isinstance(self.store, SpooledStore):
             self.recovered_objects = self.store.recover(manifest_key(head))
         return head
@@ -212,9 +220,7 @@ class Publisher:
         return store_object(self.store, data, kind, self.settings.hash_algorithm, self._journal)
 
     def open_journal(self, head: Manifest) -> ObjectJournal:
-        """Start recording the objects of a transaction (after cleaning up a dead one's);
-        refuses first when the keys cannot sign a revision clients accept."""
-        self.check_signing()
+        """Start recording the objects of a transaction (after cleaning up a dead one's)."""
         path = self.config.repo_dir / "objects.journal"
         removed = recover(path, self.store.root, head.root_catalog)
         discard = None
@@ -243,8 +249,8 @@ class Publisher:
     def transaction(self, *, tag: str | None = None, message: str = "",
                     progress=None) -> Transaction:
         """``with publisher.transaction() as txn: ...`` publishes one revision at the end.
-        Refused at once (before the lock is taken) when the keys cannot sign a revision."""
-        self.check_signing()
+        Entering it is refused (before the lock is taken) when the keys cannot sign a
+        revision (:meth:`signing_lock`)."""
         return Transaction(self, tag=tag, message=message, progress=progress)
 
     def check_limits(self, tree: CatalogTree) -> list[str]:
@@ -344,8 +350,7 @@ class Publisher:
     def tag(self, name: str, *, root_hash: ContentHash | None = None, message: str = "",
             remove: bool = False) -> Manifest:
         """Add (or with ``remove`` delete) a named tag; re-signs the manifest, S unchanged."""
-        self.check_signing()
-        with self.lock():
+        with self.signing_lock():
             head = self.begin_change()
             with self._history_copy(head, "history") as hist:
                 if remove:
@@ -411,8 +416,7 @@ class Publisher:
         """
         from pycvmfs.format.catalog_writer import CatalogWriter
 
-        self.check_signing()
-        with self.lock():
+        with self.signing_lock():
             head = self.begin_change()
             if expect_head is not None and head.root_catalog != expect_head:
                 raise PublishError(f"{self.fqrn}: the head changed to revision {head.revision} "

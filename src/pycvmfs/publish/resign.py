@@ -54,9 +54,7 @@ def resign_published(pub: Publisher) -> Manifest:
     """Stock ``resign -p``: sign the current manifest again with the repository key (same
     revision and catalogs; new timestamp, certificate object and reflog). Refused, before
     anything is written, unless the key pair, certificate and whitelist are in order."""
-    pub.check_signing()  # before the lock too: a refusal leaves even publish.lock untouched
-    with pub.lock():
-        pub.check_signing()
+    with pub.signing_lock():
         head = pub.begin_change(current_manifest(pub))
         return switch_manifest(pub.store, pub.config, pub.keys, head, previous=head)
 

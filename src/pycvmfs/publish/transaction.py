@@ -122,8 +122,9 @@ class Transaction:
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> Transaction:
         self._started = time.monotonic()
-        self._lock_cm = self.pub.lock()
-        self._lock_cm.__enter__()
+        lock = self.pub.signing_lock()
+        lock.__enter__()  # refused here when the keys cannot sign a revision
+        self._lock_cm = lock
         try:
             self.head = self.pub.head()
             self.journal = self.pub.open_journal(self.head)
