@@ -217,6 +217,17 @@ def test_a_mount_point_listed_twice_is_refused(tmp_path: Path) -> None:
         cat.nested_catalogs()
 
 
+def test_a_mount_point_below_another_is_refused(tmp_path: Path) -> None:
+    """It belongs to the catalog mounted above it: listed by both, walks would double."""
+    path = write_catalog(tmp_path / "c.db", sql=(
+        f"INSERT INTO nested_catalogs VALUES ('/n/m', '{hash_bytes(b'x', Algorithm.SHA1)}', 1)",
+        f"INSERT INTO nested_catalogs VALUES ('/n-m', '{hash_bytes(b'y', Algorithm.SHA1)}', 1)"))
+    with Catalog.open(path, what="c") as cat, \
+            pytest.raises(CatalogError, match=r"^c: nested_catalogs '/n/m' is below '/n', "
+                                              "another of its mount points"):
+        cat.nested_catalogs()
+
+
 @pytest.mark.parametrize("prefix", ["top", "/top/../x", "/a//b"])
 def test_a_malformed_root_prefix_is_refused(tmp_path: Path, prefix: str) -> None:
     path = write_catalog(tmp_path / "c.db", sql=(

@@ -496,6 +496,14 @@ class Catalog:
         for a, b in pairwise(out):
             if a.path == b.path:
                 raise CatalogError(f"{self.what}: {table} lists {_fs(a.path)!r} twice")
+        # a mount point inside another's subtree belongs to that catalog: listed here too, a
+        # walk would reach it on both ways (a chain of such catalogs: 2^n visits)
+        paths = {r.path for r in out}
+        for r in out:
+            above = covering_mountpoint(r.path, paths, include_self=False)
+            if above is not None:
+                raise CatalogError(f"{self.what}: {table} {_fs(r.path)!r} is below "
+                                   f"{_fs(above)!r}, another of its mount points")
         return out
 
     def nested_catalogs(self) -> list[NestedRef]:
