@@ -8,8 +8,14 @@ from pycvmfs.errors import ConfigError, CvmfsError, IntegrityError, PublishError
 from pycvmfs.format.manifest import Manifest, parse_signed_manifest
 from pycvmfs.format.signature import load_public_keys
 from pycvmfs.format.whitelist import create_whitelist, resign_whitelist, verify_whitelist_signature
-from pycvmfs.publish.signing import MANIFEST, WHITELIST, read_whitelist, switch_manifest
-from pycvmfs.storage.base import fetch_bytes
+from pycvmfs.publish.signing import (
+    MANIFEST,
+    WHITELIST,
+    fetch_manifest,
+    read_head,
+    read_whitelist,
+    switch_manifest,
+)
 
 if TYPE_CHECKING:
     from pycvmfs.publish.repository import Publisher
@@ -33,12 +39,12 @@ def current_manifest(pub: Publisher) -> Manifest:
     """The head manifest, also when it is signed by a key that is not the repository's (the
     state ``resign -p`` and a certificate rotation mend). Its name must be this repository's
     and its root catalog must be stored and intact."""
+    data = fetch_manifest(pub.store)
     try:
-        return pub.head()
+        return read_head(pub.store, pub.keys, pub.fqrn, data)
     except IntegrityError:
         pass  # signed by another key: read it as it is, below
     what = pub.store.describe(MANIFEST)
-    data = fetch_bytes(pub.store, MANIFEST, what=what, limit=1 << 20, fresh=True)
     head = parse_signed_manifest(data, what=what).manifest
     if head.fqrn != pub.fqrn:
         raise ConfigError(f"{what}: manifest is for {head.fqrn!r}, not {pub.fqrn!r}")

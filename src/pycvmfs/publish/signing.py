@@ -29,9 +29,9 @@ from pycvmfs.publish.upstream import SpooledStore, manifest_key
 from pycvmfs.storage.base import ObjectStore, fetch_bytes
 from pycvmfs.storage.local import LocalStorage
 
-__all__ = ["MANIFEST", "REFLOG", "WHITELIST", "check_signing", "copy_to_file", "read_head",
-           "read_whitelist", "reflog_trusted", "store_object", "switch_manifest", "sync_storage",
-           "upload_reflog"]
+__all__ = ["MANIFEST", "REFLOG", "WHITELIST", "check_signing", "copy_to_file", "fetch_manifest",
+           "read_head", "read_whitelist", "reflog_trusted", "store_object", "switch_manifest",
+           "sync_storage", "upload_reflog"]
 
 MANIFEST = ".cvmfspublished"
 REFLOG = ".cvmfsreflog"
@@ -82,14 +82,23 @@ def copy_to_file(store: ObjectStore, relpath: str, dest: Path, *, what: str) -> 
     return True
 
 
-def read_head(store: ObjectStore, keys: RepositoryKeys, fqrn: str) -> Manifest:
-    """The current manifest, checked against our own certificate."""
-    what = store.describe(MANIFEST)
+def fetch_manifest(store: ObjectStore) -> bytes:
+    """The stored manifest, fetched fresh (at most 1 MiB)."""
     try:
-        data = fetch_bytes(store, MANIFEST, what=what, limit=1 << 20, fresh=True)
+        return fetch_bytes(store, MANIFEST, what=store.describe(MANIFEST), limit=1 << 20,
+                           fresh=True)
     except ObjectNotFoundError:
         raise ConfigError(f"{store.describe()}: no {MANIFEST}; not a repository storage "
                           "(create it with `pycvmfs mkfs`)") from None
+
+
+def read_head(store: ObjectStore, keys: RepositoryKeys, fqrn: str,
+              data: bytes | None = None) -> Manifest:
+    """The current manifest (``data``: its bytes, when fetched already), checked against our
+    own certificate."""
+    what = store.describe(MANIFEST)
+    if data is None:
+        data = fetch_manifest(store)
     try:
         m = verify_manifest(data, keys.certificate, what=what)
     except IntegrityError:
