@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pycvmfs.cli.mount_cmds import _open_for_mount
+from pycvmfs.client.config import load_client_config
+from pycvmfs.client.repository import open_configured_repository
 from pycvmfs.errors import FetchError
 
 from helpers.hostile import SlowServer
@@ -37,7 +38,8 @@ def _config(tmp_path: Path, url: str, golden_keys: Path, limit: int | None) -> P
 
 def test_the_mount_source_takes_the_configured_limit(forty_kb_per_s, golden_keys, tmp_path):
     conf = _config(tmp_path, forty_kb_per_s.url, golden_keys, 100_000)
-    with _open_for_mount(FQRN, (), (), str(tmp_path / "cache"), (), str(conf)) as repo:
+    cfg = load_client_config(FQRN, config_dir=conf)
+    with open_configured_repository(cfg, cache_dir=tmp_path / "cache") as repo:
         assert repo.source.low_speed_limit == 100_000
         with pytest.raises(FetchError, match=r"too slow: .* under the low-speed limit of "
                                             r"100000 bytes/s"):

@@ -25,8 +25,7 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
                     cfg: ClientConfig | None = None):
     """A Repository from explicit options, else from the CernVM-FS configuration (``cfg``
     when the caller loaded it already, else loaded from ``config_dir``)."""
-    from pycvmfs.client.cache import ObjectCache, default_cache_dir
-    from pycvmfs.client.repository import Repository, open_repository
+    from pycvmfs.client.repository import open_configured_repository, open_repository
 
     if server_urls:
         if not keys:
@@ -39,34 +38,10 @@ def _open_for_mount(fqrn: str, server_urls: tuple[str, ...], keys: tuple[str, ..
                                proxies=list(proxies) or ["DIRECT"],
                                quota_limit=quota_limit_from_env())
     from pycvmfs.client.config import load_client_config
-    from pycvmfs.format.signature import load_public_keys
-    from pycvmfs.storage.http import HttpSource
 
     if cfg is None:
         cfg = load_client_config(fqrn, config_dir=config_dir)
-    urls = cfg.server_urls
-    if not urls:
-        raise ConfigError(f"{fqrn}: CVMFS_SERVER_URL is not configured")
-    # pool_size: keep-alive connections for the read-ahead threads and the readers together
-    source = HttpSource(urls, proxies=list(proxies) or cfg.proxy_groups, timeout=cfg.timeout,
-                        pool_size=16,
-                        timeout_direct=cfg.timeout_direct, retries=cfg.max_retries,
-                        backoff=(cfg.backoff_init, cfg.backoff_max),
-                        host_reset_after=cfg.host_reset_after or 0,
-                        proxy_reset_after=cfg.proxy_reset_after or 0,
-                        low_speed_limit=cfg.low_speed_limit)
-    keys_found = load_public_keys(list(keys) or cfg.public_keys)
-    cache_base = cache_dir or cfg.cache_base or str(default_cache_dir())
-    directory = os.path.join(cache_base, "shared" if cfg.shared_cache else fqrn)
-    if not cache_dir and cfg.cache_dir:
-        directory = str(cfg.cache_dir)
-    quota = None
-    if cfg.quota_limit_mb:
-        from pycvmfs.client.quota import QuotaManager
-
-        quota = QuotaManager(directory, cfg.quota_limit_mb << 20)
-    cache = ObjectCache(directory, quota=quota)
-    return Repository(source, public_keys=keys_found, fqrn=fqrn, cache=cache)
+    return open_configured_repository(cfg, keys=keys, proxies=proxies, cache_dir=cache_dir)
 
 
 def config_mount_settings(cfg: ClientConfig) -> tuple[dict, dict]:

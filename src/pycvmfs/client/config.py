@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pycvmfs.client.shell_config import ConfigValue, parse_config_file
 from pycvmfs.client.stat import IdMap, read_id_map
@@ -231,6 +232,17 @@ class ClientConfig:
     def proxy_reset_after(self) -> int:
         """Seconds before returning to the first proxy group (0: never)."""
         return self._uint("CVMFS_PROXY_RESET_AFTER", 0)
+
+    def source_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`~pycvmfs.storage.http.HttpSource` this configuration
+        sets (proxy groups, timeouts, retries, back-off, reset times, low-speed limit): the one
+        place that carries each transfer setting to every source the client makes."""
+        return {"proxies": self.proxy_groups, "timeout": self.timeout,
+                "timeout_direct": self.timeout_direct, "retries": self.max_retries,
+                "backoff": (self.backoff_init, self.backoff_max),
+                "host_reset_after": self.host_reset_after,
+                "proxy_reset_after": self.proxy_reset_after,
+                "low_speed_limit": self.low_speed_limit}
 
     @property
     def public_keys(self) -> list[Path]:

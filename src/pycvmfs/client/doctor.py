@@ -130,8 +130,9 @@ def _repository_checks(cfg: ClientConfig, timeout: float, warn_days: int,
     if not reached:
         return out
     try:
-        source = HttpSource(reached, proxies=proxies, timeout=timeout, retries=0,
-                            low_speed_limit=cfg.low_speed_limit)
+        source = HttpSource(reached, **{**cfg.source_options(), "proxies": proxies,
+                                        "timeout": timeout, "timeout_direct": timeout,
+                                        "retries": 0})
         with tempfile.TemporaryDirectory(prefix="pycvmfs-doctor-") as scratch, \
                 Repository(source, public_keys=load_public_keys(keys), fqrn=name,
                            cache=ObjectCache(scratch), now=lambda: now) as repo:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pycvmfs.client.cache import Breadcrumb, ObjectCache, default_cache_dir
 from pycvmfs.client.view import RevisionView
@@ -27,6 +28,9 @@ from pycvmfs.format.manifest import Manifest, verify_manifest
 from pycvmfs.format.whitelist import Whitelist, verify_whitelist
 from pycvmfs.storage.base import Source, fetch_bytes
 from pycvmfs.storage.objects import HISTORY_LIMIT, SMALL_FILE_LIMIT, catalog_limit
+
+if TYPE_CHECKING:
+    from pycvmfs.client.config import ClientConfig
 
 __all__ = ["Repository", "TrustedState", "open_repository"]
 
@@ -371,3 +375,34 @@ def open_repository(location: str, *, keys: Sequence[str | os.PathLike] | Sequen
         quota = QuotaManager(cache_dir, quota_limit)
     cache = ObjectCache(cache_dir, quota=quota)
     return Repository(source, public_keys=public_keys, fqrn=fqrn, cache=cache, now=now, env=env)
+
+
+def open_configured_repository(cfg: ClientConfig, *, keys: Sequence[str | os.PathLike] = (),
+                               proxies: Sequence[str] = (),
+                               cache_dir: str | os.PathLike | None = None,
+                               pool_size: int = 16) -> Repository:
+    """Open the repository a CernVM-FS client configuration describes (servers, proxies,
+    timeouts, keys, cache location and quota), as the mount does; ``keys``, ``proxies`` and
+    ``cache_dir`` override the configuration's. ``pool_size``: keep-alive connections."""
+    from pycvmfs.format.signature import load_public_keys
+    from pycvmfs.storage.http import HttpSource
+
+    urls = cfg.server_urls
+    if not urls:
+        raise ConfigError(f"{cfg.fqrn}: CVMFS_SERVER_URL is not configured")
+    options = cfg.source_options()
+    if proxies:
+        options["proxies"] = list(proxies)
+    source = HttpSource(urls, pool_size=pool_size, **options)
+    keys_found = load_public_keys(list(keys) or cfg.public_keys)
+    cache_base = cache_dir or cfg.cache_base or str(default_cache_dir())
+    directory = os.path.join(cache_base, "shared" if cfg.shared_cache else cfg.fqrn)
+    if not cache_dir and cfg.cache_dir:
+        directory = str(cfg.cache_dir)
+    quota = None
+    if cfg.quota_limit_mb:
+        from pycvmfs.client.quota import QuotaManager
+
+        quota = QuotaManager(directory, cfg.quota_limit_mb << 20)
+    return Repository(source, public_keys=keys_found, fqrn=cfg.fqrn,
+                      cache=ObjectCache(directory, quota=quota))
