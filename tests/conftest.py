@@ -160,3 +160,14 @@ def deep_tmp_path(tmp_path: Path) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+@pytest.fixture
+def mirror(golden_dir: Path) -> Iterator:
+    """The golden repository served by a :class:`helpers.hostile.HostileMirror` on loopback:
+    a test sets ``mirror.answers[url_path]`` to what a malicious mirror sends instead."""
+    from helpers.hostile import HostileMirror
+
+    m = HostileMirror(golden_dir)
+    yield m
+    m.stop()

@@ -5,7 +5,6 @@ error that names the object or URL, leaves nothing partial, and fails over to a 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from pycvmfs.storage.batch import BatchFetcher
 from pycvmfs.storage.http import HttpSource
 
 from helpers.hostile import (
-    HostileMirror,
     PeakSize,
     SlowServer,
     endless,
@@ -34,13 +32,6 @@ from helpers.hostile import (
 FQRN = "golden.example.org"
 BOMB = 1 << 30  # inflated bytes of the bombs (about 1 MiB on the wire)
 MiB = 1 << 20
-
-
-@pytest.fixture
-def mirror(golden_dir: Path) -> Iterator[HostileMirror]:
-    m = HostileMirror(golden_dir)
-    yield m
-    m.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,10 @@ from pycvmfs.replica.snapshot import snapshot
 from pycvmfs.storage.http import HttpSource
 from pycvmfs.storage.local import LocalStorage
 
-from helpers.hostile import HostileMirror, endless, finishes_within, zlib_bomb
+from helpers.hostile import endless, finishes_within, zlib_bomb
 
 FQRN = "golden.example.org"
 MiB = 1 << 20
-
-
-@pytest.fixture
-def mirror(golden_dir: Path) -> Iterator[HostileMirror]:
-    m = HostileMirror(golden_dir)
-    yield m
-    m.stop()
 
 
 @pytest.fixture(scope="module")
