@@ -22,7 +22,7 @@ from pycvmfs.publish.config import (
     read_server_conf,
     update_conf,
 )
-from pycvmfs.publish.lock import publish_lock
+from pycvmfs.publish.lock import PUBLISH_LOCK, SNAPSHOT_LOCK, publish_lock
 from pycvmfs.publish.signing import WHITELIST, read_whitelist
 
 __all__ = ["AlterReport", "RemovalReport", "RepositoryStatus", "alter_settings",
@@ -30,7 +30,7 @@ __all__ = ["AlterReport", "RemovalReport", "RepositoryStatus", "alter_settings",
            "stratum0_status"]
 
 #: the locks a publish (stratum 0) and a snapshot (stratum 1) hold in the repository folder
-LOCK_NAMES = ("publish.lock", "snapshot.lock")
+LOCK_NAMES = (PUBLISH_LOCK, SNAPSHOT_LOCK)
 #: what a storage directory holds besides data/: the files stock and pycvmfs write at its top
 _STORAGE_FILE = re.compile(r"^\.cvmfs[A-Za-z0-9_.-]*$")
 MASTER_REPLICA = ".cvmfs_master_replica"  # alterfs -m: the replication marker

@@ -12,6 +12,7 @@ from pycvmfs.errors import ConfigError
 from pycvmfs.format.chunking import ChunkingParams
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import Algorithm
+from pycvmfs.publish.lock import PUBLISH_LOCK
 
 __all__ = ["UPSTREAM_FORMS", "RepositoryConfig", "RepositoryDirs", "ServerSettings",
            "config_base", "configured_names", "default_config_dir", "local_storage",
@@ -303,7 +304,7 @@ class RepositoryConfig(RepositoryDirs):
 
     @property
     def lock_path(self) -> Path:
-        return self.repo_dir / "publish.lock"
+        return self.repo_dir / PUBLISH_LOCK
 
     @property
     def reflog_checksum_path(self) -> Path:

@@ -10,7 +10,12 @@ from pathlib import Path
 
 from pycvmfs.errors import RepositoryBusyError
 
-__all__ = ["RepositoryBusyError", "publish_lock"]
+__all__ = ["PUBLISH_LOCK", "SNAPSHOT_LOCK", "RepositoryBusyError", "publish_lock"]
+
+#: the lock file a publish holds in ``repositories.d/<fqrn>/`` (a stratum 0)
+PUBLISH_LOCK = "publish.lock"
+#: the lock file a snapshot holds in its state folder (a stratum 1)
+SNAPSHOT_LOCK = "snapshot.lock"
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from pycvmfs.errors import CvmfsError
 from pycvmfs.format.signature import load_public_keys
 from pycvmfs.publish.admin import RepositoryStatus, lock_holder, stratum0_status
 from pycvmfs.publish.config import config_base, configured_names, read_server_conf
+from pycvmfs.publish.lock import SNAPSHOT_LOCK
 from pycvmfs.replica.config import ReplicaConfig
 from pycvmfs.storage.base import Source
 
@@ -52,7 +53,7 @@ def replica_status(fqrn: str, config_dir: str | os.PathLike | None = None, *,
     except CvmfsError as e:
         status.state, status.detail = "broken", str(e)
         return status
-    holder = lock_holder(cfg.state_dir / "snapshot.lock")
+    holder = lock_holder(cfg.state_dir / SNAPSHOT_LOCK)
     if holder is not None:
         status.state, status.detail = "transaction", f"snapshot lock held by pid {holder}"
     return status

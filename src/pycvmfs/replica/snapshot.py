@@ -28,7 +28,7 @@ from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.format.history import History
 from pycvmfs.format.manifest import Manifest, parse_signed_manifest
 from pycvmfs.format.reflog import Reflog, reflog_hash
-from pycvmfs.publish.lock import publish_lock
+from pycvmfs.publish.lock import SNAPSHOT_LOCK, publish_lock
 from pycvmfs.publish.signing import sync_storage, upload_reflog
 from pycvmfs.replica.pull import Progress, Puller
 from pycvmfs.storage.base import ObjectStore, Source, fetch_bytes
@@ -110,7 +110,7 @@ def snapshot(source: Source, dest: ObjectStore, fqrn: str, keys: Sequence, *,
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     public_keys = _load_keys(keys)
-    with publish_lock(state / "snapshot.lock", what=f"replica {fqrn} ({dest.describe()})"):
+    with publish_lock(state / SNAPSHOT_LOCK, what=f"replica {fqrn} ({dest.describe()})"):
         check_replicable(source)
         repo = Repository(source, public_keys=public_keys, fqrn=fqrn,
                           cache=ObjectCache(state / "cache"), now=now)
