@@ -65,6 +65,13 @@ def stored_bound(size: int, compression: Compression = Compression.ZLIB) -> int:
     return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
 
 
+def too_many_stored(what: str, stored: int, limit: int) -> SizeLimitError:
+    """The error for a body of ``stored`` bytes, more than :func:`stored_bound` of ``limit``
+    decompressed bytes allows: no object of that size has that many stored bytes."""
+    return SizeLimitError(f"{what}: {stored} stored bytes, more than its size limit of {limit} "
+                          "bytes can take; stopped there")
+
+
 def _too_large(what: str, limit: int) -> SizeLimitError:
     return SizeLimitError(f"{what}: decompresses to more than its size limit of {limit} bytes; "
                           "stopped there")

@@ -29,7 +29,7 @@ from pycvmfs.format.reflog import Reflog, reflog_hash
 from pycvmfs.publish.check_catalog import COMPARED, CatalogInvariants, Row, RowReader, show
 from pycvmfs.publish.gc import ObjectSet, Progress, open_scratch
 from pycvmfs.storage.base import Source, fetch_bytes
-from pycvmfs.storage.objects import download_verified
+from pycvmfs.storage.objects import SMALL_FILE_LIMIT, download_verified
 
 if TYPE_CHECKING:
     from pycvmfs.publish.repository import Publisher
@@ -188,7 +188,7 @@ class _Checker:
         else:
             try:
                 signed = given if given is not None else fetch_bytes(
-                    self.source, MANIFEST, what=MANIFEST, limit=1 << 20)
+                    self.source, MANIFEST, what=MANIFEST, limit=SMALL_FILE_LIMIT)
                 m, _letter = parse_signed_manifest(signed, what=MANIFEST)
             except CvmfsError as e:
                 self.problem(MANIFEST, "", str(e))

@@ -28,6 +28,7 @@ from pycvmfs.publish.keys import RepositoryKeys
 from pycvmfs.publish.upstream import SpooledStore, manifest_key
 from pycvmfs.storage.base import ObjectStore, fetch_bytes
 from pycvmfs.storage.local import LocalStorage
+from pycvmfs.storage.objects import SMALL_FILE_LIMIT
 
 __all__ = ["MANIFEST", "REFLOG", "WHITELIST", "check_signing", "copy_to_file", "fetch_manifest",
            "read_head", "read_whitelist", "reflog_trusted", "store_object", "switch_manifest",
@@ -85,7 +86,7 @@ def copy_to_file(store: ObjectStore, relpath: str, dest: Path, *, what: str) -> 
 def fetch_manifest(store: ObjectStore) -> bytes:
     """The stored manifest, fetched fresh (at most 1 MiB)."""
     try:
-        return fetch_bytes(store, MANIFEST, what=store.describe(MANIFEST), limit=1 << 20,
+        return fetch_bytes(store, MANIFEST, what=store.describe(MANIFEST), limit=SMALL_FILE_LIMIT,
                            fresh=True)
     except ObjectNotFoundError:
         raise ConfigError(f"{store.describe()}: no {MANIFEST}; not a repository storage "
@@ -115,7 +116,7 @@ def read_head(store: ObjectStore, keys: RepositoryKeys, fqrn: str,
 def read_whitelist(store: ObjectStore) -> bytes | None:
     """The stored ``.cvmfswhitelist`` (fetched fresh), or None when there is none."""
     try:
-        return fetch_bytes(store, WHITELIST, what=store.describe(WHITELIST), limit=1 << 20,
+        return fetch_bytes(store, WHITELIST, what=store.describe(WHITELIST), limit=SMALL_FILE_LIMIT,
                            fresh=True)
     except ObjectNotFoundError:
         return None

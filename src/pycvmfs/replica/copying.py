@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pycvmfs.errors import HashMismatchError, IntegrityError, SizeLimitError
-from pycvmfs.format.compression import stored_bound
+from pycvmfs.errors import HashMismatchError, IntegrityError
+from pycvmfs.format.compression import stored_bound, too_many_stored
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import ObjectStore
 
@@ -44,9 +44,7 @@ class VerifyingReader:
             if block:
                 self.count += len(block)
                 if self._max_stored is not None and self.count > self._max_stored:
-                    self.error = SizeLimitError(
-                        f"{self._what}: {self.count} stored bytes, more than its size limit of "
-                        f"{self._max_size} bytes can take; stopped there")
+                    self.error = too_many_stored(self._what, self.count, self._max_size)
                     raise self.error
                 self._hasher.update(block)
                 return block

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from pycvmfs.errors import FetchError, HashMismatchError, IntegrityError, SizeLimitError
-from pycvmfs.format.compression import Compression, Inflater, stored_bound
+from pycvmfs.errors import FetchError, HashMismatchError, IntegrityError
+from pycvmfs.format.compression import Compression, Inflater, stored_bound, too_many_stored
 from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.storage.base import Source
 
@@ -97,8 +97,7 @@ class CheckedBody:
         self._hasher.update(block)
         self.stored += len(block)
         if 0 <= self._max_stored < self.stored:
-            raise SizeLimitError(f"{self.what}: {self.stored} stored bytes, more than its size "
-                                 f"limit of {self._inflater.limit} bytes can take; stopped there")
+            raise too_many_stored(self.what, self.stored, self._inflater.limit or 0)
         if self._broken is not None:
             return 0
         plain = 0
