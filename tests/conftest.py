@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers.loopback import LoopbackServer, QuietHandler
 from helpers.xattrs import xattrs_supported
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,37 +53,12 @@ def golden_copy(golden_repo: Path, tmp_path: Path) -> Path:
     return dest
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    disable_nagle_algorithm = True
-    def log_message(self, format: str, *args) -> None:
-        pass
-
-
-class LoopbackServer:
-    """A real threaded HTTP server on 127.0.0.1 serving one directory."""
-
-    def __init__(self, directory: Path, handler: type = _QuietHandler) -> None:
-        self.directory = Path(directory)
-        h = functools.partial(handler, directory=str(directory))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), h)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def http_server() -> Iterator:
     """Factory: ``http_server(directory)`` starts a loopback server; all stop at teardown."""
     servers: list[LoopbackServer] = []
 
-    def start(directory: Path, handler: type = _QuietHandler) -> LoopbackServer:
+    def start(directory: Path, handler: type = QuietHandler) -> LoopbackServer:
         s = LoopbackServer(directory, handler)
         servers.append(s)
         return s

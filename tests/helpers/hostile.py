@@ -4,7 +4,6 @@ their bodies or never answer."""
 
 from __future__ import annotations
 
-import functools
 import http.server
 import os
 import socket
@@ -13,6 +12,8 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from helpers.loopback import LoopbackServer
 
 _BOMBS: dict[int, bytes] = {}
 
@@ -44,7 +45,7 @@ def zlib_bomb(inflated: int) -> bytes:
 Answer = bytes | Callable[[], Iterable[bytes]]
 
 
-class HostileMirror:
+class HostileMirror(LoopbackServer):
     """A threaded HTTP server serving ``directory``, except for the URL paths in
     :attr:`answers`, which get the given body instead. :attr:`sent` counts the body bytes
     written per replaced path."""
@@ -89,18 +90,8 @@ class HostileMirror:
                     self.wfile.write(view[start:start + 65536])
                     mirror.sent[self.path] += len(view[start:start + 65536])
 
-        handler = functools.partial(Handler, directory=str(directory))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
+        super().__init__(directory, Handler)
         self.httpd.handle_error = lambda request, address: None  # (clients that hang up)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def endless(block: bytes = b"x" * 65536, total: int = 1 << 40) -> Callable[[], Iterator[bytes]]:
