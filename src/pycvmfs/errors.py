@@ -131,3 +131,12 @@ def _errno_text(err: int) -> str:
     import os
 
     return os.strerror(err)
+
+
+class ContainerError(CvmfsError):
+    """A container image that cannot be published: a malformed or unsupported manifest, index,
+    config or layer, a digest or DiffID that does not match, a name that is not a reference."""
+
+
+class RegistryError(ContainerError):
+    """A container registry that refused, failed or could not be reached (after retries)."""
