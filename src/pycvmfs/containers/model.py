@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,11 +16,13 @@ from pycvmfs.errors import ContainerError
 __all__ = [
     "DEFAULT_PLATFORM",
     "Descriptor",
+    "GeneratedEntry",
     "Image",
     "ImageSource",
     "Platform",
     "check_digest",
     "digest_hex",
+    "materialise",
     "parse_json",
     "sha256_digest",
 ]
@@ -176,3 +180,38 @@ def parse_json(data: bytes, what: str) -> dict:
     if not isinstance(doc, dict):
         raise ContainerError(f"{what}: not a JSON object")
     return doc
+
+
+@dataclass(frozen=True)
+class GeneratedEntry:
+    """A file, directory or symlink we generate (Apptainer files, podman store documents):
+    ``path`` relative to where it goes (a flat root, the repository root), no leading ``/``."""
+
+    path: str
+    kind: str  # "dir", "file" or "symlink"
+    mode: int = 0o755
+    data: bytes = b""
+    target: str = ""  # symlinks
+
+    def __post_init__(self) -> None:
+        norm = posixpath.normpath(self.path)
+        if (self.kind not in ("dir", "file", "symlink") or norm != self.path
+                or norm.startswith(("/", "../")) or norm in (".", "..")):
+            raise ContainerError(f"generated entry {self.path!r} ({self.kind}) is not a "
+                                 "normalised relative path of a dir, file or symlink")
+
+
+def materialise(entries: Sequence[GeneratedEntry], root: str | os.PathLike) -> None:
+    """Write ``entries`` below the local directory ``root`` (parents first in the list, as
+    generated; an existing directory is kept, as the publisher skips what an image has)."""
+    for e in entries:
+        dest = os.path.join(root, e.path)
+        if e.kind == "dir":
+            os.makedirs(dest, exist_ok=True)
+            os.chmod(dest, e.mode)
+        elif e.kind == "symlink":
+            os.symlink(e.target, dest)
+        else:
+            with open(dest, "wb") as f:
+                f.write(e.data)
+            os.chmod(dest, e.mode)
