@@ -1,0 +1,252 @@
+"""export_oci: a published tree written back as an OCI layout, checked with umoci and skopeo."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from containers.ocifixture import layer_tar
+from pycvmfs.containers.export import GENERATED_ENTRIES, REF_NAME, export_oci
+from pycvmfs.errors import ContainerError
+from pycvmfs.format.chunking import ChunkingParams
+from pycvmfs.publish.config import ServerSettings
+from pycvmfs.publish.repository import Publisher
+
+from helpers.publishing import reader
+
+TOP = "/.flat/ab/ab12"
+NON_UTF8 = b"caf\xe9-latin1"
+LONG = "d" * 120 + "/" + "f" * 200
+BIG = hashlib.sha256(b"seed").digest() * 20_000  # 640 KB: chunked in the test repository
+MEMBERS = [
+    {"name": "etc", "type": "dir"},
+    {"name": "etc/passwd", "data": b"root:x:0:0:root:/root:/bin/sh\n"},
+    {"name": "etc/group", "data": b"root:x:0:\n"},
+    {"name": "bin", "type": "dir", "mode": 0o755},
+    {"name": "bin/tool", "mode": 0o4755, "uid": 0, "gid": 0, "data": b"#!/bin/sh\necho t\n"},
+    {"name": "bin/tool2", "type": "hardlink", "target": "bin/tool"},
+    {"name": "bin/sgid", "mode": 0o2711, "uid": 7, "gid": 8, "data": b"sgid\n"},
+    {"name": "bin/sh-link", "type": "symlink", "target": "../usr/bin/hello"},
+    {"name": "usr/bin/hello", "mode": 0o755, "uid": 1000, "gid": 1001,
+     "data": b"#!/bin/sh\necho hello\n", "mtime": "1700000000.123456789",
+     "xattrs": {"user.note": "kept", "user.bin": b"\x00\xff\x01"}},
+    {"name": "usr/share/big.bin", "data": BIG},
+    {"name": "usr/share/empty", "data": b""},
+    {"name": "tmp", "type": "dir", "mode": 0o1777},
+    {"name": "home/user", "type": "dir", "mode": 0o700, "uid": 1000, "gid": 1000},
+    {"name": "dev/null", "type": "char", "major": 1, "minor": 3, "mode": 0o666},
+    {"name": "dev/loop0", "type": "block", "major": 7, "minor": 0, "mode": 0o660},
+    {"name": "run/fifo", "type": "fifo", "mode": 0o600},
+    {"name": NON_UTF8, "data": b"latin1 name\n"},
+    {"name": LONG, "data": b"long\n"},
+    {"name": "abs-link", "type": "symlink", "target": "/etc/passwd"},
+    # what the publisher adds for Apptainer; left out with exclude=GENERATED_ENTRIES
+    {"name": ".singularity.d/runscript", "mode": 0o755, "data": b"#!/bin/sh\n"},
+    {"name": "singularity", "type": "symlink", "target": ".singularity.d/runscript"},
+]
+CONFIG = {"architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
+          "config": {"Env": ["PATH=/usr/bin:/bin", "A=b c"], "Entrypoint": ["/usr/bin/hello"],
+                     "Cmd": ["x"], "WorkingDir": "/tmp"},
+          "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64, "sha256:" + "2" * 64]},
+          "history": [{"created_by": "a"}, {"created_by": "b"}]}
+CONFIG_BYTES = json.dumps(CONFIG).encode()
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run tools/test.sh to install the test tools")
+    return path
+
+
+@pytest.fixture(scope="module")
+def view(tmp_path_factory):
+    """A repository with MEMBERS published at TOP (owners kept, xattrs recorded)."""
+    base = tmp_path_factory.mktemp("export-repo")
+    settings = ServerSettings(chunking=ChunkingParams(65536, 131072, 262144),
+                              include_xattrs=True, mtime_ns=True)
+    pub = Publisher.mkfs("export.example.org", base / "srv", config_dir=base / "etc",
+                         settings=settings)
+    (base / "layer.tar").write_bytes(layer_tar(MEMBERS))
+    with pub.transaction() as t:
+        t.add_tarball(base / "layer.tar", TOP)
+    repo = reader(pub, base / "cache")
+    v = repo.open_revision()
+    yield v
+    v.close()
+    repo.close()
+
+
+def _describe(root: Path) -> dict[bytes, tuple]:
+    """Every entry below ``root``: type, permissions (with setuid...), owner, content hash or
+    link target or device, user xattrs, and the hard-link partner set."""
+    out: dict[bytes, tuple] = {}
+    inodes: dict[int, list[bytes]] = {}
+    broot = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(broot):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, broot)
+            st = os.lstat(p)
+            fmt = stat.S_IFMT(st.st_mode)
+            if stat.S_ISREG(fmt):
+                with open(p, "rb") as f:
+                    what = hashlib.sha256(f.read()).hexdigest()
+                inodes.setdefault(st.st_ino, []).append(rel)
+            elif stat.S_ISLNK(fmt):
+                what = os.readlink(p)
+            elif stat.S_ISCHR(fmt) or stat.S_ISBLK(fmt):
+                what = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            else:
+                what = None
+            xattrs = {} if stat.S_ISLNK(fmt) else {
+                k: os.getxattr(p, k) for k in os.listxattr(p) if k.startswith("user.")}
+            out[rel] = (fmt, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, what,
+                        tuple(sorted(xattrs.items())))
+    links = {rel: tuple(sorted(names)) for names in inodes.values() if len(names) > 1
+             for rel in names}
+    return {rel: (*rec, links.get(rel, ())) for rel, rec in out.items()}
+
+
+def _unpack_source(tmp: Path) -> Path:
+    """The source tar extracted by GNU tar, the reference tree."""
+    src = tmp / "source"
+    src.mkdir()
+    (tmp / "source.tar").write_bytes(layer_tar(MEMBERS))
+    subprocess.run([_tool("tar"), "--xattrs", "--xattrs-include=user.*", "--same-owner",
+                    "--numeric-owner", "-xpf", str(tmp / "source.tar"), "-C", str(src)],
+                   check=True)
+    return src
+
+
+def test_umoci_unpacks_the_export_as_the_source_tree(view, tmp_path):
+    dest = tmp_path / "oci"
+    result = export_oci(view, TOP, dest, "v1", config_bytes=CONFIG_BYTES,
+                        exclude=GENERATED_ENTRIES)
+    assert result.excluded == 2
+    bundle = tmp_path / "bundle"
+    subprocess.run([_tool("umoci"), "unpack", "--image", f"{dest}:v1", str(bundle)],
+                   check=True, capture_output=True)
+    got = _describe(bundle / "rootfs")
+    want = _describe(_unpack_source(tmp_path))
+    for generated in (b".singularity.d", b".singularity.d/runscript", b"singularity"):
+        assert want.pop(generated)
+    assert got == want
+    # the details the comparison above does not see: mtimes (with ns) of a file
+    assert os.lstat(bundle / "rootfs/usr/bin/hello").st_mtime_ns == 1_700_000_000_123456789
+    # umoci's runtime config comes from the image config we carried over
+    runtime = json.loads((bundle / "config.json").read_text())
+    assert runtime["process"]["args"] == ["/usr/bin/hello", "x"]
+    assert "A=b c" in runtime["process"]["env"]
+    assert runtime["process"]["cwd"] == "/tmp"
+
+
+def test_layout_blobs_config_and_determinism(view, tmp_path):
+    a = export_oci(view, TOP, tmp_path / "a", "v1", config_bytes=CONFIG_BYTES)
+    b = export_oci(view, TOP, tmp_path / "b", "v1", config_bytes=CONFIG_BYTES)
+    assert (a.manifest_digest, a.layer_digest, a.diff_id) == \
+        (b.manifest_digest, b.layer_digest, b.diff_id)
+    root = tmp_path / "a"
+    assert json.loads((root / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((root / "index.json").read_text())
+    [entry] = index["manifests"]
+    assert entry["annotations"] == {REF_NAME: "v1"}
+    assert entry["platform"] == {"os": "linux", "architecture": "amd64"}
+    blob = root / "blobs/sha256"
+    for digest in (a.manifest_digest, a.config_digest, a.layer_digest):
+        assert "sha256:" + hashlib.sha256((blob / digest[7:]).read_bytes()).hexdigest() == digest
+    assert sorted(os.listdir(blob)) == sorted(
+        d[7:] for d in (a.manifest_digest, a.config_digest, a.layer_digest))
+    layer = (blob / a.layer_digest[7:]).read_bytes()
+    assert layer[4:8] == b"\0\0\0\0"  # gzip mtime 0
+    tar_bytes = gzip.decompress(layer)
+    assert "sha256:" + hashlib.sha256(tar_bytes).hexdigest() == a.diff_id
+    assert len(tar_bytes) == a.tar_size and len(layer) == a.layer_size
+    config = json.loads((blob / a.config_digest[7:]).read_bytes())
+    assert config["rootfs"] == {"type": "layers", "diff_ids": [a.diff_id]}
+    assert config["config"] == CONFIG["config"]
+    assert [h.get("empty_layer", False) for h in config["history"]] == [True, True, False]
+    assert config["history"][-1]["created"] == CONFIG["created"]
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
+        members = tf.getmembers()
+    names = [m.name for m in members]
+    assert ".singularity.d/runscript" in names  # no exclude this time
+    by_name = {m.name: m for m in members}
+    assert by_name["bin/tool2"].islnk() and by_name["bin/tool2"].linkname == "bin/tool"
+    assert by_name["bin/tool"].mode == 0o4755
+    assert by_name["dev/null"].ischr() and by_name["dev/null"].devmajor == 1
+    assert by_name["usr/bin/hello"].pax_headers["SCHILY.xattr.user.note"] == "kept"
+    assert all(m.uname == "" and m.gname == "" for m in members)
+    # parents come before their children, each directory's entries sorted by name
+    assert names.index("usr") < names.index("usr/bin") < names.index("usr/bin/hello")
+
+
+def test_skopeo_reads_and_converts_the_export(view, tmp_path):
+    dest = tmp_path / "oci"
+    result = export_oci(view, TOP, dest, "v1", config_bytes=CONFIG_BYTES)
+    inspect = subprocess.run([_tool("skopeo"), "inspect", f"oci:{dest}:v1"], check=True,
+                             capture_output=True, text=True)
+    info = json.loads(inspect.stdout)
+    assert info["Digest"] == result.manifest_digest
+    assert info["Layers"] == [result.layer_digest]
+    archive = tmp_path / "image.tar"
+    subprocess.run([_tool("skopeo"), "copy", f"oci:{dest}:v1",
+                    f"docker-archive:{archive}:example.org/exported:v1"],
+                   check=True, capture_output=True)
+    with tarfile.open(archive) as tf:
+        manifest = json.load(tf.extractfile("manifest.json"))
+        assert manifest[0]["RepoTags"] == ["example.org/exported:v1"]
+        layer_tar_bytes = tf.extractfile(manifest[0]["Layers"][0]).read()
+    assert "sha256:" + hashlib.sha256(layer_tar_bytes).hexdigest() == result.diff_id
+
+
+def test_dest_must_be_absent_or_empty(view, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep").write_text("mine")
+    with pytest.raises(ContainerError, match="full: exists and is not empty"):
+        export_oci(view, TOP, full, "v1", config_bytes=CONFIG_BYTES)
+    assert os.listdir(full) == ["keep"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ContainerError, match="afile: exists and is not a directory"):
+        export_oci(view, TOP, afile, "v1", config_bytes=CONFIG_BYTES)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_oci(view, TOP, empty, "v1", config_bytes=CONFIG_BYTES)
+    assert sorted(os.listdir(empty)) == ["blobs", "index.json", "oci-layout"]
+
+
+def test_bad_input_is_refused_and_leaves_nothing(view, tmp_path):
+    with pytest.raises(ContainerError, match="no/such/dir"):
+        export_oci(view, "/no/such/dir", tmp_path / "a", "v1", config_bytes=CONFIG_BYTES)
+    with pytest.raises(ContainerError, match="not a directory"):
+        export_oci(view, TOP + "/etc/passwd", tmp_path / "b", "v1", config_bytes=CONFIG_BYTES)
+    with pytest.raises(ContainerError, match="not a tag"):
+        export_oci(view, TOP, tmp_path / "c", "../evil", config_bytes=CONFIG_BYTES)
+    with pytest.raises(ContainerError, match=r"image config .*not valid JSON"):
+        export_oci(view, TOP, tmp_path / "d", "v1", config_bytes=b"{nope")
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_a_failure_while_writing_removes_the_partial_layout(view, tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    def broken(self, *a, **kw):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", broken)
+    with pytest.raises(OSError, match="disk on fire"):
+        export_oci(view, TOP, empty, "v1", config_bytes=CONFIG_BYTES)
+    assert os.listdir(empty) == []
