@@ -10,6 +10,7 @@ from pycvmfs.cli import (
     cache_cmds,
     client_cmds,
     config_cmds,
+    container_cmds,
     mount_cmds,
     publish_cmds,
     replica_cmds,
@@ -32,6 +33,7 @@ serve_cmd.register(cli)
 mount_cmds.register(cli)
 replica_cmds.register(cli)
 admin_cmds.register(cli)
+container_cmds.register(cli)
 
 
 def main() -> None:

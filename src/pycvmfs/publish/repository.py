@@ -246,6 +246,19 @@ class Publisher:
                         chunking=s.chunking if s.use_chunking else None,
                         max_file_size=s.file_mbyte_limit << 20, on_progress=on_progress)
 
+    def open_reader(self, cache_dir: str | os.PathLike):
+        """A verified reader (:class:`pycvmfs.client.repository.Repository`) of this
+        repository's own storage, trusting its master public key: what producers read the
+        published state through (``reader.open_revision()`` is the head)."""
+        from cryptography.hazmat.primitives import serialization
+
+        from pycvmfs.client.cache import ObjectCache
+        from pycvmfs.client.repository import Repository
+
+        key = serialization.load_pem_public_key(self.keys.master_public_pem)
+        return Repository(self.store, public_keys=[key], fqrn=self.fqrn,
+                          cache=ObjectCache(cache_dir))
+
     def transaction(self, *, tag: str | None = None, message: str = "",
                     progress=None) -> Transaction:
         """``with publisher.transaction() as txn: ...`` publishes one revision at the end.

@@ -329,6 +329,30 @@ class Transaction:
 
         ingest_tarball(self, source, repo_path(to), uid=uid, gid=gid)
 
+    # -- producers that give every attribute themselves ----------------------------------
+    def put_dir(self, path: str | bytes, meta: Meta) -> None:
+        """A directory with exactly ``meta`` (owners and xattrs as given: no repository owner
+        or CVMFS_INCLUDE_XATTRS policy applied; the producer decided)."""
+        self._put_dir(repo_path(path), meta)
+
+    def put_symlink(self, path: str | bytes, meta: Meta, target: bytes) -> None:
+        p = repo_path(path)
+        self._put_row(p, symlink_row(p, meta, target))
+
+    def put_special(self, path: str | bytes, meta: Meta, file_type: int, rdev: int = 0) -> None:
+        p = repo_path(path)
+        self._put_row(p, special_row(p, meta, file_type, rdev))
+
+    def put_file(self, path: str | bytes, meta: Meta, content: Future[Ingested] | Ingested, *,
+                 hardlink: tuple[bytes, int] | None = None) -> None:
+        """A regular file with ``meta`` whose content is stored already (an :class:`Ingested`,
+        e.g. read from a published catalog: nothing is stored twice) or being ingested."""
+        if isinstance(content, Ingested):
+            done: Future[Ingested] = Future()
+            done.set_result(content)
+            content = done
+        self.add_content(repo_path(path), meta, content, hardlink=hardlink)
+
     # -- lookups the producers need ------------------------------------------------------
     def lookup(self, p: bytes) -> EntryRow | None:
         return self.tree.lookup(p)

@@ -1,0 +1,448 @@
+"""One run of the container publisher: every wanted image into ONE repository transaction.
+
+Layers not yet published are read once from their source (digest, size and DiffID checked while
+reading), written as ``.layers/<hh>/<hex>/layerfs`` and applied to the merged tree of each image
+that needs a new flat; layers already published are read back from their catalogs, never
+downloaded again. Public names, aliases, metadata, the podman store, ``images.json`` and the
+garbage collection of retired flats and layers go into the same transaction, so a failure or a
+kill at any point leaves the repository at its previous revision.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pycvmfs.containers import layout
+from pycvmfs.containers.flatten import Node, Tree
+from pycvmfs.containers.flatwrite import flat_size, put_generated, write_catalog_dir, write_tree
+from pycvmfs.containers.layer import Entry, Kind, LayerChanges, read_layer
+from pycvmfs.containers.layerfs import RECORD, load_layer, write_layer
+from pycvmfs.containers.model import Image, ImageSource
+from pycvmfs.containers.state import ImageRecord, PublishedState
+from pycvmfs.errors import ContainerError, PathError
+from pycvmfs.publish.rows import Meta
+
+__all__ = ["ALL_OUTPUTS", "ContainerPublisher", "RunReport", "Wanted"]
+
+ALL_OUTPUTS = frozenset({"flat", "layers", "podman", "thin"})
+DEFAULT_OUTPUTS = frozenset({"flat", "layers", "podman"})
+DAY = 86400
+
+
+@dataclass
+class Wanted:
+    """A public name to publish and the image it names."""
+
+    name: str
+    image: Image
+    source: ImageSource
+    outputs: frozenset[str] = DEFAULT_OUTPUTS
+
+
+@dataclass
+class RunReport:
+    revision: int | None = None
+    dry_run: bool = False
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    layers_new: list[str] = field(default_factory=list)
+    layers_reused: list[str] = field(default_factory=list)
+    flats_new: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    publish: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(int(t), _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ContainerPublisher:
+    """Publishes container images into one repository (``pub``: a
+    :class:`pycvmfs.publish.repository.Publisher`)."""
+
+    def __init__(self, pub, *, work_dir: str | os.PathLike | None = None,
+                 now: Callable[[], float] = time.time,
+                 progress: Callable[[str, int, int | None], None] | None = None) -> None:
+        self.pub = pub
+        self.now = now
+        self.progress = progress
+        self.work_dir = str(work_dir) if work_dir else tempfile.mkdtemp(prefix="pycvmfs-ctr-")
+
+    # -- reading the published state -----------------------------------------------------
+    def _reader(self):
+        return self.pub.open_reader(os.path.join(self.work_dir, "reader-cache"))
+
+    def published_state(self, view=None) -> PublishedState:
+        own = view is None
+        if own:
+            reader = self._reader()
+            view = reader.open_revision()
+        try:
+            try:
+                data = view.read_bytes("/" + layout.images_index())
+            except PathError:
+                data = None
+            return PublishedState.load(data)
+        finally:
+            if own:
+                view.close()
+                reader.close()
+
+    # -- one run ---------------------------------------------------------------------------
+    def run(self, wanted: Sequence[Wanted], *, prune: bool = False, complete: bool = True,
+            grace_days: float = 7.0, dry_run: bool = False, collect: bool = True,
+            tag: str | None = None) -> RunReport:
+        """Publish ``wanted`` (name → image). ``prune``: names published before and not wanted
+        now are removed (a wish-list sync); ``complete`` False (some registry could not be
+        listed) forbids every removal. ``collect``: flats and layers no longer used are
+        retired and deleted once retired for ``grace_days``."""
+        names = [w.name for w in wanted]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ContainerError(f"the same public name is wanted twice: {', '.join(sorted(dup))}")
+        report = RunReport(dry_run=dry_run)
+        if dry_run:
+            reader = self._reader()
+            view = reader.open_revision()
+            try:
+                self._plan(view, wanted, report, prune=prune, complete=complete,
+                           grace_days=grace_days, collect=collect, txn=None)
+            finally:
+                view.close()
+                reader.close()
+            return report
+        self._prefetch(wanted)
+        with self.pub.transaction(tag=tag, message="pycvmfs container",
+                                  progress=self.progress) as txn:
+            reader = self._reader()
+            view = reader.open_revision()
+            try:
+                if view.revision is not None and view.revision != txn.head.revision:
+                    raise ContainerError("the repository changed while the run started; retry")
+                self._plan(view, wanted, report, prune=prune, complete=complete,
+                           grace_days=grace_days, collect=collect, txn=txn)
+            finally:
+                view.close()
+                reader.close()
+        report.publish = txn.summary.to_dict()
+        report.revision = txn.summary.revision
+        return report
+
+    def collect(self, *, grace_days: float = 7.0, dry_run: bool = False,
+                ducc_leftovers: bool = False, include_unknown: bool = False) -> RunReport:
+        """Garbage collection alone: delete the flats and layers retired for ``grace_days``;
+        ``include_unknown`` retires flats and layers no recorded image uses (a repository DUCC
+        filled), ``ducc_leftovers`` removes DUCC's ``.chains``, ``.dirty-chains`` and
+        ``remove-schedule.json`` at once."""
+        self._gc_extra = (ducc_leftovers, include_unknown)
+        try:
+            return self.run([], grace_days=grace_days, dry_run=dry_run, collect=True)
+        finally:
+            self._gc_extra = (False, False)
+
+    _gc_extra = (False, False)
+
+    def _prefetch(self, wanted: Sequence[Wanted]) -> None:
+        """Registry blobs go to the verified blob cache before the lock is taken."""
+        reader = self._reader()
+        view = reader.open_revision()
+        try:
+            for w in wanted:
+                prefetch = getattr(w.source, "prefetch", None)
+                if prefetch is None:
+                    continue
+                missing = [d for d in w.image.layers
+                           if not view.exists(f"/{layout.layer_metadata(d.digest)}/{RECORD}")]
+                if missing and ("layers" in w.outputs or not view.exists(
+                        "/" + layout.flat_path(w.image.config.digest))):
+                    prefetch(missing)
+        finally:
+            view.close()
+            reader.close()
+
+    def _plan(self, view, wanted: Sequence[Wanted], report: RunReport, *, prune: bool,
+              complete: bool, grace_days: float, collect: bool, txn) -> None:
+        now = int(self.now())
+        old = self.published_state(view)
+        new = PublishedState(images=dict(old.images), retired=dict(old.retired))
+        layers_done: dict[str, LayerChanges] = {}
+        trees: dict[str, Tree] = {}
+
+        def layer_published(d: str) -> bool:
+            return view.exists(f"/{layout.layer_metadata(d)}/{RECORD}")
+
+        for w in wanted:
+            img = w.image
+            rec = ImageRecord(name=w.name, manifest_digest=img.manifest_digest,
+                              config_digest=img.config.digest, platform=str(img.platform),
+                              layers=[d.digest for d in img.layers], diff_ids=list(img.diff_ids),
+                              size=sum(d.size for d in img.layers), source=img.source,
+                              published=now, alias=layout.alias_name(w.name, img.manifest_digest),
+                              outputs=sorted(w.outputs))
+            prev = old.images.get(w.name)
+            flat = layout.flat_path(img.config.digest)
+            need_flat = "flat" in w.outputs and not view.exists("/" + flat) and flat not in trees
+            need_layers = "layers" in w.outputs and any(
+                not layer_published(d.digest) and d.digest not in layers_done
+                for d in img.layers)
+            if prev is not None and prev.same_image(rec) and not need_flat and not need_layers:
+                report.unchanged.append(w.name)
+                rec.published, rec.flat_size = prev.published, prev.flat_size
+                new.images[w.name] = rec
+                continue
+            (report.updated if prev is not None else report.added).append(w.name)
+            if prev is not None and prev.manifest_digest == img.manifest_digest:
+                rec.published = prev.published
+            if need_flat or need_layers:
+                if txn is None:
+                    report.flats_new += [flat] if need_flat else []
+                    report.layers_new += [d.digest for d in img.layers
+                                          if not layer_published(d.digest)]
+                else:
+                    tree = self._build(txn, view, w, layers_done, report, now)
+                    rec.flat_size = flat_size(tree)
+                    if need_flat:
+                        self._write_flat(txn, flat, tree, img, now)
+                        trees[flat] = tree
+                        report.flats_new.append(flat)
+            elif prev is not None and prev.config_digest == img.config.digest:
+                rec.flat_size = prev.flat_size
+            new.images[w.name] = rec
+        if prune:
+            gone = sorted(set(old.images) - {w.name for w in wanted})
+            if gone and not complete:
+                report.warnings.append(
+                    f"not removing {len(gone)} image(s) ({', '.join(gone)}): a registry could "
+                    "not be listed, so the desired state is incomplete")
+            elif gone:
+                for n in gone:
+                    del new.images[n]
+                report.removed = gone
+        if collect and complete:
+            self._collect(view, old, new, report, now, grace_days)
+        if txn is not None:
+            for p in report.deleted:
+                txn.remove(p, missing_ok=True)
+            self._write_names(txn, old, new, {w.name: w.image for w in wanted}, now)
+            images = {w.name: w.image for w in wanted}
+            self._write_podman(txn, view, new, images, report)
+            self._write_thin(txn, new, old)
+            if new.dump() != old.dump():
+                write_catalog_dir(txn, layout.METADATA)
+                txn.put_file(layout.images_index(), Meta(0o644, now, 0, 0),
+                             txn.ingester.submit_bytes(new.dump()))
+
+    # -- layers and flats ------------------------------------------------------------------
+    def _layer(self, txn, view, w: Wanted, i: int, done: dict[str, LayerChanges],
+               report: RunReport) -> tuple[LayerChanges, bool]:
+        desc = w.image.layers[i]
+        if desc.digest in done:
+            return done[desc.digest], False
+        if view.exists(f"/{layout.layer_metadata(desc.digest)}/{RECORD}"):
+            ch = load_layer(view, desc.digest)
+            if ch.diff_id != w.image.diff_ids[i]:
+                raise ContainerError(f"{w.image.source}: layer {desc.digest} was published with "
+                                     f"DiffID {ch.diff_id}, the config says "
+                                     f"{w.image.diff_ids[i]}")
+            report.layers_reused.append(desc.digest)
+            done[desc.digest] = ch
+            return ch, False
+        what = f"{w.image.source} layer {i} ({desc.digest})"
+        with w.source.open_blob(desc) as raw:
+            ch = read_layer(raw, desc, w.image.diff_ids[i], txn.ingester, what=what,
+                            keep_xattrs=self.pub.settings.include_xattrs)
+        report.warnings += ch.warnings
+        report.layers_new.append(desc.digest)
+        done[desc.digest] = ch
+        return ch, True
+
+    def _build(self, txn, view, w: Wanted, done: dict[str, LayerChanges], report: RunReport,
+               now: int) -> Tree:
+        tree = Tree()
+        for i in range(len(w.image.layers)):
+            ch, fresh = self._layer(txn, view, w, i, done, report)
+            if fresh and "layers" in w.outputs:
+                write_layer(txn, ch, resolve=_resolver(tree, ch), created=_iso(now))
+                for top in (layout.LAYERS, f"{layout.LAYERS}/{ch.compressed_digest[7:9]}"):
+                    write_catalog_dir(txn, top)
+            report.warnings += [f"{w.image.source}: {m}" for m in tree.apply(ch)]
+        return tree
+
+    def _write_flat(self, txn, flat: str, tree: Tree, img: Image, now: int) -> None:
+        from pycvmfs.containers.apptainer import apptainer_files
+
+        for top in (layout.FLAT, flat.rsplit("/", 1)[0]):
+            write_catalog_dir(txn, top)
+        write_tree(txn, flat, tree, key=b"flat:" + img.config.digest.encode() + b":")
+        if txn.lookup(b"/" + flat.encode() + b"/.cvmfscatalog") is None:
+            txn.put_file(flat + "/.cvmfscatalog", Meta(0o644, 0, 0, 0),
+                         txn.ingester.submit_bytes(b""))
+        created = int(_created(img) or now)
+        put_generated(txn, flat, apptainer_files(img.config_json), mtime=created,
+                      skip_existing=tree)
+
+    # -- names, metadata, podman -----------------------------------------------------------
+    def _write_names(self, txn, old: PublishedState, new: PublishedState,
+                     images: dict[str, Image], now: int) -> None:
+        for name in sorted(set(old.images) - set(new.images)):
+            rec = old.images[name]
+            for p in (name, rec.alias, layout.metadata_dir(name)):
+                if p and txn.lookup(b"/" + p.encode()) is not None and not any(
+                        p in (r.name, r.alias) for r in new.images.values()):
+                    txn.remove(p, missing_ok=True)
+        for name, rec in sorted(new.images.items()):
+            before = old.images.get(name)
+            if before is not None and before.same_image(rec) and before.alias == rec.alias:
+                continue
+            flat = layout.flat_path(rec.config_digest)
+            for link in {name, rec.alias}:
+                row = txn.lookup(b"/" + link.encode())
+                if row is not None and not row.symlink:
+                    raise ContainerError(f"/{link}: exists and is not a symbolic link; "
+                                         "not replacing it with the image's public name")
+                txn.put_symlink(link, Meta(0o777, now, 0, 0),
+                                layout.relative_link(link, flat).encode())
+            img = images.get(name)
+            if img is not None:
+                md = layout.metadata_dir(name)
+                write_catalog_dir(txn, layout.METADATA)
+                txn.put_file(md + "/manifest.json", Meta(0o644, now, 0, 0),
+                             txn.ingester.submit_bytes(img.manifest_bytes))
+                txn.put_file(md + "/config.json", Meta(0o644, now, 0, 0),
+                             txn.ingester.submit_bytes(img.config_bytes))
+
+    def _write_podman(self, txn, view, new: PublishedState, images: dict[str, Image],
+                      report: RunReport) -> None:
+        """``podmanStore/`` regenerated from the whole published state (deterministic: an
+        unchanged state rewrites identical rows, which publish nothing)."""
+        from pycvmfs.containers.podman import PodmanImage, podman_store_entries
+
+        recs = [r for r in new.images.values() if {"podman", "flat"} <= set(r.outputs)]
+        store = "/" + layout.PODMAN
+        if not recs:
+            if txn.lookup(store.encode()) is not None:
+                txn.remove(layout.PODMAN)
+            return
+        found = []
+        for r in sorted(recs, key=lambda r: r.name):
+            img = images.get(r.name)
+            if img is not None:
+                cfg, man = img.config_bytes, img.manifest_bytes
+            else:
+                md = "/" + layout.metadata_dir(r.name)
+                try:
+                    cfg = view.read_bytes(md + "/config.json")
+                    man = view.read_bytes(md + "/manifest.json")
+                except PathError:
+                    report.warnings.append(f"{r.name}: no {md}/config.json; left out of the "
+                                           "podman store")
+                    continue
+            created = _config_created(cfg) or _iso(r.published)
+            found.append(PodmanImage(r.config_digest, cfg, man, (r.name,), created,
+                                     r.flat_size))
+        entries = podman_store_entries(found)
+        write_catalog_dir(txn, layout.PODMAN)
+        put_generated(txn, "", entries, mtime=0)
+        keep = {e.path for e in entries}
+        for _dirpath, dirs, files in (view.walk(store) if view.exists(store) else ()):
+            for s in dirs + files:
+                rel = s.path.lstrip("/")
+                if (rel not in keep and os.path.dirname(rel) in keep
+                        and s.entry.name != b".cvmfscatalog"):
+                    txn.remove(rel, missing_ok=True)
+
+    def _write_thin(self, txn, new: PublishedState, old: PublishedState) -> None:
+        from pycvmfs.containers.thin import layer_url, thin_descriptor, thin_path
+
+        for name, r in sorted(new.images.items()):
+            if "thin" not in r.outputs:
+                if "thin" in (old.images.get(name).outputs if name in old.images else []):
+                    txn.remove(thin_path(name), missing_ok=True)
+                continue
+            data = thin_descriptor(f"{r.source}@{r.manifest_digest}",
+                                   [(d, layer_url(self.pub.fqrn, d)) for d in r.layers])
+            txn.put_file(thin_path(name), Meta(0o644, r.published, 0, 0),
+                         txn.ingester.submit_bytes(data))
+
+    # -- garbage collection ----------------------------------------------------------------
+    def _collect(self, view, old: PublishedState, new: PublishedState, report: RunReport,
+                 now: int, grace_days: float) -> None:
+        live = new.live_paths()
+        leftovers, unknown = self._gc_extra
+        if unknown:
+            for top in (layout.FLAT, layout.LAYERS):
+                for shard in _listdir(view, top):
+                    for h in _listdir(view, f"{top}/{shard}"):
+                        p = f"{top}/{shard}/{h}"
+                        if p not in live and p not in new.retired:
+                            new.retired[p] = now
+                            report.retired.append(p)
+        if leftovers:
+            for p in (layout.CHAINS, layout.DIRTY_CHAINS,
+                      f"{layout.METADATA}/remove-schedule.json"):
+                if view.exists("/" + p):
+                    report.deleted.append(p)
+        for p in old.live_paths() - live:
+            if p not in new.retired:
+                new.retired[p] = now
+                report.retired.append(p)
+        for p in list(new.retired):
+            if p in live:
+                del new.retired[p]
+            elif now - new.retired[p] >= grace_days * DAY:
+                report.deleted.append(p)
+                del new.retired[p]
+
+
+def _listdir(view, path: str) -> list[str]:
+    try:
+        return sorted(view.listdir("/" + path))
+    except PathError:
+        return []
+
+
+def _config_created(cfg: bytes) -> str | None:
+    import json
+
+    try:
+        c = json.loads(cfg).get("created")
+    except (ValueError, AttributeError):
+        return None
+    return c if isinstance(c, str) else None
+
+
+def _created(img: Image) -> float | None:
+    c = img.config_json.get("created")
+    if isinstance(c, str):
+        try:
+            return _dt.datetime.fromisoformat(c.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def _resolver(tree: Tree, ch: LayerChanges) -> Callable[[Entry], Entry]:
+    """A HARDLINK into a lower layer as the FILE it is in the tree below this layer."""
+    def resolve(e: Entry) -> Entry:
+        n: Node | None = tree.lookup(e.target)
+        if n is None or n.kind is not Kind.FILE:
+            raise ContainerError(f"layer {ch.compressed_digest}: hard link "
+                                 f"{os.fsdecode(e.path)} -> {os.fsdecode(e.target)}: no such "
+                                 "file in the lower layers")
+        return Entry(path=e.path, kind=Kind.FILE, mode=n.mode, uid=n.uid, gid=n.gid,
+                     mtime=n.mtime, mtimens=n.mtimens, size=n.size,
+                     xattrs=dict(n.xattrs) if n.xattrs else None, content=n.content)
+    return resolve
+
