@@ -21,7 +21,8 @@ from pycvmfs.containers.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 from pycvmfs.containers.model import parse_json, sha256_digest
 from pycvmfs.errors import ContainerError, CvmfsError
 
-__all__ = ["GENERATED_ENTRIES", "LAYER_MEDIA_TYPE", "REF_NAME", "ExportResult", "export_oci"]
+__all__ = ["GENERATED_ENTRIES", "LAYER_MEDIA_TYPE", "REF_NAME", "ExportResult", "export_oci",
+           "open_tar_stream", "tar_member"]
 
 #: what the publisher adds to a flat tree for Apptainer only (``exclude=GENERATED_ENTRIES``)
 GENERATED_ENTRIES = (".singularity.d", "singularity", ".exec", ".run", ".shell", ".test",
@@ -185,8 +186,7 @@ def _write_layer(view: RevisionView, top: Stat, blobs: Path, exclude: Sequence[s
     with open(fd, "wb") as out:
         sink = _HashingGzip(out, level)
         members = _Members(view, top, exclude)
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
-                          errors="surrogateescape", copybufsize=_BLOCK) as tar:
+        with open_tar_stream(sink) as tar:
             members.write(tar)
         sink.finish()
         out.flush()
@@ -225,21 +225,12 @@ class _Members:
 
     def _add(self, tar: tarfile.TarFile, dirpath: str, s: Stat) -> None:
         e = s.entry
-        name = self._relative(s).decode("utf-8", "surrogateescape")
-        ti = tarfile.TarInfo(name)
-        ti.mode = _stat.S_IMODE(e.mode)
-        ti.uid, ti.gid = e.uid, e.gid
-        ti.uname = ti.gname = ""
-        ti.mtime = e.mtime
-        pax: dict[str, str] = {}
-        if e.mtimens:
-            pax["mtime"] = f"{e.mtime}.{e.mtimens:09d}"
+        xattrs = None
         if e.xattr_blob is not None:
-            for k, v in sorted(e.xattrs(what=s.path).items()):
-                if k.startswith(b"user."):
-                    pax["SCHILY.xattr." + k.decode("utf-8", "surrogateescape")] = \
-                        v.decode("utf-8", "surrogateescape")
-        ti.pax_headers = pax
+            xattrs = {k: v for k, v in e.xattrs(what=s.path).items() if k.startswith(b"user.")}
+        ti = tar_member(self._relative(s), mode=e.mode, uid=e.uid, gid=e.gid, mtime=e.mtime,
+                        mtimens=e.mtimens, xattrs=xattrs)
+        name = ti.name
         content = None
         if s.is_dir:
             ti.type = tarfile.DIRTYPE
@@ -272,6 +263,34 @@ class _Members:
                 except OSError as err:
                     raise ContainerError(f"export {s.path}: {err}") from None
         self.count += 1
+
+
+def tar_member(path: bytes, *, mode: int, uid: int, gid: int, mtime: int,
+               mtimens: int | None = None, xattrs: dict[bytes, bytes] | None = None,
+               ) -> tarfile.TarInfo:
+    """A PAX tar member header as pycvmfs writes them (type, size and link set by the caller):
+    numeric owners only (no user or group names), permission bits with setuid/setgid/sticky,
+    nanoseconds as a PAX ``mtime``, xattrs as ``SCHILY.xattr.*`` in name order; names and
+    values that are not UTF-8 go through surrogateescape (tarfile writes them as binary)."""
+    ti = tarfile.TarInfo(path.decode("utf-8", "surrogateescape"))
+    ti.mode = _stat.S_IMODE(mode)
+    ti.uid, ti.gid = uid, gid
+    ti.uname = ti.gname = ""
+    ti.mtime = mtime
+    pax: dict[str, str] = {}
+    if mtimens:
+        pax["mtime"] = f"{mtime}.{mtimens:09d}"
+    for k, v in sorted((xattrs or {}).items()):
+        pax["SCHILY.xattr." + k.decode("utf-8", "surrogateescape")] = \
+            v.decode("utf-8", "surrogateescape")
+    ti.pax_headers = pax
+    return ti
+
+
+def open_tar_stream(out: object) -> tarfile.TarFile:
+    """A PAX tar writer streaming into ``out`` (anything with ``write``) with 1 MiB copies."""
+    return tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                        errors="surrogateescape", copybufsize=_BLOCK)
 
 
 # -- files of the layout ----------------------------------------------------------------------
