@@ -13,7 +13,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from tests.containers.ocifixture import (
+
+from containers.ocifixture import (
     ImageSpec,
     Layer,
     Layout,
@@ -22,7 +23,6 @@ from tests.containers.ocifixture import (
     section6_image,
     sha,
 )
-
 from pycvmfs.containers.blobcache import BlobCache
 from pycvmfs.containers.model import DEFAULT_PLATFORM
 from pycvmfs.containers.source import open_source

@@ -10,8 +10,8 @@ import subprocess
 import threading
 
 import pytest
-from tests.containers.ocifixture import ImageSpec, Layer, Layout, base_members, section6_image
 
+from containers.ocifixture import ImageSpec, Layer, Layout, base_members, section6_image
 from pycvmfs.containers.blobcache import BlobCache
 from pycvmfs.containers.manifest import MAX_DOCUMENT
 from pycvmfs.containers.model import DEFAULT_PLATFORM, Platform
