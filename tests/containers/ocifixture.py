@@ -35,7 +35,7 @@ def _name(n: str | bytes) -> str:
 def layer_tar(members: list[dict], *, fmt: str = "pax") -> bytes:
     """The uncompressed tar of ``members`` (deterministic: same members, same bytes)."""
     buf = io.BytesIO()
-    tf = tarfile.open(fileobj=buf, mode="w", format={"pax": tarfile.PAX_FORMAT,
+    tf = tarfile.open(fileobj=buf, mode="w", format={"pax": tarfile.PAX_FORMAT,  # noqa: SIM115
                                                      "gnu": tarfile.GNU_FORMAT,
                                                      "ustar": tarfile.USTAR_FORMAT}[fmt],
                       encoding="utf-8", errors="surrogateescape")
@@ -265,3 +265,12 @@ def section6_image(compressions: tuple[str, str, str] = ("gzip", "none", "gzip")
     ]
     c0, c1, c2 = compressions
     return ImageSpec([Layer(l0, c0), Layer(l1, c1), Layer(l2, c2)])
+
+
+def layer_blob(members: list[dict], compression: str = "gzip", *, fmt: str = "pax"
+               ) -> tuple[bytes, dict, str]:
+    """One layer as its blob, its descriptor (JSON) and its DiffID, without a layout."""
+    raw = layer_tar(members, fmt=fmt)
+    blob = compress(raw, compression)
+    return blob, {"mediaType": LAYER_TYPES[compression], "digest": sha(blob),
+                  "size": len(blob)}, sha(raw)
