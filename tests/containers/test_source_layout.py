@@ -212,3 +212,12 @@ def test_manifest_size_mismatch_in_index(layout):
     (lay.root / "index.json").write_text(json.dumps(index))
     with pytest.raises(ContainerError, match=r"index\.json says"):
         OciLayoutSource(lay.root, "1.0").images([DEFAULT_PLATFORM])
+
+
+def test_open_source_refuses_transports_it_does_not_read(tmp_path):
+    cache = BlobCache(tmp_path / "c")
+    for text in ("dir:/tmp/x", "oci-archive:/tmp/x.tar:1", "containers-storage:alpine"):
+        transport = text.split(":")[0]
+        with pytest.raises(ContainerError, match=f"the {transport}: transport is not "
+                           "supported"):
+            open_source(text, cache=cache)
