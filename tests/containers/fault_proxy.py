@@ -35,6 +35,7 @@ class Fault:
     retry_after: str | None = None
     keep: int = 0
     headers: dict[str, str] | None = None  # more headers of a ``status`` answer
+    body: bytes = b'{"errors":[]}'  # the body of a ``status`` answer
 
 
 @dataclass
@@ -140,7 +141,7 @@ class FaultProxy:
                 headers["Authorization"] = self.storage_auth
         fault = None if storage else self._take_fault(path)
         if fault is not None and fault.kind == "status":
-            status, out_headers, body = fault.status, {}, b'{"errors":[]}'
+            status, out_headers, body = fault.status, {}, fault.body
             if fault.retry_after is not None:
                 out_headers["retry-after"] = fault.retry_after
             out_headers.update({k.lower(): v for k, v in (fault.headers or {}).items()})

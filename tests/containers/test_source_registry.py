@@ -22,6 +22,8 @@ from pycvmfs.containers.reference import parse_reference
 from pycvmfs.containers.source_registry import RegistrySource
 from pycvmfs.errors import ContainerError, RegistryError
 
+from helpers.daemons import free_port
+
 USER, PASSWORD = "alice", "correct-horse-battery"
 TAGS = ["latest", "v1.0", "v1.1", "v1.10", "v2.0"]
 
@@ -338,6 +340,27 @@ def test_bad_manifest_refused(proxy: FaultProxy, pushed: Pushed, cache: BlobCach
             ContainerError, match=f"config {config}: digest mismatch"):
         src.images([DEFAULT_PLATFORM])
     assert cache_files(cache, config) == []
+
+
+def test_hostile_documents_refused(proxy: FaultProxy, cache: BlobCache) -> None:
+    huge = b'{"schemaVersion": 2, "pad": "' + b"x" * (9 << 20) + b'"}'
+    proxy.add(Fault("/manifests/1.0", "status", status=200, body=huge))
+    with source(proxy.host, "lib/app:1.0", cache) as src, pytest.raises(
+            ContainerError, match=r"lib/app:1.0 manifest: \d+ bytes, more than the 8388608"):
+        src.images([DEFAULT_PLATFORM])
+    proxy.add(Fault("/tags/list", "status", status=200, body=b'{"tags": ["a"]}', headers={
+        "Link": '<http://other.example.org/v2/lib/tags/tags/list?last=a>; rel="next"'}))
+    with source(proxy.host, "lib/tags:1", cache) as src, pytest.raises(
+            RegistryError, match=r"next page http://other.example.org/.* is on another host"):
+        src.list_tags()
+
+
+def test_registry_down(cache: BlobCache) -> None:
+    host = f"127.0.0.1:{free_port()}"
+    with source(host, "lib/app:1.0", cache, retries=2) as src, pytest.raises(
+            RegistryError, match=rf"http://{host}/v2/lib/app/manifests/1.0: connection failed"
+                                 r".*\(gave up after 2 retries\)"):
+        src.images([DEFAULT_PLATFORM])
 
 
 def test_retry_downloads_nothing_twice(proxy: FaultProxy, pushed: Pushed,
