@@ -101,6 +101,9 @@ def test_names(archives, tmp_path):
         DockerArchiveSource(root / "one.tar", "alpine:3.20")
     with pytest.raises(ContainerError, match=r"no image @1 \(the archive holds 1, from @0\)"):
         DockerArchiveSource(root / "one.tar", "@1")
+    with pytest.raises(ContainerError, match="a docker-archive name is a tag or @N, not a "
+                       "digest"):
+        DockerArchiveSource(root / "one.tar", "alpine:3.19@" + archives["one"].manifest_digest)
     assert DockerArchiveSource(root / "s6.tar").suggested_name() == "localhost/s6:latest"
 
 

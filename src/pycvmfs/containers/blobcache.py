@@ -198,9 +198,8 @@ class BlobCache:
 
 
 def _hash_prefix(fd: int, length: int, hasher: Any) -> int:
-    """Hash the first ``length`` bytes of ``fd`` and leave the file positioned after them
-    (anything beyond is cut off)."""
-    os.ftruncate(fd, length)
+    """Hash the first ``length`` bytes of ``fd`` (fewer if the file is shorter) and leave
+    the file positioned after them, anything beyond cut off; returns how many it hashed."""
     done = 0
     while done < length:
         block = os.read(fd, min(_CHUNK, length - done))
@@ -208,6 +207,8 @@ def _hash_prefix(fd: int, length: int, hasher: Any) -> int:
             break
         hasher.update(block)
         done += len(block)
+    os.ftruncate(fd, done)
+    os.lseek(fd, done, os.SEEK_SET)
     return done
 
 

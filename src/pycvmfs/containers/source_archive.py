@@ -189,10 +189,10 @@ class DockerArchiveSource:
                 raise ContainerError(f"{self.description}: no image {self.name} (the archive "
                                      f"holds {len(entries)}, from @0)")
             return entries[int(self.name[1:])]
+        if "@" in self.name:
+            raise ContainerError(f"{self.description}: a docker-archive name is a tag or "
+                                 "@N, not a digest")
         wanted = _normalised(self.name, self.description)
-        if "@" in wanted:
-            raise ContainerError(f"{self.description}: a docker-archive name is a tag, not "
-                                 "a digest")
         for e in entries:
             for t in e.get("RepoTags") or []:
                 if _normalised(t, f"{self.description}: RepoTag") == wanted:
