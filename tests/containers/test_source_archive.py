@@ -309,3 +309,32 @@ def test_open_blob_unknown_digest(archives):
     other = type(desc)(desc.media_type, "sha256:" + hashlib.sha256(b"?").hexdigest(), 1)
     with pytest.raises(ContainerError, match=f"blob {other.digest} is not in the archive"):
         src.open_blob(other)
+
+
+def test_docker_save_form_with_regular_and_hard_linked_layer_files(archives, tmp_path):
+    """``docker save`` (1.10-24): ``<id>/layer.tar`` regular files, a familiar RepoTag; a
+    layer file may also be a hard link to another member."""
+    src = archives["root"] / "s6.tar"
+    entries = manifest_json(src)
+    with tarfile.open(src) as tf:
+        links = {n: tf.getmember(n).linkname.split("/")[-1] for n in tf.getnames()
+                 if n.endswith("/layer.tar")}
+        blobs = {n: tf.extractfile(n).read() for n in entries[0]["Layers"]}
+    by_blob = {v: k for k, v in links.items()}
+    ids = [by_blob[n] for n in entries[0]["Layers"]]
+    entries[0]["Layers"] = ids
+    entries[0]["RepoTags"] = ["alpine:3.19"]
+    replace: dict[str, bytes | None] = {n: None for n in blobs}
+    replace.update({ids[0]: None, ids[1]: None, ids[2]: None,
+                    "manifest.json": json.dumps(entries).encode()})
+    add: list = [(member(ids[0]), blobs[links[ids[0]]]), (member(ids[1]), blobs[links[ids[1]]]),
+                 (member("shared.tar"), blobs[links[ids[2]]]),
+                 member(ids[2], tarfile.LNKTYPE, "shared.tar")]
+    dest = rewrite(src, tmp_path / "saved.tar", replace=replace, add=add)
+    with tarfile.open(dest) as tf:
+        assert tf.getmember(ids[0]).isreg() and tf.getmember(ids[2]).islnk()
+    saved = DockerArchiveSource(dest, "docker.io/library/alpine:3.19")
+    check_image(saved, archives["s6"], archives["layout"])
+    assert (saved.images([DEFAULT_PLATFORM])[0].manifest_bytes
+            == DockerArchiveSource(src).images([DEFAULT_PLATFORM])[0].manifest_bytes)
+    assert DockerArchiveSource(dest).suggested_name() == "docker.io/library/alpine:3.19"
