@@ -15,6 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from containers.treecompare import (
+    compare,
+    content_store,
+    listing_from_disk,
+    listing_from_tree,
+    stored_sha256,
+)
+from pycvmfs.containers.flatten import Tree
 from pycvmfs.containers.layer import Kind
 from pycvmfs.containers.model import Platform, parse_json, sha256_digest
 from pycvmfs.containers.rootfs import (
@@ -265,3 +273,17 @@ def test_python_tarfile_reads_the_diff_id_tar(tree, ingester):
     assert members[b"bin/tool-hl"].islnk() and members[b"bin/tool-hl"].linkname == "bin/tool"
     assert members[b"usr/bin/tool-x"].linkname == "bin/tool"
     assert members[b"usr/bin/hello"].pax_headers["SCHILY.xattr.user.note"] == "kept"
+
+
+def test_the_flattening_tree_takes_the_scan_as_a_layer(tree, tmp_path):
+    """What the publisher does with a scan: Tree.apply, contents read back from the store."""
+    ingester, store = content_store(tmp_path / "objects")
+    with ingester:
+        layer = scan_rootfs(tree, ingester)
+        flat = Tree()
+        assert flat.apply(layer) == []
+        prefixes = (b"user.", b"trusted.pycvmfs")
+        got = listing_from_tree(flat, stored_sha256(store), xattr_prefixes=prefixes)
+    os.unlink(tree / "run/sock")
+    want = listing_from_disk(tree, xattr_prefixes=prefixes)
+    assert compare(want, got, mtimes=True) == []
