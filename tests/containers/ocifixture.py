@@ -276,49 +276,66 @@ def layer_blob(members: list[dict], compression: str = "gzip", *, fmt: str = "pa
                   "size": len(blob)}, sha(raw)
 
 
-def runnable_members() -> list[dict]:
-    """A root file system that runs: this machine's dash as /bin/sh with the libraries it
-    needs (found with ldd), /etc/passwd, and /usr/bin/hello, a shell script entrypoint."""
-    import shutil
-    import subprocess
-
-    sh = shutil.which("dash") or "/bin/sh"
-    libs = []
-    for line in subprocess.run(["ldd", sh], capture_output=True, text=True,
-                               check=True).stdout.splitlines():
-        parts = line.split()
-        path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
-        if path.startswith("/"):
-            libs.append(path)
-    members: list[dict] = [{"name": "bin", "type": "dir"}, {"name": "etc", "type": "dir"},
-                           {"name": "usr", "type": "dir"}, {"name": "usr/bin", "type": "dir"}]
-    dirs = {"bin", "etc", "usr", "usr/bin"}
-    for lib in libs:
-        rel = lib.lstrip("/")
-        parent = os.path.dirname(rel)
-        parts = parent.split("/")
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d not in dirs:
-                dirs.add(d)
-                members.append({"name": d, "type": "dir"})
-        with open(os.path.realpath(lib), "rb") as f:
-            members.append({"name": rel, "mode": 0o755, "data": f.read()})
-    with open(os.path.realpath(sh), "rb") as f:
-        members.append({"name": "bin/sh", "mode": 0o755, "data": f.read()})
-    members += [
-        {"name": "etc/passwd", "data": b"root:x:0:0:root:/root:/bin/sh\n"},
-        {"name": "etc/group", "data": b"root:x:0:\n"},
-        {"name": "usr/bin/hello", "mode": 0o755,
-         "data": b"#!/bin/sh\necho \"hello from the image: $GREETING $*\"\n"},
+def rich_image(compressions: tuple[str, ...] = ("gzip", "none", "gzip", "gzip")) -> ImageSpec:
+    """Four layers for the umoci oracle beyond §6.3: long (GNU and PAX) and non-UTF-8 names,
+    devices and FIFOs, user xattrs, setuid/setgid/sticky, PAX mtimes with nanoseconds, hard
+    links within a directory, across directories and to lower layers (one name whited out
+    later), a GNU-format layer, same-layer duplicates and type changes, opaque directories,
+    a ``./`` member."""
+    long_dir = "long-" + "d" * 120
+    name255 = "n" * 255
+    l0 = [
+        *base_members(),
+        {"name": "./", "type": "dir", "mode": 0o755, "mtime": 1_600_000_000},
+        {"name": f"{long_dir}/{name255}", "data": b"a 255-byte name\n"},
+        {"name": b"latin1-caf\xe9", "type": "dir", "mode": 0o750, "uid": 5, "gid": 6},
+        {"name": b"latin1-caf\xe9/\xff\xfe-file", "data": b"not utf-8\n", "mode": 0o640},
+        {"name": "dev", "type": "dir"},
+        {"name": "dev/null", "type": "char", "major": 1, "minor": 3, "mode": 0o666},
+        {"name": "dev/loop9", "type": "block", "major": 7, "minor": 9, "mode": 0o660, "gid": 6},
+        {"name": "dev/fifo", "type": "fifo", "mode": 0o620, "uid": 2},
+        {"name": "tmp", "type": "dir", "mode": 0o1777},
+        {"name": "usr/bin/sgid", "data": b"sgid\n", "mode": 0o2755, "gid": 50},
+        {"name": "usr/bin/suid", "data": b"suid\n", "mode": 0o4711},
+        {"name": "usr/bin/suid-link", "type": "hardlink", "target": "usr/bin/suid"},
+        {"name": "etc/xattr", "data": b"x\n", "mtime": "1700000001.5",
+         "xattrs": {"user.one": "1", "user.bin": b"\x00\x01\xfe"}},
+        {"name": "lib64/libz.so.1", "data": b"\x7fELF libz\n"},
+        {"name": "lib64/libz.so", "type": "symlink", "target": "libz.so.1"},
+        {"name": "opt/keep/old", "data": b"old\n"},
+        {"name": "opt/keep/sub/deep", "data": b"deep\n"},
+        {"name": "swap", "type": "dir"},
+        {"name": "swap/child", "data": b"child\n"},
+        {"name": "flip/lower-child", "data": b"lower\n"},
     ]
-    return members
-
-
-def runnable_image() -> ImageSpec:
-    """Two layers: the runnable base, then a layer that deletes a file and adds one."""
-    base = [*runnable_members(), {"name": "etc/motd", "data": b"to be deleted\n"}]
-    top = [{"name": "etc/.wh.motd"}, {"name": "etc/release", "data": b"pycvmfs test 1\n"}]
-    return ImageSpec([Layer(base), Layer(top)],
-                     env=["PATH=/usr/bin:/bin", "GREETING=world"],
-                     entrypoint=["/usr/bin/hello"], cmd=["from", "cvmfs"])
+    l1 = [
+        {"name": f"{long_dir}/hard", "type": "hardlink", "target": f"{long_dir}/{name255}"},
+        {"name": "usr/lib/libz-copy", "type": "hardlink", "target": "lib64/libz.so.1"},
+        {"name": "lib64/libz-same-dir", "type": "hardlink", "target": "lib64/libz.so.1"},
+        {"name": "usr/bin/.wh.suid"},
+        {"name": "opt/keep/new", "data": b"new\n"},
+        {"name": "opt/keep/.wh..wh..opq"},
+        {"name": "swap", "data": b"swap is a file now\n"},
+        {"name": "twice", "data": b"first\n"},
+        {"name": "twice", "type": "dir", "mode": 0o700},
+        {"name": "twice", "data": b"second\n", "mode": 0o600},
+        {"name": "flip", "data": b"a file for a moment\n"},
+        {"name": "flip", "type": "dir", "mode": 0o750},
+        {"name": "flip/new", "data": b"new\n"},
+    ]
+    l2 = [
+        {"name": "swap", "type": "dir", "mode": 0o711},
+        {"name": "swap/again", "data": b"again\n"},
+        {"name": "lib64/.wh.libz.so.1"},
+        {"name": "dev/.wh.fifo"},
+        {"name": "dev/fifo", "type": "fifo", "mode": 0o600},
+        {"name": "var/log/app", "type": "dir", "mode": 0o2770, "gid": 4},
+        {"name": "etc/xattr", "data": b"x2\n", "mtime": "1700000002.25",
+         "xattrs": {"user.two": "2", "user.bin": b"\x00\x01\xfe"}},
+    ]
+    l3 = [
+        {"name": "deep/" + "/".join(["p" * 60] * 5) + "/file", "data": b"deep path\n"},
+        {"name": "usr/bin/hello2", "type": "hardlink", "target": "usr/bin/hello"},
+    ]
+    c0, c1, c2, c3 = compressions
+    return ImageSpec([Layer(l0, c0), Layer(l1, c1, fmt="gnu"), Layer(l2, c2), Layer(l3, c3)])
