@@ -155,19 +155,18 @@ class ContainerPublisher:
     _gc_extra = (False, False)
 
     def _prefetch(self, wanted: Sequence[Wanted]) -> None:
-        """Registry blobs go to the verified blob cache before the lock is taken."""
+        """Blobs a run will read are fetched before the lock is taken (a registry's go to
+        the verified blob cache; opening a local one costs nothing)."""
         reader = self._reader()
         view = reader.open_revision()
         try:
             for w in wanted:
-                prefetch = getattr(w.source, "prefetch", None)
-                if prefetch is None:
+                if "layers" not in w.outputs and view.exists(
+                        "/" + layout.flat_path(w.image.config.digest)):
                     continue
-                missing = [d for d in w.image.layers
-                           if not view.exists(f"/{layout.layer_metadata(d.digest)}/{RECORD}")]
-                if missing and ("layers" in w.outputs or not view.exists(
-                        "/" + layout.flat_path(w.image.config.digest))):
-                    prefetch(missing)
+                for d in w.image.layers:
+                    if not view.exists(f"/{layout.layer_metadata(d.digest)}/{RECORD}"):
+                        w.source.open_blob(d).close()
         finally:
             view.close()
             reader.close()

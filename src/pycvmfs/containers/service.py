@@ -34,10 +34,13 @@ def _cache(pub, settings: ContainerSettings) -> BlobCache:
     return BlobCache(root)
 
 
-def container_publisher(pub, progress=None) -> ContainerPublisher:
+def container_publisher(pub, progress=None, now=None) -> ContainerPublisher:
+    """The publisher of images into ``pub`` (``now``: a clock, for the grace period)."""
     work = Path(pub.config.repo_dir) / "container-work"
     work.mkdir(parents=True, exist_ok=True)
-    return ContainerPublisher(pub, work_dir=work, progress=progress)
+    if now is None:
+        return ContainerPublisher(pub, work_dir=work, progress=progress)
+    return ContainerPublisher(pub, work_dir=work, progress=progress, now=now)
 
 
 def _names_for(base: str, images: list, platforms: Sequence[Platform]) -> list[str]:
@@ -82,7 +85,7 @@ def ingest_images(pub, texts: Sequence[str], settings: ContainerSettings, *,
 
 def sync_wishlist(pub, wishlist: WishList, settings: ContainerSettings, *,
                   dry_run: bool = False, grace_days: float | None = None, progress=None,
-                  tag: str | None = None) -> RunReport:
+                  tag: str | None = None, now=None) -> RunReport:
     """Make the repository hold exactly what ``wishlist`` asks for, in one transaction: new
     and retargeted names, names no longer wanted removed, unused flats and layers collected
     after the grace period. When a registry cannot be listed or an image cannot be resolved,
@@ -104,7 +107,7 @@ def sync_wishlist(pub, wishlist: WishList, settings: ContainerSettings, *,
             if item.ref.is_glob:
                 lister = RegistrySource(item.ref, cache=cache, credentials=settings.credentials,
                                         insecure=settings.insecure)
-                refs = lister.expand(item.ref)
+                refs = lister.expand()
             for ref in refs:
                 src = RegistrySource(ref, cache=cache, credentials=settings.credentials,
                                      insecure=settings.insecure)
@@ -118,7 +121,7 @@ def sync_wishlist(pub, wishlist: WishList, settings: ContainerSettings, *,
     seen: dict[str, Wanted] = {}
     for w in wanted:  # two inputs naming the same image: one publish
         seen.setdefault(w.name, w)
-    report = container_publisher(pub, progress).run(
+    report = container_publisher(pub, progress, now).run(
         list(seen.values()), prune=True, complete=not problems, dry_run=dry_run,
         grace_days=wishlist.grace_days if grace_days is None else grace_days, tag=tag)
     report.warnings = problems + report.warnings
