@@ -315,7 +315,11 @@ class CatalogTree:
         parent.writer.add_nested(path, ContentHash.null(self.algorithm), 0)
         parent.nested[path] = (None, 0)
         self._touch(parent, parent_path(path))
-        child.touched_dirs.add(path)
+        # directories of the moved subtree whose link counts are still to be recounted
+        prefix = path + b"/"
+        pending = {d for d in parent.touched_dirs if d == path or d.startswith(prefix)}
+        parent.touched_dirs -= pending
+        child.touched_dirs |= pending | {path}
 
     def merge_nested(self, path: bytes) -> None:
         """Fold the nested catalog at ``path`` back into its parent."""
@@ -346,6 +350,7 @@ class CatalogTree:
         parent.writer.remove_nested(path)
         del parent.nested[path]
         child.nested.clear()
+        parent.touched_dirs |= child.touched_dirs
         self._touch(parent, path)
         self._close_removed(child)
 
