@@ -307,6 +307,7 @@ def rich_image(compressions: tuple[str, ...] = ("gzip", "none", "gzip", "gzip"))
         {"name": "swap", "type": "dir"},
         {"name": "swap/child", "data": b"child\n"},
         {"name": "flip/lower-child", "data": b"lower\n"},
+        {"name": "opq-file/child", "data": b"child\n"},
     ]
     l1 = [
         {"name": f"{long_dir}/hard", "type": "hardlink", "target": f"{long_dir}/{name255}"},
@@ -330,6 +331,9 @@ def rich_image(compressions: tuple[str, ...] = ("gzip", "none", "gzip", "gzip"))
         {"name": "dev/.wh.fifo"},
         {"name": "dev/fifo", "type": "fifo", "mode": 0o600},
         {"name": "var/log/app", "type": "dir", "mode": 0o2770, "gid": 4},
+        {"name": "opq-file", "data": b"a file, then an opaque marker below it\n"},
+        {"name": "opq-file/.wh..wh..opq"},
+        {"name": "opq-missing/.wh..wh..opq"},
         {"name": "etc/xattr", "data": b"x2\n", "mtime": "1700000002.25",
          "xattrs": {"user.two": "2", "user.bin": b"\x00\x01\xfe"}},
     ]

@@ -95,3 +95,4 @@ def test_rich_fixture_details(tmp_path):
         frozenset({b"usr/bin/hello", b"usr/bin/hello2"})}
     assert sorted(p for p in theirs if p.startswith(b"opt/keep/")) == [b"opt/keep/new"]
     assert sorted(p for p in theirs if p.startswith(b"flip")) == [b"flip", b"flip/new"]
+    assert theirs[b"opq-file"].kind == "file" and b"opq-missing" not in theirs

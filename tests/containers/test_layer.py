@@ -201,12 +201,25 @@ def test_a_file_in_the_way_of_a_parent_becomes_a_made_up_directory(sink):
     e = by_path(changes)
     assert (e[b"p"].kind, e[b"p"].mode, e[b"p"].uid, e[b"p"].mtime) == (Kind.DIR, 0o755, 0, 0)
     assert changes.opaque == [b"p"] and "replaced by one to hold" in changes.warnings[0]
+    changes = read(sink, [{"name": "a/b/c", "data": b"c"}, {"name": "a", "data": b"file"},
+                          {"name": "a/b/d", "data": b"d"}])
+    assert [(e.path, e.kind) for e in changes.entries] == [
+        (b"a", Kind.DIR), (b"a/b/d", Kind.FILE)]
+    assert changes.opaque == [b"a"]
+    changes = read(sink, [{"name": "d", "data": b"file"}, {"name": "d/.wh..wh..opq"},
+                          {"name": "e/.wh..wh..opq"}])
+    assert changes.opaque == [b"e"] and [e.path for e in changes.entries] == [b"d"]
 
 
 def test_parents_come_before_children(sink):
     changes = read(sink, [{"name": "a/b/c", "data": b"c"}, {"name": "a/b", "type": "dir"},
                           {"name": "z", "data": b"z"}, {"name": "a", "type": "dir"}])
     assert [e.path for e in changes.entries] == [b"a", b"a/b", b"a/b/c", b"z"]
+    deep = ["/".join(["d"] * n) for n in range(3000, 0, -1)]  # deepest first
+    changes = read(sink, [{"name": deep[0] + "/f", "data": b"f"},
+                          *({"name": d, "type": "dir"} for d in deep)], "none")
+    assert [e.path for e in changes.entries] == [d.encode() for d in reversed(deep)] + [
+        deep[0].encode() + b"/f"]
 
 
 def test_hard_links(sink):

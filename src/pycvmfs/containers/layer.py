@@ -134,6 +134,9 @@ def normalise_path(name: str | bytes, what: str) -> bytes:
     raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
     if b"\0" in raw:
         raise ContainerError(f"{what} {raw!r} contains a NUL byte")
+    if not (raw.startswith((b"/", b".")) or raw.endswith(b"/") or b"/." in raw
+            or b"//" in raw):
+        return raw  # nothing to drop or collapse (the common case, without a loop)
     parts: list[bytes] = []
     for part in raw.split(b"/"):
         if part == b"..":
@@ -164,6 +167,7 @@ class _LayerState:
         self.entries: dict[bytes, Entry] = {}
         self.whiteouts: set[bytes] = set()
         self.opaque: set[bytes] = set()
+        self.clear: set[bytes] = set()  # paths known to be directories (made up or entries)
         self.warnings: list[str] = []
         self.root: Entry | None = None
         self.links = 0
@@ -288,47 +292,52 @@ class _LayerState:
         old = self.entries.pop(e.path, None)
         if old is not None:
             self.warn(f"{e.path!r} appears more than once; the last one wins")
-            if old.kind is Kind.DIR and e.kind is not Kind.DIR:
-                self.drop_below(e.path)
-            elif old.kind is not Kind.DIR and e.kind is Kind.DIR:
+            if old.kind is not Kind.DIR and e.kind is Kind.DIR:
                 self.opaque.add(e.path)  # the non-dir had removed the lower directory
         if e.kind is not Kind.DIR:
+            if e.path in self.clear or (old is not None and old.kind is Kind.DIR):
+                self.drop_below(e.path)  # a directory of this layer (listed or made up)
             self.opaque.discard(e.path)
         self.entries[e.path] = e
 
     def make_parents(self, path: bytes) -> None:
         """A parent that is a non-directory of this layer becomes a made-up directory (as a
-        sequential extraction would make it, replacing the file and what was below it)."""
+        sequential extraction would make it, replacing the file and what was below it).
+        Parents checked once are remembered in ``clear`` until a non-directory replaces one."""
         parent = _split(path)[0]
-        while parent:
+        checked = []
+        while parent and parent not in self.clear:
             old = self.entries.get(parent)
             if old is not None and old.kind is not Kind.DIR:
                 self.warn(f"{parent!r} was not a directory; replaced by one to hold {path!r}")
                 del self.entries[parent]
                 self.entries[parent] = Entry(parent, Kind.DIR, 0o755, 0, 0, 0, None)
                 self.opaque.add(parent)
+            checked.append(parent)
             parent = _split(parent)[0]
+        self.clear.update(checked)
 
     def drop_below(self, top: bytes) -> None:
         for p in [p for p in self.entries if _under(p, top)]:
             del self.entries[p]
         self.opaque = {p for p in self.opaque if p != top and not _under(p, top)}
+        self.clear = {p for p in self.clear if p != top and not _under(p, top)}
 
     def ordered(self) -> list[Entry]:
         """Last-occurrence order, a directory moved just before its first child if needed."""
         out: list[Entry] = []
         done: set[bytes] = set()
-
-        def emit(e: Entry) -> None:
-            parent = _split(e.path)[0]
-            if parent and parent not in done and parent in self.entries:
-                emit(self.entries[parent])
-            done.add(e.path)
-            out.append(e)
-
         for e in self.entries.values():
-            if e.path not in done:
-                emit(e)
+            if e.path in done:
+                continue
+            chain = [e]  # e and its ancestors of this layer not yet placed, deepest first
+            parent = _split(e.path)[0]
+            while parent and parent not in done and parent in self.entries:
+                chain.append(self.entries[parent])
+                parent = _split(parent)[0]
+            for x in reversed(chain):
+                done.add(x.path)
+                out.append(x)
         return out
 
 
@@ -369,7 +378,10 @@ def read_layer(raw: BinaryIO, desc: Descriptor, diff_id: str, sink: ContentSink,
     if plain.digest != diff_id:
         raise ContainerError(f"{label}: the uncompressed layer's sha256 is {plain.digest}, "
                              f"the image config's DiffID says {diff_id}")
-    return LayerChanges(sorted(state.whiteouts), sorted(state.opaque), state.ordered(),
+    entries = state.ordered()
+    opaque = sorted(p for p in state.opaque  # not a marker below what ends up a non-dir
+                    if p not in state.entries or state.entries[p].kind is Kind.DIR)
+    return LayerChanges(sorted(state.whiteouts), opaque, entries,
                         diff_id, desc.digest, plain.count, state.warnings, state.root)
 
 
