@@ -193,3 +193,35 @@ def test_the_podman_store_and_aliases_point_at_the_flat(cpub, section6, tmp_path
 def test_require_tool_names_the_missing_tool():
     with pytest.raises(RuntimeError, match=r"tools/test\.sh"):
         require_tool("surely-not-a-real-tool-pycvmfs")
+
+
+def test_a_multi_architecture_image_gets_one_flat_and_one_name_per_platform(cpub, tmp_path):
+    lay = Layout(tmp_path / "multi")
+    specs = [ImageSpec([Layer([{"name": "etc/arch", "data": arch.encode()}])], architecture=arch,
+                       variant=variant)
+             for arch, variant in (("amd64", ""), ("arm64", "v8"), ("ppc64le", ""))]
+    lay.add_multi(specs, "1.0")
+    from pycvmfs.containers.model import Platform
+
+    settings = ContainerSettings(cache_dir=str(tmp_path / "blobs"),
+                                 platforms=[Platform.parse("linux/amd64"),
+                                            Platform.parse("linux/arm64")])
+    report = ingest_images(cpub, [f"oci:{tmp_path}/multi:1.0"], settings)
+    assert report.added == ["localhost/multi:1.0", "localhost/multi:1.0-linux-arm64-v8"]
+    assert len(report.flats_new) == 2
+    view, reader, flat = _flat_listing(cpub, tmp_path, "localhost/multi:1.0-linux-arm64-v8")
+    try:
+        assert view.read_bytes(flat + "/etc/arch") == b"arm64"
+        assert view.read_bytes("/localhost/multi:1.0/etc/arch") == b"amd64"
+    finally:
+        view.close()
+        reader.close()
+    rows = {r["name"]: r["platform"] for r in list_images(cpub)}
+    assert rows == {"localhost/multi:1.0": "linux/amd64",
+                    "localhost/multi:1.0-linux-arm64-v8": "linux/arm64/v8"}
+    from pycvmfs.errors import ContainerError
+
+    with pytest.raises(ContainerError, match="s390x"):
+        ingest_images(cpub, [f"oci:{tmp_path}/multi:1.0"],
+                      ContainerSettings(cache_dir=str(tmp_path / "blobs"),
+                                        platforms=[Platform.parse("linux/s390x")]))
