@@ -19,6 +19,7 @@ from pycvmfs.containers.webhook import (
     pushed_names,
     read_token,
 )
+from pycvmfs.containers.wishlist import load_wishlist
 from pycvmfs.errors import ConfigError, ContainerError
 
 from helpers.daemons import free_port, stop_process, wait_for_port
@@ -135,7 +136,11 @@ def test_a_real_registry_push_arrives_in_one_batch(registry, tmp_path):
     layout.add(ImageSpec([Layer([*base_members(), {"name": "x", "data": b"x"}])]), "2.0")
     batches = Batches()
     wanted = f"127.0.0.1:{port}/team/app:1.0"
-    with WebhookServer(("127.0.0.1", hook_port), covers=lambda n: n.endswith("/team/app:1.0"),
+    recipe = tmp_path / "wishlist.yaml"  # a DUCC v1 wish list: tags 1.* are wanted
+    recipe.write_text(f"version: 1\nuser: u\ncvmfs_repo: unpacked.example.org\n"
+                      f"output_format: x\ninput:\n  - 'http://127.0.0.1:{port}/team/app:1.*'\n")
+    covers = load_wishlist(recipe).covers
+    with WebhookServer(("127.0.0.1", hook_port), covers=covers,
                        on_batch=batches, batch_seconds=1.0, token=TOKEN, path="/hook") as hook:
         _skopeo_push(tmp_path / "layout", "1.0", port, "team/app")
         _skopeo_push(tmp_path / "layout", "2.0", port, "team/app")  # not covered
