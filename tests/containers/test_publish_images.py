@@ -225,3 +225,23 @@ def test_a_multi_architecture_image_gets_one_flat_and_one_name_per_platform(cpub
         ingest_images(cpub, [f"oci:{tmp_path}/multi:1.0"],
                       ContainerSettings(cache_dir=str(tmp_path / "blobs"),
                                         platforms=[Platform.parse("linux/s390x")]))
+
+
+def test_a_layer_that_sets_the_root_attributes_keeps_them_when_read_back(cpub, tmp_path):
+    lay = Layout(tmp_path / "img")
+    base = Layer([{"name": "./", "type": "dir", "mode": 0o711, "uid": 7, "gid": 8,
+                   "mtime": 1_600_000_000}, *base_members()])
+    lay.add(ImageSpec([base]), "base")
+    lay.add(ImageSpec([base, Layer([{"name": "etc/x", "data": b"x"}])]), "top")
+    _ingest(cpub, [f"oci:{tmp_path}/img:base"], tmp_path)
+    report = _ingest(cpub, [f"oci:{tmp_path}/img:top"], tmp_path)
+    assert len(report.layers_reused) == 1
+    for name in ("localhost/img:base", "localhost/img:top"):
+        view, reader, flat = _flat_listing(cpub, tmp_path / name[-3:], name)
+        try:
+            root = view.lstat(flat).entry
+            assert (root.mode & 0o7777, root.uid, root.gid, root.mtime) == (
+                0o711, 7, 8, 1_600_000_000), name
+        finally:
+            view.close()
+            reader.close()

@@ -97,8 +97,9 @@ def write_layer(txn, layer: LayerChanges, *, resolve: Callable[[Entry], Entry] |
             needed.add(d)
             d = posixpath.dirname(d)
     implied = sorted((needed | set(layer.opaque)) - defined - {b""})
-    root_meta = Meta(0o755, 0, 0, 0, None, dict(OPAQUE_XATTRS) if b"" in layer.opaque else None)
-    txn.put_dir(root, root_meta)
+    root_extra = OPAQUE_XATTRS if b"" in layer.opaque else None
+    txn.put_dir(root, _meta(layer.root, root_extra) if layer.root is not None
+                else Meta(0o755, 0, 0, 0, None, dict(root_extra) if root_extra else None))
     for d in implied:
         txn.put_dir(f"{root}/{_text(d)}".encode("utf-8", "surrogateescape"),
                     Meta(0o755, 0, 0, 0, None,
@@ -121,6 +122,7 @@ def write_layer(txn, layer: LayerChanges, *, resolve: Callable[[Entry], Entry] |
               "whiteouts": [_text(p) for p in layer.whiteouts],
               "opaque": [_text(p) for p in layer.opaque],
               "implied_dirs": [_text(p) for p in implied],
+              "root_defined": layer.root is not None,
               "lower_links": lower_links}
     fixed = Meta(0o644, 0, 0, 0)
     txn.put_dir(meta_dir, DEFAULT_DIR)
@@ -159,6 +161,15 @@ def load_layer(view, layer_digest: str) -> LayerChanges:
     root = "/" + layer_root(layer_digest)
     entries: list[Entry] = []
     groups: dict[tuple[bytes, int], int] = {}
+    root_entry = None
+    if record.get("root_defined"):
+        r = view.lstat(root).entry
+        xattrs = r.xattrs(what=root)
+        if b"" in opaque:
+            for k in OPAQUE_XATTRS:
+                xattrs.pop(k, None)
+        root_entry = Entry(path=b"", kind=Kind.DIR, mode=stat.S_IMODE(r.mode), uid=r.uid,
+                           gid=r.gid, mtime=r.mtime, mtimens=r.mtimens, xattrs=xattrs or None)
     for dirpath, dirs, files in view.walk(root):
         rel_dir = os.fsencode(dirpath)[len(root) + 1:]
         for s in sorted(dirs + files, key=lambda s: s.entry.name):
@@ -198,4 +209,4 @@ def load_layer(view, layer_digest: str) -> LayerChanges:
     return LayerChanges(whiteouts=sorted(whiteouts), opaque=sorted(opaque), entries=entries,
                         diff_id=record["diff_id"], compressed_digest=layer_digest,
                         uncompressed_size=int(record.get("uncompressed_size", 0)),
-                        warnings=[])
+                        warnings=[], root=root_entry)
