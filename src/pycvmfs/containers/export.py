@@ -21,8 +21,8 @@ from pycvmfs.containers.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 from pycvmfs.containers.model import parse_json, sha256_digest
 from pycvmfs.errors import ContainerError, CvmfsError
 
-__all__ = ["GENERATED_ENTRIES", "LAYER_MEDIA_TYPE", "REF_NAME", "ExportResult", "export_oci",
-           "open_tar_stream", "tar_member"]
+__all__ = ["CATALOG_MARKERS", "GENERATED_ENTRIES", "LAYER_MEDIA_TYPE", "REF_NAME",
+           "ExportResult", "export_oci", "open_tar_stream", "tar_member"]
 
 #: what the publisher adds to a flat tree for Apptainer only (``exclude=GENERATED_ENTRIES``)
 GENERATED_ENTRIES = (".singularity.d", "singularity", ".exec", ".run", ".shell", ".test",
@@ -33,6 +33,8 @@ HISTORY_BY = "pycvmfs container export"
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _BLOCK = 1 << 20
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: the publisher's nested-catalog markers: not part of any image, never exported
+CATALOG_MARKERS = (b".cvmfscatalog", b".cvmfsautocatalog")
 _SPECIAL_TYPES = {"fifo": tarfile.FIFOTYPE, "chardev": tarfile.CHRTYPE,
                   "blockdev": tarfile.BLKTYPE}
 
@@ -65,7 +67,8 @@ def export_oci(view: RevisionView, image_dir: str, dest: str | os.PathLike, tag:
     by name, before its subdirectories' contents), numeric owners only, permission bits with
     setuid/setgid/sticky, catalog mtimes (nanoseconds as PAX ``mtime``), symlink targets as
     stored, hard-link groups as tar hard links to the first name, devices and FIFOs, ``user.*``
-    xattrs as ``SCHILY.xattr``; sockets are left out with a warning. It is streamed through
+    xattrs as ``SCHILY.xattr``; sockets are left out with a warning, nested-catalog markers
+    (``.cvmfscatalog``, ``.cvmfsautocatalog``) always. It is streamed through
     zlib (gzip header mtime 0) into a temporary file while both streams are hashed, so the
     same tree gives byte-identical blobs. ``exclude`` names paths relative to ``image_dir``
     (with their subtrees) to leave out, e.g. :data:`GENERATED_ENTRIES`. ``created`` (RFC 3339)
@@ -218,6 +221,7 @@ class _Members:
             kept = [s for s in dirs if not self._excluded(self._relative(s))]
             self.excluded += len(dirs) - len(kept)
             dirs[:] = kept  # the walk does not descend into excluded directories
+            others = [s for s in others if s.entry.name not in CATALOG_MARKERS]
             children = kept + [s for s in others if not self._excluded(self._relative(s))]
             self.excluded += len(others) - (len(children) - len(kept))
             for s in sorted(children, key=lambda c: c.entry.name):
