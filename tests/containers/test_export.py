@@ -83,6 +83,8 @@ def view(tmp_path_factory):
     (base / "layer.tar").write_bytes(layer_tar(MEMBERS))
     with pub.transaction() as t:
         t.add_tarball(base / "layer.tar", TOP)
+        t.mkdir("/registry.example")
+        t.symlink("/registry.example/app:1", "../.flat/ab/ab12")  # a public name
     repo = reader(pub, base / "cache")
     v = repo.open_revision()
     yield v
@@ -256,3 +258,11 @@ def test_a_failure_while_writing_removes_the_partial_layout(view, tmp_path, monk
     with pytest.raises((OSError, ContainerError), match="disk on fire"):
         export_oci(view, TOP, empty, "v1", config_bytes=CONFIG_BYTES)
     assert os.listdir(empty) == []
+
+
+def test_export_by_public_name_follows_its_symlink(view, tmp_path):
+    by_dir = export_oci(view, TOP, tmp_path / "a", "v1", config_bytes=CONFIG_BYTES)
+    by_name = export_oci(view, "registry.example/app:1", tmp_path / "b", "v1",
+                         config_bytes=CONFIG_BYTES)
+    assert by_name.manifest_digest == by_dir.manifest_digest
+    assert by_name.entries == by_dir.entries > 20
