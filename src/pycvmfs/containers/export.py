@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pycvmfs.client.stat import Stat
 from pycvmfs.client.view import RevisionView
+from pycvmfs.containers.apptainer import SINGULARITY_DIR, apptainer_files
 from pycvmfs.containers.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 from pycvmfs.containers.model import parse_json, sha256_digest
 from pycvmfs.errors import ContainerError, CvmfsError
@@ -24,9 +25,11 @@ from pycvmfs.errors import ContainerError, CvmfsError
 __all__ = ["CATALOG_MARKERS", "GENERATED_ENTRIES", "LAYER_MEDIA_TYPE", "REF_NAME",
            "ExportResult", "export_oci", "open_tar_stream", "tar_member"]
 
-#: what the publisher adds to a flat tree for Apptainer only (``exclude=GENERATED_ENTRIES``)
-GENERATED_ENTRIES = (".singularity.d", "singularity", ".exec", ".run", ".shell", ".test",
-                     "environment")
+#: what the publisher adds to a flat tree for Apptainer only (``exclude=GENERATED_ENTRIES``):
+#: ``.singularity.d`` and the symlinks at the root (the mount points and ``etc/hosts`` it adds
+#: when an image lacks them cannot be told from the image's own and stay)
+GENERATED_ENTRIES = tuple(e.path for e in apptainer_files({})
+                          if e.path == SINGULARITY_DIR or e.kind == "symlink")
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 REF_NAME = "org.opencontainers.image.ref.name"
 HISTORY_BY = "pycvmfs container export"
