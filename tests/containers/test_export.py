@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from containers.ocifixture import layer_tar
+from containers.registry_server import Registry
+from containers.treecompare import content_store
+from pycvmfs.containers.blobcache import BlobCache
 from pycvmfs.containers.export import GENERATED_ENTRIES, REF_NAME, export_oci
+from pycvmfs.containers.layer import read_layer
+from pycvmfs.containers.model import DEFAULT_PLATFORM
+from pycvmfs.containers.reference import parse_reference
+from pycvmfs.containers.source_registry import RegistrySource
 from pycvmfs.errors import ContainerError
 from pycvmfs.format.chunking import ChunkingParams
 from pycvmfs.publish.config import ServerSettings
@@ -266,3 +273,31 @@ def test_export_by_public_name_follows_its_symlink(view, tmp_path):
                          config_bytes=CONFIG_BYTES)
     assert by_name.manifest_digest == by_dir.manifest_digest
     assert by_name.entries == by_dir.entries > 20
+
+
+def test_the_export_pushed_to_a_registry_reads_back_through_pycvmfs(view, tmp_path):
+    """Round trip: export, skopeo push to a real docker-registry, then pycvmfs's own registry
+    source and layer reader take it (digests, DiffID and the tree's paths all check)."""
+    dest = tmp_path / "oci"
+    result = export_oci(view, TOP, dest, "v1", config_bytes=CONFIG_BYTES,
+                        exclude=GENERATED_ENTRIES)
+    registry = Registry(tmp_path / "registry")
+    try:
+        ref = registry.push(dest, "v1", "exported/app")
+        with RegistrySource(parse_reference(ref), cache=BlobCache(tmp_path / "cache"),
+                            insecure=True) as source:
+            [image] = source.images([DEFAULT_PLATFORM])
+            assert image.manifest_digest == result.manifest_digest
+            assert image.diff_ids == [result.diff_id]
+            assert image.runtime_config()["Entrypoint"] == ["/usr/bin/hello"]
+            ingester, _store = content_store(tmp_path / "objects")
+            with ingester, source.open_blob(image.layers[0]) as blob:
+                layer = read_layer(blob, image.layers[0], image.diff_ids[0], ingester,
+                                   what=ref)
+    finally:
+        registry.stop()
+    published = {os.fsencode(s.path)[len(TOP) + 1:] for _d, dirs, files in view.walk(TOP)
+                 for s in dirs + files}
+    published -= {b".cvmfscatalog", b"usr/.cvmfscatalog", b"singularity",
+                  b".singularity.d", b".singularity.d/runscript"}
+    assert {e.path for e in layer.entries} == published
