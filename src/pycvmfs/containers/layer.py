@@ -355,15 +355,18 @@ def read_layer(raw: BinaryIO, desc: Descriptor, diff_id: str, sink: ContentSink,
     state = _LayerState(label, sink, keep_xattrs)
     current: list[str | None] = [None, None]  # the member being read, the last one
     try:
-        stream, warning = _decompressing(compressed, declared)
+        stream, found, warning = _decompressing(compressed, declared)
         if warning:
             state.warn(warning)
-        plain = _Digesting(stream)
+        # a plain tar is hashed once: its DiffID is its digest
+        plain = compressed if found is Compression.NONE else _Digesting(stream)
+        reader = stream if found is Compression.NONE else plain
         tf = _header(lambda: tarfile.open(  # noqa: SIM115 - stream mode, nothing to close
-            fileobj=plain, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8",
+            fileobj=reader, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8",
             errors="surrogateescape"))
         _members(tf, state, current)
-        plain.drain()  # what follows the end-of-archive marker is part of the DiffID
+        while reader.read(_BLOCK):  # what follows the end of the archive is in the DiffID
+            pass
         compressed.drain()
     except _TooLong:
         raise ContainerError(f"{label}: more than the {desc.size} bytes the manifest says"
@@ -430,9 +433,10 @@ def _check_blob(compressed: _Digesting, desc: Descriptor, label: str) -> None:
                              f"(digest mismatch)")
 
 
-def _decompressing(compressed: _Digesting, declared: Compression) -> tuple[BinaryIO, str]:
-    """The tar stream inside the blob, and a warning when its magic bytes contradict the
-    media type (the magic bytes win)."""
+def _decompressing(compressed: _Digesting, declared: Compression
+                   ) -> tuple[BinaryIO, Compression, str]:
+    """The tar stream inside the blob, its compression, and a warning when its magic bytes
+    contradict the media type (the magic bytes win)."""
     head = b""
     while len(head) < 4:
         piece = compressed.read(4 - len(head))
@@ -446,8 +450,8 @@ def _decompressing(compressed: _Digesting, declared: Compression) -> tuple[Binar
         warning = (f"the media type says {declared.value} but the data is "
                    f"{found.value}; read as {found.value}")
     if found is Compression.GZIP:
-        return gzip.GzipFile(fileobj=src, mode="rb"), warning  # type: ignore[arg-type]
+        return gzip.GzipFile(fileobj=src, mode="rb"), found, warning  # type: ignore[arg-type]
     if found is Compression.ZSTD:
         return zstandard.ZstdDecompressor().stream_reader(
-            src, read_across_frames=True, closefd=False), warning
-    return src, warning  # type: ignore[return-value]
+            src, read_across_frames=True, closefd=False), found, warning
+    return src, found, warning  # type: ignore[return-value]
