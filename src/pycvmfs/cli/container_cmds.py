@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from pycvmfs.cli.common import emit_json, make_progress
@@ -176,6 +178,126 @@ def gc(fqrn, grace_period, ducc_leftovers, include_unknown, dry_run, config_dir,
                                               ducc_leftovers=ducc_leftovers,
                                               include_unknown=include_unknown)
     _report(report, as_json)
+
+
+def _runtime(env, entrypoint, cmd, workdir) -> dict:
+    import shlex
+
+    from pycvmfs.containers.rootfs import DEFAULT_PATH
+
+    runtime: dict = {"Env": list(env) or [DEFAULT_PATH]}
+    if entrypoint:
+        runtime["Entrypoint"] = shlex.split(entrypoint)
+    if cmd:
+        runtime["Cmd"] = shlex.split(cmd)
+    if workdir:
+        runtime["WorkingDir"] = workdir
+    return runtime
+
+
+@container.command(name="import-rootfs")
+@click.argument("fqrn")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--name", required=True, help="Public name, HOST/REPO:TAG.")
+@click.option("--env", multiple=True, metavar="K=V", help="Image environment (repeatable).")
+@click.option("--entrypoint", help="ENTRYPOINT, a shell-quoted command line.")
+@click.option("--cmd", help="CMD, a shell-quoted command line.")
+@click.option("--workdir", help="WorkingDir.")
+@click.option("--platform", "platform_text", metavar="OS/ARCH[/VARIANT]",
+              help="Platform recorded in the config (default: this machine's).")
+@click.option("--outputs", default="flat,podman", show_default=True,
+              help="flat, layers, podman, thin (comma separated).")
+@click.option("-a", "--tag", help="Tag the new revision.")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def import_rootfs(fqrn, directory, name, env, entrypoint, cmd, workdir, platform_text, outputs,
+                  tag, config_dir, as_json) -> None:
+    """Publish a root file system DIRECTORY (e.g. made by mmdebstrap) as the image NAME: a flat
+    tree with the Apptainer files and a podman store entry, in one revision."""
+    from pycvmfs.containers.model import Platform
+    from pycvmfs.containers.service import import_rootfs as run_import
+
+    pub = _open(fqrn, config_dir)
+    with make_progress("publishing") as display:
+        report = run_import(pub, directory, name,
+                            runtime=_runtime(env, entrypoint, cmd, workdir),
+                            platform=Platform.parse(platform_text) if platform_text else None,
+                            outputs=_outputs(outputs), progress=_stages(display), tag=tag)
+    _report(report, as_json)
+
+
+@container.command()
+@click.argument("fqrn")
+@click.argument("name")
+@click.argument("dest", metavar="oci:DIR[:TAG]")
+@click.option("--keep-apptainer", is_flag=True,
+              help="Keep the .singularity.d files the publisher added to the flat tree.")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def export(fqrn, name, dest, keep_apptainer, config_dir, as_json) -> None:
+    """Write the published image NAME out as a standard OCI image layout (one layer), for
+    `podman build FROM`, `skopeo copy` or a registry push."""
+    import dataclasses
+
+    from pycvmfs.containers.service import export_image
+
+    if not dest.startswith("oci:"):
+        raise ConfigError(f"{dest!r}: the destination is oci:DIR[:TAG]")
+    path, _, tag = dest[4:].partition(":")
+    result = export_image(_open(fqrn, config_dir), name, path, tag or None,
+                          keep_generated=keep_apptainer)
+    if as_json:
+        emit_json(dataclasses.asdict(result))
+        return
+    click.echo(f"wrote oci:{result.dest}:{result.tag} ({result.entries} entries, "
+               f"{result.layer_size / 1e6:.1f} MB layer {result.layer_digest[:19]})")
+
+
+@container.command()
+@click.argument("fqrn")
+@click.argument("wishlist", type=click.Path(dir_okay=False, exists=True))
+@click.option("--listen", default="127.0.0.1:8090", show_default=True, metavar="HOST:PORT")
+@click.option("--path", "url_path", default="/", show_default=True,
+              help="URL path the registry POSTs its notifications to.")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="File holding the bearer token the registry must send (else "
+                   "$PYCVMFS_WEBHOOK_TOKEN; none: no check).")
+@click.option("--batch-seconds", type=float, default=30.0, show_default=True,
+              help="Pushes arriving within this window are published as one revision.")
+@source_options
+@config_option
+def webhook(fqrn, wishlist, listen, url_path, token_file, batch_seconds, platforms,
+            credentials_file, insecure, cache_dir, config_dir) -> None:
+    """Receive a Distribution registry's push notifications and publish the pushed tags the
+    WISHLIST covers, one revision per batch (runs until interrupted)."""
+    import signal
+    import threading
+
+    from pycvmfs.containers.service import ingest_images
+    from pycvmfs.containers.webhook import WebhookServer, read_token
+    from pycvmfs.containers.wishlist import load_wishlist
+
+    pub = _open(fqrn, config_dir)
+    wl = load_wishlist(wishlist)
+    settings = _settings(platforms, credentials_file, insecure, cache_dir)
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT")
+
+    def publish(names: list[str]) -> None:
+        refs = [("http://" if settings.insecure else "https://") + n for n in names]
+        report = ingest_images(pub, refs, settings, names=names)
+        click.echo(f"published {', '.join(names)}: revision {report.revision}", err=True)
+
+    server = WebhookServer((host.strip("[]") or "127.0.0.1", int(port)), covers=wl.covers,
+                           on_batch=publish, batch_seconds=batch_seconds,
+                           token=read_token(token_file), path=url_path)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with server:
+        click.echo(f"listening on http://{listen}{url_path} for {fqrn}", err=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            done.wait()
 
 
 def register(group: click.Group) -> None:

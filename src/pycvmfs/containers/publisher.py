@@ -81,13 +81,14 @@ class ContainerPublisher:
         self.work_dir = str(work_dir) if work_dir else tempfile.mkdtemp(prefix="pycvmfs-ctr-")
 
     # -- reading the published state -----------------------------------------------------
-    def _reader(self):
+    def reader(self):
+        """A verified reader of the repository's own storage (``open_revision()``: head)."""
         return self.pub.open_reader(os.path.join(self.work_dir, "reader-cache"))
 
     def published_state(self, view=None) -> PublishedState:
         own = view is None
         if own:
-            reader = self._reader()
+            reader = self.reader()
             view = reader.open_revision()
         try:
             try:
@@ -114,7 +115,7 @@ class ContainerPublisher:
             raise ContainerError(f"the same public name is wanted twice: {', '.join(sorted(dup))}")
         report = RunReport(dry_run=dry_run)
         if dry_run:
-            reader = self._reader()
+            reader = self.reader()
             view = reader.open_revision()
             try:
                 self._plan(view, wanted, report, prune=prune, complete=complete,
@@ -126,9 +127,15 @@ class ContainerPublisher:
         self._prefetch(wanted)
         with self.pub.transaction(tag=tag, message="pycvmfs container",
                                   progress=self.progress) as txn:
-            reader = self._reader()
+            reader = self.reader()
             view = reader.open_revision()
             try:
+                for w in wanted:  # sources scanned into the transaction (a directory)
+                    prepare = getattr(w.source, "prepare", None)
+                    if prepare is not None:
+                        w.image = prepare(txn.ingester,
+                                          keep_xattrs=self.pub.settings.include_xattrs)
+                        w.image.name = w.name
                 if view.revision is not None and view.revision != txn.head.revision:
                     raise ContainerError("the repository changed while the run started; retry")
                 self._plan(view, wanted, report, prune=prune, complete=complete,
@@ -157,10 +164,12 @@ class ContainerPublisher:
     def _prefetch(self, wanted: Sequence[Wanted]) -> None:
         """Blobs a run will read are fetched before the lock is taken (a registry's go to
         the verified blob cache; opening a local one costs nothing)."""
-        reader = self._reader()
+        reader = self.reader()
         view = reader.open_revision()
         try:
             for w in wanted:
+                if hasattr(w.source, "prepare"):
+                    continue  # nothing to fetch: scanned in the transaction
                 if "layers" not in w.outputs and view.exists(
                         "/" + layout.flat_path(w.image.config.digest)):
                     continue
@@ -259,9 +268,13 @@ class ContainerPublisher:
             done[desc.digest] = ch
             return ch, False
         what = f"{w.image.source} layer {i} ({desc.digest})"
-        with w.source.open_blob(desc) as raw:
-            ch = read_layer(raw, desc, w.image.diff_ids[i], txn.ingester, what=what,
-                            keep_xattrs=self.pub.settings.include_xattrs)
+        scanned = getattr(w.source, "layer_changes", None)
+        if scanned is not None:
+            ch = scanned(desc)
+        else:
+            with w.source.open_blob(desc) as raw:
+                ch = read_layer(raw, desc, w.image.diff_ids[i], txn.ingester, what=what,
+                                keep_xattrs=self.pub.settings.include_xattrs)
         report.warnings += ch.warnings
         report.layers_new.append(desc.digest)
         done[desc.digest] = ch

@@ -140,3 +140,44 @@ def list_images(pub) -> list[dict]:
                     "flat": layout.flat_path(r.config_digest), "published": r.published,
                     "source": r.source, "outputs": r.outputs})
     return out
+
+
+def import_rootfs(pub, directory: str, name: str, *, runtime: dict | None = None,
+                  platform: Platform | None = None,
+                  outputs: frozenset[str] = frozenset({"flat", "podman"}), progress=None,
+                  tag: str | None = None) -> RunReport:
+    """Publish the root file system tree ``directory`` as the image ``name`` (one layer, a
+    flat tree with the Apptainer files, the podman store entry) in one transaction."""
+    from pycvmfs.containers.reference import parse_reference
+    from pycvmfs.containers.rootfs_source import RootfsSource
+
+    parse_reference(name)  # a name a registry could hold: HOST/REPO:TAG
+    src = RootfsSource(directory, name, platform=platform, runtime=runtime)
+    return container_publisher(pub, progress).run([Wanted(name, None, src, outputs)],
+                                                  collect=True, tag=tag)
+
+
+def export_image(pub, name: str, dest: str, tag: str | None = None, *,
+                 keep_generated: bool = False):
+    """Write the published image ``name`` as an OCI image layout at ``dest`` (one layer: its
+    flat tree read through the verified client; without the Apptainer files we added)."""
+    from pycvmfs.containers.export import GENERATED_ENTRIES, export_oci
+
+    cp = container_publisher(pub)
+    reader = cp.reader()
+    view = reader.open_revision()
+    try:
+        state = cp.published_state(view)
+        rec = state.images.get(name)
+        if rec is None:
+            raise ContainerError(f"{pub.fqrn}: no image named {name!r} (see container ls)")
+        config = view.read_bytes("/" + layout.metadata_dir(name) + "/config.json")
+        if tag is None:
+            last = name.split("@", 1)[0].rsplit("/", 1)[-1]
+            tag = last.rsplit(":", 1)[1] if ":" in last else "latest"
+        return export_oci(view, "/" + layout.flat_path(rec.config_digest), dest, tag,
+                          config_bytes=config,
+                          exclude=() if keep_generated else GENERATED_ENTRIES)
+    finally:
+        view.close()
+        reader.close()
