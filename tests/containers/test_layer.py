@@ -117,6 +117,42 @@ def test_long_and_non_utf8_names(sink, fmt):
     assert hard.kind is Kind.FILE and hard.link == e[long_path].link is not None
 
 
+@pytest.mark.parametrize("fmt", ["pax", "gnu", "ustar"])
+def test_tar_dialects_agree(sink, fmt):
+    big_id = 3_000_000 if fmt != "ustar" else 2_000_000  # over ustar's 7 octal digits
+    members = [{"name": "p" * 150 + "/" + "n" * 90, "data": b"split name"},
+               {"name": "owner", "data": b"o", "uid": big_id, "gid": big_id + 1,
+                "mtime": 1_650_000_000}]
+    e = by_path(read(sink, members, fmt=fmt))
+    assert data_sha(sink, e[("p" * 150 + "/" + "n" * 90).encode()]) == digest(b"split name")
+    assert (e[b"owner"].uid, e[b"owner"].gid, e[b"owner"].mtime) == (big_id, big_id + 1,
+                                                                     1_650_000_000)
+
+
+class _FailingSource(io.RawIOBase):
+    def __init__(self, data: bytes, fail_after: int) -> None:
+        self.data, self.pos, self.fail_after = data, 0, fail_after
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.pos >= self.fail_after:
+            raise ConnectionResetError("connection reset by peer")
+        n = min(len(b), self.fail_after - self.pos)
+        b[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+def test_a_source_that_fails_midway(sink):
+    blob, desc, diff_id = layer_blob([{"name": "f", "data": os.urandom(100_000)}], "none")
+    raw = io.BufferedReader(_FailingSource(blob, 50_000))
+    with pytest.raises(ContainerError, match=r"test image: layer sha256:[0-9a-f]{64}: reading "
+                                             r"the blob failed \(connection reset by peer\)"):
+        read_layer(raw, Descriptor.from_json(desc, "t"), diff_id, sink[0], what="test image")
+
+
 def test_compressions_give_the_same_changes(sink):
     members = [{"name": "a/b", "data": b"x" * 5000, "xattrs": {"user.k": "v"}},
                {"name": "a/.wh.c"}, {"name": "d/.wh..wh..opq"}, {"name": "h", "type": "hardlink",
