@@ -30,6 +30,10 @@ HEX = "ab" * 32
     ("docker://[::1]:5000/a/b__c-d.e:T_1", ImageRef("docker", "[::1]:5000", "a/b__c-d.e",
                                                    "T_1", None)),
     ("  quay.io/a/b:c  ", ImageRef("https", "quay.io", "a/b", "c", None)),
+    ("docker://alpine:3", ImageRef("docker", "docker.io", "library/alpine", "3", None)),
+    ("docker://org/app", ImageRef("docker", "docker.io", "org/app", "latest", None)),
+    ("docker://localhost/app", ImageRef("docker", "localhost", "app", "latest", None)),
+    ("https://myregistry/app:1", ImageRef("https", "myregistry", "app", "1", None)),
 ])
 def test_parse(text: str, expected: ImageRef) -> None:
     assert parse_reference(text) == expected

@@ -123,8 +123,10 @@ def _is_host(component: str) -> bool:
 def parse_reference(text: str, *, allow_glob: bool = False) -> ImageRef:
     """Parse ``docker://HOST[:PORT]/REPO[:TAG|@DIGEST]``, ``https://HOST/REPO:TAG`` (DUCC),
     ``http://...``, ``HOST/REPO:TAG`` (https) or docker's ``REPO[:TAG]`` (Docker Hub,
-    ``docker.io/library/REPO`` for a one-component repository). Without tag or digest the
-    tag is ``latest``. ``allow_glob`` admits ``*`` in the tag (wish lists)."""
+    ``docker.io/library/REPO`` for a one-component repository; also after ``docker://``, as
+    skopeo reads ``docker://alpine``). A first component is a host when it has a ``.`` or
+    ``:`` or is ``localhost``, and always after ``https://``/``http://``. Without tag or
+    digest the tag is ``latest``. ``allow_glob`` admits ``*`` in the tag (wish lists)."""
     if not isinstance(text, str):
         raise ContainerError(f"image reference {text!r} is not a string")
 
@@ -150,7 +152,9 @@ def parse_reference(text: str, *, allow_glob: bool = False) -> ImageRef:
         except ContainerError:
             raise bad(f"{digest_text!r} after '@' is not sha256:<64 lower-case hex>") from None
     parts = name.split("/")
-    if explicit_scheme or (len(parts) > 1 and _is_host(parts[0])):
+    # an http(s) URL always starts with the host; docker:// follows docker's rule
+    url_host = explicit_scheme and scheme != "docker"
+    if url_host or (len(parts) > 1 and _is_host(parts[0])):
         registry, parts = parts[0], parts[1:]
         m = _HOST.fullmatch(registry)
         if not m or (m.group(1) and not 0 < int(m.group(1)) < 65536):
