@@ -171,6 +171,20 @@ def test_the_same_image_from_a_layout_an_archive_and_a_registry_gives_one_flat(
     reports = [ingest_images(one, [text], _settings(tmp_path), names=[f"x.org/s:{i}"])
                for i, (text, _n) in enumerate(sources)]
     assert [len(r.flats_new) for r in reports] == [1, 0, 0]
+    # the archive's plain layers have other digests but the same DiffIDs: not read again,
+    # each a symlink to the tree of its gzip twin (§7.4), which GC keeps while it is used
+    assert reports[1].layers_new == [] and len(reports[1].layers_reused) == 2
+    assert reports[2].layers_new == []
+    view = one.open_reader(tmp_path / "r-one").open_revision()
+    for d in reports[1].layers_reused:
+        link = "/" + layout.layer_dir(d)
+        assert view.lstat(link).is_symlink
+        assert view.exists(link + "/layerfs/etc/note") or view.exists(link + "/layerfs/etc")
+    state = json.loads(view.read_bytes("/.metadata/images.json"))
+    assert sorted(state["aliases"]) == sorted(reports[1].layers_reused)
+    view.close()
+    again = ingest_images(one, [sources[1][0]], _settings(tmp_path), names=["x.org/s:1"])
+    assert again.revision is None
 
 
 def test_kill_9_during_an_ingest_leaves_the_previous_revision(cpub, tmp_path):

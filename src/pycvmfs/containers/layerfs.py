@@ -152,13 +152,16 @@ def load_layer(view, layer_digest: str) -> LayerChanges:
     except (OSError, ValueError) as e:
         raise ContainerError(f"{what}: its record {meta_dir}/{RECORD} cannot be read ({e})"
                              ) from None
-    if record.get("compressed_digest") != layer_digest:
-        raise ContainerError(f"{what}: its record names {record.get('compressed_digest')!r}")
+    actual = record.get("compressed_digest")
+    # another compression of one layer is a symlink to the tree of the first (§7.4)
+    if actual != layer_digest and (not isinstance(actual, str) or not view.lstat(
+            "/" + layer_dir(layer_digest)).is_symlink):
+        raise ContainerError(f"{what}: its record names {actual!r}")
     whiteouts = {_raw(p) for p in record.get("whiteouts", [])}
     opaque = {_raw(p) for p in record.get("opaque", [])}
     implied = {_raw(p) for p in record.get("implied_dirs", [])}
     lower = {_raw(k): _raw(v) for k, v in record.get("lower_links", {}).items()}
-    root = "/" + layer_root(layer_digest)
+    root = "/" + layer_root(actual)
     entries: list[Entry] = []
     groups: dict[tuple[bytes, int], int] = {}
     root_entry = None

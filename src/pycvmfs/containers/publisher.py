@@ -184,8 +184,15 @@ class ContainerPublisher:
               complete: bool, grace_days: float, collect: bool, txn) -> None:
         now = int(self.now())
         old = self.published_state(view)
-        new = PublishedState(images=dict(old.images), retired=dict(old.retired))
+        new = PublishedState(images=dict(old.images), retired=dict(old.retired),
+                             aliases=dict(old.aliases))
         layers_done: dict[str, LayerChanges] = {}
+        self._new = new
+        self._by_diff = {}  # DiffID -> a layer digest whose tree is published with it
+        for r in old.images.values():
+            for d, diff in zip(r.layers, r.diff_ids, strict=False):
+                if d not in old.aliases:
+                    self._by_diff.setdefault(diff, d)
         trees: dict[str, Tree] = {}
 
         def layer_published(d: str) -> bool:
@@ -267,7 +274,17 @@ class ContainerPublisher:
             report.layers_reused.append(desc.digest)
             done[desc.digest] = ch
             return ch, False
-        what = f"{w.image.source} layer {i} ({desc.digest})"
+        same = self._by_diff.get(w.image.diff_ids[i])
+        if same is not None and same != desc.digest and "layers" in w.outputs:
+            # the same layer in another compression (gzip in a registry, plain in a docker
+            # archive): its DiffID is what the verified config names, so its published tree is
+            # this layer's; nothing is read, .layers gets a symlink
+            ch = done.get(same) or load_layer(view, same)
+            done[desc.digest] = ch
+            self._new.aliases[desc.digest] = same
+            report.layers_reused.append(desc.digest)
+            return ch, False
+        what = f"{w.image.source} layer {i}"
         scanned = getattr(w.source, "layer_changes", None)
         if scanned is not None:
             ch = scanned(desc)
@@ -278,6 +295,7 @@ class ContainerPublisher:
         report.warnings += ch.warnings
         report.layers_new.append(desc.digest)
         done[desc.digest] = ch
+        self._by_diff.setdefault(ch.diff_id, desc.digest)
         return ch, True
 
     def _build(self, txn, view, w: Wanted, done: dict[str, LayerChanges], report: RunReport,
@@ -285,6 +303,14 @@ class ContainerPublisher:
         tree = Tree()
         for i in range(len(w.image.layers)):
             ch, fresh = self._layer(txn, view, w, i, done, report)
+            digest = w.image.layers[i].digest
+            alias = self._new.aliases.get(digest)
+            if alias is not None and txn.lookup(b"/" + layout.layer_dir(digest).encode()) is None:
+                for top in (layout.LAYERS, f"{layout.LAYERS}/{digest[7:9]}"):
+                    write_catalog_dir(txn, top)
+                link = layout.layer_dir(digest)
+                txn.put_symlink(link, Meta(0o777, now, 0, 0),
+                                layout.relative_link(link, layout.layer_dir(alias)).encode())
             if fresh and "layers" in w.outputs:
                 write_layer(txn, ch, resolve=_resolver(tree, ch), created=_iso(now))
                 for top in (layout.LAYERS, f"{layout.LAYERS}/{ch.compressed_digest[7:9]}"):

@@ -45,6 +45,9 @@ class PublishedState:
     images: dict[str, ImageRecord] = field(default_factory=dict)
     #: repository path (a flat or a layer directory) -> Unix time it stopped being used
     retired: dict[str, int] = field(default_factory=dict)
+    #: layer digest -> the digest of the same DiffID whose tree it links to (§7.4: another
+    #: compression of one layer is a symlink, not a second tree)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, data: bytes | None, what: str = ".metadata/images.json") -> PublishedState:
@@ -57,14 +60,17 @@ class PublishedState:
                                      f"{VERSION}")
             images = {n: ImageRecord(**r) for n, r in doc.get("images", {}).items()}
             retired = {str(k): int(v) for k, v in doc.get("retired", {}).items()}
+            aliases = {str(k): str(v) for k, v in doc.get("aliases", {}).items()}
         except (ValueError, TypeError, AttributeError) as e:
             raise ContainerError(f"{what}: not a valid image index ({e})") from None
-        return cls(images, retired)
+        return cls(images, retired, aliases)
 
     def dump(self) -> bytes:
         doc = {"version": VERSION,
                "images": {n: asdict(r) for n, r in sorted(self.images.items())},
                "retired": dict(sorted(self.retired.items()))}
+        if self.aliases:
+            doc["aliases"] = dict(sorted(self.aliases.items()))
         return json.dumps(doc, sort_keys=True, indent=1).encode() + b"\n"
 
     def live_paths(self) -> set[str]:
@@ -74,4 +80,5 @@ class PublishedState:
         for r in self.images.values():
             live.add(flat_path(r.config_digest))
             live.update(layer_dir(d) for d in r.layers)
+            live.update(layer_dir(self.aliases[d]) for d in r.layers if d in self.aliases)
         return live
