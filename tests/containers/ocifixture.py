@@ -276,6 +276,54 @@ def layer_blob(members: list[dict], compression: str = "gzip", *, fmt: str = "pa
                   "size": len(blob)}, sha(raw)
 
 
+def runnable_members() -> list[dict]:
+    """A root file system that runs: this machine's dash as /bin/sh with the libraries it
+    needs (found with ldd), /etc/passwd, and /usr/bin/hello, a shell script entrypoint."""
+    import shutil
+    import subprocess
+
+    sh = shutil.which("dash") or "/bin/sh"
+    libs = []
+    for line in subprocess.run(["ldd", sh], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        parts = line.split()
+        path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
+        if path.startswith("/"):
+            libs.append(path)
+    members: list[dict] = [{"name": "bin", "type": "dir"}, {"name": "etc", "type": "dir"},
+                           {"name": "usr", "type": "dir"}, {"name": "usr/bin", "type": "dir"}]
+    dirs = {"bin", "etc", "usr", "usr/bin"}
+    for lib in libs:
+        rel = lib.lstrip("/")
+        parent = os.path.dirname(rel)
+        parts = parent.split("/")
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                members.append({"name": d, "type": "dir"})
+        with open(os.path.realpath(lib), "rb") as f:
+            members.append({"name": rel, "mode": 0o755, "data": f.read()})
+    with open(os.path.realpath(sh), "rb") as f:
+        members.append({"name": "bin/sh", "mode": 0o755, "data": f.read()})
+    members += [
+        {"name": "etc/passwd", "data": b"root:x:0:0:root:/root:/bin/sh\n"},
+        {"name": "etc/group", "data": b"root:x:0:\n"},
+        {"name": "usr/bin/hello", "mode": 0o755,
+         "data": b"#!/bin/sh\necho \"hello from the image: $GREETING $*\"\n"},
+    ]
+    return members
+
+
+def runnable_image() -> ImageSpec:
+    """Two layers: the runnable base, then a layer that deletes a file and adds one."""
+    base = [*runnable_members(), {"name": "etc/motd", "data": b"to be deleted\n"}]
+    top = [{"name": "etc/.wh.motd"}, {"name": "etc/release", "data": b"pycvmfs test 1\n"}]
+    return ImageSpec([Layer(base), Layer(top)],
+                     env=["PATH=/usr/bin:/bin", "GREETING=world"],
+                     entrypoint=["/usr/bin/hello"], cmd=["from", "cvmfs"])
+
+
 def rich_image(compressions: tuple[str, ...] = ("gzip", "none", "gzip", "gzip")) -> ImageSpec:
     """Four layers for the umoci oracle beyond §6.3: long (GNU and PAX) and non-UTF-8 names,
     devices and FIFOs, user xattrs, setuid/setgid/sticky, PAX mtimes with nanoseconds, hard
