@@ -143,7 +143,11 @@ def podman_dir() -> Iterator[Path]:
         pytest.fail(f"{PODMAN} not found: run tools/test.sh (Debian package podman)")
     path = Path(tempfile.mkdtemp(prefix="pm", dir="/tmp"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    # podman leaves its graph root's overlay directory bind-mounted on itself
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{path}/")), reverse=True):
+        subprocess.run(["umount", mount], check=True)
+    shutil.rmtree(path)
 
 
 def _podman(podman_dir: Path, store: Path | None, *args: str,
@@ -171,7 +175,18 @@ def test_podman_lists_and_runs_images_from_the_store(tmp_path: Path,
     b = PodmanImage(b.config_digest, b.config_bytes, b.manifest_bytes, b.names, b.created,
                     _rootfs(repo / flat_path(b.config_digest)))
     materialise(podman_store_entries([a, b]), repo)
-    store = repo / "podmanStore"
+    # podman reads the store from a read-only file system, as from a CernVM-FS mount
+    store = podman_dir / "ro"
+    store.mkdir()
+    subprocess.run(["mount", "--bind", str(repo), str(store)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(store)], check=True)
+        _list_and_run(podman_dir, store / "podmanStore", a, b)
+    finally:
+        subprocess.run(["umount", str(store)], check=True)
+
+
+def _list_and_run(podman_dir: Path, store: Path, a: PodmanImage, b: PodmanImage) -> None:
 
     listed = _podman(podman_dir, store, "images", "--format", "json")
     assert listed.returncode == 0, listed.stderr
@@ -228,6 +243,12 @@ def test_same_names_and_fields_as_podmans_own_store(tmp_path: Path,
     assert set(ours_layer[0]) <= set(own_layer[0])
     link = next(p for p in (podman_dir / "g" / "overlay").iterdir() if p.name != "l")
     assert re.fullmatch(r"[A-Z2-7]{26}", (link / "link").read_text())
+
+
+def test_one_name_two_images_refused() -> None:
+    with pytest.raises(ContainerError, match=r"the name h\.org/r:1 is given to two images"):
+        podman_store_entries([_image("hi", "h.org/r:1"),
+                              _image("ho", "h.org/r:2", "h.org/r:1")])
 
 
 @pytest.mark.parametrize("change, needle", [

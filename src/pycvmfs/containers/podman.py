@@ -83,8 +83,13 @@ def _merged(images: Sequence[PodmanImage]) -> dict[str, dict]:
     """Per config hex: the names (in order, without repeats) and manifests of every image
     with that config; the first image gives created and size."""
     by_config: dict[str, dict] = {}
+    owner: dict[str, str] = {}
     for image in images:
         _check(image)
+        for name in image.names:
+            if owner.setdefault(name, image.config_digest) != image.config_digest:
+                raise ContainerError(f"podman store: the name {name} is given to two images, "
+                                     f"{owner[name]} and {image.config_digest}")
         entry = by_config.setdefault(image.config_digest, {
             "image": image, "names": [], "manifests": {}})
         entry["names"] += [n for n in image.names if n not in entry["names"]]
