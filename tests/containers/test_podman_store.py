@@ -260,6 +260,8 @@ def test_one_name_two_images_refused() -> None:
     ({"flat_size": -1}, "not a byte count"),
     ({"config_bytes": b"{}"}, "do not have this digest"),
     ({"config_digest": "sha256:xyz"}, "not a sha256 digest"),
+    ({"manifest_bytes": b"<html>"}, "manifest: not valid JSON"),
+    ({"manifest_bytes": _manifest(_config("other"), "gzip")}, "names another config"),
 ])
 def test_bad_input_refused(change: dict, needle: str) -> None:
     good = _image("hi", "h.org/r:1")

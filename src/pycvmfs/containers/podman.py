@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pycvmfs.containers.layout import PODMAN, flat_path, relative_link
-from pycvmfs.containers.model import GeneratedEntry, check_digest, digest_hex, sha256_digest
+from pycvmfs.containers.model import (
+    GeneratedEntry,
+    check_digest,
+    digest_hex,
+    parse_json,
+    sha256_digest,
+)
 from pycvmfs.containers.reference import parse_reference
 from pycvmfs.errors import ContainerError
 
@@ -63,6 +69,10 @@ def _check(image: PodmanImage) -> None:
     check_digest(image.config_digest, what)
     if sha256_digest(image.config_bytes) != image.config_digest:
         raise ContainerError(f"{what}: the config bytes do not have this digest")
+    manifest = parse_json(image.manifest_bytes, f"{what}: manifest")
+    if not isinstance(manifest.get("config"), dict) or \
+            manifest["config"].get("digest") != image.config_digest:
+        raise ContainerError(f"{what}: the manifest names another config")
     if not isinstance(image.created, str) or not _RFC3339.fullmatch(image.created):
         raise ContainerError(f"{what}: created {image.created!r} is not an RFC 3339 time")
     if not isinstance(image.flat_size, int) or image.flat_size < 0:
