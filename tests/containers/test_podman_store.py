@@ -187,6 +187,17 @@ def test_podman_lists_and_runs_images_from_the_store(tmp_path: Path,
 
 
 def _list_and_run(podman_dir: Path, store: Path, a: PodmanImage, b: PodmanImage) -> None:
+    # the command-line form: --root with the store as a storage option (and the system's
+    # storage.conf, which has no additional image stores)
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_STORAGE_CONF"}
+    flags = subprocess.run(
+        [PODMAN, "--root", str(podman_dir / "g2"), "--runroot", str(podman_dir / "r2"),
+         "--tmpdir", str(podman_dir / "t2"), "--storage-driver", "overlay",
+         "--storage-opt", f"overlay.imagestore={store}", "images", "--format", "json"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert flags.returncode == 0, flags.stderr
+    assert {i["Id"] for i in json.loads(flags.stdout)} == {a.config_digest[7:],
+                                                           b.config_digest[7:]}
 
     listed = _podman(podman_dir, store, "images", "--format", "json")
     assert listed.returncode == 0, listed.stderr
