@@ -164,3 +164,13 @@ def test_covers() -> None:
     # docker's short spelling in the wish list
     assert wl.covers("docker.io/library/ubuntu:22.04")
     assert not wl.covers("docker.io/library/ubuntu:24.04")
+
+
+def test_expand_against_a_tag_list() -> None:
+    wl = parse_wishlist(DUCC_V1)
+    tags = ["21.2.1", "21.2.10", "21.3.0", "21.2.1-x", "bad tag", "21.2.1*", "21.2.10"]
+    assert [r.tag for r in wl.items[1].expand(tags)] == ["21.2.1", "21.2.1-x", "21.2.10"]
+    assert all(r.public_name().startswith("registry.hub.docker.com/atlas/analysisbase:")
+               for r in wl.items[1].expand(tags))
+    assert wl.items[0].expand(["whatever"]) == [wl.items[0].ref]  # no glob: itself
+    assert wl.items[1].expand([]) == []

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from pycvmfs.containers.model import check_digest
 from pycvmfs.errors import ContainerError
 
-__all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "DOCKER_HUB_HOSTS", "ImageRef", "parse_reference"]
+__all__ = ["DOCKER_HUB", "DOCKER_HUB_API", "DOCKER_HUB_HOSTS", "TAG_PATTERN", "ImageRef",
+           "parse_reference"]
 
 DOCKER_HUB = "docker.io"  # the registry a reference without a host means (docker's rule)
 DOCKER_HUB_API = "registry-1.docker.io"  # where Docker Hub's Distribution API answers
@@ -20,7 +21,7 @@ _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
                    r"(?::(\d{1,5}))?")
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # a concrete tag
 _TAG_GLOB = re.compile(r"[A-Za-z0-9_*][A-Za-z0-9_.*-]{0,127}")
 _PLACEHOLDER = re.compile(r"\$\(([a-z]*)\)")
 
@@ -52,7 +53,7 @@ class ImageRef:
 
     def with_tag(self, tag: str) -> ImageRef:
         """This reference for one concrete tag (a glob expanded against a tag list)."""
-        if not _TAG.fullmatch(tag):
+        if not TAG_PATTERN.fullmatch(tag):
             raise ContainerError(f"{self.url()}: {tag!r} is not a valid tag")
         return replace(self, tag=tag)
 
@@ -168,7 +169,7 @@ def parse_reference(text: str, *, allow_glob: bool = False) -> ImageRef:
     tag = None
     if ":" in parts[-1]:
         parts[-1], tag = parts[-1].split(":", 1)
-        if not (_TAG_GLOB if allow_glob else _TAG).fullmatch(tag):
+        if not (_TAG_GLOB if allow_glob else TAG_PATTERN).fullmatch(tag):
             raise bad(f"tag {tag!r} is not [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
                       + (" (with * globs)" if allow_glob else "")
                       + ("; a glob is not allowed here" if "*" in tag and not allow_glob

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import yaml
 
 from pycvmfs.containers.model import DEFAULT_PLATFORM, Platform
-from pycvmfs.containers.reference import ImageRef, parse_reference
+from pycvmfs.containers.reference import TAG_PATTERN, ImageRef, parse_reference
 from pycvmfs.errors import ConfigError, ContainerError
 from pycvmfs.publish.config import check_fqrn
 
@@ -35,6 +36,15 @@ class WishItem:
     platforms: list[Platform]
     outputs: frozenset[str]
     credentials: str | None = None  # the name of a credentials entry, never a secret
+
+    def expand(self, tags: Iterable[str]) -> list[ImageRef]:
+        """The concrete references of this input: itself when its tag is no glob, else one
+        per tag of ``tags`` (a registry's tag list) that matches, sorted; names that are no
+        valid tag are left out."""
+        if not self.ref.is_glob:
+            return [self.ref]
+        return [self.ref.with_tag(t) for t in sorted(set(tags))
+                if isinstance(t, str) and TAG_PATTERN.fullmatch(t) and self.ref.matches(t)]
 
 
 @dataclass
