@@ -245,3 +245,27 @@ def test_a_layer_that_sets_the_root_attributes_keeps_them_when_read_back(cpub, t
         finally:
             view.close()
             reader.close()
+
+
+def test_a_layer_ducc_ingested_with_wh_files_is_rewritten_with_overlay_whiteouts(cpub,
+                                                                                 tmp_path):
+    lay = Layout(tmp_path / "img")
+    w = lay.add(ImageSpec([Layer(base_members()),
+                           Layer([{"name": "etc/.wh.group"}, {"name": "etc/new", "data": b"n"}])]),
+                "1.0")
+    top = layout.layer_root(w.layer_digests[1])
+    with cpub.transaction() as txn:  # what DUCC's tarball ingestion left there
+        txn.add_file(f"{top}/etc/.wh.group", b"")
+        txn.add_file(f"{top}/etc/new", b"n")
+        txn.add_file(layout.layer_dir(w.layer_digests[1]) + "/.metadata/origin.json", b"{}")
+    report = _ingest(cpub, [f"oci:{tmp_path}/img:1.0"], tmp_path)
+    assert w.layer_digests[1] in report.layers_new
+    reader = cpub.open_reader(tmp_path / "rc")
+    view = reader.open_revision()
+    try:
+        assert not view.exists(f"/{top}/etc/.wh.group")
+        assert view.lstat(f"/{top}/etc/group").entry.file_type == "chardev"
+        assert not view.exists("/localhost/img:1.0/etc/group")
+    finally:
+        view.close()
+        reader.close()

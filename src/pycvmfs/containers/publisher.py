@@ -312,6 +312,8 @@ class ContainerPublisher:
                 txn.put_symlink(link, Meta(0o777, now, 0, 0),
                                 layout.relative_link(link, layout.layer_dir(alias)).encode())
             if fresh and "layers" in w.outputs:
+                # a tree at that path without our record (DUCC's, with .wh. files) goes
+                txn.remove(layout.layer_dir(digest), missing_ok=True)
                 write_layer(txn, ch, resolve=_resolver(tree, ch), created=_iso(now))
                 for top in (layout.LAYERS, f"{layout.LAYERS}/{ch.compressed_digest[7:9]}"):
                     write_catalog_dir(txn, top)
