@@ -23,6 +23,7 @@ from pycvmfs.containers.podman import (
     PodmanImage,
     big_data_file_name,
     flat_layer_id,
+    is_rfc3339,
     link_id,
     podman_store_entries,
 )
@@ -254,6 +255,14 @@ def test_same_names_and_fields_as_podmans_own_store(tmp_path: Path,
     assert set(ours_layer[0]) <= set(own_layer[0])
     link = next(p for p in (podman_dir / "g" / "overlay").iterdir() if p.name != "l")
     assert re.fullmatch(r"[A-Z2-7]{26}", (link / "link").read_text())
+
+
+def test_is_rfc3339() -> None:
+    for good in ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123456789+02:00"):
+        assert is_rfc3339(good)
+    for bad in ("2026-01-01 00:00:00", "2026-01-01T00:00:00", "", None, 0,
+                "2026-01-01T00:00:00.1234567890Z"):
+        assert not is_rfc3339(bad)
 
 
 def test_one_name_two_images_refused() -> None:

@@ -27,7 +27,7 @@ from pycvmfs.containers.model import (
 from pycvmfs.containers.reference import parse_reference
 from pycvmfs.errors import ContainerError
 
-__all__ = ["PodmanImage", "big_data_file_name", "flat_layer_id", "link_id",
+__all__ = ["PodmanImage", "big_data_file_name", "flat_layer_id", "is_rfc3339", "link_id",
            "podman_store_entries"]
 
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
@@ -44,6 +44,12 @@ class PodmanImage:
     names: tuple[str, ...]  # public names, HOST[:PORT]/REPO:TAG or HOST/REPO@sha256:<hex>
     created: str  # RFC 3339, e.g. the config's "created"
     flat_size: int  # bytes of file content under the flat tree
+
+
+def is_rfc3339(text: object) -> bool:
+    """Whether ``text`` is a time podman can read (RFC 3339: ``2026-01-01T00:00:00Z``);
+    image configs carry other spellings too, so callers check before they pass one."""
+    return isinstance(text, str) and _RFC3339.fullmatch(text) is not None
 
 
 def flat_layer_id(config_digest: str) -> str:
@@ -73,7 +79,7 @@ def _check(image: PodmanImage) -> None:
     if not isinstance(manifest.get("config"), dict) or \
             manifest["config"].get("digest") != image.config_digest:
         raise ContainerError(f"{what}: the manifest names another config")
-    if not isinstance(image.created, str) or not _RFC3339.fullmatch(image.created):
+    if not is_rfc3339(image.created):
         raise ContainerError(f"{what}: created {image.created!r} is not an RFC 3339 time")
     if not isinstance(image.flat_size, int) or image.flat_size < 0:
         raise ContainerError(f"{what}: flat size {image.flat_size!r} is not a byte count")
