@@ -225,6 +225,8 @@ def test_actions_run_in_a_container(tmp_path: Path) -> None:
 def test_bad_config_refused(config: dict, needle: str) -> None:
     with pytest.raises(ContainerError, match=needle):
         apptainer_files(config)
+    with pytest.raises(ContainerError, match=f"^oci:/x:1 config: .*{needle}"):
+        apptainer_files({"config": config, "rootfs": {}}, "oci:/x:1 config")
 
 
 def test_generated_entry_refuses_escaping_paths() -> None:

@@ -98,35 +98,35 @@ def shell_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def _strings(config: dict, key: str) -> list[str]:
+def _strings(config: dict, key: str, what: str) -> list[str]:
     value = config.get(key)
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ContainerError(f"image config: {key} must be a list of strings, not {value!r}")
+        raise ContainerError(f"{what}: {key} must be a list of strings, not {value!r}")
     for v in value:
         if "\0" in v:
-            raise ContainerError(f"image config: {key} entry {v!r} contains a NUL character")
+            raise ContainerError(f"{what}: {key} entry {v!r} contains a NUL character")
     return value
 
 
-def _runtime(image_config: dict) -> dict:
+def _runtime(image_config: dict, what: str) -> dict:
     """Accept the whole config JSON as well as its ``config`` object."""
     if not isinstance(image_config, dict):
-        raise ContainerError("image config: not a JSON object")
+        raise ContainerError(f"{what}: not a JSON object")
     inner = image_config.get("config")
     if "rootfs" in image_config or isinstance(inner, dict):
         return inner if isinstance(inner, dict) else {}
     return image_config
 
 
-def env_script(image_config: dict) -> str:
+def env_script(image_config: dict, what: str = "image config") -> str:
     """``10-docker2singularity.sh``: ``PATH`` from ``Env`` set unconditionally, every other
     ``K=V`` only when ``K`` is unset or empty, a bare ``K`` exported as is (empty if unset).
     The last of several entries for one name wins, as in Docker; names that are not shell
     identifiers cannot be exported and are listed in a comment."""
     entries: dict[str, str | None] = {}
-    for item in _strings(_runtime(image_config), "Env"):
+    for item in _strings(_runtime(image_config, what), "Env", what):
         key, eq, value = item.partition("=")
         entries.pop(key, None)
         entries[key] = value if eq else None
@@ -144,12 +144,12 @@ def env_script(image_config: dict) -> str:
     return "".join(lines)
 
 
-def runscript(image_config: dict) -> str:
+def runscript(image_config: dict, what: str = "image config") -> str:
     """The runscript: ``ENTRYPOINT`` followed by the arguments, or by ``CMD`` when there
     are none (Docker's rule: arguments replace CMD, the entrypoint stays)."""
-    config = _runtime(image_config)
-    entrypoint = " ".join(shell_quote(w) for w in _strings(config, "Entrypoint"))
-    cmd = " ".join(shell_quote(w) for w in _strings(config, "Cmd"))
+    config = _runtime(image_config, what)
+    entrypoint = " ".join(shell_quote(w) for w in _strings(config, "Entrypoint", what))
+    cmd = " ".join(shell_quote(w) for w in _strings(config, "Cmd", what))
     return (_HEADER + f"OCI_ENTRYPOINT={shell_quote(entrypoint)}\n"
             f"OCI_CMD={shell_quote(cmd)}\n" + """if [ $# -eq 0 ]; then
     eval "set -- $OCI_CMD"
@@ -163,11 +163,12 @@ exec "$@"
 """)
 
 
-def apptainer_files(image_config: dict) -> list[GeneratedEntry]:
+def apptainer_files(image_config: dict, what: str = "image config") -> list[GeneratedEntry]:
     """Everything Apptainer expects in a sandbox, for an image with this config (the
     config JSON or its ``config`` object), parents before children. Mount points are all
-    listed; the caller skips those the image already has."""
-    config = _runtime(image_config)
+    listed; the caller skips those the image already has. Errors name ``what`` (e.g. the
+    image's source)."""
+    config = _runtime(image_config, what)
     out = [GeneratedEntry(d, "dir", 0o1777 if d in _STICKY else 0o755) for d in MOUNT_POINTS]
     out += [GeneratedEntry("etc/hosts", "file", 0o644),
             GeneratedEntry("etc/resolv.conf", "file", 0o644)]
@@ -177,15 +178,15 @@ def apptainer_files(image_config: dict) -> list[GeneratedEntry]:
                            (_HEADER + body).encode()) for name, body in _ACTIONS.items()]
     env_files = dict(_ENV_FILES, **{"10-docker2singularity.sh": None})
     for name in sorted(env_files):
-        body = env_script(config) if env_files[name] is None else _HEADER + env_files[name]
+        body = env_script(config, what) if env_files[name] is None else _HEADER + env_files[name]
         out.append(GeneratedEntry(f"{ENV_DIR}/{name}", "file", 0o755, body.encode()))
     out.append(GeneratedEntry(f"{SINGULARITY_DIR}/runscript", "file", 0o755,
-                              runscript(config).encode()))
+                              runscript(config, what).encode()))
     out.append(GeneratedEntry(f"{SINGULARITY_DIR}/startscript", "file", 0o755,
                               _HEADER.encode()))
     labels = config.get("Labels") or {}
     if not isinstance(labels, dict):
-        raise ContainerError(f"image config: Labels must be an object, not {labels!r}")
+        raise ContainerError(f"{what}: Labels must be an object, not {labels!r}")
     out.append(GeneratedEntry(f"{SINGULARITY_DIR}/labels.json", "file", 0o644,
                               (json.dumps(labels, indent=1, sort_keys=True) + "\n").encode()))
     out += [GeneratedEntry(name, "symlink", 0o777, target=target)
