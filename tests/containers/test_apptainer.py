@@ -235,3 +235,26 @@ def test_generated_entry_refuses_escaping_paths() -> None:
             GeneratedEntry(path, "file")
     with pytest.raises(ContainerError):
         GeneratedEntry("a", "fifo")
+
+
+def test_materialise_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(outside, root / "etc")  # an image's etc -> somewhere else
+    for entries in ([GeneratedEntry("etc/hosts", "file", 0o644)],
+                    [GeneratedEntry("etc", "dir")],
+                    [GeneratedEntry("link", "symlink", target=str(outside)),
+                     GeneratedEntry("link/x", "file")],
+                    [GeneratedEntry("missing/x", "file")]):
+        with pytest.raises(ContainerError, match="not writing it"):
+            materialise(entries, root)
+    assert list(outside.iterdir()) == []
+    (root / "afile").write_text("")
+    with pytest.raises(ContainerError, match="a file is in the way"):
+        materialise([GeneratedEntry("afile", "dir")], root)
+    os.symlink(outside / "f", root / "dangling")
+    with pytest.raises(ContainerError, match="not writing it"):
+        materialise([GeneratedEntry("dangling", "file")], root)
+    assert list(outside.iterdir()) == []

@@ -203,15 +203,27 @@ class GeneratedEntry:
 
 def materialise(entries: Sequence[GeneratedEntry], root: str | os.PathLike) -> None:
     """Write ``entries`` below the local directory ``root`` (parents first in the list, as
-    generated; an existing directory is kept, as the publisher skips what an image has)."""
+    generated; an existing directory is kept, as the publisher skips what an image has).
+    Nothing is written through a symlink: neither one of ``entries`` nor one in ``root``."""
     for e in entries:
         dest = os.path.join(root, e.path)
+        parent = os.path.join(os.path.realpath(root), os.path.dirname(e.path))
+        if os.path.realpath(os.path.dirname(dest)) != parent.rstrip("/") or os.path.islink(
+                dest) or not os.path.isdir(parent):
+            raise ContainerError(f"generated entry {e.path!r} below {os.fspath(root)}: a "
+                                 "symlink on the way or no parent directory; not writing it")
         if e.kind == "dir":
-            os.makedirs(dest, exist_ok=True)
+            if not os.path.isdir(dest):
+                try:
+                    os.mkdir(dest)
+                except FileExistsError:
+                    raise ContainerError(f"generated directory {e.path!r} below "
+                                         f"{os.fspath(root)}: a file is in the way") from None
             os.chmod(dest, e.mode)
         elif e.kind == "symlink":
             os.symlink(e.target, dest)
         else:
-            with open(dest, "wb") as f:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with open(fd, "wb") as f:
                 f.write(e.data)
-            os.chmod(dest, e.mode)
+                os.fchmod(f.fileno(), e.mode)
