@@ -18,7 +18,7 @@ from pycvmfs import __version__
 from pycvmfs.containers.credentials import Credentials
 from pycvmfs.errors import ContainerError, RegistryError
 
-__all__ = ["RegistryHttp", "Retries", "is_loopback", "read_capped", "shown_url"]
+__all__ = ["RegistryHttp", "Retries", "finish", "is_loopback", "read_capped", "shown_url"]
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_HOPS = 5
@@ -47,20 +47,30 @@ def read_capped(resp: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes:
     """The whole body of ``resp``, refused (by ``what``) when it is larger than ``limit``."""
     length = resp.headers.get("Content-Length")
     if length is not None and length.isdigit() and int(length) > limit:
-        resp.release_conn()
+        finish(resp)
         raise ContainerError(f"{what}: {length} bytes, more than the {limit} allowed")
-    data = resp.read(limit + 1)
+    try:
+        data = resp.read(limit + 1)
+    finally:
+        finish(resp)
     if len(data) > limit:
-        resp.release_conn()
         raise ContainerError(f"{what}: more than the {limit} bytes allowed")
-    resp.release_conn()
     return data
 
 
+def finish(resp: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back to the pool, or close it when its body was not read to the
+    end (a later request on it would read the rest as its answer)."""
+    if not resp.closed:
+        resp.close()
+    resp.release_conn()
+
+
 def _drain(resp: urllib3.BaseHTTPResponse) -> None:
+    """Read and drop a (small) error or redirect body, keeping the connection if it can."""
     with contextlib.suppress(urllib3.exceptions.HTTPError):
         resp.read(1 << 16)
-    resp.release_conn()
+    finish(resp)
 
 
 def _retry_after(value: str | None) -> float | None:

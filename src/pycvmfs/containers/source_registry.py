@@ -17,7 +17,7 @@ from pycvmfs.containers.manifest import MAX_DOCUMENT, check_blob, resolve_images
 from pycvmfs.containers.mediatypes import ACCEPT_MANIFESTS
 from pycvmfs.containers.model import Descriptor, Image, Platform, check_digest, parse_json
 from pycvmfs.containers.reference import ImageRef
-from pycvmfs.containers.registry_http import RegistryHttp, shown_url
+from pycvmfs.containers.registry_http import RegistryHttp, finish, shown_url
 from pycvmfs.errors import ContainerError, RegistryError
 
 __all__ = ["RegistrySource"]
@@ -180,7 +180,7 @@ class RegistrySource:
                     _discard(claim)
                 raise
             finally:
-                resp.release_conn()
+                finish(resp)
 
     # -- tags -----------------------------------------------------------------------------
 
