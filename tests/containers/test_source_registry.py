@@ -196,10 +196,11 @@ def test_bearer_token_flow(tmp_path: Path, pushed: Pushed, cache: BlobCache,
         reg.push(pushed.layout, "1.0", "lib/app")
         tokens.requests.clear()
         creds = Credentials({reg.host: Login(USER, PASSWORD)})
-        with source(reg.host, "lib/app:1.0", cache, credentials=creds) as src:
-            check_image(src, pushed, pushed.single, cache)
-            assert src.list_tags() == ["1.0"]
-        # one token for the scope, reused for the manifest, config, layers and tag list
+        with source(reg.host, "lib/app:1.*", cache, credentials=creds) as src:
+            [ref] = src.expand()
+            assert ref.tag == "1.0"
+            check_image(src.sibling(ref), pushed, pushed.single, cache)
+        # one token for the scope, reused for the tag list, manifest, config and layers
         assert tokens.requests == [("repository:lib/app:pull", USER)]
         wrong = Credentials({reg.host: Login(USER, "not-it")})
         with source(reg.host, "lib/app:1.0", cache, credentials=wrong) as src, \
@@ -279,6 +280,8 @@ def test_glob_expansion(proxy: FaultProxy, cache: BlobCache) -> None:
             src.images([DEFAULT_PLATFORM])
     with source(proxy.host, "lib/tags:v9*", cache) as src:
         assert src.expand() == []
+        with pytest.raises(ContainerError, match="cannot share the connection to 127"):
+            src.sibling(parse_reference("docker://other.example.org/lib/tags:v1"))
     with source(proxy.host, "lib/tags:v2.0", cache) as src:
         assert [r.tag for r in src.expand()] == ["v2.0"]
 

@@ -59,13 +59,18 @@ class RegistrySource:
 
     def __init__(self, ref: ImageRef, *, cache: BlobCache, credentials: Credentials | None = None,
                  insecure: bool = False, retries: int = 6, timeout: float = 30.0,
-                 backoff: tuple[float, float] = (0.5, 30.0), page_size: int = 1000) -> None:
+                 backoff: tuple[float, float] = (0.5, 30.0), page_size: int = 1000,
+                 http: RegistryHttp | None = None) -> None:
         self.ref = ref
         self.cache = cache
         self.description = ref.url()
         self.repository = ref.api_repository()
-        self.http = RegistryHttp(ref.api_host(), credentials=credentials, insecure=insecure,
-                                 retries=retries, timeout=timeout, backoff=backoff)
+        if http is not None and http.host != ref.api_host():
+            raise ContainerError(f"{self.description}: cannot share the connection to "
+                                 f"{http.host}")
+        self.http = http or RegistryHttp(ref.api_host(), credentials=credentials,
+                                         insecure=insecure, retries=retries, timeout=timeout,
+                                         backoff=backoff)
         self.page_size = page_size
         self._scope = f"repository:{self.repository}:pull"
         self._api = f"{self.http.base}/v2/{self.repository}"
@@ -73,6 +78,11 @@ class RegistrySource:
 
     def __repr__(self) -> str:
         return f"RegistrySource({self.description!r})"
+
+    def sibling(self, ref: ImageRef) -> RegistrySource:
+        """A source for another reference on the same registry (a tag :meth:`expand` gave)
+        sharing this one's cache, connection pool, credentials and tokens."""
+        return RegistrySource(ref, cache=self.cache, page_size=self.page_size, http=self.http)
 
     def __enter__(self) -> RegistrySource:
         return self
