@@ -67,10 +67,16 @@ class FaultProxy:
                 pass
 
             def do_GET(self) -> None:
-                proxy._handle(self)
+                self._handle()
 
             def do_HEAD(self) -> None:
-                proxy._handle(self)
+                self._handle()
+
+            def _handle(self) -> None:
+                try:
+                    proxy._handle(self)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up early
+                    self.close_connection = True
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
