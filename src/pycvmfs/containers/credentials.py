@@ -11,14 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pycvmfs.containers.reference import DOCKER_HUB, DOCKER_HUB_HOSTS
 from pycvmfs.errors import ContainerError
 
-__all__ = ["DOCKER_HUB_HOSTS", "Credentials", "Login", "normalise_host"]
+__all__ = ["Credentials", "Login", "normalise_host"]
 
-#: the names Docker Hub goes by; credentials for one are credentials for all
-DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io",
-                    "registry.hub.docker.com")
-_HUB = "docker.io"
 _MAX_FILE = 1 << 20
 
 
@@ -35,9 +32,10 @@ class Login:
 
 def normalise_host(text: str) -> str:
     """``host[:port]`` of a registry written as a host, a URL or a Docker ``auths`` key
-    (``https://index.docker.io/v1/`` → ``docker.io``), lower-cased."""
+    (``https://index.docker.io/v1/`` → ``docker.io``: credentials for one of Docker Hub's
+    names are for all), lower-cased."""
     host = re.sub(r"^[a-z][a-z0-9+.-]*://", "", text.strip().lower()).split("/", 1)[0]
-    return _HUB if host in DOCKER_HUB_HOSTS else host
+    return DOCKER_HUB if host in DOCKER_HUB_HOSTS else host
 
 
 class Credentials:

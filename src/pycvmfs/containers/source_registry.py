@@ -16,7 +16,7 @@ from pycvmfs.containers.credentials import Credentials
 from pycvmfs.containers.manifest import MAX_DOCUMENT, check_blob, resolve_images
 from pycvmfs.containers.mediatypes import ACCEPT_MANIFESTS
 from pycvmfs.containers.model import Descriptor, Image, Platform, check_digest, parse_json
-from pycvmfs.containers.reference import ImageRef
+from pycvmfs.containers.reference import TAG_PATTERN, ImageRef
 from pycvmfs.containers.registry_http import RegistryHttp, finish, shown_url
 from pycvmfs.errors import ContainerError, RegistryError
 
@@ -235,11 +235,7 @@ class RegistrySource:
         if not self.ref.is_glob:
             return [self.ref]
         return [self.ref.with_tag(t) for t in sorted(set(self.list_tags()))
-                if self.ref.matches(t) and _valid_tag(t)]
-
-
-def _valid_tag(tag: str) -> bool:
-    return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag) is not None
+                if self.ref.matches(t) and TAG_PATTERN.fullmatch(t)]
 
 
 def _discard(claim: Partial) -> None:
