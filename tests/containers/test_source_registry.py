@@ -176,6 +176,11 @@ def test_basic_auth(basic_registry: Registry, pushed: Pushed, cache: BlobCache) 
     right = Credentials({basic_registry.host: Login(USER, PASSWORD)})
     with source(basic_registry.host, "lib/app:1.0", cache, credentials=right) as src:
         check_image(src, pushed, pushed.single, cache)
+    ducc = Credentials.from_env({"DUCC_AUTH_REGISTRIES": "LOCAL", "DUCC_LOCAL_USER": USER,
+                                 "DUCC_LOCAL_IDENT": basic_registry.host,
+                                 "DUCC_LOCAL_PASS": PASSWORD})
+    with source(basic_registry.host, "lib/app:1.0", cache, credentials=ducc) as src:
+        assert src.list_tags() == ["1.0"]
     wrong = Credentials({basic_registry.host: Login(USER, "guessed-wrong")})
     with source(basic_registry.host, "lib/app:1.0", cache, credentials=wrong) as src, \
             pytest.raises(RegistryError, match=r"access denied .* refused the credentials"
