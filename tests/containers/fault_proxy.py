@@ -36,6 +36,7 @@ class Fault:
     keep: int = 0
     headers: dict[str, str] | None = None  # more headers of a ``status`` answer
     body: bytes = b'{"errors":[]}'  # the body of a ``status`` answer
+    method: str = "GET"  # the requests it applies to
 
 
 @dataclass
@@ -96,14 +97,15 @@ class FaultProxy:
             self.faults.append(fault)
         return fault
 
-    def requests(self, match: str, method: str = "GET") -> list[Seen]:
+    def requests(self, match: str, method: str | None = "GET") -> list[Seen]:
+        """The requests for paths containing ``match`` (of any method with None)."""
         with self._lock:
-            return [s for s in self.log if match in s.path and s.method == method]
+            return [s for s in self.log if match in s.path and method in (None, s.method)]
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, method: str) -> Fault | None:
         with self._lock:
             for f in self.faults:
-                if f.match in path and f.times > 0:
+                if f.match in path and f.times > 0 and f.method == method:
                     f.times -= 1
                     return f
         return None
@@ -145,7 +147,7 @@ class FaultProxy:
             headers.pop("Authorization", None)
             if self.storage_auth:
                 headers["Authorization"] = self.storage_auth
-        fault = None if storage else self._take_fault(path)
+        fault = None if storage else self._take_fault(path, h.command)
         if fault is not None and fault.kind == "status":
             status, out_headers, body = fault.status, {}, fault.body
             if fault.retry_after is not None:

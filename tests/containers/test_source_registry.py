@@ -376,6 +376,26 @@ def test_registry_down(cache: BlobCache) -> None:
         src.images([DEFAULT_PLATFORM])
 
 
+def test_cached_manifest_not_downloaded_again(proxy: FaultProxy, pushed: Pushed,
+                                              tmp_path: Path) -> None:
+    """A tag is asked with HEAD; the manifest it names is downloaded only when the cache
+    lacks it; a pinned digest in the cache costs no request at all."""
+    cache = BlobCache(tmp_path / "cache")
+    proxy.add(Fault("/manifests/1.0", "status", status=405, method="HEAD"))  # no HEAD: GET
+    for _ in range(3):
+        with source(proxy.host, "lib/app:1.0", cache) as src:
+            [img] = src.images([DEFAULT_PLATFORM])
+            assert img.manifest_digest == pushed.single.manifest_digest
+    assert [s.status for s in proxy.requests("/manifests/1.0", "HEAD")] == [405, 200, 200]
+    assert len(proxy.requests("/manifests/1.0")) == 1
+    assert len(proxy.requests(pushed.single.config_digest)) == 1
+    before = len(proxy.log)
+    with source(proxy.host, f"lib/app@{pushed.single.manifest_digest}", cache) as src:
+        [img] = src.images([DEFAULT_PLATFORM])
+        assert img.config_bytes == pushed.single.config
+    assert len(proxy.log) == before
+
+
 def test_retry_downloads_nothing_twice(proxy: FaultProxy, pushed: Pushed,
                                        cache: BlobCache) -> None:
     w = pushed.single

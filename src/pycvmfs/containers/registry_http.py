@@ -164,8 +164,8 @@ class RegistryHttp:
         return Retries(self.retries, self.backoff, self.max_wait)
 
     def get(self, url: str, *, scope: str, what: str, headers: dict[str, str] | None = None,
-            budget: Retries | None = None) -> urllib3.BaseHTTPResponse:
-        """GET ``url`` (on this registry) and return the unread response of the first answer
+            budget: Retries | None = None, method: str = "GET") -> urllib3.BaseHTTPResponse:
+        """GET (or HEAD) ``url`` (on this registry) and return the unread response of the first answer
         that is neither a retryable failure (429, 5xx, a broken connection) nor a 401 that
         credentials can answer. The caller reads and releases it."""
         budget = budget or self.retry_budget()
@@ -176,7 +176,7 @@ class RegistryHttp:
             if auth:
                 sent["Authorization"] = auth
             try:
-                resp, final = self._follow(url, sent, what)
+                resp, final = self._follow(url, sent, what, method)
             except urllib3.exceptions.HTTPError as e:
                 budget.failed(url, what, _reason(e))
                 continue
@@ -287,14 +287,14 @@ class RegistryHttp:
             raise RegistryError(f"{twhat}: {shown_url(realm)} gave no token")
         return token
 
-    def _follow(self, url: str, headers: dict[str, str], what: str
+    def _follow(self, url: str, headers: dict[str, str], what: str, method: str = "GET"
                 ) -> tuple[urllib3.BaseHTTPResponse, str]:
         """GET, following redirects (at most 5): the response and the URL that gave it. The
         Authorization header is dropped once a redirect leaves the host of ``url``; plain
         HTTP only to loopback with --insecure."""
         origin = urlsplit(url).netloc
         for _ in range(_MAX_HOPS + 1):
-            resp = self._pool.request("GET", url, headers=headers, redirect=False,
+            resp = self._pool.request(method, url, headers=headers, redirect=False,
                                       preload_content=False, retries=False)
             if resp.status not in _REDIRECTS:
                 return resp, url

@@ -15,7 +15,14 @@ from pycvmfs.containers.blobcache import BlobCache, Partial
 from pycvmfs.containers.credentials import Credentials
 from pycvmfs.containers.manifest import MAX_DOCUMENT, check_blob, resolve_images
 from pycvmfs.containers.mediatypes import ACCEPT_MANIFESTS
-from pycvmfs.containers.model import Descriptor, Image, Platform, check_digest, parse_json
+from pycvmfs.containers.model import (
+    Descriptor,
+    Image,
+    Platform,
+    check_digest,
+    parse_json,
+    sha256_digest,
+)
 from pycvmfs.containers.reference import TAG_PATTERN, ImageRef
 from pycvmfs.containers.registry_http import RegistryHttp, finish, shown_url
 from pycvmfs.errors import ContainerError, RegistryError
@@ -103,24 +110,56 @@ class RegistrySource:
             raise ContainerError(f"{self.description}: a tag glob names no single image; "
                                  "expand it first")
         what = f"{self.description} manifest"
+        body, digest, hint = self._top_manifest(what)
+        self._note_children(body)
+        return resolve_images(source=self.description, name=ref.public_name(), top=body,
+                              top_digest=digest, top_hint=hint, fetch=self._fetch_document,
+                              wanted=platforms, what=what)
+
+    def _top_manifest(self, what: str) -> tuple[bytes, str, str | None]:
+        """The manifest (or index) the reference names, its digest and Content-Type. A tag is
+        first asked with HEAD: when the cache holds the digest it names (or a pinned digest),
+        the manifest is not downloaded again (a HEAD is no pull for Docker Hub's limits)."""
+        ref = self.ref
         url = f"{self._api}/manifests/{ref.digest or ref.tag}"
-        status, headers, body = self.http.get_document(
-            url, scope=self._scope, what=what, limit=MAX_DOCUMENT,
-            headers={"Accept": ACCEPT_MANIFESTS})
+        accept = {"Accept": ACCEPT_MANIFESTS}
+        digest, hint = ref.digest, None
+        if digest is None:
+            resp = self.http.get(url, scope=self._scope, what=what, headers=accept,
+                                 method="HEAD")
+            finish(resp)
+            if resp.status == 404:
+                raise self._no_such_image(url)
+            served = resp.headers.get("Docker-Content-Digest", "").strip()
+            if resp.status == 200 and re.fullmatch(r"sha256:[0-9a-f]{64}", served):
+                digest, hint = served, resp.headers.get("Content-Type")
+        if digest is not None and self.cache.path_for(digest) is not None:
+            return self._cached_document(digest, what), digest, hint
+        status, headers, body = self.http.get_document(url, scope=self._scope, what=what,
+                                                       limit=MAX_DOCUMENT, headers=accept)
         if status == 404:
-            raise ContainerError(f"{self.description}: no such image/tag (the registry "
-                                 f"answered 404 for {shown_url(url)})")
+            raise self._no_such_image(url)
         if status != 200:
             raise _unexpected(what, url, status, body)
         served = headers.get("Docker-Content-Digest", "").strip()
         if served.startswith("sha256:"):
             check_blob(body, check_digest(served, f"{what}: Docker-Content-Digest"),
                        f"{what} (against its Docker-Content-Digest)")
-        top_digest = ref.digest or (served if served.startswith("sha256:") else None)
-        self._note_children(body)
-        return resolve_images(source=self.description, name=ref.public_name(), top=body,
-                              top_digest=top_digest, top_hint=headers.get("Content-Type"),
-                              fetch=self._fetch_document, wanted=platforms, what=what)
+        digest = ref.digest or (served if served.startswith("sha256:") else sha256_digest(body))
+        check_blob(body, digest, what)
+        self.cache.put_stream(digest, len(body), io.BytesIO(body).read, what)
+        return body, digest, headers.get("Content-Type")
+
+    def _no_such_image(self, url: str) -> ContainerError:
+        return ContainerError(f"{self.description}: no such image/tag (the registry answered "
+                              f"404 for {shown_url(url)})")
+
+    def _cached_document(self, digest: str, what: str) -> bytes:
+        with self.cache.open(digest) as f:
+            body = f.read(MAX_DOCUMENT + 1)
+        if len(body) > MAX_DOCUMENT:
+            raise ContainerError(f"{what}: more than the {MAX_DOCUMENT} bytes allowed")
+        return body
 
     def _note_children(self, body: bytes) -> None:
         """Remember the manifests an index lists: they are fetched from ``/manifests/``,
@@ -138,10 +177,7 @@ class RegistrySource:
         """A manifest or config by digest, from the cache or the registry (then cached)."""
         hint = None
         if self.cache.path_for(digest) is not None:
-            with self.cache.open(digest) as f:
-                body = f.read(MAX_DOCUMENT + 1)
-            if len(body) > MAX_DOCUMENT:
-                raise ContainerError(f"{what}: more than the {MAX_DOCUMENT} bytes allowed")
+            body = self._cached_document(digest, what)
         else:
             manifest = digest in self._manifest_digests
             url = f"{self._api}/{'manifests' if manifest else 'blobs'}/{digest}"
