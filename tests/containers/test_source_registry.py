@@ -425,6 +425,25 @@ def test_resume_after_dropped_connection(proxy: FaultProxy, pushed: Pushed,
     assert cache_files(cache, big) == [big[7:]]
 
 
+def test_partial_kept_when_retries_run_out(proxy: FaultProxy, pushed: Pushed,
+                                           cache: BlobCache) -> None:
+    """A download broken off, then a registry failing every retry: the part stays in the
+    cache and the next run asks only for the rest."""
+    big = pushed.single.layer_digests[1]
+    proxy.add(Fault(big, "drop", keep=100_000))
+    failing = proxy.add(Fault(big, "status", times=100, status=502))
+    with source(proxy.host, "lib/app:1.0", cache, retries=2) as src:
+        [img] = src.images([DEFAULT_PLATFORM])
+        with pytest.raises(RegistryError, match="HTTP 502"):
+            src.open_blob(img.layers[1])
+        assert cache_files(cache, big) == [big[7:] + ".part"]
+        failing.times = 0
+        with src.open_blob(img.layers[1]) as f:
+            assert f.read() == pushed.blob(big)
+    assert [s.range for s in proxy.requests(big) if s.status != 502] == [
+        None, "bytes=100000-"]
+
+
 # -- credentials ----------------------------------------------------------------------------
 
 def basic_header(user: str, password: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -212,8 +213,13 @@ class RegistrySource:
             if claim is not None and not 0 < claim.offset < desc.size:
                 claim = _discard(claim)
             headers = {"Range": f"bytes={claim.offset}-"} if claim else None
-            resp = self.http.get(url, scope=self._scope, what=what, headers=headers,
-                                 budget=budget)
+            try:
+                resp = self.http.get(url, scope=self._scope, what=what, headers=headers,
+                                     budget=budget)
+            except BaseException:
+                if claim is not None:
+                    self._give_back(desc, claim, what)
+                raise
             try:
                 claim, expected = _check_blob_response(resp, desc, claim, what, url)
                 self.cache.put_stream(desc.digest, desc.size, _BodyReader(resp, expected).read,
@@ -227,6 +233,16 @@ class RegistrySource:
                 raise
             finally:
                 finish(resp)
+
+    def _give_back(self, desc: Descriptor, claim: Partial, what: str) -> None:
+        """Return a claimed partial download to the cache for a later run: ``put_stream``
+        keeps what a stream that fails had (here, nothing more than the claim)."""
+
+        def refuse(_n: int) -> bytes:
+            raise _Dropped("not resumed now")
+
+        with contextlib.suppress(_Dropped, ContainerError):
+            self.cache.put_stream(desc.digest, desc.size, refuse, what, resume=claim)
 
     # -- tags -----------------------------------------------------------------------------
 
