@@ -165,9 +165,9 @@ class RegistryHttp:
 
     def get(self, url: str, *, scope: str, what: str, headers: dict[str, str] | None = None,
             budget: Retries | None = None, method: str = "GET") -> urllib3.BaseHTTPResponse:
-        """GET (or HEAD) ``url`` (on this registry) and return the unread response of the first answer
-        that is neither a retryable failure (429, 5xx, a broken connection) nor a 401 that
-        credentials can answer. The caller reads and releases it."""
+        """GET (or HEAD) ``url`` (on this registry) and return the unread response of the
+        first answer that is neither a retryable failure (429, 5xx, a broken connection) nor
+        a 401 that credentials can answer. The caller reads and releases it."""
         budget = budget or self.retry_budget()
         answered = False
         while True:
@@ -236,7 +236,8 @@ class RegistryHttp:
         why = (f"the registry refused the credentials configured for {self.host}"
                if self._login is not None else
                f"no credentials are configured for {self.host} (give a credentials file or "
-               "set them in the environment)")
+               "set them in the environment; registries answer so for a repository that "
+               "does not exist, too)")
         return RegistryError(f"{what}: access denied by {shown_url(url)}: {why}")
 
     def _token(self, realm: str, service: str | None, scope: str, what: str,
