@@ -72,6 +72,9 @@ def test_ducc_environment() -> None:
     assert creds.lookup("registry-1.docker.io") == Login("u1", "p1")  # a host substring
     assert creds.lookup("gitlab-registry.cern.ch") == Login("u2", "p2")
     assert creds.lookup("ghcr.io") is None
+    hub = Credentials.from_env({"DUCC_AUTH_REGISTRIES": "H", "DUCC_H_USER": "u",
+                                "DUCC_H_IDENT": "registry.hub.docker.com", "DUCC_H_PASS": "p"})
+    assert hub.lookup("registry-1.docker.io") == Login("u", "p")  # where the API answers
     with pytest.raises(ContainerError, match="DUCC_X_IDENT, DUCC_X_USER and DUCC_X_PASS"):
         Credentials.from_env({"DUCC_AUTH_REGISTRIES": "X", "DUCC_X_USER": "u"})
 

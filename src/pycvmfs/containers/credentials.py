@@ -66,8 +66,9 @@ class Credentials:
         key = normalise_host(host)
         if key in self._hosts:
             return self._hosts[key]
+        names = DOCKER_HUB_HOSTS if key == DOCKER_HUB else {host.lower()}
         for ident, login in self._substrings:
-            if ident in host.lower():
+            if any(ident in name for name in names):
                 return login
         return self._fallback
 
