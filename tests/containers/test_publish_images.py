@@ -176,13 +176,13 @@ def test_the_podman_store_and_aliases_point_at_the_flat(cpub, section6, tmp_path
     view, reader, flat = _flat_listing(cpub, tmp_path, "localhost/img:1.0")
     try:
         images = json.loads(view.read_bytes("/podmanStore/overlay-images/images.json"))
-        assert [i["names"] for i in images] == [["localhost/img:1.0"]]
+        state = json.loads(view.read_bytes("/.metadata/images.json"))
+        alias = state["images"]["localhost/img:1.0"]["alias"]
+        assert [i["names"] for i in images] == [["localhost/img:1.0", alias]]
         layer_id = images[0]["layer"]
         diff = f"/podmanStore/overlay/{layer_id}/diff"
         target = os.path.normpath(os.path.join(os.path.dirname(diff), view.readlink(diff)))
         assert target == flat
-        state = json.loads(view.read_bytes("/.metadata/images.json"))
-        alias = state["images"]["localhost/img:1.0"]["alias"]
         assert alias.startswith("localhost/img@sha256:")
         assert os.path.normpath(os.path.join("/localhost", view.readlink("/" + alias))) == flat
     finally:
@@ -266,6 +266,21 @@ def test_a_layer_ducc_ingested_with_wh_files_is_rewritten_with_overlay_whiteouts
         assert not view.exists(f"/{top}/etc/.wh.group")
         assert view.lstat(f"/{top}/etc/group").entry.file_type == "chardev"
         assert not view.exists("/localhost/img:1.0/etc/group")
+    finally:
+        view.close()
+        reader.close()
+
+
+def test_an_image_whose_created_is_not_a_date_is_still_published(cpub, tmp_path):
+    Layout(tmp_path / "img").add(ImageSpec([Layer(base_members())], created="last tuesday"),
+                                 "1.0")
+    report = _ingest(cpub, [f"oci:{tmp_path}/img:1.0"], tmp_path)
+    assert report.added == ["localhost/img:1.0"]
+    reader = cpub.open_reader(tmp_path / "rc")
+    view = reader.open_revision()
+    try:
+        images = json.loads(view.read_bytes("/podmanStore/overlay-images/images.json"))
+        assert images[0]["created"].endswith("Z")
     finally:
         view.close()
         reader.close()

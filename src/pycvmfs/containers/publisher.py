@@ -367,7 +367,7 @@ class ContainerPublisher:
                       report: RunReport) -> None:
         """``podmanStore/`` regenerated from the whole published state (deterministic: an
         unchanged state rewrites identical rows, which publish nothing)."""
-        from pycvmfs.containers.podman import PodmanImage, podman_store_entries
+        from pycvmfs.containers.podman import PodmanImage, is_rfc3339, podman_store_entries
 
         recs = [r for r in new.images.values() if {"podman", "flat"} <= set(r.outputs)]
         store = "/" + layout.PODMAN
@@ -389,9 +389,11 @@ class ContainerPublisher:
                     report.warnings.append(f"{r.name}: no {md}/config.json; left out of the "
                                            "podman store")
                     continue
-            created = _config_created(cfg) or _iso(r.published)
-            found.append(PodmanImage(r.config_digest, cfg, man, (r.name,), created,
-                                     r.flat_size))
+            created = _config_created(cfg)
+            if created is None or not is_rfc3339(created):
+                created = _iso(r.published)
+            names = (r.name, r.alias) if r.alias and r.alias != r.name else (r.name,)
+            found.append(PodmanImage(r.config_digest, cfg, man, names, created, r.flat_size))
         entries = podman_store_entries(found)
         write_catalog_dir(txn, layout.PODMAN)
         put_generated(txn, "", entries, mtime=0)

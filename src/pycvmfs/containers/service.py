@@ -104,13 +104,16 @@ def sync_wishlist(pub, wishlist: WishList, settings: ContainerSettings, *,
                                           settings.platforms)
         try:
             refs = [item.ref]
+            lister = None
             if item.ref.is_glob:
                 lister = RegistrySource(item.ref, cache=cache, credentials=settings.credentials,
                                         insecure=settings.insecure)
                 refs = lister.expand()
             for ref in refs:
-                src = RegistrySource(ref, cache=cache, credentials=settings.credentials,
-                                     insecure=settings.insecure)
+                if lister is None:
+                    lister = RegistrySource(ref, cache=cache, credentials=settings.credentials,
+                                            insecure=settings.insecure)
+                src = lister if ref == lister.ref else lister.sibling(ref)
                 imgs = src.images(item_settings.platforms)
                 for name, img in zip(_names_for(ref.public_name(), imgs,
                                                 item_settings.platforms), imgs, strict=True):
