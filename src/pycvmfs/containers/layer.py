@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, TypeVar
 
 import zstandard
 
@@ -21,12 +21,13 @@ from pycvmfs.containers.model import Descriptor, check_digest
 from pycvmfs.errors import ContainerError, CvmfsError
 from pycvmfs.publish.ingest import Ingested
 from pycvmfs.publish.tarball import (
-    STREAM_OVER,
-    _ArchiveEnd,
-    _Budget,
-    _mtime,
-    _Prefixed,
-    _StrictTarInfo,
+    ArchiveEnd,
+    ContentSink,
+    InFlightBudget,
+    StrictTarInfo,
+    member_content,
+    member_mtime,
+    peek_stream,
 )
 
 __all__ = ["ContentSink", "Entry", "Kind", "LayerChanges", "normalise_path", "read_layer"]
@@ -86,16 +87,6 @@ class LayerChanges:
     uncompressed_size: int
     warnings: list[str] = field(default_factory=list)
     root: Entry | None = None  # a "./" directory member: attributes for the root (path b"")
-
-
-class ContentSink(Protocol):
-    """Where file contents go (``pycvmfs.publish.ingest.Ingester`` is one)."""
-
-    max_file_size: int | None
-
-    def submit_bytes(self, data: bytes) -> Future[Ingested]: ...
-
-    def ingest_stream(self, read: Callable[[int], bytes], size: int, *, what: str) -> Ingested: ...
 
 
 class _Digesting:
@@ -171,7 +162,7 @@ class _LayerState:
         self.warnings: list[str] = []
         self.root: Entry | None = None
         self.links = 0
-        self.budget = _Budget(_IN_FLIGHT)
+        self.budget = InFlightBudget(_IN_FLIGHT)
 
     def warn(self, text: str) -> None:
         self.warnings.append(f"{self.label}: {text}")
@@ -216,7 +207,7 @@ class _LayerState:
 
     def entry(self, ti: tarfile.TarInfo, path: bytes, kind: Kind) -> Entry:
         if "mtime" in ti.pax_headers:
-            mtime, mtimens = _mtime(ti, True)
+            mtime, mtimens = member_mtime(ti, True)
         else:
             mtime, mtimens = math.floor(ti.mtime), None
         e = Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, mtime, mtimens,
@@ -251,21 +242,8 @@ class _LayerState:
         if limit is not None and ti.size > limit:
             raise ContainerError(f"file {path!r}: {ti.size} bytes is over the file size limit "
                                  f"of {limit // (1 << 20)} MiB (CVMFS_FILE_MBYTE_LIMIT)")
-        f = tf.extractfile(ti)
-        assert f is not None  # a regular member
-        if ti.size > STREAM_OVER:  # bounded memory: the sink chunks and stores while reading
-            fut: Future[Ingested] = Future()
-            fut.set_result(self.sink.ingest_stream(f.read, ti.size,
-                                                   what=f"{self.label}:{os.fsdecode(path)}"))
-            return fut
-        data = f.read(ti.size)
-        if len(data) != ti.size:
-            raise tarfile.ReadError(f"file {path!r}: got {len(data)} of {ti.size} bytes")
-        n = len(data)
-        self.budget.take(n)
-        fut = self.sink.submit_bytes(data)
-        fut.add_done_callback(lambda _f: self.budget.give(n))
-        return fut
+        return member_content(tf, ti, self.sink, self.budget,
+                              what=f"{self.label}:{os.fsdecode(path)}")
 
     def hardlink(self, ti: tarfile.TarInfo, path: bytes) -> Entry | None:
         target = normalise_path(ti.linkname, f"hard link {path!r}: target")
@@ -362,7 +340,7 @@ def read_layer(raw: BinaryIO, desc: Descriptor, diff_id: str, sink: ContentSink,
         plain = compressed if found is Compression.NONE else _Digesting(stream)
         reader = stream if found is Compression.NONE else plain
         tf = _header(lambda: tarfile.open(  # noqa: SIM115 - stream mode, nothing to close
-            fileobj=reader, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8",
+            fileobj=reader, mode="r|", tarinfo=StrictTarInfo, encoding="utf-8",
             errors="surrogateescape"))
         _members(tf, state, current)
         while reader.read(_BLOCK):  # what follows the end of the archive is in the DiffID
@@ -395,7 +373,7 @@ class _ArchiveError(Exception):
 def _header(read_header: Callable[[], _T]) -> _T:
     try:
         return read_header()
-    except (_ArchiveEnd, ValueError) as e:
+    except (ArchiveEnd, ValueError) as e:
         raise _ArchiveError(str(e)) from None
 
 
@@ -437,13 +415,7 @@ def _decompressing(compressed: _Digesting, declared: Compression
                    ) -> tuple[BinaryIO, Compression, str]:
     """The tar stream inside the blob, its compression, and a warning when its magic bytes
     contradict the media type (the magic bytes win)."""
-    head = b""
-    while len(head) < 4:
-        piece = compressed.read(4 - len(head))
-        if not piece:
-            break
-        head += piece
-    src = _Prefixed(head, compressed)
+    head, src = peek_stream(compressed, 4)
     found = sniff_compression(head)
     warning = ""
     if found is not declared:

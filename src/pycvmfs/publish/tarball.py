@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 from pycvmfs.errors import CvmfsError, PublishError
 from pycvmfs.format.catalog import parent_path
@@ -27,7 +27,8 @@ from pycvmfs.publish.rows import Meta, check_name, special_row, symlink_row
 if TYPE_CHECKING:
     from pycvmfs.publish.transaction import Transaction
 
-__all__ = ["STREAM_OVER", "ingest_tarball"]
+__all__ = ["STREAM_OVER", "ArchiveEnd", "ContentSink", "InFlightBudget", "PrefixedStream",
+           "StrictTarInfo", "ingest_tarball", "member_content", "member_mtime", "peek_stream"]
 
 STREAM_OVER = 8 << 20  # members larger than this are ingested in the reading thread
 _IN_FLIGHT = 256 << 20  # bytes of small members read ahead of the worker threads, at most
@@ -79,11 +80,11 @@ class _Seen:
     rdev: int = 0
 
 
-class _ArchiveEnd(Exception):
+class ArchiveEnd(Exception):
     """The archive stops where a header should be, or a header is garbage."""
 
 
-class _StrictTarInfo(tarfile.TarInfo):
+class StrictTarInfo(tarfile.TarInfo):
     """``tarfile`` ends an archive silently at a missing, short or invalid header; we refuse."""
 
     @classmethod
@@ -93,14 +94,14 @@ class _StrictTarInfo(tarfile.TarInfo):
         except tarfile.EOFHeaderError:
             raise  # a zero block: the regular end of the archive
         except tarfile.EmptyHeaderError:
-            raise _ArchiveEnd("the data ends without an end-of-archive marker") from None
+            raise ArchiveEnd("the data ends without an end-of-archive marker") from None
         except tarfile.TruncatedHeaderError:
-            raise _ArchiveEnd("the data ends inside a header") from None
+            raise ArchiveEnd("the data ends inside a header") from None
         except tarfile.InvalidHeaderError as e:
-            raise _ArchiveEnd(f"invalid header ({e})") from None
+            raise ArchiveEnd(f"invalid header ({e})") from None
 
 
-class _Prefixed:
+class PrefixedStream:
     """A stream whose first bytes were already read (to recognise the compression)."""
 
     def __init__(self, head: bytes, rest: BinaryIO) -> None:
@@ -115,6 +116,18 @@ class _Prefixed:
             out, self._head = self._head[:size], self._head[size:]
             return out
         return self._rest.read(size)
+
+
+def peek_stream(raw: BinaryIO, size: int) -> tuple[bytes, PrefixedStream]:
+    """The first ``size`` bytes of ``raw`` (fewer when it ends sooner) and a stream that reads
+    ``raw`` from its start again (to recognise a compression by its magic bytes)."""
+    head = b""
+    while len(head) < size:
+        piece = raw.read(size - len(head))
+        if not piece:
+            break
+        head += piece
+    return head, PrefixedStream(head, raw)
 
 
 class _Counted:
@@ -143,13 +156,7 @@ def _decompressed(raw: BinaryIO, name: str) -> BinaryIO:
     """The tar stream inside ``raw``: the format is recognised by its magic bytes. The stdlib
     decompressors check the gzip CRC/size, bzip2 CRCs and xz integrity checks and raise on a
     stream that stops early (``tarfile``'s own ``r|*`` checks none of these)."""
-    head = b""
-    while len(head) < 6:
-        piece = raw.read(6 - len(head))
-        if not piece:
-            break
-        head += piece
-    src = _Prefixed(head, raw)
+    head, src = peek_stream(raw, 6)
     if head.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=src, mode="rb")
     if head.startswith(b"BZh"):
@@ -162,7 +169,7 @@ def _decompressed(raw: BinaryIO, name: str) -> BinaryIO:
     return src
 
 
-class _Budget:
+class InFlightBudget:
     """Bytes of small members handed to the workers and not yet stored."""
 
     def __init__(self, limit: int) -> None:
@@ -181,6 +188,37 @@ class _Budget:
             self._cond.notify_all()
 
 
+class ContentSink(Protocol):
+    """Where file contents go (``pycvmfs.publish.ingest.Ingester`` is one)."""
+
+    max_file_size: int | None
+
+    def submit_bytes(self, data: bytes) -> Future[Ingested]: ...
+
+    def ingest_stream(self, read: Callable[[int], bytes], size: int, *, what: str) -> Ingested: ...
+
+
+def member_content(tf: tarfile.TarFile, ti: tarfile.TarInfo, sink: ContentSink,
+                   budget: InFlightBudget, *, what: str) -> Future[Ingested]:
+    """The content of the regular member ``ti`` stored through ``sink``: a large one chunked
+    and stored while it is read (bounded memory), a small one read and handed to the workers
+    within ``budget``. A member shorter than its header says raises ``tarfile.ReadError``."""
+    f = tf.extractfile(ti)
+    assert f is not None  # a regular member
+    if ti.size > STREAM_OVER:
+        fut: Future[Ingested] = Future()
+        fut.set_result(sink.ingest_stream(f.read, ti.size, what=what))
+        return fut
+    data = f.read(ti.size)
+    if len(data) != ti.size:
+        raise tarfile.ReadError(f"got {len(data)} of {ti.size} bytes")
+    n = len(data)
+    budget.take(n)
+    fut = sink.submit_bytes(data)
+    fut.add_done_callback(lambda _f: budget.give(n))
+    return fut
+
+
 class _Unpacker:
     def __init__(self, txn: Transaction, name: str, to: bytes, uid: int | None,
                  gid: int | None) -> None:
@@ -195,7 +233,7 @@ class _Unpacker:
         self.ignore_special = s.ignore_special_files
         self.dir_meta = txn._now_meta(0o755, uid=uid, gid=gid)  # directories we make up
         self.seen: dict[bytes, _Seen] = {}
-        self.budget = _Budget(_IN_FLIGHT)
+        self.budget = InFlightBudget(_IN_FLIGHT)
         self.idents = 0
         self.linked: set[int] = set()  # contents that hard links name
         self.dirs: set[bytes] = set()  # directories known to exist (members and parents)
@@ -223,7 +261,7 @@ class _Unpacker:
         try:
             stream = _decompressed(raw, self.name)
             with self._checked(lambda: tarfile.open(
-                    fileobj=stream, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8",
+                    fileobj=stream, mode="r|", tarinfo=StrictTarInfo, encoding="utf-8",
                     errors="surrogateescape")) as tf:
                 self._members(tf)
             while stream.read(1 << 20):  # to the end: compressed streams check their sums
@@ -261,7 +299,7 @@ class _Unpacker:
         """Header parsing: what ``tarfile`` lets through as an end or a ValueError is refused."""
         try:
             return read_header()
-        except (_ArchiveEnd, ValueError) as e:
+        except (ArchiveEnd, ValueError) as e:
             raise PublishError(f"{self.name}: corrupt or truncated archive ({self._where()}): "
                                f"{e}") from None
 
@@ -330,19 +368,7 @@ class _Unpacker:
         if limit is not None and ti.size > limit:
             raise PublishError(f"{ti.size} bytes is over the file size limit of "
                                f"{limit // (1 << 20)} MiB (CVMFS_FILE_MBYTE_LIMIT)")
-        f = tf.extractfile(ti)
-        if ti.size > STREAM_OVER:  # bounded memory: chunk and store while reading
-            fut: Future[Ingested] = Future()
-            fut.set_result(ing.ingest_stream(f.read, ti.size, what=f"{self.name}:{ti.name}"))
-            return fut
-        data = f.read(ti.size)
-        if len(data) != ti.size:
-            raise tarfile.ReadError(f"got {len(data)} of {ti.size} bytes")
-        n = len(data)
-        self.budget.take(n)
-        fut = ing.submit_bytes(data)
-        fut.add_done_callback(lambda _f: self.budget.give(n))
-        return fut
+        return member_content(tf, ti, ing, self.budget, what=f"{self.name}:{ti.name}")
 
     def _put_file(self, p: bytes, seen: _Seen) -> None:
         self._replace(p, check_tree=False)  # add_content removes a directory it finds
@@ -417,7 +443,7 @@ class _Unpacker:
         return b"/".join(parts)
 
     def _meta(self, ti: tarfile.TarInfo) -> Meta:
-        mtime, mtimens = _mtime(ti, self.mtime_ns)
+        mtime, mtimens = member_mtime(ti, self.mtime_ns)
         xattrs = None
         if self.xattrs:
             xattrs = {k[len(_XATTR):].encode("utf-8", "surrogateescape"):
@@ -427,7 +453,7 @@ class _Unpacker:
                     ti.gid if self.gid is None else self.gid, mtimens, xattrs or None)
 
 
-def _mtime(ti: tarfile.TarInfo, want_ns: bool) -> tuple[int, int | None]:
+def member_mtime(ti: tarfile.TarInfo, want_ns: bool) -> tuple[int, int | None]:
     """Whole seconds (rounded down), and the nanoseconds when they are recorded (pax ``mtime``
     is decimal text; ``tarfile`` turns it into a float, which loses the nanoseconds)."""
     raw = ti.pax_headers.get("mtime")
