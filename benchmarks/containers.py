@@ -1,7 +1,7 @@
 """Container benchmark: pycvmfs container ingest and start-up from the mount vs pull-and-unpack.
 
 Run by hand as root (needs /dev/fuse, docker-registry, skopeo, umoci, bwrap; never in CI):
-    .venv/bin/python benchmarks/containers.py [--work DIR] [--rounds N] [--profile]
+    .venv/bin/python benchmarks/containers.py [--work DIR] [--rounds N] [--profile] [--scale F]
 
 Generates (once, kept in ``--work``) two images of about 500 MB and 20,000 files sharing a base
 and a libraries layer, with different application and top layers, pushes them to a real
@@ -13,8 +13,11 @@ and a libraries layer, with different application and top layers, pushes them to
   output line, against skopeo copy + umoci unpack + the same bwrap run (target: >= 5x faster),
   with the bytes the mount downloaded (served by the loopback server, and its cache) against
   the image size.
-Peak RSS of each child comes from ``os.wait4``. ``--profile`` adds a cProfile of an in-process
-``ingest_images`` of image 1 (main thread only). The machine may be shared: see the spread.
+Wall-clock seconds, user and system CPU seconds and peak RSS of each child come from
+``os.wait4``; every round is printed, then the medians and whether each target is met.
+``--profile`` adds a cProfile of in-process ``ingest_images`` calls of image 1 then image 2
+(main thread only: compression threads show as lock waits). ``--scale 0.05`` is a quick try.
+The machine may be shared: compare the rounds' spread (umoci's system time varies most).
 """
 
 from __future__ import annotations
