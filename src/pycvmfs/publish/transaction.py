@@ -353,6 +353,23 @@ class Transaction:
             content = done
         self.add_content(repo_path(path), meta, content, hardlink=hardlink)
 
+    def nested_catalog(self, path: str | bytes, meta: Meta) -> None:
+        """Make the directory ``path`` (created with ``meta`` if missing) the root of a nested
+        catalog now, with its ``.cvmfscatalog`` marker: what is added below it afterwards goes
+        straight into that catalog instead of being moved there at commit (a producer that
+        writes a large new subtree saves the move)."""
+        p = repo_path(path)
+        if not p:
+            raise PublishError("the repository root is a catalog already")
+        if self.tree.lookup(p) is None:
+            self._put_dir(p, meta)
+        marker = p + b"/" + MARKER
+        if self.tree.lookup(marker) is None and marker not in self._pending:
+            self.put_file(marker, Meta(0o644, meta.mtime, meta.uid, meta.gid),
+                          self.ingester.submit_bytes(b""))
+        if not self.tree.is_catalog_root(p):
+            self.tree.make_nested(p)
+
     # -- lookups the producers need ------------------------------------------------------
     def lookup(self, p: bytes) -> EntryRow | None:
         return self.tree.lookup(p)
