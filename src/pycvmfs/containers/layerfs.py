@@ -15,10 +15,16 @@ import json
 import os
 import posixpath
 import stat
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 
+from pycvmfs.containers.flatwrite import (
+    DIR_META,
+    HardlinkGroups,
+    node_meta,
+    put_node,
+    write_catalog_dir,
+)
 from pycvmfs.containers.layer import Entry, Kind, LayerChanges
 from pycvmfs.containers.layout import layer_dir, layer_metadata, layer_root
 from pycvmfs.containers.model import digest_hex
@@ -30,9 +36,7 @@ __all__ = ["OPAQUE_XATTRS", "RECORD", "load_layer", "write_layer"]
 
 OPAQUE_XATTRS = {b"trusted.overlay.opaque": b"y", b"user.overlay.opaque": b"y"}
 RECORD = "pycvmfs-layer.json"
-DEFAULT_DIR = Meta(0o755, 0, 0, 0)
 WHITEOUT = Meta(0, 0, 0, 0)
-_SPECIAL = {Kind.CHAR: stat.S_IFCHR, Kind.BLOCK: stat.S_IFBLK, Kind.FIFO: stat.S_IFIFO}
 
 
 def _text(p: bytes) -> str:
@@ -43,21 +47,13 @@ def _raw(s: str) -> bytes:
     return os.fsencode(s)
 
 
-def _meta(e: Entry, extra: dict[bytes, bytes] | None = None) -> Meta:
-    xattrs = dict(e.xattrs or {})
-    if extra:
-        xattrs.update(extra)
-    return Meta(e.mode, e.mtime, e.uid, e.gid, e.mtimens, xattrs or None)
-
-
 def put_entries(txn, base: str, entries: list[Entry], *, group_key: bytes,
                 opaque: set[bytes] = frozenset(), resolve: Callable[[Entry], Entry] | None = None
                 ) -> None:
     """Write ``entries`` (parents before children) below repository path ``base``. Hard-link
     groups (``Entry.link``) become catalog groups among names of one directory; ``resolve``
     turns a HARDLINK into a lower layer into the FILE it stands for."""
-    links = Counter((e.link, posixpath.dirname(e.path)) for e in entries
-                    if e.kind is Kind.FILE and e.link is not None)
+    groups = HardlinkGroups(((e.path, e) for e in entries), group_key)
     for e in entries:
         if e.kind is Kind.HARDLINK:
             if resolve is None:
@@ -65,21 +61,9 @@ def put_entries(txn, base: str, entries: list[Entry], *, group_key: bytes,
                                      f"{_text(e.target)} cannot be resolved here")
             e = resolve(e)
         p = f"{base}/{_text(e.path)}".encode("utf-8", "surrogateescape")
-        extra = OPAQUE_XATTRS if e.path in opaque else None
-        if e.kind is Kind.DIR:
-            txn.put_dir(p, _meta(e, extra))
-        elif e.kind is Kind.FILE:
-            hl = None
-            d = posixpath.dirname(e.path)
-            if e.link is not None and links[(e.link, d)] > 1:
-                hl = (group_key + b"%d:" % e.link + d, links[(e.link, d)])
-            txn.put_file(p, _meta(e), e.content, hardlink=hl)
-        elif e.kind is Kind.SYMLINK:
-            txn.put_symlink(p, _meta(e), e.target)
-        elif e.kind in _SPECIAL:
-            txn.put_special(p, _meta(e), _SPECIAL[e.kind], e.rdev)
-        else:
-            raise ContainerError(f"{_text(p)}: unexpected entry kind {e.kind}")
+        opaque_dir = e.kind is Kind.DIR and e.path in opaque
+        put_node(txn, p, e, node_meta(e, OPAQUE_XATTRS if opaque_dir else None),
+                 groups.of(e.path, e))
 
 
 def write_layer(txn, layer: LayerChanges, *, resolve: Callable[[Entry], Entry] | None,
@@ -87,8 +71,7 @@ def write_layer(txn, layer: LayerChanges, *, resolve: Callable[[Entry], Entry] |
     """Put one layer (its catalog, tree and metadata) into the transaction."""
     base = layer_dir(layer.compressed_digest)
     root = layer_root(layer.compressed_digest)
-    txn.put_dir(base, DEFAULT_DIR)
-    txn.put_file(base + "/.cvmfscatalog", DEFAULT_DIR.__class__(0o644, 0, 0, 0), _empty(txn))
+    write_catalog_dir(txn, base, DIR_META)
     defined = {e.path for e in layer.entries if e.kind is Kind.DIR}
     needed: set[bytes] = set()
     for p in [e.path for e in layer.entries] + list(layer.whiteouts) + list(layer.opaque):
@@ -98,7 +81,7 @@ def write_layer(txn, layer: LayerChanges, *, resolve: Callable[[Entry], Entry] |
             d = posixpath.dirname(d)
     implied = sorted((needed | set(layer.opaque)) - defined - {b""})
     root_extra = OPAQUE_XATTRS if b"" in layer.opaque else None
-    txn.put_dir(root, _meta(layer.root, root_extra) if layer.root is not None
+    txn.put_dir(root, node_meta(layer.root, root_extra) if layer.root is not None
                 else Meta(0o755, 0, 0, 0, None, dict(root_extra) if root_extra else None))
     for d in implied:
         txn.put_dir(f"{root}/{_text(d)}".encode("utf-8", "surrogateescape"),
@@ -125,7 +108,7 @@ def write_layer(txn, layer: LayerChanges, *, resolve: Callable[[Entry], Entry] |
               "root_defined": layer.root is not None,
               "lower_links": lower_links}
     fixed = Meta(0o644, 0, 0, 0)
-    txn.put_dir(meta_dir, DEFAULT_DIR)
+    txn.put_dir(meta_dir, DIR_META)
     txn.put_file(meta_dir + "/layers.json", fixed, _stored(txn, _json(ducc)))
     txn.put_file(f"{meta_dir}/{RECORD}", fixed, _stored(txn, _json(record)))
 
@@ -136,10 +119,6 @@ def _json(doc: object) -> bytes:
 
 def _stored(txn, data: bytes):
     return txn.ingester.submit_bytes(data)
-
-
-def _empty(txn):
-    return txn.ingester.submit_bytes(b"")
 
 
 def load_layer(view, layer_digest: str) -> LayerChanges:
