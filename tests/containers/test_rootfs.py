@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -18,6 +17,7 @@ import pytest
 from containers.treecompare import (
     compare,
     content_store,
+    exact_description,
     listing_from_disk,
     listing_from_tree,
     stored_sha256,
@@ -164,42 +164,15 @@ def test_the_diff_id_hashes_a_tar_that_gnu_tar_unpacks_to_the_tree(tree, ingeste
                    check=True, capture_output=True)
     assert scan_rootfs(tree, ingester).diff_id == layer.diff_id  # deterministic
     os.unlink(tree / "run/sock")  # (changes run/'s mtime: the DiffID after it differs)
-    assert describe(copy) == describe(tree)
+    assert _described(copy) == _described(tree)
     os.chmod(tree / "etc/group", 0o600)
     assert scan_rootfs(tree, ingester).diff_id != layer.diff_id
     assert scan_rootfs(tree, ingester, keep_xattrs=False).entries[0].xattrs is None
 
 
-def describe(root: Path) -> dict[bytes, tuple]:
-    """Every entry below ``root``: type, permissions, owner, content hash / link target /
-    device, xattrs (user.* and trusted.*), mtime of non-directories, hard-link partners."""
-    out: dict[bytes, tuple] = {}
-    inodes: dict[int, list[bytes]] = {}
-    broot = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(broot):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, broot)
-            st = os.lstat(p)
-            fmt = stat.S_IFMT(st.st_mode)
-            what: object = None
-            if stat.S_ISREG(fmt):
-                with open(p, "rb") as f:
-                    what = hashlib.sha256(f.read()).hexdigest()
-                inodes.setdefault(st.st_ino, []).append(rel)
-            elif stat.S_ISLNK(fmt):
-                what = os.readlink(p)
-            elif stat.S_ISCHR(fmt) or stat.S_ISBLK(fmt):
-                what = st.st_rdev
-            xattrs = () if stat.S_ISLNK(fmt) else tuple(sorted(
-                (k, os.getxattr(p, k)) for k in os.listxattr(p)
-                if k.startswith(("user.", "trusted.")) and not k.startswith("trusted.overlay")))
-            mtime = None if stat.S_ISDIR(fmt) else st.st_mtime_ns
-            out[rel] = (fmt, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, what, xattrs,
-                        mtime)
-    links = {rel: tuple(sorted(names)) for names in inodes.values() if len(names) > 1
-             for rel in names}
-    return {rel: (*rec, links.get(rel, ())) for rel, rec in out.items()}
+def _described(root: Path) -> dict[bytes, tuple]:
+    """``exact_description`` with the trusted.* xattrs too (the test runs as root)."""
+    return exact_description(root, xattr_prefixes=("user.", "trusted."))
 
 
 def test_a_synthesised_image_unpacks_with_umoci_as_the_tree(tree, ingester, tmp_path):
@@ -222,7 +195,7 @@ def test_a_synthesised_image_unpacks_with_umoci_as_the_tree(tree, ingester, tmp_
     subprocess.run([_tool("umoci"), "unpack", "--image", f"{layout}:1", str(bundle)],
                    check=True, capture_output=True)
     os.unlink(tree / "run/sock")
-    assert describe(bundle / "rootfs") == describe(tree)
+    assert _described(bundle / "rootfs") == _described(tree)
     runtime = json.loads((bundle / "config.json").read_text())
     assert any(e.startswith("PATH=/usr/local/sbin:") for e in runtime["process"]["env"])
     doc = parse_json(config, "config")

@@ -4,7 +4,8 @@ A listing can come from a directory on disk (``listing_from_disk``: an oracle su
 ``umoci unpack``'s rootfs, or a FUSE mount), from a flattened ``Tree`` (``listing_from_tree``)
 or from anything else that fills ``Record``s. ``compare`` names every difference: path set,
 types, modes, owners, sizes, content sha256, symlink targets, device numbers, xattrs (by
-default ``user.*`` only), hard-link groups and, optionally, mtimes.
+default ``user.*`` only), hard-link groups and, optionally, mtimes. ``exact_description``
+is the stricter one for two directories on disk: nanosecond mtimes, inode partners.
 """
 
 from __future__ import annotations
@@ -92,6 +93,40 @@ def listing_from_disk(root: str | os.PathLike, *, xattr_prefixes: tuple[bytes, .
         if kind == "dir":
             todo.extend(rel + b"/" + n if rel else n for n in os.listdir(full))
     return out
+
+
+def exact_description(root: str | os.PathLike, *, xattr_prefixes: tuple[str, ...] = ("user.",),
+                      symlink_mtimes: bool = True) -> dict[bytes, tuple]:
+    """Every entry below ``root`` (not ``root`` itself) as a tuple that a plain ``==`` compares
+    exactly: type, permissions (with setuid...), owner, content sha256 / link target / device,
+    xattrs under ``xattr_prefixes`` (never ``trusted.overlay*``), mtime in nanoseconds of
+    non-directories (of symbolic links only with ``symlink_mtimes``), hard-link partners."""
+    out: dict[bytes, tuple] = {}
+    inodes: dict[int, list[bytes]] = defaultdict(list)
+    top = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, top)
+            st = os.lstat(path)
+            fmt = stat.S_IFMT(st.st_mode)
+            what: object = None
+            if stat.S_ISREG(fmt):
+                what = file_sha256(path)
+                inodes[st.st_ino].append(rel)
+            elif stat.S_ISLNK(fmt):
+                what = os.readlink(path)
+            elif stat.S_ISCHR(fmt) or stat.S_ISBLK(fmt):
+                what = st.st_rdev
+            xattrs = () if stat.S_ISLNK(fmt) else tuple(sorted(
+                (k, os.getxattr(path, k)) for k in os.listxattr(path)
+                if k.startswith(xattr_prefixes) and not k.startswith("trusted.overlay.")))
+            timed = not stat.S_ISDIR(fmt) and (symlink_mtimes or not stat.S_ISLNK(fmt))
+            out[rel] = (fmt, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, what, xattrs,
+                        st.st_mtime_ns if timed else None)
+    partners = {rel: tuple(sorted(names)) for names in inodes.values() if len(names) > 1
+                for rel in names}
+    return {rel: (*rec, partners.get(rel, ())) for rel, rec in out.items()}
 
 
 def stored_sha256(store: LocalStorage) -> Callable[[Ingested], str]:
