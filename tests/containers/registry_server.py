@@ -1,7 +1,8 @@
 """A real ``docker-registry serve`` on 127.0.0.1 for the tests, and pushes into it with skopeo.
 
 ``Registry(tmp, htpasswd={"user": "pass"})`` adds basic auth; ``Registry(tmp, token=TokenServer)``
-token auth. :meth:`Registry.push` copies an image of an OCI layout written by ``ocifixture``
+token auth; ``Registry(tmp, notifications=(URL, TOKEN))`` sends push events to a webhook.
+:meth:`Registry.push` copies an image of an OCI layout written by ``ocifixture``
 with the real ``skopeo copy --dest-tls-verify=false oci:DIR:TAG docker://127.0.0.1:PORT/REPO:TAG``.
 """
 
@@ -32,7 +33,10 @@ class Registry:
     """A running docker-registry with a temporary storage directory."""
 
     def __init__(self, directory: Path, *, htpasswd: dict[str, str] | None = None,
-                 token: object | None = None) -> None:
+                 token: object | None = None,
+                 notifications: tuple[str, str] | None = None) -> None:
+        """``notifications``: (URL, bearer token) of an endpoint the registry POSTs its events
+        to (retried every 200 ms; after 3 failures it backs off)."""
         require_tool(REGISTRY_BIN, "docker-registry")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +63,11 @@ class Registry:
         if token is not None:
             config["auth"] = token.registry_auth_config()
             self.push_creds = next(iter(token.users.items()))
+        if notifications is not None:
+            url, bearer = notifications
+            config["notifications"] = {"endpoints": [{
+                "name": "pycvmfs", "url": url, "headers": {"Authorization": [f"Bearer {bearer}"]},
+                "timeout": "2s", "threshold": 3, "backoff": "200ms"}]}
         (self.dir / "config.yml").write_text(yaml.safe_dump(config))
         self.log = self.dir / "registry.log"
         with open(self.log, "wb") as log:

@@ -13,10 +13,11 @@ import time
 
 from containers.conftest import listing_from_view, umoci_rootfs, without
 from containers.ocifixture import ImageSpec, Layer, Layout, base_members, section6_image
+from containers.registry_server import Registry
 from containers.treecompare import compare, listing_from_disk
 from pycvmfs.containers.service import ContainerSettings, ingest_images
 
-from helpers.daemons import free_port, stop_process, wait_for_port
+from helpers.daemons import free_port, wait_for_port
 
 CLI = [sys.executable, "-m", "pycvmfs.cli.main"]
 
@@ -93,31 +94,15 @@ def test_export_writes_a_layout_umoci_and_skopeo_read_as_the_same_tree(cpub, tmp
 
 
 def test_webhook_publishes_pushed_tags_the_wish_list_covers(cpub, tmp_path):
-    hook_port, port = free_port(), free_port()
+    hook_port = free_port()
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
-    config = tmp_path / "registry.yml"
-    config.write_text(f"""\
-version: 0.1
-log: {{level: warn}}
-storage: {{filesystem: {{rootdirectory: {tmp_path / 'storage'}}}}}
-http: {{addr: 127.0.0.1:{port}}}
-notifications:
-  endpoints:
-    - name: pycvmfs
-      url: http://127.0.0.1:{hook_port}/hook
-      headers: {{Authorization: [Bearer s3cret-token]}}
-      timeout: 2s
-      threshold: 3
-      backoff: 200ms
-""")
+    reg = Registry(tmp_path / "registry",
+                   notifications=(f"http://127.0.0.1:{hook_port}/hook", "s3cret-token"))
+    port = reg.port
     wishlist = tmp_path / "wish.yaml"
     wishlist.write_text(f"version: 1\nuser: u\ncvmfs_repo: {cpub.fqrn}\noutput_format: x\n"
                         f"input:\n  - 'http://127.0.0.1:{port}/hep/app:1.*'\n")
-    log = tmp_path / "registry.log"
-    with open(log, "wb") as out:
-        reg = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out,
-                               stderr=subprocess.STDOUT)
     hook = subprocess.Popen([*CLI, "container", "webhook", cpub.fqrn, str(wishlist),
                              "--listen", f"127.0.0.1:{hook_port}", "--path", "/hook",
                              "--token-file", str(token), "--batch-seconds", "1", "--insecure",
@@ -125,17 +110,13 @@ notifications:
                              str(cpub.config.config_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_port(port, reg, "docker-registry", [log])
         wait_for_port(hook_port, hook, "pycvmfs container webhook")
         lay = Layout(tmp_path / "img")
         lay.add(ImageSpec([Layer(base_members())]), "1.0")
         lay.add(ImageSpec([Layer(base_members()), Layer([{"name": "x", "data": b"x"}])]),
                 "2.0")
         for tag in ("2.0", "1.0"):
-            subprocess.run(["skopeo", "copy", "--dest-tls-verify=false",
-                            f"oci:{tmp_path}/img:{tag}",
-                            f"docker://127.0.0.1:{port}/hep/app:{tag}"], check=True,
-                           capture_output=True)
+            reg.push(tmp_path / "img", tag, "hep/app")
         deadline = time.monotonic() + 60
         names: list[str] = []
         while time.monotonic() < deadline:
@@ -152,6 +133,6 @@ notifications:
         except subprocess.TimeoutExpired:
             hook.kill()
             _out, err = hook.communicate()
-        stop_process(reg)
+        reg.stop()
     assert hook.returncode == 0, err
     assert "published" in err

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from containers.ocifixture import ImageSpec, Layer, Layout, base_members
+from containers.registry_server import Registry
 from pycvmfs.containers.webhook import (
     EVENTS_MEDIA_TYPE,
     WebhookServer,
@@ -22,17 +20,10 @@ from pycvmfs.containers.webhook import (
 from pycvmfs.containers.wishlist import load_wishlist
 from pycvmfs.errors import ConfigError, ContainerError
 
-from helpers.daemons import free_port, stop_process, wait_for_port
+from helpers.daemons import free_port
 
 TOKEN = "s3cret-token"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: run tools/test.sh to install the test tools")
-    return path
 
 
 class Batches:
@@ -96,41 +87,18 @@ def _post(hook: WebhookServer, body: bytes, *, token: str | None = TOKEN,
 @pytest.fixture
 def registry(tmp_path):
     """A real docker-registry on loopback whose notifications go to a webhook on ``hook_port``."""
-    hook_port, port = free_port(), free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(f"""\
-version: 0.1
-log: {{level: warn}}
-storage: {{filesystem: {{rootdirectory: {tmp_path / 'storage'}}}}}
-http: {{addr: 127.0.0.1:{port}}}
-notifications:
-  endpoints:
-    - name: pycvmfs
-      url: http://127.0.0.1:{hook_port}/hook
-      headers: {{Authorization: [Bearer {TOKEN}]}}
-      timeout: 2s
-      threshold: 3
-      backoff: 200ms
-""")
-    log = tmp_path / "registry.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([_tool("docker-registry"), "serve", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT)
+    hook_port = free_port()
+    reg = Registry(tmp_path / "registry",
+                   notifications=(f"http://127.0.0.1:{hook_port}/hook", TOKEN))
     try:
-        wait_for_port(port, proc, "docker-registry", [log])
-        yield port, hook_port
+        yield reg, hook_port
     finally:
-        stop_process(proc)
-
-
-def _skopeo_push(layout: Path, tag: str, port: int, repo: str) -> None:
-    subprocess.run([_tool("skopeo"), "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
-                    f"docker://127.0.0.1:{port}/{repo}:{tag}"], check=True,
-                   capture_output=True)
+        reg.stop()
 
 
 def test_a_real_registry_push_arrives_in_one_batch(registry, tmp_path):
-    port, hook_port = registry
+    reg, hook_port = registry
+    port = reg.port
     layout = Layout(tmp_path / "layout")
     layout.add(ImageSpec([Layer(base_members())]), "1.0")
     layout.add(ImageSpec([Layer([*base_members(), {"name": "x", "data": b"x"}])]), "2.0")
@@ -142,8 +110,8 @@ def test_a_real_registry_push_arrives_in_one_batch(registry, tmp_path):
     covers = load_wishlist(recipe).covers
     with WebhookServer(("127.0.0.1", hook_port), covers=covers,
                        on_batch=batches, batch_seconds=1.0, token=TOKEN, path="/hook") as hook:
-        _skopeo_push(tmp_path / "layout", "1.0", port, "team/app")
-        _skopeo_push(tmp_path / "layout", "2.0", port, "team/app")  # not covered
+        reg.push(tmp_path / "layout", "1.0", "team/app")
+        reg.push(tmp_path / "layout", "2.0", "team/app")  # not covered
         assert batches.wait(1) == [[wanted]]
         deadline = time.monotonic() + 20
         while f"127.0.0.1:{port}/team/app:2.0" not in hook.ignored:
