@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from helpers.loopback import HandlerServer
+
 _FORWARDED = ("Authorization", "Accept", "Range")
 _RETURNED = ("Content-Type", "Docker-Content-Digest", "WWW-Authenticate", "Link",
              "Content-Range", "Location", "Docker-Distribution-Api-Version", "Retry-After")
@@ -48,7 +50,7 @@ class Seen:
     status: int
 
 
-class FaultProxy:
+class FaultProxy(HandlerServer):
     """Listens on 127.0.0.1; ``log`` holds every request (:class:`Seen`)."""
 
     def __init__(self, upstream: str, *, storage_auth: str | None = None,
@@ -79,18 +81,7 @@ class FaultProxy:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up early
                     self.close_connection = True
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:

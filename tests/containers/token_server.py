@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from helpers.loopback import HandlerServer
+
 SERVICE = "pycvmfs-test-registry"
 ISSUER = "pycvmfs-test-token-issuer"
 
@@ -31,7 +33,7 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class TokenServer:
+class TokenServer(HandlerServer):
     """Issues tokens granting what a scope asks to ``users`` (name → password); anonymous
     requests get pull-only tokens when ``anonymous_pull``. ``field`` names the JSON key of
     the token (``token`` or ``access_token``). ``requests`` records (scope, user or None)."""
@@ -68,17 +70,8 @@ class TokenServer:
             def do_GET(self) -> None:
                 server._serve(self)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.realm = f"http://127.0.0.1:{self.port}/token"
-        self._thread = threading.Thread(target=self.httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
+        self.realm = f"{self.url}/token"
 
     def registry_auth_config(self) -> dict:
         """The ``auth:`` section of a docker-registry configuration trusting this server."""
