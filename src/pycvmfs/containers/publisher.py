@@ -23,13 +23,13 @@ from pycvmfs.containers.flatwrite import flat_size, put_generated, write_catalog
 from pycvmfs.containers.layer import Entry, Kind, LayerChanges, read_layer
 from pycvmfs.containers.layerfs import RECORD, load_layer, write_layer
 from pycvmfs.containers.model import Image, ImageSource
-from pycvmfs.containers.state import ImageRecord, PublishedState
+from pycvmfs.containers.state import OUTPUTS, ImageRecord, PublishedState, check_public_name
 from pycvmfs.errors import ContainerError, PathError
 from pycvmfs.publish.rows import Meta
 
 __all__ = ["ALL_OUTPUTS", "ContainerPublisher", "RunReport", "Wanted"]
 
-ALL_OUTPUTS = frozenset({"flat", "layers", "podman", "thin"})
+ALL_OUTPUTS = OUTPUTS
 DEFAULT_OUTPUTS = frozenset({"flat", "layers", "podman"})
 DAY = 86400
 
@@ -113,6 +113,8 @@ class ContainerPublisher:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ContainerError(f"the same public name is wanted twice: {', '.join(sorted(dup))}")
+        for w in wanted:  # before anything is read or fetched
+            _check_names(w)
         report = RunReport(dry_run=dry_run)
         if dry_run:
             reader = self.reader()
@@ -193,12 +195,14 @@ class ContainerPublisher:
             for d, diff in zip(r.layers, r.diff_ids, strict=False):
                 if d not in old.aliases:
                     self._by_diff.setdefault(diff, d)
-        trees: dict[str, Tree] = {}
+        trees: dict[str, Tree | None] = {}  # flats written (planned: None) in this run
 
         def layer_published(d: str) -> bool:
             return view.exists(f"/{layout.layer_metadata(d)}/{RECORD}")
 
         for w in wanted:
+            _check_names(w)  # again: a scanned directory has its image only now
+            _check_parents(view, w)
             img = w.image
             rec = ImageRecord(name=w.name, manifest_digest=img.manifest_digest,
                               config_digest=img.config.digest, platform=str(img.platform),
@@ -222,9 +226,10 @@ class ContainerPublisher:
                 rec.published = prev.published
             if need_flat or need_layers:
                 if txn is None:
-                    report.flats_new += [flat] if need_flat else []
-                    report.layers_new += [d.digest for d in img.layers
-                                          if not layer_published(d.digest)]
+                    self._plan_layers(w, layers_done, layer_published, report)
+                    if need_flat:
+                        trees[flat] = None
+                        report.flats_new.append(flat)
                 else:
                     tree = self._build(txn, view, w, layers_done, report, now)
                     rec.flat_size = flat_size(tree)
@@ -235,6 +240,7 @@ class ContainerPublisher:
             elif prev is not None and prev.config_digest == img.config.digest:
                 rec.flat_size = prev.flat_size
             new.images[w.name] = rec
+        _share_flat_sizes(old, new)
         if prune:
             gone = sorted(set(old.images) - {w.name for w in wanted})
             if gone and not complete:
@@ -260,6 +266,21 @@ class ContainerPublisher:
                              txn.ingester.submit_bytes(new.dump()))
 
     # -- layers and flats ------------------------------------------------------------------
+    def _plan_layers(self, w: Wanted, done: dict, published: Callable[[str], bool],
+                     report: RunReport) -> None:
+        """What :meth:`_build` would do with the layers of ``w``, nothing read (dry run)."""
+        for desc, diff in zip(w.image.layers, w.image.diff_ids, strict=True):
+            if desc.digest in done:
+                continue
+            done[desc.digest] = None
+            same = self._by_diff.get(diff)
+            if published(desc.digest) or (same is not None and same != desc.digest
+                                          and "layers" in w.outputs):
+                report.layers_reused.append(desc.digest)
+            else:
+                report.layers_new.append(desc.digest)
+                self._by_diff.setdefault(diff, desc.digest)
+
     def _layer(self, txn, view, w: Wanted, i: int, done: dict[str, LayerChanges],
                report: RunReport) -> tuple[LayerChanges, bool]:
         desc = w.image.layers[i]
@@ -408,6 +429,9 @@ class ContainerPublisher:
     def _write_thin(self, txn, new: PublishedState, old: PublishedState) -> None:
         from pycvmfs.containers.thin import layer_url, thin_descriptor, thin_path
 
+        for name in sorted(set(old.images) - set(new.images)):  # pruned names
+            if "thin" in old.images[name].outputs:
+                txn.remove(thin_path(name), missing_ok=True)
         for name, r in sorted(new.images.items()):
             if "thin" not in r.outputs:
                 if "thin" in (old.images.get(name).outputs if name in old.images else []):
@@ -446,6 +470,43 @@ class ContainerPublisher:
             elif now - new.retired[p] >= grace_days * DAY:
                 report.deleted.append(p)
                 del new.retired[p]
+
+
+def _check_names(w: Wanted) -> None:
+    check_public_name(w.name)
+    if w.image is not None:
+        check_public_name(layout.alias_name(w.name, w.image.manifest_digest),
+                          f"the sha256 alias of {w.name!r},")
+
+
+def _check_parents(view, w: Wanted) -> None:
+    """Refuse a name whose directories in the repository are a symlink or a file (nothing is
+    written through a symlink, and nothing the image does not own is replaced)."""
+    from pycvmfs.containers.thin import thin_path
+
+    paths = [w.name, layout.metadata_dir(w.name)]
+    paths += [thin_path(w.name)] if "thin" in w.outputs else []
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            try:
+                st = view.lstat("/" + parent)
+            except PathError:
+                break  # missing: made as a directory
+            if not st.is_dir:
+                kind = "a symbolic link" if st.is_symlink else "not a directory"
+                raise ContainerError(f"{w.name}: /{parent} is {kind}; not publishing the "
+                                     "image's name below it")
+
+
+def _share_flat_sizes(old: PublishedState, new: PublishedState) -> None:
+    """A name whose flat was built before (another name, an earlier run) gets its size."""
+    known = {r.config_digest: r.flat_size for r in (*old.images.values(), *new.images.values())
+             if r.flat_size}
+    for r in new.images.values():
+        if not r.flat_size:
+            r.flat_size = known.get(r.config_digest, 0)
 
 
 def _listdir(view, path: str) -> list[str]:
