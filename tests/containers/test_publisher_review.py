@@ -6,6 +6,7 @@ state read under the publish lock."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -265,3 +266,149 @@ def test_a_tampered_images_json_is_refused_by_name_and_nothing_published(cpub, i
         later.run(_wanted(cpub, [images["b"]], ["x.org/b:1"], tmp_path), prune=True,
                   grace_days=0)
     assert cpub.head().revision == head and _exists(cpub, tmp_path, "etc/keep")
+
+
+# -- GC ----------------------------------------------------------------------------------------
+
+def test_a_name_moved_back_within_the_grace_period_revives_its_flat(cpub, images, tmp_path):
+    t0 = 1_000_000_000
+    at = [t0]
+    cp = container_publisher(cpub, now=lambda: at[0])
+    cp.run(_wanted(cpub, [images["a"]], ["x.org/n:1"], tmp_path), prune=True)
+    flat_a = layout.flat_path(_state(cpub, tmp_path)["images"]["x.org/n:1"]["config_digest"])
+    at[0] = t0 + DAY
+    moved = cp.run(_wanted(cpub, [images["b"]], ["x.org/n:1"], tmp_path), prune=True)
+    assert flat_a in moved.retired and _state(cpub, tmp_path)["retired"][flat_a] == t0 + DAY
+    at[0] = t0 + 3 * DAY
+    back = cp.run(_wanted(cpub, [images["a"]], ["x.org/n:1"], tmp_path), prune=True,
+                  grace_days=7)
+    assert back.updated == ["x.org/n:1"] and back.flats_new == [] and back.layers_new == []
+    state = _state(cpub, tmp_path)
+    assert flat_a not in state["retired"] and _exists(cpub, tmp_path, flat_a)
+    assert any(p.startswith(".flat/") for p in state["retired"])  # b's flat, now retired
+    at[0] = t0 + 20 * DAY  # after the grace period: b's flat and top layer go, a stays
+    gone = cp.run(_wanted(cpub, [images["a"]], ["x.org/n:1"], tmp_path), prune=True,
+                  grace_days=7)
+    assert len(gone.deleted) == 2 and _exists(cpub, tmp_path, flat_a)
+    assert all(not _exists(cpub, tmp_path, p) for p in gone.deleted)
+    assert _state(cpub, tmp_path)["retired"] == {}
+    assert cp.run(_wanted(cpub, [images["a"]], ["x.org/n:1"], tmp_path), prune=True,
+                  grace_days=7).revision is None
+
+
+def test_the_twin_of_an_aliased_layer_is_kept_while_the_alias_is_used(cpub, images, tmp_path):
+    at = [1_000_000_000]
+    cp = container_publisher(cpub, now=lambda: at[0])
+    cp.run(_wanted(cpub, [images["a"]], ["x.org/gz:1"], tmp_path))
+    plain = cp.run(_wanted(cpub, [images["a-plain"]], ["x.org/plain:1"], tmp_path))
+    twins = _state(cpub, tmp_path)["aliases"]
+    assert sorted(twins) == sorted(plain.layers_reused)
+    at[0] += 30 * DAY  # the gzip image's name goes; its layers hold the plain one's trees
+    dropped = cp.run(_wanted(cpub, [images["a-plain"]], ["x.org/plain:1"], tmp_path),
+                     prune=True, grace_days=1)
+    assert dropped.removed == ["x.org/gz:1"] and dropped.deleted == []
+    for gz in twins.values():
+        assert _exists(cpub, tmp_path, layout.layer_root(gz) + "/etc")
+    at[0] += 30 * DAY
+    later = container_publisher(cpub, now=lambda: at[0]).collect(grace_days=1,
+                                                                 include_unknown=True)
+    assert later.revision is None and later.retired == []
+    for d in twins:  # read through the symlink
+        assert _exists(cpub, tmp_path, layout.layer_root(d) + "/etc")
+
+
+def test_include_unknown_retires_only_what_no_image_uses(cpub, images, tmp_path):
+    _ingest(cpub, [images["a"]], tmp_path, names=["x.org/a:1"])
+    ducc_flat, ducc_layer = ".flat/ee/" + "e" * 64, ".layers/ee/" + "e" * 64
+    with cpub.transaction() as txn:
+        txn.add_file(ducc_flat + "/etc/x", b"DUCC's")
+        txn.add_file(ducc_layer + "/layerfs/etc/x", b"DUCC's")
+    at = [2_000_000_000]
+    cp = container_publisher(cpub, now=lambda: at[0])
+    first = cp.collect(grace_days=1, include_unknown=True)
+    assert sorted(first.retired) == sorted([ducc_flat, ducc_layer]) and first.deleted == []
+    at[0] += 2 * DAY
+    second = cp.collect(grace_days=1, include_unknown=True)
+    assert sorted(second.deleted) == sorted([ducc_flat, ducc_layer])
+    assert not _exists(cpub, tmp_path, ducc_flat)
+    assert _exists(cpub, tmp_path, "x.org/a:1/etc/note")
+    assert cp.collect(grace_days=1, include_unknown=True).revision is None
+
+
+def test_the_podman_store_follows_removed_names(cpub, images, tmp_path):
+    cp = container_publisher(cpub)
+    cp.run(_wanted(cpub, [images["a"], images["b"]], ["x.org/a:1", "x.org/b:1"], tmp_path))
+    cp.run(_wanted(cpub, [images["a"]], ["x.org/a:1"], tmp_path), prune=True)
+    view = cpub.open_reader(tmp_path / "rp").open_revision()
+    try:
+        listed = json.loads(view.read_bytes("/podmanStore/overlay-images/images.json"))
+        assert [i["names"][0] for i in listed] == ["x.org/a:1"]
+        assert listed[0]["id"] in view.listdir("/podmanStore/overlay-images")
+        assert len([n for n in view.listdir("/podmanStore/overlay-images")
+                    if not n.startswith("images.")]) == 1
+        assert len([n for n in view.listdir("/podmanStore/overlay") if n != "l"]) == 1
+        assert len(view.listdir("/podmanStore/overlay/l")) == 1
+    finally:
+        view.close()
+    assert cp.run(_wanted(cpub, [images["a"]], ["x.org/a:1"], tmp_path),
+                  prune=True).revision is None
+    cp.run([], prune=True)
+    assert not _exists(cpub, tmp_path, layout.PODMAN)
+    assert cp.run([], prune=True).revision is None
+
+
+# -- the state read under the lock -----------------------------------------------------------
+
+def test_a_run_sees_what_another_publisher_object_published_meanwhile(cpub, images, tmp_path):
+    from pycvmfs.publish.repository import Publisher
+
+    cp = container_publisher(cpub)
+    cp.run(_wanted(cpub, [images["a"]], ["x.org/a:1"], tmp_path))  # its reader cache warm
+    other = Publisher.open(cpub.fqrn, config_dir=cpub.config.config_dir)
+    _ingest(other, [images["b"]], tmp_path, names=["x.org/b:1"])
+    cp.run(_wanted(cpub, [images["a-plain"]], ["x.org/c:1"], tmp_path))
+    assert sorted(_state(cpub, tmp_path)["images"]) == ["x.org/a:1", "x.org/b:1", "x.org/c:1"]
+
+
+# -- the command line: one line, exit 1 --------------------------------------------------------
+
+def _cli(pub, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "container", *args, "--config-dir",
+                           str(pub.config.config_dir)], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(n in lines[0] for n in needles), res.stderr
+
+
+def test_the_cli_reports_bad_input_in_one_line(cpub, images, tmp_path):
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    wl = tmp_path / "wl.yaml"
+    wl.write_text("version: 1\nuser: x\ncvmfs_repo: other.example.org\ninput:\n"
+                  "  - 'https://r.example.org/a:1'\n")
+    fqrn = cpub.fqrn
+    _one_line_error(_cli(cpub, "ingest", fqrn, images["a"], "--name", "podmanStore/x:1"),
+                    "pycvmfs: error:", "podmanStore/x:1", "reserved")
+    _one_line_error(_cli(cpub, "ingest", fqrn, images["a"], "--name", "x.org/../y:1"),
+                    "pycvmfs: error:", "x.org/../y:1")
+    _one_line_error(_cli(cpub, "import-rootfs", fqrn, str(rootfs), "--name", "x.org/r:1",
+                         "--entrypoint", "'unclosed"), "--entrypoint", "No closing quotation")
+    _one_line_error(_cli(cpub, "import-rootfs", fqrn, str(rootfs), "--name", "x.org/r:1",
+                         "--cmd", 'echo "'), "--cmd")
+    _one_line_error(_cli(cpub, "sync", fqrn, str(wl)), "cvmfs_repo is other.example.org")
+    res = _cli(cpub, "gc", fqrn, "--grace-period", "-1")
+    assert res.returncode == 2 and "--grace-period" in res.stderr
+    assert "Traceback" not in res.stderr
+    _ingest(cpub, [images["a"]], tmp_path, names=["x.org/a:1"])
+    doc = _state(cpub, tmp_path)
+    doc["retired"] = {"etc": 0}
+    _put_index(cpub, doc)
+    head = cpub.head().revision
+    for args in (("ls", fqrn), ("gc", fqrn, "--grace-period", "0"),
+                 ("ingest", fqrn, images["b"], "--name", "x.org/b:1")):
+        _one_line_error(_cli(cpub, *args), ".metadata/images.json", "'etc'")
+    assert cpub.head().revision == head

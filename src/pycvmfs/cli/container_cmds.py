@@ -110,7 +110,7 @@ def ingest(fqrn, images, names, outputs, platforms, credentials_file, insecure, 
 @container.command()
 @click.argument("fqrn")
 @click.argument("wishlist", type=click.Path(dir_okay=False, exists=True))
-@click.option("--grace-period", type=float, metavar="DAYS",
+@click.option("--grace-period", type=click.FloatRange(min=0), metavar="DAYS",
               help="Days an unused flat or layer is kept (default: the wish list's, else 7).")
 @source_options
 @click.option("--dry-run", is_flag=True, help="Print the change set, publish nothing.")
@@ -158,7 +158,8 @@ def ls_cmd(fqrn, config_dir, as_json) -> None:
 
 @container.command()
 @click.argument("fqrn")
-@click.option("--grace-period", type=float, default=7.0, show_default=True, metavar="DAYS",
+@click.option("--grace-period", type=click.FloatRange(min=0), default=7.0, show_default=True,
+              metavar="DAYS",
               help="Delete flats and layers unused for at least this many days.")
 @click.option("--ducc-leftovers", is_flag=True,
               help="Also remove DUCC's .chains, .dirty-chains and remove-schedule.json.")
@@ -185,11 +186,17 @@ def _runtime(env, entrypoint, cmd, workdir) -> dict:
 
     from pycvmfs.containers.rootfs import DEFAULT_PATH
 
+    def words(option: str, text: str) -> list[str]:
+        try:
+            return shlex.split(text)
+        except ValueError as e:  # an unclosed quote
+            raise ConfigError(f"{option} {text!r}: {e}") from None
+
     runtime: dict = {"Env": list(env) or [DEFAULT_PATH]}
     if entrypoint:
-        runtime["Entrypoint"] = shlex.split(entrypoint)
+        runtime["Entrypoint"] = words("--entrypoint", entrypoint)
     if cmd:
-        runtime["Cmd"] = shlex.split(cmd)
+        runtime["Cmd"] = words("--cmd", cmd)
     if workdir:
         runtime["WorkingDir"] = workdir
     return runtime

@@ -451,6 +451,8 @@ class ContainerPublisher:
             for top in (layout.FLAT, layout.LAYERS):
                 for shard in _listdir(view, top):
                     for h in _listdir(view, f"{top}/{shard}"):
+                        if h.startswith("."):  # .cvmfscatalog: the shard's nested catalog
+                            continue
                         p = f"{top}/{shard}/{h}"
                         if p not in live and p not in new.retired:
                             new.retired[p] = now
