@@ -23,11 +23,14 @@ _KINDS = {"file": "file", "dir": "dir", "symlink": "symlink", "chardev": "char",
           "blockdev": "block", "fifo": "fifo"}
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, package: str | None = None) -> str:
+    """The path of the program ``name``; when it is missing the test fails (never skips),
+    saying how to install it."""
     path = shutil.which(name)
     if path is None:
-        raise RuntimeError(f"{name} is not installed: run tools/test.sh (it installs the "
-                           "container test tools)")
+        pytest.fail(f"{name} is not installed" + (f" (Debian package '{package}')" if package
+                                                  else "")
+                    + ": run tools/test.sh (it installs the container test tools)")
     return path
 
 

@@ -13,20 +13,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
+from containers.conftest import require_tool
+
 from helpers.daemons import free_port, stop_process, wait_for_port
-
-REGISTRY_BIN = "/usr/bin/docker-registry"
-SKOPEO_BIN = "/usr/bin/skopeo"
-
-
-def require_tool(path: str, package: str) -> None:
-    """Fail (never skip) when a tool the test needs is missing."""
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"{path} not found: the Debian package '{package}' is needed; "
-                    "run tools/test.sh, which installs it")
 
 
 class Registry:
@@ -37,7 +28,7 @@ class Registry:
                  notifications: tuple[str, str] | None = None) -> None:
         """``notifications``: (URL, bearer token) of an endpoint the registry POSTs its events
         to (retried every 200 ms; after 3 failures it backs off)."""
-        require_tool(REGISTRY_BIN, "docker-registry")
+        registry_bin = require_tool("docker-registry", "docker-registry")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -52,7 +43,7 @@ class Registry:
             "http": {"addr": self.host, "secret": "pycvmfs-tests"},
         }
         if htpasswd:
-            require_tool("/usr/bin/htpasswd", "apache2-utils")
+            require_tool("htpasswd", "apache2-utils")
             lines = [subprocess.run(["htpasswd", "-nbB", user, password], check=True,
                                     capture_output=True, text=True).stdout.strip()
                      for user, password in htpasswd.items()]
@@ -71,7 +62,7 @@ class Registry:
         (self.dir / "config.yml").write_text(yaml.safe_dump(config))
         self.log = self.dir / "registry.log"
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(self.dir / "config.yml")],
+            self.proc = subprocess.Popen([registry_bin, "serve", str(self.dir / "config.yml")],
                                          stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc, "docker-registry", [self.log])
 
@@ -81,9 +72,8 @@ class Registry:
     def push(self, layout: Path, tag: str, repo: str, dest_tag: str | None = None) -> str:
         """``skopeo copy --all`` the image ``tag`` of ``layout`` to ``REPO:DEST_TAG`` (default
         ``tag``); the public reference ``127.0.0.1:PORT/REPO:TAG``."""
-        require_tool(SKOPEO_BIN, "skopeo")
         ref = f"{self.host}/{repo}:{dest_tag or tag}"
-        cmd = [SKOPEO_BIN, "--insecure-policy", "copy", "--quiet", "--all",
+        cmd = [require_tool("skopeo"), "--insecure-policy", "copy", "--quiet", "--all",
                "--preserve-digests", "--dest-tls-verify=false"]
         if self.push_creds:
             cmd += ["--dest-creds", ":".join(self.push_creds)]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from containers.conftest import require_tool
 from pycvmfs.containers.apptainer import (
     ENV_DIR,
     MOUNT_POINTS,
@@ -171,8 +172,7 @@ def test_files_listed_parents_first_with_modes(tmp_path: Path) -> None:
 
 
 def _bwrap(root: Path, *command: str) -> subprocess.CompletedProcess:
-    if not shutil.which("bwrap"):
-        pytest.fail("bwrap is not installed: run tools/test.sh (Debian package bubblewrap)")
+    require_tool("bwrap", "bubblewrap")
     return subprocess.run(
         ["bwrap", "--clearenv", "--setenv", "HOME", "/root", "--ro-bind", str(root), "/",
          "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",

@@ -7,13 +7,13 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from containers.conftest import require_tool
 from containers.ocifixture import layer_tar
 from containers.registry_server import Registry
 from containers.treecompare import content_store, exact_description
@@ -71,13 +71,6 @@ CONFIG = {"architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:0
 CONFIG_BYTES = json.dumps(CONFIG).encode()
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: run tools/test.sh to install the test tools")
-    return path
-
-
 @pytest.fixture(scope="module")
 def view(tmp_path_factory):
     """A repository with MEMBERS published at TOP (owners kept, xattrs recorded)."""
@@ -103,7 +96,7 @@ def _unpack_source(tmp: Path) -> Path:
     src = tmp / "source"
     src.mkdir()
     (tmp / "source.tar").write_bytes(layer_tar(MEMBERS))
-    subprocess.run([_tool("tar"), "--xattrs", "--xattrs-include=user.*", "--same-owner",
+    subprocess.run([require_tool("tar"), "--xattrs", "--xattrs-include=user.*", "--same-owner",
                     "--numeric-owner", "-xpf", str(tmp / "source.tar"), "-C", str(src)],
                    check=True)
     return src
@@ -115,7 +108,7 @@ def test_umoci_unpacks_the_export_as_the_source_tree(view, tmp_path):
                         exclude=GENERATED_ENTRIES)
     assert result.excluded == 2
     bundle = tmp_path / "bundle"
-    subprocess.run([_tool("umoci"), "unpack", "--image", f"{dest}:v1", str(bundle)],
+    subprocess.run([require_tool("umoci"), "unpack", "--image", f"{dest}:v1", str(bundle)],
                    check=True, capture_output=True)
     # (symbolic links: umoci sets no mtimes of links; directories: the source has implicit
     # parents, made at unpack/publish time)
@@ -177,13 +170,13 @@ def test_layout_blobs_config_and_determinism(view, tmp_path):
 def test_skopeo_reads_and_converts_the_export(view, tmp_path):
     dest = tmp_path / "oci"
     result = export_oci(view, TOP, dest, "v1", config_bytes=CONFIG_BYTES)
-    inspect = subprocess.run([_tool("skopeo"), "inspect", f"oci:{dest}:v1"], check=True,
+    inspect = subprocess.run([require_tool("skopeo"), "inspect", f"oci:{dest}:v1"], check=True,
                              capture_output=True, text=True)
     info = json.loads(inspect.stdout)
     assert info["Digest"] == result.manifest_digest
     assert info["Layers"] == [result.layer_digest]
     archive = tmp_path / "image.tar"
-    subprocess.run([_tool("skopeo"), "copy", f"oci:{dest}:v1",
+    subprocess.run([require_tool("skopeo"), "copy", f"oci:{dest}:v1",
                     f"docker-archive:{archive}:example.org/exported:v1"],
                    check=True, capture_output=True)
     with tarfile.open(archive) as tf:

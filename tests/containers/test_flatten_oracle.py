@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
+from containers.conftest import require_tool
 from containers.ocifixture import Layout, rich_image, section6_image
 from containers.treecompare import (
     compare,
@@ -30,8 +30,7 @@ UMOCI_MTIME_LOST = {"section6": set(), "rich": {b"", b"usr"}}
 
 
 def umoci_unpack(layout, tag: str, bundle) -> None:
-    if shutil.which("umoci") is None:
-        pytest.fail("umoci is not installed: run tools/test.sh")
+    require_tool("umoci")
     if os.geteuid() != 0:
         pytest.fail("the umoci oracle unpacks as root (owners, devices): run the tests as root")
     subprocess.run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)], check=True,

@@ -191,7 +191,8 @@ def test_the_podman_store_and_aliases_point_at_the_flat(cpub, section6, tmp_path
 
 
 def test_require_tool_names_the_missing_tool():
-    with pytest.raises(RuntimeError, match=r"tools/test\.sh"):
+    with pytest.raises(pytest.fail.Exception,
+                       match=r"surely-not-a-real-tool-pycvmfs.*tools/test\.sh"):
         require_tool("surely-not-a-real-tool-pycvmfs")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from containers.conftest import require_tool
 from containers.treecompare import (
     compare,
     content_store,
@@ -38,13 +38,6 @@ from pycvmfs.storage.local import LocalStorage
 NON_UTF8 = b"caf\xe9"
 TOOL = b"#!/bin/sh\necho tool\n"
 MTIME_NS = 1_700_000_000_123_456_789
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: run tools/test.sh to install the test tools")
-    return path
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> Path:
@@ -159,7 +152,7 @@ def test_the_diff_id_hashes_a_tar_that_gnu_tar_unpacks_to_the_tree(tree, ingeste
     copy = tmp_path / "copy"
     copy.mkdir()
     (tmp_path / "t.tar").write_bytes(data)
-    subprocess.run([_tool("tar"), "--xattrs", "--xattrs-include=*", "--same-owner",
+    subprocess.run([require_tool("tar"), "--xattrs", "--xattrs-include=*", "--same-owner",
                     "--numeric-owner", "-xpf", str(tmp_path / "t.tar"), "-C", str(copy)],
                    check=True, capture_output=True)
     assert scan_rootfs(tree, ingester).diff_id == layer.diff_id  # deterministic
@@ -192,7 +185,7 @@ def test_a_synthesised_image_unpacks_with_umoci_as_the_tree(tree, ingester, tmp_
          "digest": sha256_digest(manifest), "size": len(manifest),
          "annotations": {"org.opencontainers.image.ref.name": "1"}}]}))
     bundle = tmp_path / "bundle"
-    subprocess.run([_tool("umoci"), "unpack", "--image", f"{layout}:1", str(bundle)],
+    subprocess.run([require_tool("umoci"), "unpack", "--image", f"{layout}:1", str(bundle)],
                    check=True, capture_output=True)
     os.unlink(tree / "run/sock")
     assert _described(bundle / "rootfs") == _described(tree)

@@ -7,13 +7,13 @@ import gzip
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from containers.conftest import require_tool
 from containers.ocifixture import (
     ImageSpec,
     Layer,
@@ -33,10 +33,8 @@ PLAIN = "application/vnd.docker.image.rootfs.diff.tar"
 
 
 def skopeo_copy(src: str, dest: str) -> None:
-    exe = shutil.which("skopeo")
-    assert exe, "skopeo is not installed: run tools/test.sh"
-    subprocess.run([exe, "copy", "-q", src, dest], check=True, capture_output=True,
-                   timeout=120)
+    subprocess.run([require_tool("skopeo"), "copy", "-q", src, dest], check=True,
+                   capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from containers.conftest import require_tool
 from containers.ocifixture import ImageSpec, Layer, Layout, base_members, section6_image
 from pycvmfs.containers.blobcache import BlobCache
 from pycvmfs.containers.manifest import MAX_DOCUMENT
@@ -20,14 +21,8 @@ from pycvmfs.containers.source_layout import OciLayoutSource, local_name, split_
 from pycvmfs.errors import ContainerError
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is not installed: run tools/test.sh"
-    return path
-
-
 def skopeo_raw(ref: str, *extra: str) -> bytes:
-    return subprocess.run([tool("skopeo"), "inspect", "--raw", *extra, ref], check=True,
+    return subprocess.run([require_tool("skopeo"), "inspect", "--raw", *extra, ref], check=True,
                           capture_output=True, timeout=60).stdout
 
 
