@@ -6,6 +6,7 @@ state read under the publish lock."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -412,3 +413,46 @@ def test_the_cli_reports_bad_input_in_one_line(cpub, images, tmp_path):
                  ("ingest", fqrn, images["b"], "--name", "x.org/b:1")):
         _one_line_error(_cli(cpub, *args), ".metadata/images.json", "'etc'")
     assert cpub.head().revision == head
+
+
+def _ingest_cmd(pub, text: str, name: str, tmp_path, *extra: str) -> list[str]:
+    return [*CLI, "container", "ingest", pub.fqrn, text, "--name", name, "--json",
+            "--cache-dir", str(tmp_path / f"blobs-{name.replace('/', '_')}"), "--config-dir",
+            str(pub.config.config_dir), *extra]
+
+
+def test_two_concurrent_ingests_lose_nothing_and_wait_for_each_other(cpub, tmp_path):
+    lay = Layout(tmp_path / "big")
+    for tag in ("one", "two"):  # ~10 MB each: the runs overlap
+        members = [{"name": f"data/{tag}{i}", "data": os.urandom(100_000)} for i in range(100)]
+        lay.add(ImageSpec([Layer(base_members()), Layer(members)]), tag)
+    names = {"one": "x.org/one:1", "two": "x.org/two:1"}
+    # without --lock-wait: each run publishes, or is refused at once in one line
+    procs = [subprocess.Popen(_ingest_cmd(cpub, f"oci:{tmp_path}/big:{t}", n, tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for t, n in names.items()]
+    done = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    ok = sorted(n for (rc, _out, _err), n in zip(done, names.values(), strict=True) if rc == 0)
+    for rc, _out, err in done:
+        if rc:
+            _one_line_error(subprocess.CompletedProcess([], rc, "", err),
+                            "being changed by another process")
+    assert ok and sorted(_state(cpub, tmp_path)["images"]) == ok
+    # with --lock-wait the second waits and sees the first's images.json
+    with cpub.transaction() as txn:
+        txn.remove(layout.images_index())
+        for n in names.values():
+            txn.remove(n, missing_ok=True)
+    procs = [subprocess.Popen(_ingest_cmd(cpub, f"oci:{tmp_path}/big:{t}", n, tmp_path,
+                                          "--lock-wait", "300"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for t, n in names.items()]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()
+    assert sorted(_state(cpub, tmp_path)["images"]) == sorted(names.values())
+    view = cpub.open_reader(tmp_path / "rc").open_revision()
+    try:
+        for n in names.values():
+            assert view.exists(f"/{n}/etc/passwd")
+    finally:
+        view.close()

@@ -43,6 +43,13 @@ def source_options(f):
     return f
 
 
+def lock_wait_option(f):
+    return click.option("--lock-wait", type=click.FloatRange(min=0), default=0.0,
+                        show_default=True, metavar="SECONDS",
+                        help="Wait this long while another process publishes to the "
+                             "repository (default: refuse at once).")(f)
+
+
 def _report(report, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_dict())
@@ -88,10 +95,11 @@ def container() -> None:
 @source_options
 @click.option("--dry-run", is_flag=True, help="Resolve and plan, publish nothing.")
 @click.option("-a", "--tag", help="Tag the new revision.")
+@lock_wait_option
 @config_option
 @click.option("--json", "as_json", is_flag=True)
 def ingest(fqrn, images, names, outputs, platforms, credentials_file, insecure, cache_dir,
-           dry_run, tag, config_dir, as_json) -> None:
+           dry_run, tag, lock_wait, config_dir, as_json) -> None:
     """Publish IMAGEs (oci:DIR[:TAG], docker-archive:FILE[:NAME], docker://HOST/REPO:TAG or
     https://HOST/REPO:TAG) into FQRN as one revision."""
     from pycvmfs.containers.service import ingest_images
@@ -103,7 +111,7 @@ def ingest(fqrn, images, names, outputs, platforms, credentials_file, insecure, 
     with make_progress("publishing") as display:
         report = ingest_images(pub, images, settings, names=list(names) or None,
                                outputs=_outputs(outputs), dry_run=dry_run,
-                               progress=_stages(display), tag=tag)
+                               progress=_stages(display), tag=tag, lock_wait=lock_wait)
     _report(report, as_json)
 
 
@@ -115,10 +123,11 @@ def ingest(fqrn, images, names, outputs, platforms, credentials_file, insecure, 
 @source_options
 @click.option("--dry-run", is_flag=True, help="Print the change set, publish nothing.")
 @click.option("-a", "--tag", help="Tag the new revision.")
+@lock_wait_option
 @config_option
 @click.option("--json", "as_json", is_flag=True)
 def sync(fqrn, wishlist, grace_period, platforms, credentials_file, insecure, cache_dir,
-         dry_run, tag, config_dir, as_json) -> None:
+         dry_run, tag, lock_wait, config_dir, as_json) -> None:
     """Apply a DUCC wish list (v1 or v2) to FQRN as one revision: new and moved tags, names no
     longer wanted removed, unused flats and layers collected after the grace period."""
     from pycvmfs.containers.service import sync_wishlist
@@ -129,7 +138,7 @@ def sync(fqrn, wishlist, grace_period, platforms, credentials_file, insecure, ca
     wl = load_wishlist(wishlist)
     with make_progress("publishing") as display:
         report = sync_wishlist(pub, wl, settings, dry_run=dry_run, grace_days=grace_period,
-                               progress=_stages(display), tag=tag)
+                               progress=_stages(display), tag=tag, lock_wait=lock_wait)
     _report(report, as_json)
     if report.warnings and any("could not" in w or "not removing" in w
                                for w in report.warnings):
@@ -167,17 +176,18 @@ def ls_cmd(fqrn, config_dir, as_json) -> None:
               help="Also retire flats and layers that no image in images.json uses (e.g. "
                    "made by DUCC); they go after the grace period like ours.")
 @click.option("--dry-run", is_flag=True)
+@lock_wait_option
 @config_option
 @click.option("--json", "as_json", is_flag=True)
-def gc(fqrn, grace_period, ducc_leftovers, include_unknown, dry_run, config_dir,
+def gc(fqrn, grace_period, ducc_leftovers, include_unknown, dry_run, lock_wait, config_dir,
        as_json) -> None:
     """Remove flats and layers no published image uses once the grace period is over."""
     from pycvmfs.containers.service import container_publisher
 
     pub = _open(fqrn, config_dir)
-    report = container_publisher(pub).collect(grace_days=grace_period, dry_run=dry_run,
-                                              ducc_leftovers=ducc_leftovers,
-                                              include_unknown=include_unknown)
+    report = container_publisher(pub, lock_wait=lock_wait).collect(
+        grace_days=grace_period, dry_run=dry_run, ducc_leftovers=ducc_leftovers,
+        include_unknown=include_unknown)
     _report(report, as_json)
 
 

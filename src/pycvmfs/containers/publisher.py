@@ -10,6 +10,7 @@ kill at any point leaves the repository at its previous revision.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import tempfile
@@ -24,7 +25,7 @@ from pycvmfs.containers.layer import Entry, Kind, LayerChanges, read_layer
 from pycvmfs.containers.layerfs import RECORD, load_layer, write_layer
 from pycvmfs.containers.model import Image, ImageSource
 from pycvmfs.containers.state import OUTPUTS, ImageRecord, PublishedState, check_public_name
-from pycvmfs.errors import ContainerError, PathError
+from pycvmfs.errors import ContainerError, PathError, RepositoryBusyError
 from pycvmfs.publish.rows import Meta
 
 __all__ = ["ALL_OUTPUTS", "ContainerPublisher", "RunReport", "Wanted"]
@@ -70,14 +71,17 @@ def _iso(t: float) -> str:
 
 class ContainerPublisher:
     """Publishes container images into one repository (``pub``: a
-    :class:`pycvmfs.publish.repository.Publisher`)."""
+    :class:`pycvmfs.publish.repository.Publisher`). ``lock_wait``: seconds a run waits for
+    another publisher of the repository to finish (0: refused at once when it is busy)."""
 
     def __init__(self, pub, *, work_dir: str | os.PathLike | None = None,
                  now: Callable[[], float] = time.time,
-                 progress: Callable[[str, int, int | None], None] | None = None) -> None:
+                 progress: Callable[[str, int, int | None], None] | None = None,
+                 lock_wait: float = 0.0) -> None:
         self.pub = pub
         self.now = now
         self.progress = progress
+        self.lock_wait = lock_wait
         self.work_dir = str(work_dir) if work_dir else tempfile.mkdtemp(prefix="pycvmfs-ctr-")
 
     # -- reading the published state -----------------------------------------------------
@@ -127,9 +131,9 @@ class ContainerPublisher:
                 reader.close()
             return report
         self._prefetch(wanted)
-        with self.pub.transaction(tag=tag, message="pycvmfs container",
-                                  progress=self.progress) as txn:
-            reader = self.reader()
+        with contextlib.ExitStack() as held:
+            txn = self._transaction(held, tag)
+            reader = self.reader()  # the published state is read holding the lock
             view = reader.open_revision()
             try:
                 for w in wanted:  # sources scanned into the transaction (a directory)
@@ -148,6 +152,20 @@ class ContainerPublisher:
         report.publish = txn.summary.to_dict()
         report.revision = txn.summary.revision
         return report
+
+    def _transaction(self, held: contextlib.ExitStack, tag: str | None):
+        """A transaction entered in ``held``; while another process publishes, retried for up
+        to ``lock_wait`` seconds."""
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            txn = self.pub.transaction(tag=tag, message="pycvmfs container",
+                                       progress=self.progress)
+            try:
+                return held.enter_context(txn)
+            except RepositoryBusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def collect(self, *, grace_days: float = 7.0, dry_run: bool = False,
                 ducc_leftovers: bool = False, include_unknown: bool = False) -> RunReport:

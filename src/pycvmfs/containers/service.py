@@ -34,13 +34,16 @@ def _cache(pub, settings: ContainerSettings) -> BlobCache:
     return BlobCache(root)
 
 
-def container_publisher(pub, progress=None, now=None) -> ContainerPublisher:
-    """The publisher of images into ``pub`` (``now``: a clock, for the grace period)."""
+def container_publisher(pub, progress=None, now=None, *,
+                        lock_wait: float = 0.0) -> ContainerPublisher:
+    """The publisher of images into ``pub`` (``now``: a clock, for the grace period;
+    ``lock_wait``: seconds to wait while another process publishes)."""
     work = Path(pub.config.repo_dir) / "container-work"
     work.mkdir(parents=True, exist_ok=True)
     if now is None:
-        return ContainerPublisher(pub, work_dir=work, progress=progress)
-    return ContainerPublisher(pub, work_dir=work, progress=progress, now=now)
+        return ContainerPublisher(pub, work_dir=work, progress=progress, lock_wait=lock_wait)
+    return ContainerPublisher(pub, work_dir=work, progress=progress, now=now,
+                              lock_wait=lock_wait)
 
 
 def _names_for(base: str, images: list, platforms: Sequence[Platform]) -> list[str]:
@@ -74,18 +77,18 @@ def resolve_images(texts: Sequence[str], settings: ContainerSettings, *,
 def ingest_images(pub, texts: Sequence[str], settings: ContainerSettings, *,
                   names: Sequence[str | None] | None = None,
                   outputs: frozenset[str] = DEFAULT_OUTPUTS, dry_run: bool = False,
-                  progress=None, tag: str | None = None) -> RunReport:
+                  progress=None, tag: str | None = None, lock_wait: float = 0.0) -> RunReport:
     """Publish the images ``texts`` (``oci:DIR[:TAG]``, ``docker-archive:FILE[:NAME]``,
     ``docker://HOST/REPO:TAG``...) in one transaction; nothing else is removed."""
     cache = _cache(pub, settings)
     wanted = resolve_images(texts, settings, names=names, outputs=outputs, cache=cache)
-    return container_publisher(pub, progress).run(wanted, dry_run=dry_run, collect=True,
-                                                  tag=tag)
+    return container_publisher(pub, progress, lock_wait=lock_wait).run(
+        wanted, dry_run=dry_run, collect=True, tag=tag)
 
 
 def sync_wishlist(pub, wishlist: WishList, settings: ContainerSettings, *,
                   dry_run: bool = False, grace_days: float | None = None, progress=None,
-                  tag: str | None = None, now=None) -> RunReport:
+                  tag: str | None = None, now=None, lock_wait: float = 0.0) -> RunReport:
     """Make the repository hold exactly what ``wishlist`` asks for, in one transaction: new
     and retargeted names, names no longer wanted removed, unused flats and layers collected
     after the grace period. When a registry cannot be listed or an image cannot be resolved,
@@ -124,7 +127,7 @@ def sync_wishlist(pub, wishlist: WishList, settings: ContainerSettings, *,
     seen: dict[str, Wanted] = {}
     for w in wanted:  # two inputs naming the same image: one publish
         seen.setdefault(w.name, w)
-    report = container_publisher(pub, progress, now).run(
+    report = container_publisher(pub, progress, now, lock_wait=lock_wait).run(
         list(seen.values()), prune=True, complete=not problems, dry_run=dry_run,
         grace_days=wishlist.grace_days if grace_days is None else grace_days, tag=tag)
     report.warnings = problems + report.warnings
