@@ -98,9 +98,12 @@ def listing_from_view(view, top: str, *, xattr_prefixes=USER_XATTRS,
 
 
 def umoci_rootfs(layout: Path, tag: str, dest: Path) -> Path:
-    """The oracle: ``umoci unpack`` (as root, owners kept) of ``layout:tag``; its rootfs."""
-    require_tool("umoci")
-    res = subprocess.run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(dest)],
+    """The oracle: ``umoci unpack`` (as root, owners and devices kept) of ``layout:tag`` into
+    the bundle ``dest`` (its runtime ``config.json`` too); the bundle's rootfs."""
+    umoci = require_tool("umoci")
+    if os.geteuid() != 0:
+        pytest.fail("the umoci oracle unpacks as root (owners, devices): run the tests as root")
+    res = subprocess.run([umoci, "unpack", "--image", f"{layout}:{tag}", str(dest)],
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     return dest / "rootfs"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from containers.conftest import require_tool
+from containers.conftest import require_tool, umoci_rootfs
 from containers.ocifixture import layer_tar
 from containers.registry_server import Registry
 from containers.treecompare import content_store, exact_description
@@ -108,8 +108,7 @@ def test_umoci_unpacks_the_export_as_the_source_tree(view, tmp_path):
                         exclude=GENERATED_ENTRIES)
     assert result.excluded == 2
     bundle = tmp_path / "bundle"
-    subprocess.run([require_tool("umoci"), "unpack", "--image", f"{dest}:v1", str(bundle)],
-                   check=True, capture_output=True)
+    umoci_rootfs(dest, "v1", bundle)
     # (symbolic links: umoci sets no mtimes of links; directories: the source has implicit
     # parents, made at unpack/publish time)
     got = exact_description(bundle / "rootfs", symlink_mtimes=False)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from containers.conftest import require_tool
+from containers.conftest import umoci_rootfs
 from containers.ocifixture import Layout, rich_image, section6_image
 from containers.treecompare import (
     compare,
@@ -29,21 +27,12 @@ FIXTURES = {"section6": section6_image, "rich": rich_image}
 UMOCI_MTIME_LOST = {"section6": set(), "rich": {b"", b"usr"}}
 
 
-def umoci_unpack(layout, tag: str, bundle) -> None:
-    require_tool("umoci")
-    if os.geteuid() != 0:
-        pytest.fail("the umoci oracle unpacks as root (owners, devices): run the tests as root")
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)], check=True,
-                   capture_output=True)
-
-
 @pytest.fixture(params=sorted(FIXTURES))
 def unpacked(request, tmp_path):
     """(the fixture's name, umoci's rootfs listing, our Tree's listing)."""
     layout = Layout(tmp_path / "layout")
     written = layout.add(FIXTURES[request.param](), "t")
-    umoci_unpack(tmp_path / "layout", "t", tmp_path / "bundle")
-    theirs = listing_from_disk(tmp_path / "bundle" / "rootfs")
+    theirs = listing_from_disk(umoci_rootfs(tmp_path / "layout", "t", tmp_path / "bundle"))
     ing, store = content_store(tmp_path / "store")
     with ing:
         tree = Tree()
@@ -79,8 +68,7 @@ def test_mtimes_the_layers_define_equal_umocis(unpacked):
 def test_rich_fixture_details(tmp_path):
     """What the rich fixture is meant to exercise is really in umoci's result."""
     Layout(tmp_path / "layout").add(rich_image(), "t")
-    umoci_unpack(tmp_path / "layout", "t", tmp_path / "bundle")
-    theirs = listing_from_disk(tmp_path / "bundle" / "rootfs")
+    theirs = listing_from_disk(umoci_rootfs(tmp_path / "layout", "t", tmp_path / "bundle"))
     assert theirs[b"dev/null"].kind == "char" and theirs[b"dev/loop9"].kind == "block"
     assert theirs[b"dev/fifo"].kind == "fifo" and theirs[b"dev/fifo"].mode == 0o600
     assert theirs[b"etc/xattr"].xattrs == ((b"user.bin", b"\x00\x01\xfe"), (b"user.two", b"2"))

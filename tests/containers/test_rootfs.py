@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from containers.conftest import require_tool
+from containers.conftest import require_tool, umoci_rootfs
 from containers.treecompare import (
     compare,
     content_store,
@@ -185,8 +185,7 @@ def test_a_synthesised_image_unpacks_with_umoci_as_the_tree(tree, ingester, tmp_
          "digest": sha256_digest(manifest), "size": len(manifest),
          "annotations": {"org.opencontainers.image.ref.name": "1"}}]}))
     bundle = tmp_path / "bundle"
-    subprocess.run([require_tool("umoci"), "unpack", "--image", f"{layout}:1", str(bundle)],
-                   check=True, capture_output=True)
+    umoci_rootfs(layout, "1", bundle)
     os.unlink(tree / "run/sock")
     assert _described(bundle / "rootfs") == _described(tree)
     runtime = json.loads((bundle / "config.json").read_text())
