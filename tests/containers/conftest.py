@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from containers.treecompare import USER_XATTRS, Record, file_sha256
+from containers.treecompare import USER_XATTRS, Record, content_store, file_sha256
 from pycvmfs.publish.config import ServerSettings
 from pycvmfs.publish.repository import Publisher
 
@@ -54,6 +54,14 @@ def make_cpub(tmp_path):
 @pytest.fixture
 def cpub(make_cpub) -> Publisher:
     return make_cpub()
+
+
+@pytest.fixture
+def sink(tmp_path):
+    """(a real Ingester, its LocalStorage) below ``tmp_path``: where layers' contents go."""
+    ing, store = content_store(tmp_path / "store")
+    with ing:
+        yield ing, store
 
 
 def listing_from_view(view, top: str, *, xattr_prefixes=USER_XATTRS,

@@ -8,18 +8,11 @@ import io
 import pytest
 
 from containers.ocifixture import layer_blob, section6_image
-from containers.treecompare import content_store, listing_from_tree, stored_sha256
+from containers.treecompare import listing_from_tree, stored_sha256
 from pycvmfs.containers.flatten import Tree, chain_ids
 from pycvmfs.containers.layer import Kind, read_layer
 from pycvmfs.containers.model import Descriptor
 from pycvmfs.errors import ContainerError
-
-
-@pytest.fixture
-def sink(tmp_path):
-    ing, store = content_store(tmp_path / "store")
-    with ing:
-        yield ing, store
 
 
 def flatten(sink, *layers: list[dict], tree: Tree | None = None, compression: str = "gzip"

@@ -20,13 +20,6 @@ from pycvmfs.publish.tarball import STREAM_OVER
 CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 
 
-@pytest.fixture
-def sink(tmp_path):
-    ing, store = content_store(tmp_path / "store")
-    with ing:
-        yield ing, store
-
-
 def read(sink, members, compression="gzip", *, fmt="pax", **options) -> LayerChanges:
     blob, desc, diff_id = layer_blob(members, compression, fmt=fmt)
     return read_blob(sink, blob, desc, diff_id, **options)
