@@ -456,3 +456,20 @@ def test_two_concurrent_ingests_lose_nothing_and_wait_for_each_other(cpub, tmp_p
             assert view.exists(f"/{n}/etc/passwd")
     finally:
         view.close()
+
+
+@pytest.mark.parametrize("one_run", [False, True])
+def test_a_layer_is_never_aliased_to_a_twin_that_was_not_written(cpub, images, tmp_path,
+                                                                 one_run):
+    flat_only = frozenset({"flat", "podman"})
+    gz = _wanted(cpub, [images["a"]], ["x.org/gz:1"], tmp_path, flat_only)
+    plain = _wanted(cpub, [images["a-plain"]], ["x.org/plain:1"], tmp_path)
+    cp = container_publisher(cpub)
+    if one_run:
+        cp.run(gz + plain)
+    else:
+        cp.run(gz)
+        cp.run(gz + plain)
+    for d in plain[0].image.layers:
+        assert _exists(cpub, tmp_path, layout.layer_root(d.digest) + "/etc"), d.digest
+    assert cp.run(gz + plain).revision is None

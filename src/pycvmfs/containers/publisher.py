@@ -208,11 +208,13 @@ class ContainerPublisher:
                              aliases=dict(old.aliases))
         layers_done: dict[str, LayerChanges] = {}
         self._new = new
-        self._by_diff = {}  # DiffID -> a layer digest whose tree is published with it
+        self._by_diff = {}  # DiffID -> a layer digest whose tree may be published with it
         for r in old.images.values():
             for d, diff in zip(r.layers, r.diff_ids, strict=False):
                 if d not in old.aliases:
                     self._by_diff.setdefault(diff, d)
+        #: digests whose .layers directory (a tree or a symlink) this run writes (plans)
+        self._layers_written: set[str] = set()
         trees: dict[str, Tree | None] = {}  # flats written (planned: None) in this run
 
         def layer_published(d: str) -> bool:
@@ -232,7 +234,7 @@ class ContainerPublisher:
             flat = layout.flat_path(img.config.digest)
             need_flat = "flat" in w.outputs and not view.exists("/" + flat) and flat not in trees
             need_layers = "layers" in w.outputs and any(
-                not layer_published(d.digest) and d.digest not in layers_done
+                not layer_published(d.digest) and d.digest not in self._layers_written
                 for d in img.layers)
             if prev is not None and prev.same_image(rec) and not need_flat and not need_layers:
                 report.unchanged.append(w.name)
@@ -288,16 +290,28 @@ class ContainerPublisher:
                      report: RunReport) -> None:
         """What :meth:`_build` would do with the layers of ``w``, nothing read (dry run)."""
         for desc, diff in zip(w.image.layers, w.image.diff_ids, strict=True):
+            if "layers" in w.outputs and not published(desc.digest):
+                self._layers_written.add(desc.digest)
             if desc.digest in done:
                 continue
             done[desc.digest] = None
-            same = self._by_diff.get(diff)
-            if published(desc.digest) or (same is not None and same != desc.digest
-                                          and "layers" in w.outputs):
+            if published(desc.digest) or self._twin(w, desc.digest, diff, published):
                 report.layers_reused.append(desc.digest)
             else:
                 report.layers_new.append(desc.digest)
-                self._by_diff.setdefault(diff, desc.digest)
+                if "layers" in w.outputs:
+                    self._by_diff.setdefault(diff, desc.digest)
+
+    def _twin(self, w: Wanted, digest: str, diff_id: str,
+              published: Callable[[str], bool]) -> str | None:
+        """The digest of the same layer in another compression whose tree is in the
+        repository (or written by this run), when ``w`` wants its layers: ``.layers/<digest>``
+        becomes a symlink to it (§7.4)."""
+        same = self._by_diff.get(diff_id)
+        if (same is None or same == digest or "layers" not in w.outputs
+                or not (same in self._layers_written or published(same))):
+            return None
+        return same
 
     def _layer(self, txn, view, w: Wanted, i: int, done: dict[str, LayerChanges],
                report: RunReport) -> tuple[LayerChanges, bool]:
@@ -313,8 +327,9 @@ class ContainerPublisher:
             report.layers_reused.append(desc.digest)
             done[desc.digest] = ch
             return ch, False
-        same = self._by_diff.get(w.image.diff_ids[i])
-        if same is not None and same != desc.digest and "layers" in w.outputs:
+        same = self._twin(w, desc.digest, w.image.diff_ids[i], lambda d: view.exists(
+            f"/{layout.layer_metadata(d)}/{RECORD}"))
+        if same is not None:
             # the same layer in another compression (gzip in a registry, plain in a docker
             # archive): its DiffID is what the verified config names, so its published tree is
             # this layer's; nothing is read, .layers gets a symlink
@@ -334,28 +349,36 @@ class ContainerPublisher:
         report.warnings += ch.warnings
         report.layers_new.append(desc.digest)
         done[desc.digest] = ch
-        self._by_diff.setdefault(ch.diff_id, desc.digest)
         return ch, True
 
     def _build(self, txn, view, w: Wanted, done: dict[str, LayerChanges], report: RunReport,
                now: int) -> Tree:
         tree = Tree()
         for i in range(len(w.image.layers)):
-            ch, fresh = self._layer(txn, view, w, i, done, report)
+            ch, _fresh = self._layer(txn, view, w, i, done, report)
             digest = w.image.layers[i].digest
-            alias = self._new.aliases.get(digest)
-            if alias is not None and txn.lookup(b"/" + layout.layer_dir(digest).encode()) is None:
+            if "layers" not in w.outputs or digest in self._layers_written or view.exists(
+                    f"/{layout.layer_metadata(digest)}/{RECORD}"):
+                pass  # not wanted, or there already
+            elif (alias := self._new.aliases.get(digest)) is not None and (
+                    alias in self._layers_written
+                    or view.exists(f"/{layout.layer_metadata(alias)}/{RECORD}")):
                 for top in (layout.LAYERS, f"{layout.LAYERS}/{digest[7:9]}"):
                     write_catalog_dir(txn, top)
                 link = layout.layer_dir(digest)
+                txn.remove(link, missing_ok=True)
                 txn.put_symlink(link, Meta(0o777, now, 0, 0),
                                 layout.relative_link(link, layout.layer_dir(alias)).encode())
-            if fresh and "layers" in w.outputs:
+                self._layers_written.add(digest)
+            else:
                 # a tree at that path without our record (DUCC's, with .wh. files) goes
+                self._new.aliases.pop(digest, None)
                 txn.remove(layout.layer_dir(digest), missing_ok=True)
                 write_layer(txn, ch, resolve=_resolver(tree, ch), created=_iso(now))
                 for top in (layout.LAYERS, f"{layout.LAYERS}/{ch.compressed_digest[7:9]}"):
                     write_catalog_dir(txn, top)
+                self._layers_written.add(digest)
+                self._by_diff.setdefault(ch.diff_id, digest)
             report.warnings += [f"{w.image.source}: {m}" for m in tree.apply(ch)]
         return tree
 
