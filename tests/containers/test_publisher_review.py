@@ -473,3 +473,15 @@ def test_a_layer_is_never_aliased_to_a_twin_that_was_not_written(cpub, images, t
     for d in plain[0].image.layers:
         assert _exists(cpub, tmp_path, layout.layer_root(d.digest) + "/etc"), d.digest
     assert cp.run(gz + plain).revision is None
+
+
+def test_layers_read_for_a_flat_only_name_are_written_for_a_later_name_that_wants_them(
+        cpub, images, tmp_path):
+    flat_only = _wanted(cpub, [images["a"]], ["x.org/flat:1"], tmp_path,
+                        frozenset({"flat", "podman"}))
+    layered = _wanted(cpub, [images["a"]], ["x.org/layered:1"], tmp_path)
+    cp = container_publisher(cpub)
+    cp.run(flat_only + layered)
+    for d in layered[0].image.layers:
+        assert _exists(cpub, tmp_path, layout.layer_root(d.digest) + "/etc"), d.digest
+    assert cp.run(flat_only + layered).revision is None
