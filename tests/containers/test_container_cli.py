@@ -59,7 +59,9 @@ def test_import_rootfs_publishes_a_directory_as_a_flat_image_once(cpub, tmp_path
     assert {b".singularity.d", b".cvmfscatalog", b"proc"} <= ours
     assert compare(want, without(got, ours), same_directory_links_only=True) == []
     images = json.loads(view.read_bytes("/podmanStore/overlay-images/images.json"))
-    assert images[0]["names"] == ["cernvm.example.org/base/el9:2026.12"]
+    name, alias = images[0]["names"]
+    assert name == "cernvm.example.org/base/el9:2026.12"
+    assert alias.startswith("cernvm.example.org/base/el9@sha256:")
     cfg = json.loads(view.read_bytes("/.metadata/cernvm.example.org/base/el9:2026.12/"
                                      "config.json"))
     assert cfg["config"]["Entrypoint"] == ["/bin/tool"]
