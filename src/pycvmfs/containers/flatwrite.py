@@ -15,10 +15,9 @@ from pycvmfs.containers.model import GeneratedEntry
 from pycvmfs.errors import ContainerError
 from pycvmfs.publish.rows import Meta
 
-__all__ = ["DIR_META", "MARKER_META", "HardlinkGroups", "flat_size", "node_meta", "put_generated",
+__all__ = ["DIR_META", "HardlinkGroups", "flat_size", "node_meta", "put_generated",
            "put_node", "write_catalog_dir", "write_tree"]
 
-MARKER_META = Meta(0o644, 0, 0, 0)
 DIR_META = Meta(0o755, 0, 0, 0)
 _SPECIAL = {Kind.CHAR: stat.S_IFCHR, Kind.BLOCK: stat.S_IFBLK, Kind.FIFO: stat.S_IFIFO}
 
@@ -29,10 +28,10 @@ def _rp(base: str, rel: bytes) -> bytes:
 
 
 def write_catalog_dir(txn, path: str, meta: Meta = DIR_META) -> None:
-    """A directory that is the root of its own nested catalog."""
+    """A directory that is the root of its own nested catalog, made one at once: what is
+    written below it afterwards goes straight into that catalog (nothing moved at commit)."""
     txn.put_dir(path, meta)
-    if txn.lookup(b"/" + path.encode() + b"/.cvmfscatalog") is None:
-        txn.put_file(path + "/.cvmfscatalog", MARKER_META, txn.ingester.submit_bytes(b""))
+    txn.nested_catalog(path, meta)
 
 
 def node_meta(n: Node | Entry, extra_xattrs: dict[bytes, bytes] | None = None) -> Meta:
