@@ -23,7 +23,7 @@ from pycvmfs.containers.service import (
     resolve_images,
 )
 from pycvmfs.containers.thin import thin_path
-from pycvmfs.errors import ContainerError
+from pycvmfs.errors import ContainerError, PathError
 
 CLI = [sys.executable, "-m", "pycvmfs.cli.main"]
 DAY = 86400
@@ -485,3 +485,55 @@ def test_layers_read_for_a_flat_only_name_are_written_for_a_later_name_that_want
     for d in layered[0].image.layers:
         assert _exists(cpub, tmp_path, layout.layer_root(d.digest) + "/etc"), d.digest
     assert cp.run(flat_only + layered).revision is None
+
+
+def _dangling(pub, tmp_path, top: str) -> list[str]:
+    """Symlinks below ``top`` whose target is not in the repository."""
+    view = pub.open_reader(tmp_path / "rd").open_revision()
+    try:
+        if not view.exists("/" + top):
+            return []
+        out = []
+        for _d, dirs, files in view.walk("/" + top):
+            for s in dirs + files:
+                if s.is_symlink:
+                    try:
+                        view.stat(s.path)
+                    except PathError:
+                        out.append(s.path)
+        return out
+    finally:
+        view.close()
+
+
+def test_a_retargeted_name_leaves_no_alias_to_a_deleted_flat(cpub, images, tmp_path):
+    at = [1_000_000_000]
+    cp = container_publisher(cpub, now=lambda: at[0])
+    cp.run(_wanted(cpub, [images["a"]], ["x.org/n:1"], tmp_path))
+    old_alias = _state(cpub, tmp_path)["images"]["x.org/n:1"]["alias"]
+    at[0] += DAY
+    cp.run(_wanted(cpub, [images["b"]], ["x.org/n:1"], tmp_path))
+    at[0] += 30 * DAY
+    gone = cp.collect(grace_days=7)
+    assert any(p.startswith(".flat/") for p in gone.deleted)
+    assert _dangling(cpub, tmp_path, "x.org") == []
+    assert not _exists(cpub, tmp_path, old_alias)
+
+
+def test_a_name_without_the_flat_output_has_no_public_link(cpub, images, tmp_path):
+    at = [1_000_000_000]
+    cp = container_publisher(cpub, now=lambda: at[0])
+    layers_only = frozenset({"layers"})
+    name = "x.org/l:1"
+    first = cp.run(_wanted(cpub, [images["a"]], [name], tmp_path, layers_only))
+    assert first.flats_new == [] and len(first.layers_new) == 2
+    assert _dangling(cpub, tmp_path, "x.org") == [] and not _exists(cpub, tmp_path, name)
+    assert _exists(cpub, tmp_path, layout.metadata_dir(name) + "/manifest.json")
+    cp.run(_wanted(cpub, [images["a"]], [name], tmp_path))  # now with the flat
+    assert _exists(cpub, tmp_path, name + "/etc/note")
+    at[0] += DAY
+    back = cp.run(_wanted(cpub, [images["a"]], [name], tmp_path, layers_only))
+    flat = layout.flat_path(_state(cpub, tmp_path)["images"][name]["config_digest"])
+    assert back.retired == [flat] and not _exists(cpub, tmp_path, name)
+    assert _dangling(cpub, tmp_path, "x.org") == []
+    assert cp.run(_wanted(cpub, [images["a"]], [name], tmp_path, layers_only)).revision is None

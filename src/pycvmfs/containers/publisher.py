@@ -398,18 +398,26 @@ class ContainerPublisher:
     # -- names, metadata, podman -----------------------------------------------------------
     def _write_names(self, txn, old: PublishedState, new: PublishedState,
                      images: dict[str, Image], now: int) -> None:
+        """Public names and sha256 aliases as symlinks to the flats, ``.metadata/<name>``;
+        the links of names removed, retargeted (their old alias) or published without a flat
+        go (a link that no record holds would outlive the flat it points to)."""
+        linked = {p for r in new.images.values() if "flat" in r.outputs
+                  for p in (r.name, r.alias)}
+        stale = {p for r in old.images.values() for p in (r.name, r.alias)}
+        stale |= {p for r in new.images.values() if "flat" not in r.outputs
+                  for p in (r.name, r.alias)}
+        for p in sorted(stale - linked):
+            row = txn.lookup(b"/" + p.encode()) if p else None
+            if row is not None and row.symlink:
+                txn.remove(p)
         for name in sorted(set(old.images) - set(new.images)):
-            rec = old.images[name]
-            for p in (name, rec.alias, layout.metadata_dir(name)):
-                if p and txn.lookup(b"/" + p.encode()) is not None and not any(
-                        p in (r.name, r.alias) for r in new.images.values()):
-                    txn.remove(p, missing_ok=True)
+            txn.remove(layout.metadata_dir(name), missing_ok=True)
         for name, rec in sorted(new.images.items()):
             before = old.images.get(name)
             if before is not None and before.same_image(rec) and before.alias == rec.alias:
                 continue
             flat = layout.flat_path(rec.config_digest)
-            for link in {name, rec.alias}:
+            for link in sorted({name, rec.alias}) if "flat" in rec.outputs else ():
                 row = txn.lookup(b"/" + link.encode())
                 if row is not None and not row.symlink:
                     raise ContainerError(f"/{link}: exists and is not a symbolic link; "

@@ -122,7 +122,8 @@ class PublishedState:
 
         live: set[str] = set()
         for r in self.images.values():
-            live.add(flat_path(r.config_digest))
+            if "flat" in r.outputs:
+                live.add(flat_path(r.config_digest))
             live.update(layer_dir(d) for d in r.layers)
             live.update(layer_dir(self.aliases[d]) for d in r.layers if d in self.aliases)
         return live
