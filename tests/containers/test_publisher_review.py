@@ -537,3 +537,34 @@ def test_a_name_without_the_flat_output_has_no_public_link(cpub, images, tmp_pat
     assert back.retired == [flat] and not _exists(cpub, tmp_path, name)
     assert _dangling(cpub, tmp_path, "x.org") == []
     assert cp.run(_wanted(cpub, [images["a"]], [name], tmp_path, layers_only)).revision is None
+
+
+@pytest.mark.parametrize("repo_tag, needle", [
+    ("x.org/" + "a" * 250 + ":" + "t" * 100, "more than 255"),
+    ("x.org/" + "a" * 200 + ":1", "alias"),
+    ("x.org/../../etc:1", "RepoTag"),
+    ("/abs/x:1", "RepoTag")])
+def test_a_weird_repo_tag_in_a_docker_archive_is_refused_by_name(cpub, tmp_path, repo_tag,
+                                                                 needle):
+    from containers.test_source_archive import docker25_archive, manifest_json, rewrite
+
+    lay = Layout(tmp_path / "l")
+    written = lay.add(_spec("a"), "a")
+    plain = docker25_archive(lay, written, tmp_path / "plain.tar")
+    entries = manifest_json(plain)
+    entries[0]["RepoTags"] = [repo_tag]
+    archive = rewrite(plain, tmp_path / "weird.tar",
+                      replace={"manifest.json": json.dumps(entries).encode()})
+    head = cpub.head().revision
+    with pytest.raises(ContainerError, match=needle) as err:
+        _ingest(cpub, [f"docker-archive:{archive}"], tmp_path)
+    assert repo_tag[:20] in str(err.value)
+    assert cpub.head().revision == head
+
+
+def test_an_oci_ref_name_that_is_not_a_tag_gives_a_plain_local_name(cpub, tmp_path):
+    lay = Layout(tmp_path / "img")
+    lay.add(_spec("a"), "../../etc/passwd")
+    report = _ingest(cpub, [f"oci:{tmp_path}/img"], tmp_path)
+    assert report.added == ["localhost/img:latest"]
+    assert _dangling(cpub, tmp_path, "localhost") == []
