@@ -568,3 +568,38 @@ def test_an_oci_ref_name_that_is_not_a_tag_gives_a_plain_local_name(cpub, tmp_pa
     report = _ingest(cpub, [f"oci:{tmp_path}/img"], tmp_path)
     assert report.added == ["localhost/img:latest"]
     assert _dangling(cpub, tmp_path, "localhost") == []
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink"])
+def test_an_images_json_that_is_not_a_file_is_not_taken_for_an_empty_state(cpub, images,
+                                                                          tmp_path, kind):
+    doc = _valid_index(cpub, images, tmp_path)
+    with cpub.transaction() as txn:
+        txn.remove(layout.images_index())
+        if kind == "directory":
+            txn.add_file(layout.images_index() + "/x", b"")
+        else:
+            txn.add_file(".metadata/other.json", json.dumps(dict(doc, images={})).encode())
+            txn.symlink(layout.images_index(), "other.json")
+    head = cpub.head().revision
+    with pytest.raises(ContainerError, match=r"images\.json: not a regular file"):
+        container_publisher(cpub).run(_wanted(cpub, [images["b"]], ["x.org/b:1"], tmp_path),
+                                      prune=True)
+    assert cpub.head().revision == head
+
+
+def test_damaged_metadata_is_refused_for_the_podman_store_and_repaired_by_an_ingest(
+        cpub, images, tmp_path):
+    _ingest(cpub, [images["a"]], tmp_path, names=["x.org/a:1"])
+    config = layout.metadata_dir("x.org/a:1") + "/config.json"
+    with cpub.transaction() as txn:
+        txn.remove(config)
+        txn.add_file(config, b'{"architecture": "amd64", "os": "linux", "forged": 1}')
+    head = cpub.head().revision
+    with pytest.raises(ContainerError, match=f"{config}: its digest is not"):
+        _ingest(cpub, [images["b"]], tmp_path, names=["x.org/b:1"])
+    assert cpub.head().revision == head
+    repaired = _ingest(cpub, [images["a"]], tmp_path, names=["x.org/a:1"])
+    assert repaired.unchanged == ["x.org/a:1"] and repaired.revision is not None
+    assert _ingest(cpub, [images["b"]], tmp_path, names=["x.org/b:1"]).revision is not None
+    assert _ingest(cpub, [images["a"]], tmp_path, names=["x.org/a:1"]).revision is None

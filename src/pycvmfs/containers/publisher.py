@@ -23,14 +23,15 @@ from pycvmfs.containers.flatten import Node, Tree
 from pycvmfs.containers.flatwrite import flat_size, put_generated, write_catalog_dir, write_tree
 from pycvmfs.containers.layer import Entry, Kind, LayerChanges, read_layer
 from pycvmfs.containers.layerfs import RECORD, load_layer, write_layer
-from pycvmfs.containers.model import Image, ImageSource
+from pycvmfs.containers.model import Image, ImageSource, sha256_digest
 from pycvmfs.containers.state import OUTPUTS, ImageRecord, PublishedState, check_public_name
-from pycvmfs.errors import ContainerError, PathError, RepositoryBusyError
+from pycvmfs.errors import ContainerError, NoSuchPathError, PathError, RepositoryBusyError
 from pycvmfs.publish.rows import Meta
 
 __all__ = ["ALL_OUTPUTS", "ContainerPublisher", "RunReport", "Wanted"]
 
 ALL_OUTPUTS = OUTPUTS
+MAX_INDEX = 256 << 20  # bytes of images.json: far more than any repository's images need
 DEFAULT_OUTPUTS = frozenset({"flat", "layers", "podman"})
 DAY = 86400
 
@@ -95,11 +96,7 @@ class ContainerPublisher:
             reader = self.reader()
             view = reader.open_revision()
         try:
-            try:
-                data = view.read_bytes("/" + layout.images_index())
-            except PathError:
-                data = None
-            return PublishedState.load(data)
+            return PublishedState.load(_read_index(view))
         finally:
             if own:
                 view.close()
@@ -276,7 +273,7 @@ class ContainerPublisher:
         if txn is not None:
             for p in report.deleted:
                 txn.remove(p, missing_ok=True)
-            self._write_names(txn, old, new, {w.name: w.image for w in wanted}, now)
+            self._write_names(txn, view, old, new, {w.name: w.image for w in wanted}, now)
             images = {w.name: w.image for w in wanted}
             self._write_podman(txn, view, new, images, report)
             self._write_thin(txn, new, old)
@@ -396,7 +393,7 @@ class ContainerPublisher:
                       skip_existing=tree)
 
     # -- names, metadata, podman -----------------------------------------------------------
-    def _write_names(self, txn, old: PublishedState, new: PublishedState,
+    def _write_names(self, txn, view, old: PublishedState, new: PublishedState,
                      images: dict[str, Image], now: int) -> None:
         """Public names and sha256 aliases as symlinks to the flats, ``.metadata/<name>``;
         the links of names removed, retargeted (their old alias) or published without a flat
@@ -414,7 +411,10 @@ class ContainerPublisher:
             txn.remove(layout.metadata_dir(name), missing_ok=True)
         for name, rec in sorted(new.images.items()):
             before = old.images.get(name)
+            img = images.get(name)
             if before is not None and before.same_image(rec) and before.alias == rec.alias:
+                if img is not None and not _metadata_is(view, name, img):
+                    self._write_metadata(txn, name, img, now)  # damaged: made whole again
                 continue
             flat = layout.flat_path(rec.config_digest)
             for link in sorted({name, rec.alias}) if "flat" in rec.outputs else ():
@@ -424,14 +424,17 @@ class ContainerPublisher:
                                          "not replacing it with the image's public name")
                 txn.put_symlink(link, Meta(0o777, now, 0, 0),
                                 layout.relative_link(link, flat).encode())
-            img = images.get(name)
             if img is not None:
-                md = layout.metadata_dir(name)
-                write_catalog_dir(txn, layout.METADATA)
-                txn.put_file(md + "/manifest.json", Meta(0o644, now, 0, 0),
-                             txn.ingester.submit_bytes(img.manifest_bytes))
-                txn.put_file(md + "/config.json", Meta(0o644, now, 0, 0),
-                             txn.ingester.submit_bytes(img.config_bytes))
+                self._write_metadata(txn, name, img, now)
+
+    @staticmethod
+    def _write_metadata(txn, name: str, img: Image, now: int) -> None:
+        md = layout.metadata_dir(name)
+        write_catalog_dir(txn, layout.METADATA)
+        txn.put_file(md + "/manifest.json", Meta(0o644, now, 0, 0),
+                     txn.ingester.submit_bytes(img.manifest_bytes))
+        txn.put_file(md + "/config.json", Meta(0o644, now, 0, 0),
+                     txn.ingester.submit_bytes(img.config_bytes))
 
     def _write_podman(self, txn, view, new: PublishedState, images: dict[str, Image],
                       report: RunReport) -> None:
@@ -459,6 +462,11 @@ class ContainerPublisher:
                     report.warnings.append(f"{r.name}: no {md}/config.json; left out of the "
                                            "podman store")
                     continue
+                for data, digest, what in ((cfg, r.config_digest, "config.json"),
+                                           (man, r.manifest_digest, "manifest.json")):
+                    if sha256_digest(data) != digest:
+                        raise ContainerError(f"{md}/{what}: its digest is not {digest} "
+                                             "(images.json); ingest the image again")
             created = _config_created(cfg)
             if created is None or not is_rfc3339(created):
                 created = _iso(r.published)
@@ -521,6 +529,31 @@ class ContainerPublisher:
             elif now - new.retired[p] >= grace_days * DAY:
                 report.deleted.append(p)
                 del new.retired[p]
+
+
+def _read_index(view) -> bytes | None:
+    """``images.json`` as published (None: there is none); anything but a regular file of a
+    sane size there is refused by name, never taken for an empty state."""
+    path = "/" + layout.images_index()
+    try:
+        st = view.lstat(path)
+    except NoSuchPathError:
+        return None
+    if not st.is_file:
+        raise ContainerError(f"{path}: not a regular file; not taking it for an empty state")
+    if st.entry.size > MAX_INDEX:
+        raise ContainerError(f"{path}: {st.entry.size} bytes, more than {MAX_INDEX}")
+    return view.read_bytes(path)
+
+
+def _metadata_is(view, name: str, img: Image) -> bool:
+    """Whether ``.metadata/<name>`` holds ``img``'s manifest and config as published."""
+    md = "/" + layout.metadata_dir(name)
+    try:
+        return (view.read_bytes(md + "/manifest.json") == img.manifest_bytes
+                and view.read_bytes(md + "/config.json") == img.config_bytes)
+    except PathError:
+        return False
 
 
 def _check_names(w: Wanted) -> None:
