@@ -23,15 +23,23 @@ from pycvmfs.containers.flatten import Node, Tree
 from pycvmfs.containers.flatwrite import flat_size, put_generated, write_catalog_dir, write_tree
 from pycvmfs.containers.layer import Entry, Kind, LayerChanges, read_layer
 from pycvmfs.containers.layerfs import RECORD, load_layer, write_layer
-from pycvmfs.containers.model import Image, ImageSource, sha256_digest
-from pycvmfs.containers.state import OUTPUTS, ImageRecord, PublishedState, check_public_name
-from pycvmfs.errors import ContainerError, NoSuchPathError, PathError, RepositoryBusyError
+from pycvmfs.containers.model import Image, ImageSource
+from pycvmfs.containers.publish_names import (
+    check_names,
+    check_parents,
+    iso_time,
+    read_index,
+    write_names,
+    write_podman,
+    write_thin,
+)
+from pycvmfs.containers.state import OUTPUTS, ImageRecord, PublishedState
+from pycvmfs.errors import ContainerError, PathError, RepositoryBusyError
 from pycvmfs.publish.rows import Meta
 
 __all__ = ["ALL_OUTPUTS", "ContainerPublisher", "RunReport", "Wanted"]
 
 ALL_OUTPUTS = OUTPUTS
-MAX_INDEX = 256 << 20  # bytes of images.json: far more than any repository's images need
 DEFAULT_OUTPUTS = frozenset({"flat", "layers", "podman"})
 DAY = 86400
 
@@ -66,10 +74,6 @@ class RunReport:
         return dict(self.__dict__)
 
 
-def _iso(t: float) -> str:
-    return _dt.datetime.fromtimestamp(int(t), _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class ContainerPublisher:
     """Publishes container images into one repository (``pub``: a
     :class:`pycvmfs.publish.repository.Publisher`). ``lock_wait``: seconds a run waits for
@@ -96,7 +100,7 @@ class ContainerPublisher:
             reader = self.reader()
             view = reader.open_revision()
         try:
-            return PublishedState.load(_read_index(view))
+            return PublishedState.load(read_index(view))
         finally:
             if own:
                 view.close()
@@ -115,7 +119,7 @@ class ContainerPublisher:
         if dup:
             raise ContainerError(f"the same public name is wanted twice: {', '.join(sorted(dup))}")
         for w in wanted:  # before anything is read or fetched
-            _check_names(w)
+            check_names(w.name, w.image)
         report = RunReport(dry_run=dry_run)
         if dry_run:
             reader = self.reader()
@@ -218,8 +222,8 @@ class ContainerPublisher:
             return view.exists(f"/{layout.layer_metadata(d)}/{RECORD}")
 
         for w in wanted:
-            _check_names(w)  # again: a scanned directory has its image only now
-            _check_parents(view, w)
+            check_names(w.name, w.image)  # again: a scanned directory has its image only now
+            check_parents(view, w.name, w.outputs)
             img = w.image
             rec = ImageRecord(name=w.name, manifest_digest=img.manifest_digest,
                               config_digest=img.config.digest, platform=str(img.platform),
@@ -273,10 +277,10 @@ class ContainerPublisher:
         if txn is not None:
             for p in report.deleted:
                 txn.remove(p, missing_ok=True)
-            self._write_names(txn, view, old, new, {w.name: w.image for w in wanted}, now)
             images = {w.name: w.image for w in wanted}
-            self._write_podman(txn, view, new, images, report)
-            self._write_thin(txn, new, old)
+            write_names(txn, view, old, new, images, now)
+            write_podman(txn, view, new, images, report.warnings)
+            write_thin(txn, self.pub.fqrn, new, old)
             if new.dump() != old.dump():
                 write_catalog_dir(txn, layout.METADATA)
                 txn.put_file(layout.images_index(), Meta(0o644, now, 0, 0),
@@ -371,7 +375,7 @@ class ContainerPublisher:
                 # a tree at that path without our record (DUCC's, with .wh. files) goes
                 self._new.aliases.pop(digest, None)
                 txn.remove(layout.layer_dir(digest), missing_ok=True)
-                write_layer(txn, ch, resolve=_resolver(tree, ch), created=_iso(now))
+                write_layer(txn, ch, resolve=_resolver(tree, ch), created=iso_time(now))
                 for top in (layout.LAYERS, f"{layout.LAYERS}/{ch.compressed_digest[7:9]}"):
                     write_catalog_dir(txn, top)
                 self._layers_written.add(digest)
@@ -391,113 +395,6 @@ class ContainerPublisher:
         created = int(_created(img) or now)
         put_generated(txn, flat, apptainer_files(img.config_json), mtime=created,
                       skip_existing=tree)
-
-    # -- names, metadata, podman -----------------------------------------------------------
-    def _write_names(self, txn, view, old: PublishedState, new: PublishedState,
-                     images: dict[str, Image], now: int) -> None:
-        """Public names and sha256 aliases as symlinks to the flats, ``.metadata/<name>``;
-        the links of names removed, retargeted (their old alias) or published without a flat
-        go (a link that no record holds would outlive the flat it points to)."""
-        linked = {p for r in new.images.values() if "flat" in r.outputs
-                  for p in (r.name, r.alias)}
-        stale = {p for r in old.images.values() for p in (r.name, r.alias)}
-        stale |= {p for r in new.images.values() if "flat" not in r.outputs
-                  for p in (r.name, r.alias)}
-        for p in sorted(stale - linked):
-            row = txn.lookup(b"/" + p.encode()) if p else None
-            if row is not None and row.symlink:
-                txn.remove(p)
-        for name in sorted(set(old.images) - set(new.images)):
-            txn.remove(layout.metadata_dir(name), missing_ok=True)
-        for name, rec in sorted(new.images.items()):
-            before = old.images.get(name)
-            img = images.get(name)
-            if before is not None and before.same_image(rec) and before.alias == rec.alias:
-                if img is not None and not _metadata_is(view, name, img):
-                    self._write_metadata(txn, name, img, now)  # damaged: made whole again
-                continue
-            flat = layout.flat_path(rec.config_digest)
-            for link in sorted({name, rec.alias}) if "flat" in rec.outputs else ():
-                row = txn.lookup(b"/" + link.encode())
-                if row is not None and not row.symlink:
-                    raise ContainerError(f"/{link}: exists and is not a symbolic link; "
-                                         "not replacing it with the image's public name")
-                txn.put_symlink(link, Meta(0o777, now, 0, 0),
-                                layout.relative_link(link, flat).encode())
-            if img is not None:
-                self._write_metadata(txn, name, img, now)
-
-    @staticmethod
-    def _write_metadata(txn, name: str, img: Image, now: int) -> None:
-        md = layout.metadata_dir(name)
-        write_catalog_dir(txn, layout.METADATA)
-        txn.put_file(md + "/manifest.json", Meta(0o644, now, 0, 0),
-                     txn.ingester.submit_bytes(img.manifest_bytes))
-        txn.put_file(md + "/config.json", Meta(0o644, now, 0, 0),
-                     txn.ingester.submit_bytes(img.config_bytes))
-
-    def _write_podman(self, txn, view, new: PublishedState, images: dict[str, Image],
-                      report: RunReport) -> None:
-        """``podmanStore/`` regenerated from the whole published state (deterministic: an
-        unchanged state rewrites identical rows, which publish nothing)."""
-        from pycvmfs.containers.podman import PodmanImage, is_rfc3339, podman_store_entries
-
-        recs = [r for r in new.images.values() if {"podman", "flat"} <= set(r.outputs)]
-        store = "/" + layout.PODMAN
-        if not recs:
-            if txn.lookup(store.encode()) is not None:
-                txn.remove(layout.PODMAN)
-            return
-        found = []
-        for r in sorted(recs, key=lambda r: r.name):
-            img = images.get(r.name)
-            if img is not None:
-                cfg, man = img.config_bytes, img.manifest_bytes
-            else:
-                md = "/" + layout.metadata_dir(r.name)
-                try:
-                    cfg = view.read_bytes(md + "/config.json")
-                    man = view.read_bytes(md + "/manifest.json")
-                except PathError:
-                    report.warnings.append(f"{r.name}: no {md}/config.json; left out of the "
-                                           "podman store")
-                    continue
-                for data, digest, what in ((cfg, r.config_digest, "config.json"),
-                                           (man, r.manifest_digest, "manifest.json")):
-                    if sha256_digest(data) != digest:
-                        raise ContainerError(f"{md}/{what}: its digest is not {digest} "
-                                             "(images.json); ingest the image again")
-            created = _config_created(cfg)
-            if created is None or not is_rfc3339(created):
-                created = _iso(r.published)
-            names = (r.name, r.alias) if r.alias and r.alias != r.name else (r.name,)
-            found.append(PodmanImage(r.config_digest, cfg, man, names, created, r.flat_size))
-        entries = podman_store_entries(found)
-        write_catalog_dir(txn, layout.PODMAN)
-        put_generated(txn, "", entries, mtime=0)
-        keep = {e.path for e in entries}
-        for _dirpath, dirs, files in (view.walk(store) if view.exists(store) else ()):
-            for s in dirs + files:
-                rel = s.path.lstrip("/")
-                if (rel not in keep and os.path.dirname(rel) in keep
-                        and s.entry.name != b".cvmfscatalog"):
-                    txn.remove(rel, missing_ok=True)
-
-    def _write_thin(self, txn, new: PublishedState, old: PublishedState) -> None:
-        from pycvmfs.containers.thin import layer_url, thin_descriptor, thin_path
-
-        for name in sorted(set(old.images) - set(new.images)):  # pruned names
-            if "thin" in old.images[name].outputs:
-                txn.remove(thin_path(name), missing_ok=True)
-        for name, r in sorted(new.images.items()):
-            if "thin" not in r.outputs:
-                if "thin" in (old.images.get(name).outputs if name in old.images else []):
-                    txn.remove(thin_path(name), missing_ok=True)
-                continue
-            data = thin_descriptor(f"{r.source}@{r.manifest_digest}",
-                                   [(d, layer_url(self.pub.fqrn, d)) for d in r.layers])
-            txn.put_file(thin_path(name), Meta(0o644, r.published, 0, 0),
-                         txn.ingester.submit_bytes(data))
 
     # -- garbage collection ----------------------------------------------------------------
     def _collect(self, view, old: PublishedState, new: PublishedState, report: RunReport,
@@ -531,57 +428,12 @@ class ContainerPublisher:
                 del new.retired[p]
 
 
-def _read_index(view) -> bytes | None:
-    """``images.json`` as published (None: there is none); anything but a regular file of a
-    sane size there is refused by name, never taken for an empty state."""
-    path = "/" + layout.images_index()
-    try:
-        st = view.lstat(path)
-    except NoSuchPathError:
-        return None
-    if not st.is_file:
-        raise ContainerError(f"{path}: not a regular file; not taking it for an empty state")
-    if st.entry.size > MAX_INDEX:
-        raise ContainerError(f"{path}: {st.entry.size} bytes, more than {MAX_INDEX}")
-    return view.read_bytes(path)
 
 
-def _metadata_is(view, name: str, img: Image) -> bool:
-    """Whether ``.metadata/<name>`` holds ``img``'s manifest and config as published."""
-    md = "/" + layout.metadata_dir(name)
-    try:
-        return (view.read_bytes(md + "/manifest.json") == img.manifest_bytes
-                and view.read_bytes(md + "/config.json") == img.config_bytes)
-    except PathError:
-        return False
 
 
-def _check_names(w: Wanted) -> None:
-    check_public_name(w.name)
-    if w.image is not None:
-        check_public_name(layout.alias_name(w.name, w.image.manifest_digest),
-                          f"the sha256 alias of {w.name!r},")
 
 
-def _check_parents(view, w: Wanted) -> None:
-    """Refuse a name whose directories in the repository are a symlink or a file (nothing is
-    written through a symlink, and nothing the image does not own is replaced)."""
-    from pycvmfs.containers.thin import thin_path
-
-    paths = [w.name, layout.metadata_dir(w.name)]
-    paths += [thin_path(w.name)] if "thin" in w.outputs else []
-    for path in paths:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            try:
-                st = view.lstat("/" + parent)
-            except PathError:
-                break  # missing: made as a directory
-            if not st.is_dir:
-                kind = "a symbolic link" if st.is_symlink else "not a directory"
-                raise ContainerError(f"{w.name}: /{parent} is {kind}; not publishing the "
-                                     "image's name below it")
 
 
 def _share_flat_sizes(old: PublishedState, new: PublishedState) -> None:
@@ -600,14 +452,6 @@ def _listdir(view, path: str) -> list[str]:
         return []
 
 
-def _config_created(cfg: bytes) -> str | None:
-    import json
-
-    try:
-        c = json.loads(cfg).get("created")
-    except (ValueError, AttributeError):
-        return None
-    return c if isinstance(c, str) else None
 
 
 def _created(img: Image) -> float | None:
