@@ -603,3 +603,22 @@ def test_damaged_metadata_is_refused_for_the_podman_store_and_repaired_by_an_ing
     assert repaired.unchanged == ["x.org/a:1"] and repaired.revision is not None
     assert _ingest(cpub, [images["b"]], tmp_path, names=["x.org/b:1"]).revision is not None
     assert _ingest(cpub, [images["a"]], tmp_path, names=["x.org/a:1"]).revision is None
+
+
+def test_a_sync_that_cannot_resolve_an_image_exits_non_zero_and_removes_nothing(cpub, images,
+                                                                               tmp_path):
+    from helpers.daemons import free_port
+
+    wl = tmp_path / "wl.yaml"
+    wl.write_text(f"version: 1\nuser: x\ncvmfs_repo: {cpub.fqrn}\ninput:\n"
+                  f"  - 'https://127.0.0.1:{free_port()}/hep/app:1'\n")
+    nothing_to_keep = _cli(cpub, "sync", cpub.fqrn, str(wl), "--insecure")
+    assert nothing_to_keep.returncode == 1, nothing_to_keep.stderr
+    _ingest(cpub, [images["a"]], tmp_path, names=["x.org/a:1"])
+    head = cpub.head().revision
+    res = _cli(cpub, "sync", cpub.fqrn, str(wl), "--insecure", "--json")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    report = json.loads(res.stdout)
+    assert report["incomplete"] is True and report["removed"] == []
+    assert any("hep/app:1" in w for w in report["warnings"])
+    assert cpub.head().revision == head and _exists(cpub, tmp_path, "x.org/a:1")

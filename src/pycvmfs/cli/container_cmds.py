@@ -140,8 +140,7 @@ def sync(fqrn, wishlist, grace_period, platforms, credentials_file, insecure, ca
         report = sync_wishlist(pub, wl, settings, dry_run=dry_run, grace_days=grace_period,
                                progress=_stages(display), tag=tag, lock_wait=lock_wait)
     _report(report, as_json)
-    if report.warnings and any("could not" in w or "not removing" in w
-                               for w in report.warnings):
+    if report.incomplete:  # an image could not be resolved: published the rest, removed nothing
         raise SystemExit(1)
 
 

@@ -69,6 +69,8 @@ class RunReport:
     deleted: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     publish: dict = field(default_factory=dict)
+    #: some wanted image could not be resolved (a sync published the rest, removed nothing)
+    incomplete: bool = False
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -131,6 +131,7 @@ def sync_wishlist(pub, wishlist: WishList, settings: ContainerSettings, *,
         list(seen.values()), prune=True, complete=not problems, dry_run=dry_run,
         grace_days=wishlist.grace_days if grace_days is None else grace_days, tag=tag)
     report.warnings = problems + report.warnings
+    report.incomplete = bool(problems)
     return report
 
 
