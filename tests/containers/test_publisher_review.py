@@ -622,3 +622,31 @@ def test_a_sync_that_cannot_resolve_an_image_exits_non_zero_and_removes_nothing(
     assert report["incomplete"] is True and report["removed"] == []
     assert any("hep/app:1" in w for w in report["warnings"])
     assert cpub.head().revision == head and _exists(cpub, tmp_path, "x.org/a:1")
+
+
+def test_an_image_whose_flat_survived_but_whose_layers_were_collected_gets_them_back(
+        cpub, images, tmp_path):
+    at = [1_000_000_000]
+    cp = container_publisher(cpub, now=lambda: at[0])
+    flat_only = frozenset({"flat", "podman"})
+    cp.run(_wanted(cpub, [images["a"]], ["x.org/n:1"], tmp_path))
+    gz_layers = [layout.layer_dir(d) for d in _state(cpub, tmp_path)["images"]["x.org/n:1"]
+                 ["layers"]]
+    at[0] += DAY  # n moves to the plain twin without layers: the gzip layers are retired
+    cp.run(_wanted(cpub, [images["a-plain"]], ["x.org/n:1"], tmp_path, flat_only),
+           prune=True)
+    at[0] += 30 * DAY
+    gone = cp.run(_wanted(cpub, [images["a-plain"]], ["x.org/n:1"], tmp_path, flat_only),
+                  prune=True, grace_days=7)
+    assert sorted(gone.deleted) == sorted(gz_layers)
+    wanted = _wanted(cpub, [images["a-plain"], images["a"]], ["x.org/n:1", "x.org/m:1"],
+                     tmp_path)
+    dry = cp.run(wanted, prune=True, dry_run=True)
+    back = cp.run(wanted, prune=True)
+    assert back.flats_new == [] and len(back.layers_new) == 2
+    assert sorted(dry.layers_new) == sorted(back.layers_new)
+    assert sorted(dry.layers_reused) == sorted(back.layers_reused)
+    for d in wanted[0].image.layers + wanted[1].image.layers:
+        assert _exists(cpub, tmp_path, layout.layer_root(d.digest) + "/etc"), d.digest
+    assert _dangling(cpub, tmp_path, layout.LAYERS) == []
+    assert cp.run(wanted, prune=True).revision is None
