@@ -401,6 +401,8 @@ def test_the_cli_reports_bad_input_in_one_line(cpub, images, tmp_path):
     _one_line_error(_cli(cpub, "import-rootfs", fqrn, str(rootfs), "--name", "x.org/r:1",
                          "--cmd", 'echo "'), "--cmd")
     _one_line_error(_cli(cpub, "sync", fqrn, str(wl)), "cvmfs_repo is other.example.org")
+    _one_line_error(_cli(cpub, "webhook", fqrn, str(wl), "--listen", "127.0.0.1:99999"),
+                    "--listen", "1-65535")
     res = _cli(cpub, "gc", fqrn, "--grace-period", "-1")
     assert res.returncode == 2 and "--grace-period" in res.stderr
     assert "Traceback" not in res.stderr

@@ -297,8 +297,8 @@ def webhook(fqrn, wishlist, listen, url_path, token_file, batch_seconds, platfor
     wl = load_wishlist(wishlist)
     settings = _settings(platforms, credentials_file, insecure, cache_dir)
     host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT (a port 1-65535)")
 
     def publish(names: list[str]) -> None:
         refs = [("http://" if settings.insecure else "https://") + n for n in names]
