@@ -652,3 +652,11 @@ def test_an_image_whose_flat_survived_but_whose_layers_were_collected_gets_them_
         assert _exists(cpub, tmp_path, layout.layer_root(d.digest) + "/etc"), d.digest
     assert _dangling(cpub, tmp_path, layout.LAYERS) == []
     assert cp.run(wanted, prune=True).revision is None
+
+
+def test_thin_without_layers_is_refused_before_anything_is_published(cpub, images, tmp_path):
+    head = cpub.head().revision
+    with pytest.raises(ContainerError, match=r"x\.org/t:1: the thin output .* needs the layers"):
+        _ingest(cpub, [images["a"]], tmp_path, names=["x.org/t:1"],
+                outputs=frozenset({"flat", "thin"}))
+    assert cpub.head().revision == head

@@ -122,6 +122,9 @@ class ContainerPublisher:
             raise ContainerError(f"the same public name is wanted twice: {', '.join(sorted(dup))}")
         for w in wanted:  # before anything is read or fetched
             check_names(w.name, w.image)
+            if "thin" in w.outputs and "layers" not in w.outputs:
+                raise ContainerError(f"{w.name}: the thin output names the image's layer "
+                                     "directories; it needs the layers output too")
         report = RunReport(dry_run=dry_run)
         if dry_run:
             reader = self.reader()
