@@ -271,10 +271,28 @@ def test_a_tampered_images_json_is_refused_by_name_and_nothing_published(cpub, i
 
 # -- GC ----------------------------------------------------------------------------------------
 
+PLAN_FIELDS = ("added", "updated", "unchanged", "removed", "flats_new", "layers_new",
+               "layers_reused", "retired", "deleted")
+
+
+class _Planned:
+    """A container publisher whose every run is preceded by a dry run that must plan it."""
+
+    def __init__(self, cp) -> None:
+        self.cp = cp
+
+    def run(self, wanted, **kw):
+        dry = self.cp.run(wanted, dry_run=True, **kw)
+        real = self.cp.run(wanted, **kw)
+        for f in PLAN_FIELDS:
+            assert sorted(getattr(dry, f)) == sorted(getattr(real, f)), f
+        return real
+
+
 def test_a_name_moved_back_within_the_grace_period_revives_its_flat(cpub, images, tmp_path):
     t0 = 1_000_000_000
     at = [t0]
-    cp = container_publisher(cpub, now=lambda: at[0])
+    cp = _Planned(container_publisher(cpub, now=lambda: at[0]))
     cp.run(_wanted(cpub, [images["a"]], ["x.org/n:1"], tmp_path), prune=True)
     flat_a = layout.flat_path(_state(cpub, tmp_path)["images"]["x.org/n:1"]["config_digest"])
     at[0] = t0 + DAY
@@ -299,7 +317,7 @@ def test_a_name_moved_back_within_the_grace_period_revives_its_flat(cpub, images
 
 def test_the_twin_of_an_aliased_layer_is_kept_while_the_alias_is_used(cpub, images, tmp_path):
     at = [1_000_000_000]
-    cp = container_publisher(cpub, now=lambda: at[0])
+    cp = _Planned(container_publisher(cpub, now=lambda: at[0]))
     cp.run(_wanted(cpub, [images["a"]], ["x.org/gz:1"], tmp_path))
     plain = cp.run(_wanted(cpub, [images["a-plain"]], ["x.org/plain:1"], tmp_path))
     twins = _state(cpub, tmp_path)["aliases"]
@@ -524,7 +542,7 @@ def test_a_retargeted_name_leaves_no_alias_to_a_deleted_flat(cpub, images, tmp_p
 
 def test_a_name_without_the_flat_output_has_no_public_link(cpub, images, tmp_path):
     at = [1_000_000_000]
-    cp = container_publisher(cpub, now=lambda: at[0])
+    cp = _Planned(container_publisher(cpub, now=lambda: at[0]))
     layers_only = frozenset({"layers"})
     name = "x.org/l:1"
     first = cp.run(_wanted(cpub, [images["a"]], [name], tmp_path, layers_only))
