@@ -678,3 +678,20 @@ def test_thin_without_layers_is_refused_before_anything_is_published(cpub, image
         _ingest(cpub, [images["a"]], tmp_path, names=["x.org/t:1"],
                 outputs=frozenset({"flat", "thin"}))
     assert cpub.head().revision == head
+
+
+def test_a_name_retargeted_while_the_state_is_incomplete_retires_its_old_flat(cpub, images,
+                                                                              tmp_path):
+    at = [1_000_000_000]
+    cp = _Planned(container_publisher(cpub, now=lambda: at[0]))
+    cp.run(_wanted(cpub, [images["a"], images["b"]], ["x.org/n:1", "x.org/keep:1"], tmp_path))
+    flat_a = layout.flat_path(_state(cpub, tmp_path)["images"]["x.org/n:1"]["config_digest"])
+    at[0] += DAY  # a registry could not be listed: x.org/keep:1 is held back, n moves to b
+    moved = cp.run(_wanted(cpub, [images["b"]], ["x.org/n:1"], tmp_path), prune=True,
+                   complete=False, grace_days=0)
+    assert moved.removed == [] and moved.deleted == [] and flat_a in moved.retired
+    assert _exists(cpub, tmp_path, flat_a) and _exists(cpub, tmp_path, "x.org/keep:1")
+    at[0] += 30 * DAY
+    later = cp.run(_wanted(cpub, [images["b"]], ["x.org/n:1"], tmp_path), prune=True,
+                   grace_days=7)
+    assert flat_a in later.deleted and not _exists(cpub, tmp_path, flat_a)

@@ -277,8 +277,8 @@ class ContainerPublisher:
                 for n in gone:
                     del new.images[n]
                 report.removed = gone
-        if collect and complete:
-            self._collect(view, old, new, report, now, grace_days)
+        if collect:  # an incomplete state retires what it stops using, deletes nothing
+            self._collect(view, old, new, report, now, grace_days, delete=complete)
         if txn is not None:
             for p in report.deleted:
                 txn.remove(p, missing_ok=True)
@@ -403,7 +403,7 @@ class ContainerPublisher:
 
     # -- garbage collection ----------------------------------------------------------------
     def _collect(self, view, old: PublishedState, new: PublishedState, report: RunReport,
-                 now: int, grace_days: float) -> None:
+                 now: int, grace_days: float, *, delete: bool = True) -> None:
         live = new.live_paths()
         leftovers, unknown = self._gc_extra
         if unknown:
@@ -416,7 +416,7 @@ class ContainerPublisher:
                         if p not in live and p not in new.retired:
                             new.retired[p] = now
                             report.retired.append(p)
-        if leftovers:
+        if leftovers and delete:
             for p in (layout.CHAINS, layout.DIRTY_CHAINS,
                       f"{layout.METADATA}/remove-schedule.json"):
                 if view.exists("/" + p):
@@ -428,7 +428,7 @@ class ContainerPublisher:
         for p in list(new.retired):
             if p in live:
                 del new.retired[p]
-            elif now - new.retired[p] >= grace_days * DAY:
+            elif delete and now - new.retired[p] >= grace_days * DAY:
                 report.deleted.append(p)
                 del new.retired[p]
 
@@ -481,4 +481,3 @@ def _resolver(tree: Tree, ch: LayerChanges) -> Callable[[Entry], Entry]:
                      mtime=n.mtime, mtimens=n.mtimens, size=n.size,
                      xattrs=dict(n.xattrs) if n.xattrs else None, content=n.content)
     return resolve
-
