@@ -199,10 +199,12 @@ def test_a_name_below_a_symlink_or_a_file_is_refused_and_nothing_written_through
         txn.symlink("x.org", ".flat")
         txn.add_file("y.org", b"a file")
         txn.symlink(".metadata/z.org", "../elsewhere")
+        txn.symlink(".metadata/w.org/a:1", "../../elsewhere")
     head = cpub.head().revision
     for name, parent in (("x.org/a:1", "/x.org is a symbolic link"),
                          ("y.org/a:1", "/y.org is not a directory"),
-                         ("z.org/a:1", "/.metadata/z.org is a symbolic link")):
+                         ("z.org/a:1", "/.metadata/z.org is a symbolic link"),
+                         ("w.org/a:1", "/.metadata/w.org/a:1 is a symbolic link")):
         for dry_run in (True, False):
             with pytest.raises(ContainerError, match=f"{name}: {parent}"):
                 _ingest(cpub, [images["a"]], tmp_path, names=[name], dry_run=dry_run)

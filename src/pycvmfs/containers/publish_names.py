@@ -65,7 +65,7 @@ def check_parents(view, name: str, outputs: frozenset[str]) -> None:
     written through a symlink, and nothing the image does not own is replaced)."""
     from pycvmfs.containers.thin import thin_path
 
-    paths = [name, layout.metadata_dir(name)]
+    paths = [name, layout.metadata_dir(name) + "/config.json"]
     paths += [thin_path(name)] if "thin" in outputs else []
     for path in paths:
         parts = path.split("/")
