@@ -697,3 +697,16 @@ def test_a_name_retargeted_while_the_state_is_incomplete_retires_its_old_flat(cp
     later = cp.run(_wanted(cpub, [images["b"]], ["x.org/n:1"], tmp_path), prune=True,
                    grace_days=7)
     assert flat_a in later.deleted and not _exists(cpub, tmp_path, flat_a)
+
+
+def test_a_recorded_name_of_an_older_shape_can_still_be_removed(cpub, images, tmp_path):
+    doc = _valid_index(cpub, images, tmp_path)
+    rec = doc["images"].pop("x.org/a:1")
+    doc["images"]["legacy"] = dict(rec, name="legacy", alias="legacy-alias")
+    with cpub.transaction() as txn:
+        txn.remove("x.org/a:1")
+        txn.symlink("legacy", rec["alias"].replace("x.org/", ""))
+    _put_index(cpub, doc)
+    report = container_publisher(cpub).run(
+        _wanted(cpub, [images["b"]], ["x.org/b:1"], tmp_path), prune=True)
+    assert report.removed == ["legacy"] and not _exists(cpub, tmp_path, "legacy")

@@ -25,13 +25,14 @@ _RETIRABLE = re.compile(r"(?:\.flat|\.layers)/[^/]+/[^/]+")
 _PODMAN = "podmanStore"
 
 
-def check_public_name(name: object, what: str = "public name") -> str:
+def check_public_name(name: object, what: str = "public name", *, shape: bool = True) -> str:
     """``name`` if it can be an image's public name in the repository (``HOST[:PORT]/REPO:TAG``
     or ``...@sha256:<hex>``): relative, no empty, ``.`` or ``..`` component, none longer than
     255 bytes, not below a reserved top-level directory (``.flat``, ``.layers``, ``.metadata``,
     ``podmanStore``, ``.cvmfs``: no first component starting with ``.``), ``:`` and ``@`` only
     in the host and the last component, which has a tag or digest (so that no name is the
-    parent directory of another). Else a ContainerError naming it."""
+    parent directory of another). Else a ContainerError naming it. ``shape`` False checks
+    only that the name is a safe repository path (names recorded before the shape rules)."""
     def bad(why: str) -> ContainerError:
         return ContainerError(f"{what} {name!r}: {why}")
 
@@ -40,7 +41,7 @@ def check_public_name(name: object, what: str = "public name") -> str:
     if "\0" in name:
         raise bad("contains a NUL character")
     parts = name.split("/")
-    if len(parts) < 2:
+    if shape and len(parts) < 2:
         raise bad("not HOST/REPO:TAG (no '/')")
     for part in parts:
         if part in ("", ".", ".."):
@@ -50,6 +51,8 @@ def check_public_name(name: object, what: str = "public name") -> str:
             raise bad(f"the component {part[:40]!r}... is {size} bytes, more than {NAME_MAX}")
     if parts[0].startswith(".") or parts[0] == _PODMAN:
         raise bad(f"{parts[0]} is reserved at the repository root")
+    if not shape:
+        return name
     if any(":" in p or "@" in p for p in parts[1:-1]):
         raise bad("':' or '@' inside the repository path")
     if ":" not in parts[-1] and "@" not in parts[-1]:
@@ -151,7 +154,7 @@ def _digest(value: object, what: str) -> str:
 def _record(name: str, doc: object, what: str) -> ImageRecord:
     """One entry of ``images``, every field checked (the GC and the name writer trust them)."""
     where = f"{what}: image {name!r}"
-    check_public_name(name, f"{what}: image")
+    check_public_name(name, f"{what}: image", shape=False)
     if not isinstance(doc, dict) or set(doc) - {f.name for f in fields(ImageRecord)}:
         raise ContainerError(f"{where}: not an image record")
     rec = ImageRecord(**doc)
@@ -169,7 +172,7 @@ def _record(name: str, doc: object, what: str) -> ImageRecord:
     if len(rec.layers) != len(rec.diff_ids):
         raise ContainerError(f"{where}: {len(rec.layers)} layers, {len(rec.diff_ids)} DiffIDs")
     if rec.alias:
-        check_public_name(rec.alias, f"{where}: alias")
+        check_public_name(rec.alias, f"{where}: alias", shape=False)
     outputs = _typed(rec.outputs, list, f"{where}: outputs")
     if not all(isinstance(o, str) for o in outputs) or not set(outputs) <= OUTPUTS:
         raise ContainerError(f"{where}: outputs {outputs!r} are not among "
