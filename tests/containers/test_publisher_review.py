@@ -137,6 +137,11 @@ def test_a_pruned_name_loses_its_link_alias_metadata_and_thin_descriptor(cpub, i
     for gone in ("x.org/b:1", alias, layout.metadata_dir("x.org/b:1"), thin_path("x.org/b:1")):
         assert not _exists(cpub, tmp_path, gone), gone
     assert _exists(cpub, tmp_path, thin_path("x.org/a:1"))
+    # the last name of a host: no empty directories are left behind
+    cp.run(_wanted(cpub, [images["a"]], ["y.org/hep/a:1"], tmp_path, outputs), prune=True)
+    for gone in ("x.org", ".metadata/x.org", ".thin/x.org"):
+        assert not _exists(cpub, tmp_path, gone), gone
+    assert _exists(cpub, tmp_path, ".metadata/images.json")
 
 
 def test_nothing_is_pruned_or_collected_when_the_state_is_incomplete(cpub, images, tmp_path):

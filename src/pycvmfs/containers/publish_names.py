@@ -15,7 +15,8 @@ from pycvmfs.containers.state import PublishedState, check_public_name
 from pycvmfs.errors import ContainerError, NoSuchPathError, PathError
 from pycvmfs.publish.rows import Meta
 
-__all__ = ["MAX_INDEX", "check_names", "check_parents", "config_created", "iso_time",
+__all__ = ["MAX_INDEX", "check_names", "check_parents", "config_created", "drop_empty_parents",
+           "iso_time",
            "metadata_is", "read_index", "write_metadata", "write_names", "write_podman",
            "write_thin"]
 
@@ -104,8 +105,10 @@ def write_names(txn, view, old: PublishedState, new: PublishedState,
         row = txn.lookup(b"/" + p.encode()) if p else None
         if row is not None and row.symlink:
             txn.remove(p)
+            drop_empty_parents(txn, p, "")
     for name in sorted(set(old.images) - set(new.images)):
         txn.remove(layout.metadata_dir(name), missing_ok=True)
+        drop_empty_parents(txn, layout.metadata_dir(name), layout.METADATA)
     for name, rec in sorted(new.images.items()):
         before = old.images.get(name)
         img = images.get(name)
@@ -123,6 +126,19 @@ def write_names(txn, view, old: PublishedState, new: PublishedState,
                             layout.relative_link(link, flat).encode())
         if img is not None:
             write_metadata(txn, name, img, now)
+
+
+def drop_empty_parents(txn, path: str, top: str) -> None:
+    """Remove the directories above repository path ``path`` that are left empty, up to but
+    not including ``top`` (a removed ``HOST/REPO:TAG`` leaves no empty ``HOST/REPO/``)."""
+    parent = path.rpartition("/")[0]
+    while parent and parent != top:
+        key = b"/" + parent.encode()
+        if (txn.lookup(key) is None or txn.tree.is_catalog_root(key)
+                or txn.tree.listdir(key)):
+            return
+        txn.remove(parent)
+        parent = parent.rpartition("/")[0]
 
 
 def write_metadata(txn, name: str, img: Image, now: int) -> None:
@@ -188,10 +204,12 @@ def write_thin(txn, fqrn: str, new: PublishedState, old: PublishedState) -> None
     for name in sorted(set(old.images) - set(new.images)):  # pruned names
         if "thin" in old.images[name].outputs:
             txn.remove(thin_path(name), missing_ok=True)
+            drop_empty_parents(txn, thin_path(name), layout.THIN)
     for name, r in sorted(new.images.items()):
         if "thin" not in r.outputs:
             if "thin" in (old.images.get(name).outputs if name in old.images else []):
                 txn.remove(thin_path(name), missing_ok=True)
+                drop_empty_parents(txn, thin_path(name), layout.THIN)
             continue
         data = thin_descriptor(f"{r.source}@{r.manifest_digest}",
                                [(d, layer_url(fqrn, d)) for d in r.layers])
