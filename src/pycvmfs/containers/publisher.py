@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 
 from pycvmfs.containers import layout
 from pycvmfs.containers.flatten import Node, Tree
-from pycvmfs.containers.flatwrite import flat_size, put_generated, write_catalog_dir, write_tree
+from pycvmfs.containers.flatwrite import (
+    flat_size,
+    node_meta,
+    put_generated,
+    write_catalog_dir,
+    write_tree,
+)
 from pycvmfs.containers.layer import Entry, Kind, LayerChanges, read_layer
 from pycvmfs.containers.layerfs import RECORD, load_layer, write_layer
 from pycvmfs.containers.model import Image, ImageSource
@@ -393,10 +399,8 @@ class ContainerPublisher:
 
         for top in (layout.FLAT, flat.rsplit("/", 1)[0]):
             write_catalog_dir(txn, top)
+        write_catalog_dir(txn, flat, node_meta(tree.root))  # its rows go straight there
         write_tree(txn, flat, tree, key=b"flat:" + img.config.digest.encode() + b":")
-        if txn.lookup(b"/" + flat.encode() + b"/.cvmfscatalog") is None:
-            txn.put_file(flat + "/.cvmfscatalog", Meta(0o644, 0, 0, 0),
-                         txn.ingester.submit_bytes(b""))
         created = int(_created(img) or now)
         put_generated(txn, flat, apptainer_files(img.config_json), mtime=created,
                       skip_existing=tree)
