@@ -17,6 +17,7 @@ from pycvmfs.publish.repository import Publisher
 
 from helpers.fuse import mount
 from helpers.loopback import LoopbackServer
+from helpers.publishing import new_repository
 
 FQRN = "unpacked.example.org"
 _KINDS = {"file": "file", "dir": "dir", "symlink": "symlink", "chardev": "char",
@@ -42,9 +43,7 @@ def make_cpub(tmp_path):
     def make(fqrn: str = FQRN, **overrides) -> Publisher:
         settings = ServerSettings()
         settings.override(include_xattrs=True, **overrides)
-        base = tmp_path / f"crepo{len(made)}"
-        pub = Publisher.mkfs(fqrn, base / "srv" / fqrn, config_dir=base / "etc",
-                             settings=settings)
+        pub = new_repository(tmp_path / f"crepo{len(made)}", fqrn, settings)
         made.append(pub)
         return pub
 

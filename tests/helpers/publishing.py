@@ -11,6 +11,11 @@ from pycvmfs.client.repository import open_repository
 from pycvmfs.publish.repository import Publisher
 
 
+def new_repository(base: Path, fqrn: str, settings) -> Publisher:
+    """``mkfs`` of ``fqrn`` with its storage in ``base/srv`` and its config in ``base/etc``."""
+    return Publisher.mkfs(fqrn, base / "srv" / fqrn, config_dir=base / "etc", settings=settings)
+
+
 def reader(pub: Publisher, cache_dir: Path, **kw):
     """The verified client on a publisher's storage, trusting its master key."""
     return open_repository(str(pub.config.storage), keys=[pub.config.key_path("pub")],

@@ -8,6 +8,8 @@ from pycvmfs.format.chunking import ChunkingParams
 from pycvmfs.publish.config import ServerSettings
 from pycvmfs.publish.repository import Publisher
 
+from helpers.publishing import new_repository
+
 FQRN = "test.example.org"
 SMALL_CHUNKS = ChunkingParams(65536, 131072, 262144)  # the golden fixture's sizes
 
@@ -21,9 +23,7 @@ def make_publisher(tmp_path):
         settings = ServerSettings()
         settings.chunking = SMALL_CHUNKS
         settings.override(**overrides)
-        base = tmp_path / f"repo{len(made)}"
-        pub = Publisher.mkfs(fqrn, base / "srv" / fqrn, config_dir=base / "etc",
-                             settings=settings)
+        pub = new_repository(tmp_path / f"repo{len(made)}", fqrn, settings)
         made.append(pub)
         return pub
 
