@@ -81,7 +81,8 @@ def _outputs(text: str) -> frozenset[str]:
 
 @click.group(name="container")
 def container() -> None:
-    """Container images in a repository: ingest, sync a DUCC wish list, ls, gc, export."""
+    """Container images in a repository: ingest, sync a DUCC wish list, ls, gc,
+    import-rootfs, export, webhook."""
 
 
 @container.command()
