@@ -11,7 +11,7 @@ import os
 from pycvmfs.containers import layout
 from pycvmfs.containers.flatwrite import put_generated, write_catalog_dir
 from pycvmfs.containers.model import Image, sha256_digest
-from pycvmfs.containers.state import PublishedState, check_public_name
+from pycvmfs.containers.state import ImageRecord, PublishedState, check_public_name
 from pycvmfs.errors import ContainerError, NoSuchPathError, PathError
 from pycvmfs.publish.rows import Meta
 
@@ -150,18 +150,25 @@ def write_metadata(txn, name: str, img: Image, now: int) -> None:
                  txn.ingester.submit_bytes(img.config_bytes))
 
 
-def write_podman(txn, view, new: PublishedState, images: dict[str, Image],
-                 warnings: list[str]) -> None:
+def podman_records(state: PublishedState) -> list[ImageRecord]:
+    """The records of the images the podman store lists, by name."""
+    return [r for _n, r in sorted(state.images.items()) if {"podman", "flat"} <= set(r.outputs)]
+
+
+def write_podman(txn, view, old: PublishedState, new: PublishedState,
+                 images: dict[str, Image], warnings: list[str]) -> None:
     """``podmanStore/`` regenerated from the whole published state (deterministic: an
     unchanged state rewrites identical rows, which publish nothing)."""
     from pycvmfs.containers.podman import PodmanImage, is_rfc3339, podman_store_entries
 
-    recs = [r for r in new.images.values() if {"podman", "flat"} <= set(r.outputs)]
+    recs = podman_records(new)
     store = "/" + layout.PODMAN
     if not recs:
         if txn.lookup(store.encode()) is not None:
             txn.remove(layout.PODMAN)
         return
+    if recs == podman_records(old) and view.exists(store):
+        return  # the same images as published: nothing to read back or regenerate
     found = []
     for r in sorted(recs, key=lambda r: r.name):
         img = images.get(r.name)
@@ -206,11 +213,14 @@ def write_thin(txn, fqrn: str, new: PublishedState, old: PublishedState) -> None
             txn.remove(thin_path(name), missing_ok=True)
             drop_empty_parents(txn, thin_path(name), layout.THIN)
     for name, r in sorted(new.images.items()):
+        before = old.images.get(name)
         if "thin" not in r.outputs:
-            if "thin" in (old.images.get(name).outputs if name in old.images else []):
+            if before is not None and "thin" in before.outputs:
                 txn.remove(thin_path(name), missing_ok=True)
                 drop_empty_parents(txn, thin_path(name), layout.THIN)
             continue
+        if before == r:
+            continue  # its descriptor is published already
         data = thin_descriptor(f"{r.source}@{r.manifest_digest}",
                                [(d, layer_url(fqrn, d)) for d in r.layers])
         txn.put_file(thin_path(name), Meta(0o644, r.published, 0, 0),

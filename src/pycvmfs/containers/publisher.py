@@ -290,7 +290,7 @@ class ContainerPublisher:
                 txn.remove(p, missing_ok=True)
             images = {w.name: w.image for w in wanted}
             write_names(txn, view, old, new, images, now)
-            write_podman(txn, view, new, images, report.warnings)
+            write_podman(txn, view, old, new, images, report.warnings)
             write_thin(txn, self.pub.fqrn, new, old)
             if new.dump() != old.dump():
                 write_catalog_dir(txn, layout.METADATA)
