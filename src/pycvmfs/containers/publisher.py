@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pycvmfs.containers import layout
 from pycvmfs.containers.flatten import Node, Tree
@@ -88,14 +88,17 @@ class ContainerPublisher:
     another publisher of the repository to finish (0: refused at once when it is busy)."""
 
     def __init__(self, pub, *, work_dir: str | os.PathLike | None = None,
-                 now: Callable[[], float] = time.time,
+                 now: Callable[[], float] | None = None,
                  progress: Callable[[str, int, int | None], None] | None = None,
                  lock_wait: float = 0.0) -> None:
         self.pub = pub
-        self.now = now
+        self.now = now or time.time
         self.progress = progress
         self.lock_wait = lock_wait
-        self.work_dir = str(work_dir) if work_dir else tempfile.mkdtemp(prefix="pycvmfs-ctr-")
+        # the reader's cache of catalogs, kept between runs beside the repository's config
+        work = Path(work_dir) if work_dir else Path(pub.config.repo_dir) / "container-work"
+        work.mkdir(parents=True, exist_ok=True)
+        self.work_dir = str(work)
 
     # -- reading the published state -----------------------------------------------------
     def reader(self):
@@ -117,11 +120,13 @@ class ContainerPublisher:
     # -- one run ---------------------------------------------------------------------------
     def run(self, wanted: Sequence[Wanted], *, prune: bool = False, complete: bool = True,
             grace_days: float = 7.0, dry_run: bool = False, collect: bool = True,
-            tag: str | None = None) -> RunReport:
+            tag: str | None = None, ducc_leftovers: bool = False,
+            include_unknown: bool = False) -> RunReport:
         """Publish ``wanted`` (name → image). ``prune``: names published before and not wanted
         now are removed (a wish-list sync); ``complete`` False (some registry could not be
         listed) forbids every removal. ``collect``: flats and layers no longer used are
-        retired and deleted once retired for ``grace_days``."""
+        retired and deleted once retired for ``grace_days`` (see :meth:`collect` for
+        ``ducc_leftovers`` and ``include_unknown``)."""
         names = [w.name for w in wanted]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -132,12 +137,13 @@ class ContainerPublisher:
                 raise ContainerError(f"{w.name}: the thin output names the image's layer "
                                      "directories; it needs the layers output too")
         report = RunReport(dry_run=dry_run)
+        options = dict(prune=prune, complete=complete, grace_days=grace_days, collect=collect,
+                       gc_extra=(ducc_leftovers, include_unknown))
         if dry_run:
             reader = self.reader()
             view = reader.open_revision()
             try:
-                self._plan(view, wanted, report, prune=prune, complete=complete,
-                           grace_days=grace_days, collect=collect, txn=None)
+                self._plan(view, wanted, report, **options, txn=None)
             finally:
                 view.close()
                 reader.close()
@@ -156,8 +162,7 @@ class ContainerPublisher:
                         w.image.name = w.name
                 if view.revision is not None and view.revision != txn.head.revision:
                     raise ContainerError("the repository changed while the run started; retry")
-                self._plan(view, wanted, report, prune=prune, complete=complete,
-                           grace_days=grace_days, collect=collect, txn=txn)
+                self._plan(view, wanted, report, **options, txn=txn)
             finally:
                 view.close()
                 reader.close()
@@ -185,13 +190,8 @@ class ContainerPublisher:
         ``include_unknown`` retires flats and layers no recorded image uses (a repository DUCC
         filled), ``ducc_leftovers`` removes DUCC's ``.chains``, ``.dirty-chains`` and
         ``remove-schedule.json`` at once."""
-        self._gc_extra = (ducc_leftovers, include_unknown)
-        try:
-            return self.run([], grace_days=grace_days, dry_run=dry_run, collect=True)
-        finally:
-            self._gc_extra = (False, False)
-
-    _gc_extra = (False, False)
+        return self.run([], grace_days=grace_days, dry_run=dry_run, collect=True,
+                        ducc_leftovers=ducc_leftovers, include_unknown=include_unknown)
 
     def _prefetch(self, wanted: Sequence[Wanted]) -> None:
         """Blobs a run will read are fetched before the lock is taken (a registry's go to
@@ -213,7 +213,8 @@ class ContainerPublisher:
             reader.close()
 
     def _plan(self, view, wanted: Sequence[Wanted], report: RunReport, *, prune: bool,
-              complete: bool, grace_days: float, collect: bool, txn) -> None:
+              complete: bool, grace_days: float, collect: bool,
+              gc_extra: tuple[bool, bool], txn) -> None:
         now = int(self.now())
         old = self.published_state(view)
         new = PublishedState(images=dict(old.images), retired=dict(old.retired),
@@ -284,7 +285,8 @@ class ContainerPublisher:
                     del new.images[n]
                 report.removed = gone
         if collect:  # an incomplete state retires what it stops using, deletes nothing
-            self._collect(view, old, new, report, now, grace_days, delete=complete)
+            self._collect(view, old, new, report, now, grace_days, delete=complete,
+                          leftovers=gc_extra[0], unknown=gc_extra[1])
         if txn is not None:
             for p in report.deleted:
                 txn.remove(p, missing_ok=True)
@@ -407,9 +409,9 @@ class ContainerPublisher:
 
     # -- garbage collection ----------------------------------------------------------------
     def _collect(self, view, old: PublishedState, new: PublishedState, report: RunReport,
-                 now: int, grace_days: float, *, delete: bool = True) -> None:
+                 now: int, grace_days: float, *, delete: bool = True, leftovers: bool = False,
+                 unknown: bool = False) -> None:
         live = new.live_paths()
-        leftovers, unknown = self._gc_extra
         if unknown:
             for top in (layout.FLAT, layout.LAYERS):
                 for shard in _listdir(view, top):
@@ -435,14 +437,6 @@ class ContainerPublisher:
             elif delete and now - new.retired[p] >= grace_days * DAY:
                 report.deleted.append(p)
                 del new.retired[p]
-
-
-
-
-
-
-
-
 
 
 def _share_flat_sizes(old: PublishedState, new: PublishedState) -> None:

@@ -38,12 +38,7 @@ def container_publisher(pub, progress=None, now=None, *,
                         lock_wait: float = 0.0) -> ContainerPublisher:
     """The publisher of images into ``pub`` (``now``: a clock, for the grace period;
     ``lock_wait``: seconds to wait while another process publishes)."""
-    work = Path(pub.config.repo_dir) / "container-work"
-    work.mkdir(parents=True, exist_ok=True)
-    if now is None:
-        return ContainerPublisher(pub, work_dir=work, progress=progress, lock_wait=lock_wait)
-    return ContainerPublisher(pub, work_dir=work, progress=progress, now=now,
-                              lock_wait=lock_wait)
+    return ContainerPublisher(pub, progress=progress, now=now, lock_wait=lock_wait)
 
 
 def _names_for(base: str, images: list, platforms: Sequence[Platform]) -> list[str]:
