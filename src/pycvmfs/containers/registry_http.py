@@ -73,6 +73,17 @@ def _drain(resp: urllib3.BaseHTTPResponse) -> None:
     finish(resp)
 
 
+def _retried(resp: urllib3.BaseHTTPResponse, budget, url: str, what: str) -> bool:
+    """Whether ``resp`` is a 429 or 5xx answer to try again (counted against ``budget``, which
+    waits as ``Retry-After`` asks or backs off, and raises once it is spent)."""
+    if resp.status != 429 and resp.status < 500:
+        return False
+    wait = _retry_after(resp.headers.get("Retry-After"))
+    _drain(resp)
+    budget.failed(url, what, f"HTTP {resp.status}", wait)
+    return True
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds a ``Retry-After`` header asks for (a number or an HTTP date)."""
     if not value:
@@ -188,10 +199,7 @@ class RegistryHttp:
                 self._answer(challenge, scope, url, what, budget)
                 answered = True
                 continue
-            if resp.status == 429 or resp.status >= 500:
-                wait = _retry_after(resp.headers.get("Retry-After"))
-                _drain(resp)
-                budget.failed(url, what, f"HTTP {resp.status}", wait)
+            if _retried(resp, budget, url, what):
                 continue
             return resp
 
@@ -260,10 +268,7 @@ class RegistryHttp:
             except urllib3.exceptions.HTTPError as e:
                 budget.failed(url, twhat, _reason(e))
                 continue
-            if resp.status == 429 or resp.status >= 500:
-                wait = _retry_after(resp.headers.get("Retry-After"))
-                _drain(resp)
-                budget.failed(url, twhat, f"HTTP {resp.status}", wait)
+            if _retried(resp, budget, url, twhat):
                 continue
             try:
                 body = read_capped(resp, _MAX_TOKEN, twhat)
