@@ -140,3 +140,20 @@ class ContainerError(CvmfsError):
 
 class RegistryError(ContainerError):
     """A container registry that refused, failed or could not be reached (after retries)."""
+
+
+class StackError(CvmfsError):
+    """A software stack that cannot be built or published: a malformed description, an unknown
+    dependency, a cycle, a bad checksum or platform string, a failed build or a leftover build
+    path; the message names the package and file concerned."""
+
+
+class BuildError(StackError):
+    """A package whose build, install or test step failed (the message names its log)."""
+
+    def __init__(self, package: str, step: str, log: str, message: str = "") -> None:
+        super().__init__(f"{package}: {step} failed" + (f" ({message})" if message else "")
+                         + f"; log: {log}")
+        self.package = package
+        self.step = step
+        self.log = log
