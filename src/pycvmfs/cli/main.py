@@ -15,6 +15,7 @@ from pycvmfs.cli import (
     publish_cmds,
     replica_cmds,
     serve_cmd,
+    stack_cmds,
 )
 from pycvmfs.cli.common import CvmfsGroup
 
@@ -34,6 +35,7 @@ mount_cmds.register(cli)
 replica_cmds.register(cli)
 admin_cmds.register(cli)
 container_cmds.register(cli)
+stack_cmds.register(cli)
 
 
 def main() -> None:

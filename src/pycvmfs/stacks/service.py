@@ -1,0 +1,346 @@
+"""The stack verbs as a Python API (``pycvmfs stack ...`` is a thin layer over these): plan,
+build into a binary cache, publish a release or a nightly as one transaction."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pycvmfs.errors import RepositoryBusyError, StackError
+from pycvmfs.stacks.binarycache import BinaryCache, open_binary_cache
+from pycvmfs.stacks.ctest import write_ctest
+from pycvmfs.stacks.description import load_stack
+from pycvmfs.stacks.layout import StackLayout
+from pycvmfs.stacks.model import Stack
+from pycvmfs.stacks.nightly import NightlyLedger, clear_day, release_references, today
+from pycvmfs.stacks.plan import BUILD, CACHED, PUBLISHED, PlannedPackage, StackPlan, make_plan
+from pycvmfs.stacks.results import RunResults, results_feed
+from pycvmfs.stacks.scheduler import StackBuilder, installed_dir
+from pycvmfs.stacks.sources import SourceCache
+from pycvmfs.stacks.writer import RECORD_FILE, StackWriter, newest_finish
+
+__all__ = ["PublishReport", "StackSettings", "build_stack", "plan_stack", "publish_nightly",
+           "publish_release"]
+
+
+@dataclass
+class StackSettings:
+    """Where a node keeps its work and which binary cache it shares."""
+
+    work_dir: Path
+    cache: str | None = None          # directory or s3://bucket/prefix; default work/cache
+    sources_dir: Path | None = None   # default work/sources
+    parallel: int = 2
+    jobs: int | None = None
+    sandbox: str = "auto"
+    run_tests: bool = True
+    lock_wait: float = 0.0
+    results_dir: Path | None = None   # where results.json / Build.xml / Test.xml also go
+    progress: Callable[[str, str, int, int], None] | None = None
+
+    def open_cache(self) -> BinaryCache:
+        return open_binary_cache(self.cache or str(Path(self.work_dir) / "cache"))
+
+    def source_cache(self) -> SourceCache:
+        return SourceCache(Path(self.sources_dir or Path(self.work_dir) / "sources"))
+
+
+@dataclass
+class PublishReport:
+    plan: dict
+    results: dict | None = None
+    revision: int | None = None
+    published: bool = False
+    added: list[str] = field(default_factory=list)
+    conflicts: list[dict] = field(default_factory=list)
+    day: str | None = None
+    complete: bool = True
+    publish: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan, "results": self.results, "revision": self.revision,
+                "published": self.published, "added": self.added,
+                "conflicts": self.conflicts, "day": self.day, "complete": self.complete,
+                "publish": self.publish}
+
+
+# -- reading what is published ----------------------------------------------------------------
+def _published_lookups(view, layout: StackLayout):
+    """``published(rel)`` and ``taken(dest, version, short)`` on a revision view."""
+
+    def published(rel: str) -> dict | None:
+        if view is None:
+            return None
+        path = f"{rel}/{RECORD_FILE}"
+        if not view.exists(path):
+            return None
+        return json.loads(view.read_bytes(path))
+
+    def taken(dest: str, version: str, short: str) -> str | None:
+        if view is None:
+            return None
+        d = f"{layout.releases}/{dest}/{version}-{short}"
+        if not view.exists(d):
+            return None
+        for plat in view.listdir(d):
+            rec = published(f"{d}/{plat}")
+            if rec is not None:
+                return rec.get("recipe_hash")
+        return None
+
+    return published, taken
+
+
+@contextlib.contextmanager
+def _head_view(pub, work_dir: Path):
+    if pub is None:
+        yield None
+        return
+    reader = pub.open_reader(os.path.join(work_dir, "reader-cache"))
+    view = reader.open_revision()
+    try:
+        yield view
+    finally:
+        view.close()
+        reader.close()
+
+
+def plan_stack(stack: Stack, fqrn: str, settings: StackSettings, *, pub=None, view=None,
+               force: Iterable[str] = ()) -> StackPlan:
+    """The plan of ``stack`` against the binary cache and (``pub`` or ``view``) the repository."""
+    layout = StackLayout(fqrn, stack.prefix)
+    cache = settings.open_cache()
+    with (_head_view(pub, settings.work_dir) if view is None
+          else contextlib.nullcontext(view)) as v:
+        published, taken = _published_lookups(v, layout)
+        return make_plan(stack, layout, cache=cache, published=published, taken=taken,
+                         force=frozenset(force))
+
+
+def _fqrn_for(stack: Stack, fqrn: str | None) -> str:
+    fq = fqrn or stack.repository
+    if not fq:
+        raise StackError(f"{stack.origin or 'the stack'}: no repository given (--fqrn, or "
+                         "'repository:' in the description): the install prefix "
+                         "/cvmfs/<fqrn>/... is part of every build")
+    return fq
+
+
+def _save_results(run: RunResults, settings: StackSettings, day: str | None) -> Path:
+    base = Path(settings.results_dir or Path(settings.work_dir) / "results")
+    where = base / run.stack / (day or "") / run.platform if day else \
+        base / run.stack / run.platform
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "results.json").write_text(json.dumps(results_feed(run), indent=1,
+                                                   sort_keys=True) + "\n")
+    write_ctest(run, where)
+    return where
+
+
+def build_stack(stack_file: str | os.PathLike, settings: StackSettings, *,
+                fqrn: str | None = None, platform: str | None = None,
+                only: Iterable[str] | None = None, force: Iterable[str] = (),
+                dry_run: bool = False, pub=None) -> tuple[StackPlan, RunResults | None]:
+    """Build what the binary cache lacks (a CI build node: no repository needed)."""
+    stack = load_stack(stack_file, platform=platform)
+    plan = plan_stack(stack, _fqrn_for(stack, fqrn), settings, pub=pub, force=force)
+    if dry_run:
+        return plan, None
+    run = _builder(plan, settings).run(only=only)
+    _save_results(run, settings, None)
+    return plan, run
+
+
+def _builder(plan: StackPlan, settings: StackSettings, view=None) -> StackBuilder:
+    b = StackBuilder(plan, cache=settings.open_cache(), work_dir=Path(settings.work_dir),
+                     sources=settings.source_cache(), parallel=settings.parallel,
+                     jobs=settings.jobs, run_tests=settings.run_tests,
+                     sandbox=settings.sandbox, progress=settings.progress)
+    return b
+
+
+def _local_getter(builder: StackBuilder, view_holder: list):
+    """Install trees on this node: built here, unpacked from the cache, else exported from
+    the repository through the verified reader."""
+    from pycvmfs.client.export import export_tree
+
+    def local(p: PlannedPackage) -> Path:
+        where = installed_dir(builder.work_dir, p.full)
+        if where.is_dir():
+            return where
+        if builder.cache.has(p.full):
+            return builder.ensure_local(p)
+        view = view_holder[0] if view_holder else None
+        if view is None or not view.exists(p.rel):
+            raise StackError(f"{p.name} {p.spec.version}: no install tree on this node, in the "
+                             f"binary cache or in the repository (/{p.rel})")
+        tmp = where.with_name(where.name + ".exporting")
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        export_tree(view, "/" + p.rel, tmp)
+        os.replace(tmp, where)
+        return where
+
+    return local
+
+
+def _transaction(pub, settings: StackSettings, held: contextlib.ExitStack, tag, message):
+    deadline = time.monotonic() + settings.lock_wait
+    while True:
+        txn = pub.transaction(tag=tag, message=message)
+        try:
+            return held.enter_context(txn)
+        except RepositoryBusyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _failures(run: RunResults) -> list[str]:
+    return [f"{p.name} {p.version}: {p.status}" + (f" ({p.error.splitlines()[0]})"
+                                                    if p.error else "")
+            for p in run.packages if p.status in ("failed", "skipped")]
+
+
+def publish_release(pub, stack_file: str | os.PathLike, settings: StackSettings, *,
+                    platform: str | None = None, tag: str | None = None,
+                    no_build: bool = False, dry_run: bool = False,
+                    force: Iterable[str] = ()) -> PublishReport:
+    """Build whatever the binary cache lacks, then put the release × platform (packages,
+    links, summaries, view, results) into ``pub`` as one transaction; any error leaves the
+    repository unchanged."""
+    stack = load_stack(stack_file, platform=platform)
+    if stack.is_nightly:
+        raise StackError(f"{stack.origin}: a slot ({stack.name}) is published with "
+                         "'stack nightly', not 'stack publish'")
+    plan = plan_stack(stack, pub.fqrn, settings, pub=pub, force=force)
+    report = PublishReport(plan=plan.to_json())
+    if dry_run:
+        return report
+    builder = _builder(plan, settings)
+    run = None
+    todo = [p for p in plan.packages.values() if p.state == BUILD]
+    if todo:
+        if no_build:
+            raise StackError("--no-build, but the binary cache lacks "
+                             + ", ".join(f"{p.name} {p.spec.version}" for p in todo))
+        run = builder.run()
+        _save_results(run, settings, None)
+        report.results = results_feed(run)
+        bad = _failures(run)
+        if bad:
+            raise StackError(f"{stack.name} on {plan.platform}: not published, builds "
+                             "failed: " + "; ".join(bad))
+    with contextlib.ExitStack() as held:
+        txn = _transaction(pub, settings, held, tag, f"pycvmfs stack publish {stack.name}")
+        view = held.enter_context(_head_view(pub, settings.work_dir))
+        if view.revision != txn.head.revision:
+            raise StackError("the repository changed while the plan was made; retry")
+        writer = StackWriter(txn, plan, local=_local_getter(builder, [view]), view=view,
+                             mtime=0)
+        writer.mtime = newest_finish(writer.records())
+        report.added = writer.add_builds()
+        ledger = NightlyLedger.load(plan.layout, view)
+        for p in plan.packages.values():  # a release now owns these builds
+            ledger.forget(p.rel)
+        if ledger.builds != NightlyLedger.load(plan.layout, view).builds:
+            writer._file(ledger.rel, ledger.dumps())
+        writer.release_links(stack.name)
+        writer.summaries(plan.layout.release_rel(stack.name))
+        vp = writer.write_view(plan.layout.view_rel(stack.name, plan.platform), stack.name) \
+            if stack.view.enabled else None
+        if vp is not None:
+            report.conflicts = [c.__dict__ for c in vp.conflicts]
+        if run is not None:
+            writer.results(run, plan.layout.results_rel(stack.name, plan.platform))
+    report.publish = txn.summary.to_dict()
+    report.revision = txn.summary.revision
+    report.published = True
+    return report
+
+
+def publish_nightly(pub, stack_file: str | os.PathLike, settings: StackSettings, *,
+                    slot: str | None = None, day: str | None = None,
+                    platform: str | None = None, partial: bool = False,
+                    dry_run: bool = False) -> PublishReport:
+    """Tonight's build of ``slot`` into ``nightlies/<slot>/<Day>``: the day is replaced for
+    this platform, ``isDone-<platform>`` (complete) or ``isDone-unstable-<platform>``
+    (``partial``: published with failures) marks it, and ``views/<slot>/latest/<platform>``
+    moves only after a complete build. A failed build without ``partial`` publishes nothing."""
+    stack = load_stack(stack_file, platform=platform)
+    if slot:
+        stack.name, stack.kind = slot, "slot"
+    if not stack.is_nightly:
+        raise StackError(f"{stack.origin}: a nightly needs a slot (--slot, or 'slot:' in "
+                         "the description)")
+    day = day or today()
+    layout = StackLayout(pub.fqrn, stack.prefix)
+    layout.day_rel(stack.name, day)  # validates the day
+    plan = plan_stack(stack, pub.fqrn, settings, pub=pub)
+    report = PublishReport(plan=plan.to_json(), day=day)
+    if dry_run:
+        return report
+    builder = _builder(plan, settings)
+    run = builder.run()
+    run.day = day
+    _save_results(run, settings, day)
+    report.results = results_feed(run)
+    bad = {p.name for p in run.packages if p.status in ("failed", "skipped")}
+    report.complete = not bad
+    if bad and not partial:
+        return report
+    good = StackPlan(stack=plan.stack, layout=plan.layout, graph=plan.graph,
+                     toolchain=plan.toolchain,
+                     packages={n: p for n, p in plan.packages.items() if n not in bad})
+    with contextlib.ExitStack() as held:
+        txn = _transaction(pub, settings, held, None,
+                           f"pycvmfs stack nightly {stack.name} {day}")
+        view = held.enter_context(_head_view(pub, settings.work_dir))
+        if view.revision != txn.head.revision:
+            raise StackError("the repository changed while the plan was made; retry")
+        writer = StackWriter(txn, good, local=_local_getter(builder, [view]), view=view,
+                             mtime=int(run.finished))
+        ledger = NightlyLedger.load(layout, view)
+        ref = clear_day(txn, layout, stack.name, day, good.platform)
+        orphans = ledger.release(ref)
+        existing = {p.rel for p in good.packages.values() if writer.exists(p.rel)}
+        report.added = writer.add_builds()
+        for p in good.packages.values():
+            if p.rel not in existing or ledger.owned(p.rel):
+                ledger.use(p.rel, ref)
+        keep = release_references(layout, view) | {p.rel for p in good.packages.values()}
+        for rel in orphans:
+            if rel in keep:
+                continue
+            ledger.forget(rel)
+            if writer.exists(rel):
+                txn.remove(rel)
+        writer._file(ledger.rel, ledger.dumps())
+        writer.nightly_links(stack.name, day)
+        day_rel = layout.day_rel(stack.name, day)
+        writer.summaries(day_rel, directory_base=layout.abs(day_rel))
+        writer._file(layout.marker_rel(stack.name, day, good.platform, unstable=bool(bad)), b"")
+        if stack.view.enabled:
+            vp = writer.write_view(layout.nightly_view_rel(stack.name, day, good.platform),
+                                   f"{stack.name}/{day}")
+            report.conflicts = [c.__dict__ for c in vp.conflicts]
+            if not bad:
+                link, target = layout.latest_link(stack.name, day, good.platform)
+                if writer.exists(link):
+                    txn.remove(link)
+                writer._symlink(link, target)
+        writer.results(run, layout.results_rel(stack.name, good.platform, day))
+    report.publish = txn.summary.to_dict()
+    report.revision = txn.summary.revision
+    report.published = True
+    return report
+
+
+__all__ += ["CACHED", "PUBLISHED"]
