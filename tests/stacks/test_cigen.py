@@ -36,7 +36,7 @@ def test_gitlab_one_build_job_per_platform_and_one_publish() -> None:
         job = builds[f"build:{p}"]
         assert job["stage"] == "build" and "needs" not in job
         assert job["script"] == [f"pycvmfs stack build stacks/dev4.toml --platform {p} "
-                                 "--cache s3://bucket/cache"]
+                                 "--cache s3://bucket/cache --results results/"]
         assert job["artifacts"] == {"when": "always", "paths": ["results/"]}
     publish = doc["publish"]
     assert publish["stage"] == "publish"
@@ -44,7 +44,7 @@ def test_gitlab_one_build_job_per_platform_and_one_publish() -> None:
     assert publish["resource_group"] == "cvmfs-sft-nightlies.example.org"
     assert publish["script"] == [
         f"pycvmfs stack publish sft-nightlies.example.org stacks/dev4.toml --platform {p} "
-        "--cache s3://bucket/cache --no-build" for p in PLATFORMS]
+        "--cache s3://bucket/cache --results results/publish --no-build" for p in PLATFORMS]
     assert set(doc) == {"stages", "default", "publish", *builds}
     assert "default" not in gitlab()
 
@@ -55,10 +55,10 @@ def test_gitlab_groups_need_the_groups_they_depend_on() -> None:
         base, gen, root = (doc[f"build:{p}:{g}"] for g in GROUPS)
         assert "needs" not in base
         assert base["script"][0].endswith(f"--platform {p} --cache s3://bucket/cache "
-                                          "--only zlib,Python")
+                                          "--results results/base --only zlib,Python")
         assert gen["needs"] == [f"build:{p}:base"]
         assert root["needs"] == [f"build:{p}:base"]  # not gen: ROOT uses no generator
-        assert root["script"][0].endswith("--only ROOT")
+        assert root["script"][0].endswith("--results results/root --only ROOT")
     assert doc["publish"]["needs"] == [f"build:{p}:{g}" for p in PLATFORMS for g in GROUPS]
     # without dependencies: every earlier group of the same platform
     doc = gitlab(split="group", groups=GROUPS)
@@ -123,7 +123,7 @@ def test_commands_survive_a_real_shell_and_groovy_quoting() -> None:
     doc = yaml.safe_load(generate_pipeline(fmt="gitlab", **kw))  # type: ignore[arg-type]
     build = doc["build:x86_64-el9-gcc13-opt"]["script"][0]
     assert _bash_argv(build) == ["stack", "build", odd, "--platform", "x86_64-el9-gcc13-opt",
-                                 "--cache", "/srv/cache dir"]
+                                 "--cache", "/srv/cache dir", "--results", "results/"]
     jenkins = generate_pipeline(fmt="jenkins", **kw)  # type: ignore[arg-type]
     assert _balanced(jenkins)
     literals = re.findall(r"sh '((?:[^'\\]|\\.)*)'", jenkins)
@@ -131,7 +131,8 @@ def test_commands_survive_a_real_shell_and_groovy_quoting() -> None:
     unescaped = [re.sub(r"\\(.)", r"\1", s) for s in literals]
     assert _bash_argv(unescaped[-1]) == [
         "stack", "publish", "sft-nightlies.example.org", odd, "--platform",
-        "aarch64-el9-gcc13-opt", "--cache", "/srv/cache dir", "--no-build"]
+        "aarch64-el9-gcc13-opt", "--cache", "/srv/cache dir", "--results", "results/publish",
+        "--no-build"]
     assert shlex.split(unescaped[0])[3] == odd
 
 

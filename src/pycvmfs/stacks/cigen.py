@@ -15,9 +15,12 @@ the earlier groups of its platform it depends on: those holding a direct depende
 its packages when ``depends`` (package → its dependencies) is given, every earlier group
 otherwise. Jenkins runs the groups one after the other, the platforms of one group in parallel.
 
-Every job keeps ``results/`` (the JSON results feed and the CTest XML the build writes) as its
-artifacts, also when it fails. The output depends only on the arguments: the platforms and
-groups in the order given.
+Every job keeps ``results/`` as its artifacts, also when it fails: the builds write their
+results feed and CTest XML there (``--results results/``, ``results/<group>/`` for a group job,
+``results/publish/`` for the publish job; the stack and platform are subfolders), so the
+artifacts the publish job gathers never overwrite each other.
+
+The output depends only on the arguments: the platforms and groups in the order given.
 """
 
 from __future__ import annotations
@@ -116,7 +119,8 @@ def _build_jobs(platforms: Sequence[str], split: str,
 
 
 def _build_command(job: _BuildJob, stack_file: str, cache: str) -> str:
-    cmd = ["pycvmfs", "stack", "build", stack_file, "--platform", job.platform, "--cache", cache]
+    cmd = ["pycvmfs", "stack", "build", stack_file, "--platform", job.platform, "--cache", cache,
+           "--results", RESULTS_DIR + (job.group or "")]
     if job.packages:
         cmd += ["--only", ",".join(job.packages)]
     return shlex.join(cmd)
@@ -125,7 +129,8 @@ def _build_command(job: _BuildJob, stack_file: str, cache: str) -> str:
 def _publish_commands(platforms: Sequence[str], fqrn: str, stack_file: str,
                       cache: str) -> list[str]:
     return [shlex.join(["pycvmfs", "stack", "publish", fqrn, stack_file, "--platform", p,
-                        "--cache", cache, "--no-build"]) for p in platforms]
+                        "--cache", cache, "--results", RESULTS_DIR + "publish", "--no-build"])
+            for p in platforms]
 
 
 def _header(comment: str, stack_file: str, fqrn: str, platforms: Sequence[str]) -> str:
