@@ -43,8 +43,8 @@ class Leftover:
 
 
 def _entries(root: Path) -> Iterator[tuple[str, str]]:
-    """(absolute path, relative path) of every entry below ``root``, sorted, symlinks to
-    directories listed but not followed."""
+    """(absolute path, relative path) of every entry below ``root`` (each directory's entries
+    sorted), symlinks to directories listed but not followed."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
@@ -100,7 +100,7 @@ def relocate_tree(root: Path, replacements: Sequence[tuple[str, str]]) -> list[s
             os.chmod(full, mode)
             os.utime(full, ns=(st.st_atime_ns, st.st_mtime_ns))
             changed.append(rel)
-    return changed
+    return sorted(changed)
 
 
 def _scan_file(path: str, needles: Sequence[bytes], block: int) -> tuple[bytes | None, bool]:
@@ -141,7 +141,7 @@ def find_build_paths(root: Path, paths: Sequence[str], *,
             hit, binary = _scan_file(full, needles, block)
             if hit is not None:
                 found.append(Leftover(rel, hit.decode(), "binary" if binary else "text"))
-    return found
+    return sorted(found, key=lambda x: x.file)
 
 
 def verify_no_build_paths(install_dir: Path, paths: Sequence[str], *, limit: int = 5,
