@@ -19,6 +19,8 @@ from pycvmfs.stacks.hashing import (
     legacy_hash,
     normalise_script,
     package_hash,
+    recipe_hashes,
+    recipe_inputs,
     stack_hashes,
     version_txt,
 )
@@ -225,6 +227,25 @@ def test_stack_hashes_refuses_a_bad_order():
                      toolchain=TOOLCHAIN, store_root=ROOT)
     with pytest.raises(StackError, match="nosuch"):
         stack_hashes(stack, ["nosuch"], lambda n: (), toolchain=TOOLCHAIN, store_root=ROOT)
+
+
+def test_recipe_hashes_are_platform_independent_and_merkle():
+    stack = _stack()
+    deps = lambda n: stack.packages[n].depends  # noqa: E731
+    recipe = recipe_hashes(stack, ORDER, deps)
+    other = dataclasses.replace(stack, platform=Platform.parse("aarch64-el9-gcc13-dbg"))
+    assert recipe_hashes(other, ORDER, deps) == recipe
+    assert recipe != _stack_hashes(stack)
+    doc = recipe_inputs(stack.packages["Boost"], stack_env=(),
+                        dep_recipes={"Python": recipe["Python"], "zlib": recipe["zlib"]})
+    assert doc["scheme"] == "pycvmfs-stack-recipe/1"
+    assert not {"platform", "toolchain", "store_root"} & set(doc)
+    assert hashlib.sha256(canonical_json(doc)).hexdigest() == recipe["Boost"]
+    stack.packages["Python"] = dataclasses.replace(stack.packages["Python"], version="3.12.1")
+    changed = recipe_hashes(stack, ORDER, deps)
+    assert [n for n in ORDER if changed[n] != recipe[n]] == ["Python", "Boost", "fastjet"]
+    with pytest.raises(StackError, match=r"Python.*zlib"):
+        recipe_hashes(stack, ["Python"], deps)
 
 
 def test_display_hashes_plain_and_lengthened_on_collision():

@@ -23,6 +23,11 @@ whitespace, scheme ``pycvmfs-stack-hash/1``). The document holds, and so the has
 - ``depends``: the FULL hashes of the direct dependencies by name — so a change anywhere below a
   package changes its hash and every dependent's (Merkle), and nothing else's.
 
+The recipe hash (:func:`recipe_hashes`) is the same document without ``platform``,
+``toolchain`` and ``store_root``, the dependencies given by their recipe hashes, scheme
+``pycvmfs-stack-recipe/1``: one value for every platform of a stack, which the display hash in
+``<dir>/<version>-<hash>/<platform>`` is cut from (:func:`display_hashes`).
+
 Deliberately NOT hashed: metadata (description, license, homepage...), the ``when`` condition,
 the ``iset`` flag itself, the parallelism (JOBS), source and mirror URLs, the stack's name,
 release or nightly slot, timestamps and the build host.
@@ -47,17 +52,21 @@ from pycvmfs.stacks.platform import Platform
 
 __all__ = [
     "HASH_SCHEME",
+    "RECIPE_SCHEME",
     "Toolchain",
     "display_hashes",
     "hash_inputs",
     "legacy_hash",
     "normalise_script",
     "package_hash",
+    "recipe_hashes",
+    "recipe_inputs",
     "stack_hashes",
     "version_txt",
 ]
 
 HASH_SCHEME = "pycvmfs-stack-hash/1"
+RECIPE_SCHEME = "pycvmfs-stack-recipe/1"
 
 _VERSION_NUMBER = re.compile(r"\b(\d+\.\d+(?:\.\d+)*)\b")
 
@@ -246,17 +255,13 @@ def _sorted_env(env: Sequence[tuple[str, str]]) -> list[list[str]]:
     return [[k, v] for k, v in sorted(env, key=lambda kv: kv[0])]
 
 
-def hash_inputs(spec: PackageSpec, *, platform: Platform, toolchain: Toolchain,
-                store_root: str, stack_env: Sequence[tuple[str, str]],
-                dep_hashes: Mapping[str, str]) -> dict[str, Any]:
-    """The document :func:`package_hash` hashes (for ``--explain`` and hash diffs)."""
-    if not os.path.isabs(store_root):
-        raise StackError(f"{spec.name}: the store root {store_root!r} is not an absolute path")
-    for dep, full in dep_hashes.items():
-        if not re.fullmatch(r"[0-9a-f]{64}", full):
-            raise StackError(f"{spec.name}: dependency {dep} has no full hash ({full!r})")
+def _recipe_fields(spec: PackageSpec, stack_env: Sequence[tuple[str, str]],
+                   deps: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of both documents: the package itself and its dependencies' hashes."""
+    for dep, h in deps.items():
+        if not re.fullmatch(r"[0-9a-f]{64}", h):
+            raise StackError(f"{spec.name}: dependency {dep} has no full hash ({h!r})")
     return {
-        "scheme": HASH_SCHEME,
         "name": spec.name,
         "version": spec.version,
         "directory": spec.dest,
@@ -268,11 +273,31 @@ def hash_inputs(spec: PackageSpec, *, platform: Platform, toolchain: Toolchain,
         "env": _sorted_env(spec.env),
         "stack_env": _sorted_env(stack_env),
         "relocate": spec.relocate,
+        "depends": dict(sorted(deps.items())),
+    }
+
+
+def hash_inputs(spec: PackageSpec, *, platform: Platform, toolchain: Toolchain,
+                store_root: str, stack_env: Sequence[tuple[str, str]],
+                dep_hashes: Mapping[str, str]) -> dict[str, Any]:
+    """The document :func:`package_hash` hashes (for ``--explain`` and hash diffs)."""
+    if not os.path.isabs(store_root):
+        raise StackError(f"{spec.name}: the store root {store_root!r} is not an absolute path")
+    return {
+        "scheme": HASH_SCHEME,
+        **_recipe_fields(spec, stack_env, dep_hashes),
         "platform": str(platform),
         "toolchain": toolchain.identity(),
         "store_root": store_root.rstrip("/") or "/",
-        "depends": dict(sorted(dep_hashes.items())),
     }
+
+
+def recipe_inputs(spec: PackageSpec, *, stack_env: Sequence[tuple[str, str]],
+                  dep_recipes: Mapping[str, str]) -> dict[str, Any]:
+    """The document :func:`recipe_hashes` hashes: the package document without what differs
+    between the platforms of one stack (platform, toolchain, store root), the dependencies
+    given by their recipe hashes."""
+    return {"scheme": RECIPE_SCHEME, **_recipe_fields(spec, stack_env, dep_recipes)}
 
 
 def canonical_json(doc: Mapping[str, Any]) -> bytes:
@@ -314,6 +339,28 @@ def stack_hashes(stack: Stack, order: Sequence[str], deps: Callable[[str], Seque
         out[name] = package_hash(spec, platform=package_platform(spec, stack.platform),
                                  toolchain=toolchain, store_root=store_root,
                                  stack_env=stack.env, dep_hashes=dep_hashes)
+    return out
+
+
+def recipe_hashes(stack: Stack, order: Sequence[str],
+                  deps: Callable[[str], Sequence[str]]) -> dict[str, str]:
+    """Platform-independent hashes (Merkle, in ``order``): what one recipe is on every platform
+    of a stack, so the display hash in ``<dir>/<version>-<hash>/<platform>`` is shared by the
+    platforms. Everything :func:`package_hash` covers except the platform, the toolchain and
+    the store root."""
+    out: dict[str, str] = {}
+    for name in order:
+        spec = stack.packages.get(name)
+        if spec is None:
+            raise StackError(f"{name}: not a package of stack {stack.name}")
+        dep_recipes: dict[str, str] = {}
+        for dep in deps(name):
+            if dep not in out:
+                raise StackError(f"{name}: dependency {dep} is not hashed before it "
+                                 "(the order is not dependencies-first)")
+            dep_recipes[dep] = out[dep]
+        doc = recipe_inputs(spec, stack_env=stack.env, dep_recipes=dep_recipes)
+        out[name] = hashlib.sha256(canonical_json(doc)).hexdigest()
     return out
 
 
