@@ -80,7 +80,7 @@ from pycvmfs.stacks.sandbox import (
 if TYPE_CHECKING:
     from pycvmfs.stacks.hashing import Toolchain
 
-__all__ = ["BuildRequest", "BuildResult", "Builder", "DepInstall", "expand"]
+__all__ = ["BuildRequest", "BuildResult", "Builder", "DepInstall", "expand", "search_order"]
 
 CMAKE_BUILD_TYPES = {"opt": "Release", "dbg": "Debug", "o2g": "RelWithDebInfo",
                      "min": "MinSizeRel", "fst": "Release", "cov": "Debug"}
