@@ -16,9 +16,11 @@ __all__ = ["BUILD_TYPES", "Platform", "host_os", "host_platform"]
 #: lcgcmake's build types (opt = Release, dbg = Debug, o2g = RelWithDebInfo, ...)
 BUILD_TYPES = ("opt", "dbg", "o2g", "fst", "min", "cov")
 
-_ARCH = re.compile(r"^(?P<arch>[a-z0-9]+(?:_[a-z0-9]+)*?)(?:\+(?P<iset>[a-z0-9_.]+)|_(?P<level>v[1-4]))?$")
+_ARCH = re.compile(r"^(?P<arch>[a-z0-9]+(?:_[a-z0-9]+)*?)"
+                   r"(?:\+(?P<iset>[a-z0-9_.]+)|_(?P<level>v[1-4]))?$")
 _OS = re.compile(r"^(?P<name>[a-z]+)(?P<version>[0-9]*)$")
-_COMPILER = re.compile(r"^(?P<family>[a-z]+)(?P<version>[0-9]+)(?:\+(?P<variant>[A-Za-z0-9_.]+))?$")
+_COMPILER = re.compile(r"^(?P<family>[a-z]+)(?P<version>[0-9]+)"
+                       r"(?:\+(?P<variant>[A-Za-z0-9_.]+))?$")
 
 
 @dataclass(frozen=True, order=True)
