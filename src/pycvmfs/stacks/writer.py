@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pycvmfs.errors import StackError
+from pycvmfs.format.dirent import Flags
 from pycvmfs.publish.rows import Meta
 from pycvmfs.publish.transaction import repo_path
 from pycvmfs.stacks.ctest import build_xml, test_xml
@@ -142,32 +143,62 @@ class StackWriter:
                          mount_root=self.layout.mount_root)
 
     def write_view(self, view_rel: str, name: str) -> ViewPlan:
-        """Replace the view at ``view_rel`` (its own nested catalog) with a fresh one."""
+        """Make the view at ``view_rel`` (its own nested catalog) exactly the planned one:
+        entries no longer planned are removed, unchanged ones are left as they are (so
+        publishing the same stack again changes nothing)."""
         vp = self.view_plan(view_rel)
-        if self.exists(view_rel):
+        row = self.txn.lookup(repo_path(view_rel))
+        if row is not None and not row.flags & Flags.DIR:
             self.txn.remove(view_rel)
         self._mkdirs(posixpath.dirname(view_rel))
         self.txn.nested_catalog(view_rel, self._meta())
         dirs: set[str] = set()
+        wanted: dict[str, object] = {}
         for e in vp.entries:
-            rel = f"{view_rel}/{e.path}"
-            if e.kind == "dir":
-                self.txn.mkdir(rel, mtime=self.mtime)
-                dirs.add(e.path)
-            elif e.kind == "symlink":
-                self.txn.symlink(rel, e.target, mtime=self.mtime)
-            else:
-                self._file(rel, e.content or b"")
+            wanted[e.path] = e
         homes = {p.spec.home_var: p.rel for p in self.plan.packages.values()
                  if p.name not in self.plan.stack.view.exclude}
+        dirs = {e.path for e in vp.entries if e.kind == "dir"}
         common = dict(view_rel=view_rel, mount_root=self.layout.mount_root, name=name,
                       platform=self.plan.platform, generated=_ctime(self.mtime), dirs=dirs,
                       pythonpath=self.plan.stack.view.pythonpath, homes=homes)
-        self._file(f"{view_rel}/setup.sh", render_setup_sh(**common).encode())
-        self._file(f"{view_rel}/setup.csh", render_setup_csh(**common).encode())
-        self._file(f"{view_rel}/view.json", _json_bytes(vp.to_json(
-            name=name, platform=self.plan.platform, repository=self.layout.fqrn)))
+        generated = {
+            "setup.sh": render_setup_sh(**common).encode(),
+            "setup.csh": render_setup_csh(**common).encode(),
+            "view.json": _json_bytes(vp.to_json(name=name, platform=self.plan.platform,
+                                                repository=self.layout.fqrn)),
+        }
+        self._prune(view_rel, set(wanted) | set(generated) | {".cvmfscatalog"})
+        for e in vp.entries:
+            rel = f"{view_rel}/{e.path}"
+            if e.kind == "dir":
+                self._mkdirs(rel)
+            elif e.kind == "symlink":
+                old = self.txn.lookup(repo_path(rel))
+                if old is not None and old.flags & Flags.DIR:
+                    self.txn.remove(rel)
+                self.txn.symlink(rel, e.target, mtime=self.mtime)
+            else:
+                self._file(rel, e.content or b"")
+        for fname, data in generated.items():
+            self._file(f"{view_rel}/{fname}", data)
         return vp
+
+    def _prune(self, top: str, keep: set[str]) -> None:
+        """Remove what is below ``top`` and not in ``keep`` (paths relative to ``top``)."""
+        if self.txn.lookup(repo_path(top)) is None:
+            return
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            here = f"{top}/{rel}" if rel else top
+            for raw, row in self.txn.tree.listdir(repo_path(here)):
+                name = raw.decode("utf-8", "surrogateescape")
+                sub = f"{rel}/{name}" if rel else name
+                if sub not in keep:
+                    self.txn.remove(f"{top}/{sub}")
+                elif row.flags & Flags.DIR:
+                    stack.append(sub)
 
     # -- CI results ----------------------------------------------------------------------------
     def results(self, run: RunResults, rel: str) -> None:
