@@ -226,6 +226,21 @@ def test_includes_layer_with_warnings(tmp_path: Path) -> None:
     ]
 
 
+def test_removing_an_unknown_package_and_viewing_one_warn(tmp_path: Path) -> None:
+    stack = load_stack(write(tmp_path, "stack.yaml", f"""\
+        release: LCG_1
+        platform: {EL9}
+        view: {{priority: [zlib, gsl]}}
+        packages:
+          zlib: {{version: "1"}}
+          bzip2: null
+        """))
+    assert stack.warnings == [
+        "stack.yaml: removes package bzip2, which no earlier file declares",
+        f"stack.yaml: view names gsl, which is not a package of the stack on {EL9}",
+    ]
+
+
 def test_a_file_included_twice_is_read_once_and_cycles_are_errors(tmp_path: Path) -> None:
     write(tmp_path, "shared.yaml", "packages:\n  zlib: {version: '1'}\n")
     write(tmp_path, "a.yaml", "include: [shared.yaml]\n")

@@ -463,8 +463,9 @@ class _Layers:
 
     def stack(self, origin: str, platform: Platform | None) -> Stack:
         """The assembled stack for ``platform`` (else the description's, else the host's)."""
+        shown = self.shown(Path(origin))
         if self.name is None:
-            raise StackError(f"{origin}: the description names neither a release nor a slot")
+            raise StackError(f"{shown}: the description names neither a release nor a slot")
         platform = platform or self.platform or host_platform()
         kept = {n: d.spec for n, d in self.packages.items() if d.spec.when.matches(platform)}
         for spec in kept.values():
@@ -485,7 +486,7 @@ class _Layers:
         view = ViewSettings(**self.view)
         for name in (*view.priority, *view.exclude):
             if name not in kept:
-                self.warnings.append(f"{origin}: view names {name}, which is not a package "
+                self.warnings.append(f"{shown}: view names {name}, which is not a package "
                                      f"of the stack on {platform}")
         kind, name = self.name
         return Stack(name=name, kind=kind, platform=platform, packages=kept, top=top,

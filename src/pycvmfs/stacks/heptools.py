@@ -530,12 +530,12 @@ def _package_entry(name: str, decl: _Declaration, declared: Mapping[str, _Declar
                                 f"the stack declares {key} {declared[key].version}")
         else:
             metadata[key] = value
-    if recipe is None:
-        if decl.git and _COMMIT.match(decl.version):
+    if decl.git and "source" not in (recipe or {}):
+        if _COMMIT.match(decl.version):
             entry["source"] = {"git": decl.git, "commit": decl.version}
-        elif decl.git:
+        else:                     # a branch or tag: a recipe has to name the commit
             metadata["git"] = decl.git
-    else:
+    if recipe is not None:
         for key, value in recipe.items():
             if key not in PACKAGE_KEYS or key == "version":
                 raise StackError(f"recipe of {name}: key {key!r} is not a recipe field"
