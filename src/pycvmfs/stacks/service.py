@@ -329,7 +329,7 @@ def publish_nightly(pub, stack_file: str | os.PathLike, settings: StackSettings,
         writer._file(layout.marker_rel(stack.name, day, good.platform, unstable=bool(bad)), b"")
         if stack.view.enabled:
             vp = writer.write_view(layout.nightly_view_rel(stack.name, day, good.platform),
-                                   f"{stack.name}/{day}")
+                                   stack.name)
             report.conflicts = [c.__dict__ for c in vp.conflicts]
             if not bad:
                 link, target = layout.latest_link(stack.name, day, good.platform)
