@@ -12,9 +12,9 @@ from pycvmfs.errors import StackError
 from pycvmfs.stacks.platform import host_platform
 from pycvmfs.stacks.service import publish_release
 from pycvmfs.stacks.summary import parse_summary
+from stacks.conftest import head_view
 
 from helpers.stacks import tiny_stack
-from stacks.conftest import FQRN, head_view
 
 PLAT = str(host_platform())
 
