@@ -168,7 +168,7 @@ def _publish_report(report, as_json: bool) -> None:
         return
     if report.results:
         for p in report.results["packages"]:
-            click.echo(f"{p['status']:8} {p['name']} {p['version']} {p['hash']}")
+            click.echo(f"{p['status']:8} {p['name']} {p['version']} {p['short']}")
     for c in report.conflicts:
         click.echo(f"view conflict ({c['policy']}): {c['path']}: {c['winner']} over "
                    f"{', '.join(c['losers'])}", err=True)

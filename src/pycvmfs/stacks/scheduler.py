@@ -87,7 +87,8 @@ class StackBuilder:
         started = time.time()
         result = PackageResult(name=p.name, version=p.spec.version, short=p.short,
                                full_hash=p.full, status="built", started=started,
-                               is_generator=p.spec.is_generator)
+                               is_generator=p.spec.is_generator,
+                               has_test=p.spec.test is not None)
         scratch = self.work_dir / "build" / f"{p.name}-{p.short}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
@@ -174,6 +175,7 @@ class StackBuilder:
                         results[n] = PackageResult(
                             name=n, version=p.spec.version, short=p.short, full_hash=p.full,
                             status="skipped", is_generator=p.spec.is_generator,
+                            has_test=p.spec.test is not None,
                             error=f"not built: {', '.join(bad)} failed")
                         done += 1
                         continue
