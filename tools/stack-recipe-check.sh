@@ -92,6 +92,7 @@ case "$WORK" in /|/tmp|"$HOME"|/usr*|/etc*) echo "refusing work dir $WORK" >&2; 
 rm -rf "$WORK"
 mkdir -p "$WORK"/{plan,src,installs,logs,tmp,home}
 WORK=$(realpath "$WORK")
+echo '#error "a host header the stack provides (hidden by stack-recipe-check.sh): take it from the dependency prefix"' > "$WORK/hidden.h"
 
 # ---- plan: description (+ includes) -> closure in dependency order, sources fetched -----------
 PYTHONPATH="$ROOT/src:$ROOT/tests" "$PY" - "$DESC" "$WORK" "$SOURCES" "$BUILDTYPE" "$@" <<'EOF'
@@ -270,7 +271,7 @@ final_layout() {
 }
 
 # The host's own headers of what the stack has built so far (zlib.h, png.h, libxml2/, ...) are
-# hidden in the build sandbox (an empty file / directory over each), so a recipe that would
+# hidden in the build sandbox (an #error file / empty directory over each), so a recipe that would
 # silently compile against /usr/include instead of its dependency's prefix fails loudly; this
 # also catches a dependency the description forgot to declare.
 hide_host_headers() {
@@ -284,7 +285,7 @@ hide_host_headers() {
             seen[$host]=1
             if [ -L "$host" ]; then continue    # points at a hidden entry or outside the stack
             elif [ -d "$host" ]; then SANDBOX+=(--tmpfs "$host")
-            elif [ -f "$host" ]; then SANDBOX+=(--ro-bind /dev/null "$host"); fi
+            elif [ -f "$host" ]; then SANDBOX+=(--ro-bind "$WORK/hidden.h" "$host"); fi
         done
     done
     return 0

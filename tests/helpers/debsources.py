@@ -130,10 +130,11 @@ def _download(http: urllib3.PoolManager, url: str, dest: Path, sha256: str) -> N
         tmp.unlink(missing_ok=True)
 
 
-def fetch_source(src: DebSource, dest: Path | None = None) -> Path:
+def fetch_source(src: DebSource, dest: Path | None = None, *, pause: float = 1.0) -> Path:
     """The verified local copy of ``src`` in ``dest`` (default :func:`default_cache`), downloaded
-    when missing or damaged: each URL in order, each tried 3 times with growing pauses (1 s, 2 s)
-    between attempts; a StackError naming every URL and its failure when none gives the bytes."""
+    when missing or damaged: each URL in order, each tried 3 times with growing pauses (``pause``
+    then twice that) between attempts, except after a 404 (the next URL at once); a StackError
+    naming every URL and its failure when none gives the bytes."""
     dest = Path(dest) if dest is not None else default_cache()
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / src.filename
@@ -151,7 +152,7 @@ def fetch_source(src: DebSource, dest: Path | None = None) -> Path:
                     if isinstance(exc, StackError) and "HTTP 404" in str(exc):
                         break    # not there: the next URL, no retries
                     if attempt + 1 < _ATTEMPTS:
-                        time.sleep(2 ** attempt)
+                        time.sleep(pause * 2 ** attempt)
     raise StackError(f"cannot download {src.filename} for package {src.name} into {dest}:\n  "
                      + "\n  ".join(failures))
 
@@ -213,11 +214,18 @@ def local_tarballs(dest: Path) -> dict[str, tuple[Path, str]]:
             for name, (sub, tarball) in LOCAL_PACKAGES.items()}
 
 
+def _absolute_patch(patch: str | dict, base: Path) -> str | dict:
+    if isinstance(patch, dict):
+        return {**patch, "path": str((base / patch["path"]).resolve())}
+    return str((base / patch).resolve())
+
+
 def localise_stack(dest: Path, files: Mapping[str, Path], *, src: Path = REALSTACK) -> Path:
     """Copy the description files of ``src`` (``*.yaml``) into ``dest`` with each package's
     source URLs rewritten: when ``files`` maps its sha256 to a local file, ``file://<file>``
     comes first; for our own packages (URLs under ``file:///realstack-src/``) it replaces them.
-    Returns ``dest/stack.yaml``. Includes stay relative, so they resolve inside ``dest``."""
+    Returns ``dest/stack.yaml``. Includes stay relative, so they resolve inside ``dest``;
+    patches become absolute paths of the original files."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for path in sorted(Path(src).glob("*.yaml")):
@@ -234,5 +242,8 @@ def localise_stack(dest: Path, files: Mapping[str, Path], *, src: Path = REALSTA
                                  f"{placeholder[0]} (sha256 {source.get('sha256')})")
             kept = [u for u in urls if u not in placeholder]
             source["url"] = ([Path(local).resolve().as_uri()] if local else []) + kept
+        for pkg in (doc.get("packages") or {}).values():
+            if pkg and pkg.get("patches"):     # still the originals, wherever the copy is
+                pkg["patches"] = [_absolute_patch(p, path.parent) for p in pkg["patches"]]
         (dest / path.name).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return dest / "stack.yaml"
