@@ -105,3 +105,36 @@ def test_retention_never_deletes_a_build_a_release_uses(tmp_path, stack_pub, nod
     with head_view(stack_pub, tmp_path / "rc") as v:
         assert v.exists(f"lcg/releases/zeta/1.0-{zeta}/{PLAT}/lib/libzeta.so.1")
         assert v.exists(f"lcg/releases/LCG_900/zeta/1.0/{PLAT}/lib/libzeta.so.1")
+
+
+def test_a_partial_night_replacing_the_latest_day_takes_latest_away(tmp_path, stack_pub, node):
+    publish_nightly(stack_pub, tiny_stack(tmp_path / "a", slot="dev4"), node(), day="Mon")
+    bad = tiny_stack(tmp_path / "b", slot="dev4", zeta_base=52, fail="eta")
+    publish_nightly(stack_pub, bad, node(), day="Mon", partial=True)
+    with head_view(stack_pub, tmp_path / "rc") as v:
+        assert v.exists(f"{DAY}/Mon/isDone-unstable-{PLAT}")
+        # latest never names an incomplete day
+        assert not v.exists(f"lcg/views/dev4/latest/{PLAT}")
+
+
+def test_a_release_planned_before_retention_deleted_its_builds_publishes_them_again(
+        tmp_path, stack_pub, node):
+    from pycvmfs.stacks.description import load_stack
+    from pycvmfs.stacks.service import PublishReport, _publish_release, plan_stack
+
+    publish_nightly(stack_pub, tiny_stack(tmp_path / "a", slot="dev4"), node(), day="Sun")
+    rel_desc = tiny_stack(tmp_path / "r")
+    settings = node()
+    plan = plan_stack(load_stack(rel_desc), FQRN, settings, pub=stack_pub)
+    assert {p.state for p in plan.packages.values()} == {"published"}
+    # meanwhile the nightly moves on and its retention deletes the builds the plan reuses
+    publish_nightly(stack_pub, tiny_stack(tmp_path / "b", slot="dev4", zeta_base=62), node(),
+                    day="Sun")
+    zeta = plan.packages["zeta"]
+    with head_view(stack_pub, tmp_path / "rc0") as v:
+        assert not v.exists(zeta.rel)
+    report = PublishReport(plan=plan.to_json())
+    _publish_release(stack_pub, plan, settings, report, tag=None, no_build=False)
+    with head_view(stack_pub, tmp_path / "rc") as v:
+        assert zeta.rel in report.added
+        assert v.lstat(f"lcg/releases/LCG_900/zeta/1.0/{PLAT}/lib/libzeta.so.1").is_file

@@ -12,7 +12,7 @@ from pycvmfs.errors import StackError
 from pycvmfs.stacks.platform import host_platform
 from pycvmfs.stacks.service import publish_release
 from pycvmfs.stacks.summary import parse_summary
-from stacks.conftest import head_view
+from stacks.conftest import FQRN, head_view
 
 from helpers.stacks import tiny_stack
 
@@ -146,3 +146,61 @@ def test_dry_run_reports_the_plan_and_builds_nothing(tmp_path, stack_pub, node):
     assert set(_states(report).values()) == {"build"} and not report.published
     assert not (tmp_path / "node" / "installs").exists()
     assert stack_pub.head().revision == 1
+
+
+def test_republishing_without_a_package_removes_its_release_link(tmp_path, stack_pub, node):
+    import yaml
+
+    desc = tiny_stack(tmp_path / "src")
+    publish_release(stack_pub, desc, node())
+    data = yaml.safe_load(desc.read_text())
+    del data["packages"]["iota"]
+    desc.write_text(yaml.safe_dump(data))
+    report = publish_release(stack_pub, desc, node())
+    assert report.revision is not None
+    with head_view(stack_pub, tmp_path / "rc") as v:
+        assert not v.exists("lcg/releases/LCG_900/iota")
+        assert v.exists(f"lcg/releases/LCG_900/theta/0.5/{PLAT}")
+        # the build itself stays: a release never removes a published build
+        assert len(v.listdir("lcg/releases/iota/")) == 1
+
+
+def test_a_tag_asked_for_an_unchanged_release_is_still_made(tmp_path, stack_pub, node):
+    desc = tiny_stack(tmp_path / "src")
+    publish_release(stack_pub, desc, node())
+    again = publish_release(stack_pub, desc, node(), tag="LCG_900")
+    assert again.revision is None
+    tags = {t.name: t for t in stack_pub.tags()}
+    assert tags["LCG_900"].root_hash == stack_pub.head().root_catalog
+
+
+def test_parallel_builds_unpack_a_shared_cached_dependency_once(tmp_path, node):
+    import threading
+
+    from pycvmfs.stacks.description import load_stack
+    from pycvmfs.stacks.scheduler import StackBuilder
+    from pycvmfs.stacks.service import build_stack, plan_stack
+
+    desc = tiny_stack(tmp_path / "src")
+    build_stack(desc, node("first"))
+    settings = node("second")
+    plan = plan_stack(load_stack(desc), FQRN, settings)
+    sb = StackBuilder(plan, cache=settings.open_cache(), work_dir=settings.work_dir,
+                      sources=settings.source_cache())
+    zeta = plan.packages["zeta"]
+    got, errors = [], []
+
+    def unpack():
+        try:
+            got.append(sb.ensure_local(zeta))
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=unpack) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(got)) == 1
+    assert (got[0] / "lib" / "libzeta.so.1").is_file()
+    assert [p.name for p in got[0].parent.iterdir()] == [got[0].name]  # no temporaries left

@@ -4,6 +4,7 @@ published as one transaction; lcgcmake's jobs as verbs."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -151,9 +152,13 @@ def plan_cmd(stack_file, fqrn, platform, cache, work, config_dir, as_json):
 
     st = load_stack(stack_file, platform=platform)
     fq = _fqrn_for(st, fqrn)
+    from pycvmfs.errors import ConfigError
+
     pub = None
-    with contextlib.suppress(Exception):
+    try:
         pub = _open(fq, config_dir)
+    except ConfigError as e:  # a build node: no repository here, published builds not known
+        click.echo(f"note: {e}; published builds are not looked up", err=True)
     settings = _settings(work, cache, 1, None, "auto", False, None, pub=pub)
     plan = plan_stack(st, fq, settings, pub=pub)
     if as_json:
@@ -197,7 +202,7 @@ def publish_cmd(fqrn, stack_file, tag, no_build, force, dry_run, lock_wait, plat
                 work, parallel, jobs, sandbox, no_tests, results_dir, as_json, config_dir):
     """Build what the binary cache lacks, then publish the release × platform (packages,
     release links, summaries, view, results) as ONE transaction."""
-    from pycvmfs.stacks.service import publish_release
+    from pycvmfs.stacks.service import StackBuildFailed, publish_release
 
     pub = _open(fqrn, config_dir)
     with make_progress("building", enabled=None if not as_json else False) as display:
@@ -206,14 +211,12 @@ def publish_cmd(fqrn, stack_file, tag, no_build, force, dry_run, lock_wait, plat
         try:
             report = publish_release(pub, stack_file, settings, platform=platform, tag=tag,
                                      no_build=no_build, dry_run=dry_run, force=_names(force))
-        except StackError:
-            raise
+        except StackBuildFailed as e:
+            _publish_report(e.report, as_json)
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
     if dry_run and not as_json:
-        from pycvmfs.stacks.description import load_stack
-        from pycvmfs.stacks.service import plan_stack
-
-        click.echo(plan_stack(load_stack(stack_file, platform=platform), fqrn, settings,
-                              pub=pub).render_text())
+        click.echo(report.plan_text)
         click.echo("dry run: nothing built or published")
         return
     _publish_report(report, as_json)
@@ -244,6 +247,10 @@ def nightly_cmd(fqrn, stack_file, slot, day, partial, dry_run, lock_wait, platfo
                              pub=pub, lock_wait=lock_wait, progress=_progress(display))
         report = publish_nightly(pub, stack_file, settings, slot=slot, day=day,
                                  platform=platform, partial=partial, dry_run=dry_run)
+    if dry_run and not as_json:
+        click.echo(report.plan_text)
+        click.echo(f"dry run ({report.day}): nothing built or published")
+        return
     _publish_report(report, as_json)
     if not report.complete:
         sys.exit(1)
@@ -269,14 +276,15 @@ def _readers(config_dir, fqrn_default, platform, cache, work):
     return open_view, plan_for
 
 
-def reading_options(f):
+def reading_options(f, *, json_option: bool = True):
     f = click.option("--fqrn", help="Repository a stack description is planned for.")(f)
     f = click.option("--platform", metavar="PLATFORM")(f)
     f = click.option("--top", default="lcg", show_default=True,
                      help="The stacks' top folder in the repository.")(f)
     f = click.option("--cache", envvar="PYCVMFS_STACK_CACHE", metavar="DIR|s3://...")(f)
     f = click.option("--work", type=click.Path(file_okay=False), envvar="PYCVMFS_STACK_WORK")(f)
-    f = click.option("--json", "as_json", is_flag=True)(f)
+    if json_option:
+        f = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
     return config_option(f)
 
 
@@ -428,8 +436,8 @@ def export() -> None:
 @export.command(name="spack")
 @click.argument("spec")
 @click.option("-o", "--output", type=click.Path(dir_okay=False))
-@reading_options
-def export_spack_cmd(spec, output, fqrn, platform, top, cache, work, as_json, config_dir):
+@functools.partial(reading_options, json_option=False)
+def export_spack_cmd(spec, output, fqrn, platform, top, cache, work, config_dir):
     """A Spack packages.yaml declaring every package of SPEC (e.g. FQRN:LCG_900/PLATFORM)
     as an external (the bridge FCC uses to build on an LCG release)."""
     from pycvmfs.stacks.query import read_listing
@@ -439,7 +447,11 @@ def export_spack_cmd(spec, output, fqrn, platform, top, cache, work, as_json, co
     listing = read_listing(spec, open_view=open_view, plan_for=plan_for, top=top)
     s = listing.summary
     entries = [(e.name, e.version, listing.prefix_of(e)) for e in s.entries]
-    text = spack_packages_yaml(entries, compiler=s.compiler, platform=s.platform or "")
+    if not s.platform:
+        raise StackError(f"{listing.label}: the summary names no platform (no PLATFORM: "
+                         "header); Spack externals need one")
+    text = spack_packages_yaml(entries, compiler=s.compiler, platform=s.platform,
+                               release=s.version)
     if output:
         Path(output).write_text(text)
     else:

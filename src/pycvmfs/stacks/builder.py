@@ -297,7 +297,7 @@ class Builder:
         if req.source_dir is not None and not Path(req.source_dir).is_dir():
             raise StackError(f"{spec.name}: source directory {req.source_dir} does not exist")
         stage = _fresh(self.work_dir / "stage" / full)
-        log_dir = _fresh(self.work_dir / "logs" / f"{spec.name}-{req.short}")
+        log_dir = _fresh(self.work_dir / "logs" / f"{spec.name}-{req.full_hash[:16]}")
         home = _fresh(self.work_dir / "home" / full)
         scratch = None if req.source_dir is not None else _fresh(self.work_dir / "scratch" / full)
         src = Path(req.source_dir) if req.source_dir is not None else scratch

@@ -24,12 +24,21 @@ from dataclasses import dataclass
 
 from pycvmfs.errors import StackError
 
-__all__ = ["DAYS", "StackLayout", "relative_link"]
+__all__ = ["DAYS", "StackLayout", "check_name", "relative_link"]
 
 #: the nightly ring: English three-letter weekdays, Monday first (datetime.weekday() order)
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 _FQRN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+
+
+def check_name(name: str, what: str = "release or slot") -> str:
+    """A release or slot name usable as one path component (``LCG_900``, ``dev4``)."""
+    if not _NAME.match(name) or name in (".", ".."):
+        raise StackError(f"bad {what} name {name!r}: letters, digits and _ . + - "
+                         "(not starting with '.' or '-')")
+    return name
 
 
 def relative_link(link: str, target: str) -> str:
@@ -79,7 +88,7 @@ class StackLayout:
 
     # -- releases ----------------------------------------------------------------------------
     def release_rel(self, release: str) -> str:
-        return f"{self.releases}/{release}"
+        return f"{self.releases}/{check_name(release)}"
 
     def release_link(self, release: str, dest: str, version: str, short: str,
                      platform: str) -> tuple[str, str]:
@@ -93,11 +102,13 @@ class StackLayout:
 
     # -- views -------------------------------------------------------------------------------
     def view_rel(self, name: str, platform: str) -> str:
+        for part in name.split("/"):
+            check_name(part)
         return f"{self.top}/views/{name}/{platform}"
 
     # -- nightlies ---------------------------------------------------------------------------
     def nightly_rel(self, slot: str) -> str:
-        return f"{self.top}/nightlies/{slot}"
+        return f"{self.top}/nightlies/{check_name(slot, 'slot')}"
 
     def day_rel(self, slot: str, day: str) -> str:
         if day not in DAYS:

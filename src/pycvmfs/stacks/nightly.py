@@ -18,7 +18,7 @@ from pycvmfs.format.dirent import Flags
 from pycvmfs.publish.transaction import repo_path
 from pycvmfs.stacks.layout import DAYS, StackLayout
 
-__all__ = ["NightlyLedger", "clear_day", "today"]
+__all__ = ["NightlyLedger", "clear_day", "prune_platform_links", "today"]
 
 LEDGER = ".pycvmfs-nightly-builds.json"
 
@@ -118,8 +118,17 @@ def clear_day(txn, layout: StackLayout, slot: str, day: str, platform: str) -> s
     return f"{slot}/{day}/{platform}"
 
 
-def _remove_platform_links(txn, day_rel: str, platform: str) -> None:
-    """``<day>/<dir...>/<version>/<platform>`` entries, and directories left empty."""
+def _remove_platform_links(txn, day_rel: str, platform: str,
+                           keep: frozenset[str] = frozenset()) -> None:
+    """``<day>/<dir...>/<version>/<platform>`` entries (but those in ``keep``), and the
+    directories left empty."""
+    prune_platform_links(txn, day_rel, platform, keep)
+
+
+def prune_platform_links(txn, where_rel: str, platform: str,
+                         keep: frozenset[str] = frozenset()) -> None:
+    """Remove the ``<dir...>/<version>/<platform>`` links below ``where_rel`` that are not in
+    ``keep`` (repository-relative paths), and the directories that leaves empty."""
     tree = txn.tree
 
     def walk(rel: str) -> bool:  # True when rel is empty afterwards
@@ -129,10 +138,11 @@ def _remove_platform_links(txn, day_rel: str, platform: str) -> None:
             name = raw.decode("utf-8", "surrogateescape")
             child = f"{rel}/{name}"
             is_dir = bool(row.flags & Flags.DIR)
-            if (name == platform and not is_dir) or (is_dir and walk(child)):
+            gone = walk(child) if is_dir else (name == platform and child not in keep)
+            if gone:
                 txn.remove(child)
                 left -= 1
         return left == 0
 
-    if txn.lookup(repo_path(day_rel)) is not None:
-        walk(day_rel)
+    if txn.lookup(repo_path(where_rel)) is not None:
+        walk(where_rel)

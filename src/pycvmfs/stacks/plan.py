@@ -29,6 +29,7 @@ class PlannedPackage:
     prefix: str          # absolute prefix (/cvmfs/FQRN/...)
     deps: tuple[str, ...]
     state: str = BUILD
+    record: dict | None = None   # the published build record (state published)
 
     @property
     def name(self) -> str:
@@ -114,6 +115,7 @@ def make_plan(stack: Stack, layout: StackLayout, *, toolchain: Toolchain | None 
                     "directory is never changed: the toolchain or store differs from the "
                     "one that built it)")
             p.state = PUBLISHED
+            p.record = record
         elif cache is not None and name not in force and cache.has(p.full):
             p.state = CACHED
         plan.packages[name] = p

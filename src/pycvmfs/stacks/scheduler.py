@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -65,22 +66,30 @@ class StackBuilder:
         self.progress = progress
         self.builder = Builder(self.work_dir)
         self._lock = threading.Lock()
+        self._unpacking: dict[str, threading.Lock] = {}
 
     # -- local install trees ------------------------------------------------------------------
     def ensure_local(self, p: PlannedPackage) -> Path:
-        """The install tree of ``p`` on this node, unpacked from the cache when missing."""
+        """The install tree of ``p`` on this node, unpacked from the cache when missing (one
+        thread unpacks a given build; the others wait for it)."""
         where = installed_dir(self.work_dir, p.full)
-        if where.is_dir():
+        with self._lock:
+            lock = self._unpacking.setdefault(p.full, threading.Lock())
+        with lock:
+            if where.is_dir():
+                return where
+            if not self.cache.has(p.full):
+                raise StackError(f"{p.name} {p.spec.version} ({p.full[:12]}) is neither built "
+                                 f"on this node nor in the binary cache "
+                                 f"{self.cache.describe()}")
+            where.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{p.full[:16]}-", dir=where.parent))
+            try:
+                self.cache.unpack(p.full, tmp)
+                os.replace(tmp, where)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             return where
-        if not self.cache.has(p.full):
-            raise StackError(f"{p.name} {p.spec.version} ({p.full[:12]}) is neither built on "
-                             f"this node nor in the binary cache {self.cache.describe()}")
-        tmp = where.with_name(where.name + ".unpacking")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.cache.unpack(p.full, tmp)
-        os.replace(tmp, where)
-        return where
 
     # -- one package --------------------------------------------------------------------------
     def _build_one(self, p: PlannedPackage) -> PackageResult:
@@ -89,7 +98,7 @@ class StackBuilder:
                                full_hash=p.full, status="built", started=started,
                                is_generator=p.spec.is_generator,
                                has_test=p.spec.test is not None)
-        scratch = self.work_dir / "build" / f"{p.name}-{p.short}"
+        scratch = self.work_dir / "build" / f"{p.name}-{p.full[:16]}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         try:
@@ -126,6 +135,9 @@ class StackBuilder:
         except StackError as e:
             result.status = "failed"
             result.error = str(e)
+        except Exception as e:
+            result.status = "failed"
+            result.error = f"{type(e).__name__}: {e}"
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         result.finished = time.time()
@@ -146,8 +158,8 @@ class StackBuilder:
                          finished=0.0, packages=[])
         results: dict[str, PackageResult] = {}
         todo = [n for n, p in plan.packages.items() if p.state == BUILD and n in wanted]
-        for n, p in plan.packages.items():
-            if p.state in (PUBLISHED, CACHED) or (p.state == BUILD and n not in wanted):
+        for n, p in plan.packages.items():  # packages outside --only are another job's
+            if p.state in (PUBLISHED, CACHED) and n in wanted:
                 results[n] = PackageResult(name=n, version=p.spec.version, short=p.short,
                                            full_hash=p.full, status="reused",
                                            is_generator=p.spec.is_generator)

@@ -12,20 +12,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycvmfs.errors import RepositoryBusyError, StackError
+from pycvmfs.publish.transaction import repo_path
 from pycvmfs.stacks.binarycache import BinaryCache, open_binary_cache
 from pycvmfs.stacks.ctest import write_ctest
 from pycvmfs.stacks.description import load_stack
 from pycvmfs.stacks.layout import StackLayout
 from pycvmfs.stacks.model import Stack
-from pycvmfs.stacks.nightly import NightlyLedger, clear_day, release_references, today
+from pycvmfs.stacks.nightly import (
+    NightlyLedger,
+    clear_day,
+    prune_platform_links,
+    release_references,
+    today,
+)
 from pycvmfs.stacks.plan import BUILD, CACHED, PUBLISHED, PlannedPackage, StackPlan, make_plan
 from pycvmfs.stacks.results import RunResults, results_feed
 from pycvmfs.stacks.scheduler import StackBuilder, installed_dir
 from pycvmfs.stacks.sources import SourceCache
 from pycvmfs.stacks.writer import RECORD_FILE, StackWriter, newest_finish
 
-__all__ = ["PublishReport", "StackSettings", "build_stack", "plan_stack", "publish_nightly",
-           "publish_release"]
+__all__ = ["PublishReport", "StackBuildFailed", "StackSettings", "build_stack", "plan_stack",
+           "publish_nightly", "publish_release"]
+
+
+class StackBuildFailed(StackError):
+    """Builds failed, nothing was published; ``report`` holds the plan and the results."""
+
+    def __init__(self, message: str, report: PublishReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -61,6 +76,7 @@ class PublishReport:
     day: str | None = None
     complete: bool = True
     publish: dict | None = None
+    plan_text: str = ""
 
     def to_dict(self) -> dict:
         return {"plan": self.plan, "results": self.results, "revision": self.revision,
@@ -122,6 +138,39 @@ def plan_stack(stack: Stack, fqrn: str, settings: StackSettings, *, pub=None, vi
                          force=frozenset(force))
 
 
+@contextlib.contextmanager
+def work_lock(work_dir: Path):
+    """One process at a time in a work directory (builds, sources and install trees are
+    shared there); a second one waits."""
+    import fcntl
+
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(work_dir) / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _revalidate(plan: StackPlan, view) -> None:
+    """The plan against the revision the transaction starts from (it was made before the lock:
+    another publish may have added a build, or a nightly's retention removed one)."""
+    published, _ = _published_lookups(view, plan.layout)
+    for p in plan.packages.values():
+        rec = published(p.rel)
+        if rec is not None:
+            if rec.get("hash") != p.full:
+                raise StackError(f"{p.name}: /{p.rel} was published meanwhile with build "
+                                 f"{str(rec.get('hash', '?'))[:12]}, not {p.full[:12]}; "
+                                 "nothing published")
+            p.state = PUBLISHED
+            p.record = rec
+        elif p.state == PUBLISHED:  # removed meanwhile: published again from this node
+            p.state = CACHED
+            p.record = None
+
+
 def _fqrn_for(stack: Stack, fqrn: str | None) -> str:
     fq = fqrn or stack.repository
     if not fq:
@@ -151,8 +200,9 @@ def build_stack(stack_file: str | os.PathLike, settings: StackSettings, *,
     plan = plan_stack(stack, _fqrn_for(stack, fqrn), settings, pub=pub, force=force)
     if dry_run:
         return plan, None
-    run = _builder(plan, settings).run(only=only)
-    _save_results(run, settings, None)
+    with work_lock(settings.work_dir):
+        run = _builder(plan, settings).run(only=only)
+        _save_results(run, settings, None)
     return plan, run
 
 
@@ -221,9 +271,16 @@ def publish_release(pub, stack_file: str | os.PathLike, settings: StackSettings,
         raise StackError(f"{stack.origin}: a slot ({stack.name}) is published with "
                          "'stack nightly', not 'stack publish'")
     plan = plan_stack(stack, pub.fqrn, settings, pub=pub, force=force)
-    report = PublishReport(plan=plan.to_json())
+    report = PublishReport(plan=plan.to_json(), plan_text=plan.render_text())
     if dry_run:
         return report
+    with work_lock(settings.work_dir):
+        return _publish_release(pub, plan, settings, report, tag=tag, no_build=no_build)
+
+
+def _publish_release(pub, plan: StackPlan, settings: StackSettings, report: PublishReport, *,
+                     tag: str | None, no_build: bool) -> PublishReport:
+    stack = plan.stack
     builder = _builder(plan, settings)
     run = None
     todo = [p for p in plan.packages.values() if p.state == BUILD]
@@ -236,33 +293,45 @@ def publish_release(pub, stack_file: str | os.PathLike, settings: StackSettings,
         report.results = results_feed(run)
         bad = _failures(run)
         if bad:
-            raise StackError(f"{stack.name} on {plan.platform}: not published, builds "
-                             "failed: " + "; ".join(bad))
+            report.complete = False
+            raise StackBuildFailed(f"{stack.name} on {plan.platform}: not published, builds "
+                                   "failed: " + "; ".join(bad), report)
+    layout = plan.layout
     with contextlib.ExitStack() as held:
         txn = _transaction(pub, settings, held, tag, f"pycvmfs stack publish {stack.name}")
         view = held.enter_context(_head_view(pub, settings.work_dir))
         if view.revision != txn.head.revision:
-            raise StackError("the repository changed while the plan was made; retry")
+            raise StackError("the repository changed while the transaction opened; retry")
+        _revalidate(plan, view)
         writer = StackWriter(txn, plan, local=_local_getter(builder, [view]), view=view,
                              mtime=0)
         writer.mtime = newest_finish(writer.records())
         report.added = writer.add_builds()
-        ledger = NightlyLedger.load(plan.layout, view)
+        ledger = NightlyLedger.load(layout, view)
         for p in plan.packages.values():  # a release now owns these builds
             ledger.forget(p.rel)
-        if ledger.builds != NightlyLedger.load(plan.layout, view).builds:
-            writer._file(ledger.rel, ledger.dumps())
+        if ledger.builds != NightlyLedger.load(layout, view).builds:
+            writer.file(ledger.rel, ledger.dumps())
+        release_rel = layout.release_rel(stack.name)
+        links = frozenset(layout.release_link(stack.name, p.spec.dest, p.spec.version, p.short,
+                                              plan.platform)[0]
+                          for p in plan.packages.values())
+        prune_platform_links(txn, release_rel, plan.platform, links)  # packages dropped
         writer.release_links(stack.name)
-        writer.summaries(plan.layout.release_rel(stack.name))
-        vp = writer.write_view(plan.layout.view_rel(stack.name, plan.platform), stack.name) \
+        writer.summaries(release_rel)
+        vp = writer.write_view(layout.view_rel(stack.name, plan.platform), stack.name) \
             if stack.view.enabled else None
         if vp is not None:
             report.conflicts = [c.__dict__ for c in vp.conflicts]
         if run is not None:
-            writer.results(run, plan.layout.results_rel(stack.name, plan.platform))
+            writer.results(run, layout.results_rel(stack.name, plan.platform))
     report.publish = txn.summary.to_dict()
     report.revision = txn.summary.revision
     report.published = True
+    if tag and report.revision is None:  # nothing changed: tag the head as it is
+        head = pub.head()
+        if not any(t.name == tag and t.root_hash == head.root_catalog for t in pub.tags()):
+            pub.tag(tag, message=f"pycvmfs stack publish {stack.name}")
     return report
 
 
@@ -282,11 +351,18 @@ def publish_nightly(pub, stack_file: str | os.PathLike, settings: StackSettings,
                          "the description)")
     day = day or today()
     layout = StackLayout(pub.fqrn, stack.prefix)
-    layout.day_rel(stack.name, day)  # validates the day
+    layout.day_rel(stack.name, day)  # validates the slot and the day before any build
     plan = plan_stack(stack, pub.fqrn, settings, pub=pub)
-    report = PublishReport(plan=plan.to_json(), day=day)
+    report = PublishReport(plan=plan.to_json(), day=day, plan_text=plan.render_text())
     if dry_run:
         return report
+    with work_lock(settings.work_dir):
+        return _publish_nightly(pub, plan, settings, report, day=day, partial=partial)
+
+
+def _publish_nightly(pub, plan: StackPlan, settings: StackSettings, report: PublishReport, *,
+                     day: str, partial: bool) -> PublishReport:
+    stack, layout = plan.stack, plan.layout
     builder = _builder(plan, settings)
     run = builder.run()
     run.day = day
@@ -304,7 +380,8 @@ def publish_nightly(pub, stack_file: str | os.PathLike, settings: StackSettings,
                            f"pycvmfs stack nightly {stack.name} {day}")
         view = held.enter_context(_head_view(pub, settings.work_dir))
         if view.revision != txn.head.revision:
-            raise StackError("the repository changed while the plan was made; retry")
+            raise StackError("the repository changed while the transaction opened; retry")
+        _revalidate(good, view)
         writer = StackWriter(txn, good, local=_local_getter(builder, [view]), view=view,
                              mtime=int(run.finished))
         ledger = NightlyLedger.load(layout, view)
@@ -320,22 +397,24 @@ def publish_nightly(pub, stack_file: str | os.PathLike, settings: StackSettings,
             if rel in keep:
                 continue
             ledger.forget(rel)
-            if writer.exists(rel):
-                txn.remove(rel)
-        writer._file(ledger.rel, ledger.dumps())
+            writer.remove_build(rel)
+        writer.file(ledger.rel, ledger.dumps())
         writer.nightly_links(stack.name, day)
         day_rel = layout.day_rel(stack.name, day)
         writer.summaries(day_rel, directory_base=layout.abs(day_rel))
-        writer._file(layout.marker_rel(stack.name, day, good.platform, unstable=bool(bad)), b"")
+        writer.file(layout.marker_rel(stack.name, day, good.platform, unstable=bool(bad)), b"")
+        link, target = layout.latest_link(stack.name, day, good.platform)
         if stack.view.enabled:
             vp = writer.write_view(layout.nightly_view_rel(stack.name, day, good.platform),
                                    stack.name)
             report.conflicts = [c.__dict__ for c in vp.conflicts]
-            if not bad:
-                link, target = layout.latest_link(stack.name, day, good.platform)
-                if writer.exists(link):
-                    txn.remove(link)
-                writer._symlink(link, target)
+        latest = txn.lookup(repo_path(link))
+        if not bad and stack.view.enabled:
+            if latest is not None:
+                txn.remove(link)
+            writer.symlink(link, target)
+        elif latest is not None and latest.symlink == target.encode():
+            txn.remove(link)  # it pointed at this day, which is no longer complete
         writer.results(run, layout.results_rel(stack.name, good.platform, day))
     report.publish = txn.summary.to_dict()
     report.revision = txn.summary.revision

@@ -56,10 +56,10 @@ class StackWriter:
         s = self.txn.pub.settings
         return Meta(perm, self.mtime, s.owner_uid or 0, s.owner_gid or 0)
 
-    def _file(self, rel: str, data: bytes, mode: int = 0o644) -> None:
+    def file(self, rel: str, data: bytes, mode: int = 0o644) -> None:
         self.txn.add_file(rel, data, mode=mode, mtime=self.mtime)
 
-    def _symlink(self, rel: str, target: str) -> None:
+    def symlink(self, rel: str, target: str) -> None:
         self._mkdirs(posixpath.dirname(rel))
         self.txn.symlink(rel, target, mtime=self.mtime)
 
@@ -75,11 +75,28 @@ class StackWriter:
         return self.txn.lookup(repo_path(rel)) is not None
 
     def record(self, p: PlannedPackage) -> dict:
-        """The build record of ``p`` (from its local tree, else from the repository)."""
+        """The build record of ``p``: the published one when it is published (whichever node
+        writes, the generated files come out the same), else its local tree's."""
         if p.name not in self._records:
-            local = self.local(p)
-            self._records[p.name] = json.loads((local / RECORD_FILE).read_bytes())
+            if p.state == PUBLISHED and p.record is not None:
+                self._records[p.name] = p.record
+            else:
+                local = self.local(p)
+                self._records[p.name] = json.loads((local / RECORD_FILE).read_bytes())
         return self._records[p.name]
+
+    def remove_build(self, rel: str) -> None:
+        """Delete a build and the ``<version>-<hash>`` and ``<dir>`` directories it leaves
+        empty (up to ``releases/``)."""
+        if not self.exists(rel):
+            return
+        self.txn.remove(rel)
+        parent = posixpath.dirname(rel)
+        while parent != self.layout.releases and parent.startswith(self.layout.releases + "/"):
+            if self.txn.tree.listdir(repo_path(parent)):
+                break
+            self.txn.remove(parent)
+            parent = posixpath.dirname(parent)
 
     def records(self) -> list[dict]:
         return [self.record(p) for p in self.plan.packages.values()]
@@ -89,8 +106,11 @@ class StackWriter:
         """Every package not yet published, each below its hashed prefix as a nested catalog;
         a published prefix is left exactly as it is."""
         for p in self.plan.packages.values():
-            if p.state == PUBLISHED or self.exists(p.rel):
+            if p.state == PUBLISHED:
                 continue
+            if self.exists(p.rel):
+                raise StackError(f"{p.name}: /{p.rel} exists but holds no build record of "
+                                 f"{p.full[:12]}; a published build is never overwritten")
             local = self.local(p)
             rec = json.loads((local / RECORD_FILE).read_bytes())
             if rec.get("hash") != p.full:
@@ -108,13 +128,13 @@ class StackWriter:
         for p in self.plan.packages.values():
             link, target = self.layout.release_link(release, p.spec.dest, p.spec.version,
                                                     p.short, self.plan.platform)
-            self._symlink(link, target)
+            self.symlink(link, target)
 
     def nightly_links(self, slot: str, day: str) -> None:
         for p in self.plan.packages.values():
             link, target = self.layout.nightly_link(slot, day, p.spec.dest, p.spec.version,
                                                     p.short, self.plan.platform)
-            self._symlink(link, target)
+            self.symlink(link, target)
 
     # -- summaries -----------------------------------------------------------------------------
     def summaries(self, where_rel: str, *, directory_base: str | None = None) -> None:
@@ -129,9 +149,9 @@ class StackWriter:
         for kind, summary in made.items():
             if kind != "externals" and not summary.entries:
                 continue
-            self._file(self.layout.summary_rel(where_rel, kind, self.plan.platform),
+            self.file(self.layout.summary_rel(where_rel, kind, self.plan.platform),
                        render_summary(summary).encode())
-            self._file(self.layout.summary_rel(where_rel, kind, self.plan.platform, "json"),
+            self.file(self.layout.summary_rel(where_rel, kind, self.plan.platform, "json"),
                        _json_bytes(summary_json(summary, records)))
 
     # -- the view ------------------------------------------------------------------------------
@@ -179,9 +199,9 @@ class StackWriter:
                     self.txn.remove(rel)
                 self.txn.symlink(rel, e.target, mtime=self.mtime)
             else:
-                self._file(rel, e.content or b"")
+                self.file(rel, e.content or b"")
         for fname, data in generated.items():
-            self._file(f"{view_rel}/{fname}", data)
+            self.file(f"{view_rel}/{fname}", data)
         return vp
 
     def _prune(self, top: str, keep: set[str]) -> None:
@@ -203,9 +223,9 @@ class StackWriter:
     # -- CI results ----------------------------------------------------------------------------
     def results(self, run: RunResults, rel: str) -> None:
         self._mkdirs(rel)
-        self._file(f"{rel}/results.json", _json_bytes(results_feed(run)))
-        self._file(f"{rel}/Build.xml", build_xml(run))
-        self._file(f"{rel}/Test.xml", test_xml(run))
+        self.file(f"{rel}/results.json", _json_bytes(results_feed(run)))
+        self.file(f"{rel}/Build.xml", build_xml(run))
+        self.file(f"{rel}/Test.xml", test_xml(run))
 
 
 def _ctime(t: int) -> str:
