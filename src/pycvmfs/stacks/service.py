@@ -89,13 +89,15 @@ class PublishReport:
 def _published_lookups(view, layout: StackLayout):
     """``published(rel)`` and ``taken(dest, version, short)`` on a revision view."""
 
+    seen: dict[str, dict | None] = {}
+
     def published(rel: str) -> dict | None:
         if view is None:
             return None
-        path = f"{rel}/{RECORD_FILE}"
-        if not view.exists(path):
-            return None
-        return json.loads(view.read_bytes(path))
+        if rel not in seen:
+            path = f"{rel}/{RECORD_FILE}"
+            seen[rel] = json.loads(view.read_bytes(path)) if view.exists(path) else None
+        return seen[rel]
 
     def taken(dest: str, version: str, short: str) -> str | None:
         if view is None:
@@ -117,7 +119,10 @@ def _head_view(pub, work_dir: Path):
     if pub is None:
         yield None
         return
-    reader = pub.open_reader(os.path.join(work_dir, "reader-cache"))
+    import hashlib
+
+    where = hashlib.sha1(str(pub.config.storage).encode()).hexdigest()[:16]
+    reader = pub.open_reader(os.path.join(work_dir, "reader-cache", where))
     view = reader.open_revision()
     try:
         yield view
