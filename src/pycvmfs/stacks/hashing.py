@@ -323,10 +323,10 @@ def package_platform(spec: PackageSpec, stack_platform: Platform) -> Platform:
     return stack_platform if spec.iset else stack_platform.naked
 
 
-def stack_hashes(stack: Stack, order: Sequence[str], deps: Callable[[str], Sequence[str]], *,
-                 toolchain: Toolchain, store_root: str) -> dict[str, str]:
-    """Full hashes of the packages named in ``order`` (dependencies first); ``deps(name)`` are
-    a package's direct dependencies as resolved for this stack."""
+def _merkle(stack: Stack, order: Sequence[str], deps: Callable[[str], Sequence[str]],
+            hash_one: Callable[[PackageSpec, dict[str, str]], str]) -> dict[str, str]:
+    """``hash_one(spec, dependency hashes)`` of every package in ``order`` (dependencies
+    first), each given the hashes of its direct dependencies already computed."""
     out: dict[str, str] = {}
     for name in order:
         spec = stack.packages.get(name)
@@ -338,10 +338,17 @@ def stack_hashes(stack: Stack, order: Sequence[str], deps: Callable[[str], Seque
                 raise StackError(f"{name}: dependency {dep} is not hashed before it "
                                  "(the order is not dependencies-first)")
             dep_hashes[dep] = out[dep]
-        out[name] = package_hash(spec, platform=package_platform(spec, stack.platform),
-                                 toolchain=toolchain, store_root=store_root,
-                                 stack_env=stack.env, dep_hashes=dep_hashes)
+        out[name] = hash_one(spec, dep_hashes)
     return out
+
+
+def stack_hashes(stack: Stack, order: Sequence[str], deps: Callable[[str], Sequence[str]], *,
+                 toolchain: Toolchain, store_root: str) -> dict[str, str]:
+    """Full hashes of the packages named in ``order`` (dependencies first); ``deps(name)`` are
+    a package's direct dependencies as resolved for this stack."""
+    return _merkle(stack, order, deps, lambda spec, dep_hashes: package_hash(
+        spec, platform=package_platform(spec, stack.platform), toolchain=toolchain,
+        store_root=store_root, stack_env=stack.env, dep_hashes=dep_hashes))
 
 
 def recipe_hashes(stack: Stack, order: Sequence[str],
@@ -350,20 +357,8 @@ def recipe_hashes(stack: Stack, order: Sequence[str],
     of a stack, so the display hash in ``<dir>/<version>-<hash>/<platform>`` is shared by the
     platforms. Everything :func:`package_hash` covers except the platform, the toolchain and
     the store root."""
-    out: dict[str, str] = {}
-    for name in order:
-        spec = stack.packages.get(name)
-        if spec is None:
-            raise StackError(f"{name}: not a package of stack {stack.name}")
-        dep_recipes: dict[str, str] = {}
-        for dep in deps(name):
-            if dep not in out:
-                raise StackError(f"{name}: dependency {dep} is not hashed before it "
-                                 "(the order is not dependencies-first)")
-            dep_recipes[dep] = out[dep]
-        doc = recipe_inputs(spec, stack_env=stack.env, dep_recipes=dep_recipes)
-        out[name] = hashlib.sha256(canonical_json(doc)).hexdigest()
-    return out
+    return _merkle(stack, order, deps, lambda spec, dep_recipes: hashlib.sha256(canonical_json(
+        recipe_inputs(spec, stack_env=stack.env, dep_recipes=dep_recipes))).hexdigest())
 
 
 def display_hashes(full: Mapping[str, str], specs: Mapping[str, PackageSpec], *,
