@@ -272,7 +272,7 @@ def test_build_failure_names_its_log(built: Built):
     req = _request(PackageSpec(name="broken", version="1", build="echo about to fail\nfalse"))
     with pytest.raises(BuildError) as err:
         built.builder.build(req)
-    log = built.work / "logs" / f"broken-{req.short}" / "build.log"
+    log = built.work / "logs" / f"broken-{req.full_hash[:16]}" / "build.log"
     assert str(log) in str(err.value) and "exit status 1" in str(err.value)
     assert err.value.log == str(log)
     assert log.read_text() == "about to fail\n"
@@ -383,5 +383,5 @@ $CC $CFLAGS -DDATADIR="\\"$PREFIX/share\\"" prog.c -o "$PREFIX/bin/prog" $LDFLAG
     msg = str(err.value)
     assert f"leftover build path {stage} in bin/prog (binary)" in msg
     assert "relocate check failed" in msg
-    assert str(built.work / "logs" / f"datadir-{req.short}" / "build.log") in msg
+    assert str(built.work / "logs" / f"datadir-{req.full_hash[:16]}" / "build.log") in msg
     assert not (built.work / "installs" / req.full_hash).exists()
