@@ -4,7 +4,9 @@ A description names one release (``release: LCG_900``) or nightly slot (``slot: 
 platform, the repository folder (``prefix``), the stack-wide build environment, the roots of the
 build (``top``), view settings and the packages (version, source, dependencies, recipe, patches,
 conditions). Every key is checked; an unknown one is an error naming the file and the key, with
-a "did you mean" when a known key is close.
+a "did you mean" when a known key is close. This module reads the files (YAML through a strict
+loader, or TOML), layers them and writes a stack back out; the checks of each value and of one
+package entry are :mod:`pycvmfs.stacks.packagefields`.
 
 Files are layered: ``include:`` names other descriptions (relative to the including file), read
 first, in order, recursively (a cycle is an error; a file reached twice is read once). Later
@@ -25,8 +27,6 @@ description is loaded; the mapping form ``{path, strip, sha256}`` may also pin t
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import os
 import re
 import tomllib
@@ -38,50 +38,39 @@ from typing import Any
 import yaml
 
 from pycvmfs.errors import StackError
-from pycvmfs.stacks.model import Condition, PackageSpec, Patch, Source, Stack, ViewSettings
+from pycvmfs.stacks.model import PackageSpec, Stack, ViewSettings
+from pycvmfs.stacks.packagefields import PACKAGE_KEYS as PACKAGE_KEYS
+from pycvmfs.stacks.packagefields import (
+    PACKAGE_NAME,
+    WHEN_KEYS,
+    YamlFloat,
+    YamlInt,
+    as_bool,
+    as_mapping,
+    as_text,
+    check_keys,
+    did_you_mean,
+    env_vars,
+    kind_of,
+    package_names,
+    package_spec,
+    rel_path,
+    str_list,
+)
 from pycvmfs.stacks.platform import Platform, host_platform
 
 __all__ = ["PACKAGE_NAME", "did_you_mean", "dump_stack", "load_stack", "stack_to_dict",
            "to_yaml"]
 
-PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.+-]+\Z")
-_PATH_PART = re.compile(r"[A-Za-z0-9_.+-]+\Z")
-_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-_COMMIT = re.compile(r"[0-9a-f]{40}\Z")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+\Z")
 _FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(\.[A-Za-z0-9][A-Za-z0-9-]*)+\Z")
 
 TOP_KEYS = ("release", "slot", "platform", "prefix", "repository", "include", "env", "top",
             "view", "packages")
-PACKAGE_KEYS = ("version", "source", "depends", "build", "test", "directory", "patches", "env",
-                "relocate", "iset", "metadata", "when")
-_SOURCE_KEYS = ("url", "sha256", "git", "commit")
 _VIEW_KEYS = ("enabled", "priority", "exclude", "pythonpath", "absolute_links")
-_WHEN_KEYS = ("os", "arch", "compiler", "buildtype")
-_PATCH_KEYS = ("path", "strip", "sha256")
-
-
-def did_you_mean(word: str, choices: Any) -> str:
-    """`` (did you mean X?)`` when one of ``choices`` is close to ``word``, else ``""``."""
-    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 # -- reading files ----------------------------------------------------------------------------
-
-class _YamlInt(int):
-    """A YAML integer that remembers how it was written (``010`` stays ``010``)."""
-
-    text: str
-
-
-class _YamlFloat(float):
-    """A YAML float that remembers how it was written, for the "quote it" error."""
-
-    text: str
-
 
 class _Loader(yaml.SafeLoader):
     """Safe YAML, with numbers keeping their text and duplicate mapping keys refused."""
@@ -101,13 +90,13 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
-    value = _YamlInt(yaml.SafeLoader.construct_yaml_int(loader, node))
+    value = YamlInt(yaml.SafeLoader.construct_yaml_int(loader, node))
     value.text = node.value
     return value
 
 
 def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> float:
-    value = _YamlFloat(yaml.SafeLoader.construct_yaml_float(loader, node))
+    value = YamlFloat(yaml.SafeLoader.construct_yaml_float(loader, node))
     value.text = node.value
     return value
 
@@ -135,219 +124,8 @@ def _read_file(path: Path, shown: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise StackError(f"{shown}: a description is a mapping of keys, not {_kind(data)}")
+        raise StackError(f"{shown}: a description is a mapping of keys, not {kind_of(data)}")
     return data
-
-
-# -- value checks -----------------------------------------------------------------------------
-
-def _kind(value: Any) -> str:
-    return {bool: "a boolean", _YamlInt: "a number", int: "a number", _YamlFloat: "a number",
-            float: "a number", list: "a list", dict: "a mapping", str: "a string",
-            type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _check_keys(data: Mapping, allowed: tuple[str, ...], where: str, what: str) -> None:
-    for key in data:
-        if key not in allowed:
-            raise StackError(f"{where}: unknown {what} {key!r}{did_you_mean(str(key), allowed)}; "
-                             f"known: {', '.join(allowed)}")
-
-
-def _text(value: Any, where: str, field: str, *, numbers: bool = True) -> str:
-    """A string field; integers (as written) too when ``numbers``; floats refused."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float):
-        written = getattr(value, "text", repr(value))
-        raise StackError(f"{where}: {field} {written} was read as the number {value!r}; "
-                         f"quote it (\"{written}\") so it is kept as written")
-    if numbers and isinstance(value, int) and not isinstance(value, bool):
-        return value.text if isinstance(value, _YamlInt) else str(value)
-    raise StackError(f"{where}: {field} must be a string, not {_kind(value)}")
-
-
-def _bool(value: Any, where: str, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise StackError(f"{where}: {field} must be true or false, not {_kind(value)}")
-    return value
-
-
-def _mapping(value: Any, where: str, field: str) -> Mapping:
-    if not isinstance(value, Mapping):
-        raise StackError(f"{where}: {field} must be a mapping, not {_kind(value)}")
-    return value
-
-
-def _str_list(value: Any, where: str, field: str) -> list[str]:
-    """A list of strings; a single string counts as a list of one."""
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise StackError(f"{where}: {field} must be a list, not {_kind(value)}")
-    return [_text(v, where, f"{field} entry") for v in value]
-
-
-def _names(value: Any, where: str, field: str) -> tuple[str, ...]:
-    """Package names, checked, in order, without repeats."""
-    out: dict[str, None] = {}
-    for name in _str_list(value, where, field):
-        if not PACKAGE_NAME.match(name):
-            raise StackError(f"{where}: {field} names {name!r}, which is not a package name")
-        out[name] = None
-    return tuple(out)
-
-
-def _env(value: Any, where: str) -> dict[str, str]:
-    out = {}
-    for key, val in _mapping(value, where, "env").items():
-        if not isinstance(key, str) or not _ENV_NAME.match(key):
-            raise StackError(f"{where}: env variable name {key!r} is not a valid name")
-        out[key] = _text(val, where, f"env {key}", numbers=False)
-    return out
-
-
-def _rel_path(value: Any, where: str, field: str) -> str:
-    """A relative folder path: no leading ``/``, no ``..``/``.``, plain names only."""
-    text = _text(value, where, field)
-    parts = text.rstrip("/").split("/")
-    if text.startswith("/") or not all(p and p not in (".", "..") and _PATH_PART.match(p)
-                                       for p in parts):
-        raise StackError(f"{where}: {field} {text!r} must be a relative path of plain names "
-                         "(no leading '/', no '..', letters, digits and _.+- only)")
-    return "/".join(parts)
-
-
-# -- packages ---------------------------------------------------------------------------------
-
-def _version(value: Any, where: str) -> str:
-    if value is None:
-        raise StackError(f"{where}: version is missing")
-    text = _text(value, where, "version")
-    if not text or re.search(r"[\s/]", text):
-        raise StackError(f"{where}: version {text!r} must be non-empty, "
-                         "without '/' or whitespace")
-    return text
-
-
-def _source(value: Any, where: str) -> Source | None:
-    if value is None:
-        return None
-    data = _mapping(value, where, "source")
-    _check_keys(data, _SOURCE_KEYS, f"{where}: source", "key")
-    if "url" in data and "git" in data:
-        raise StackError(f"{where}: source has both url and git; give one of them")
-    if "url" in data:
-        urls = tuple(dict.fromkeys(_str_list(data["url"], where, "source url")))
-        if not urls:
-            raise StackError(f"{where}: source url list is empty")
-        for url in urls:
-            if not _URL.match(url):
-                raise StackError(f"{where}: source url {url!r} is not a URL (scheme://...)")
-        if "commit" in data:
-            raise StackError(f"{where}: source commit goes with git, not with url")
-        if "sha256" not in data:
-            raise StackError(f"{where}: source url {urls[0]} needs a sha256")
-        digest = _text(data["sha256"], where, "source sha256").lower()
-        if not _SHA256.match(digest):
-            raise StackError(f"{where}: source sha256 {digest!r} is not 64 hex digits")
-        return Source(urls=urls, sha256=digest)
-    if "git" in data:
-        repo = _text(data["git"], where, "source git")
-        if not repo or re.search(r"\s", repo):
-            raise StackError(f"{where}: source git {repo!r} is not a repository URL")
-        if "sha256" in data:
-            raise StackError(f"{where}: source sha256 goes with url, not with git")
-        if "commit" not in data:
-            raise StackError(f"{where}: source git {repo} needs a commit (the full sha1)")
-        commit = _text(data["commit"], where, "source commit").lower()
-        if not _COMMIT.match(commit):
-            raise StackError(f"{where}: source commit {commit!r} is not a full sha1 "
-                             "(40 hex digits; branches and tags move)")
-        return Source(git=repo, commit=commit)
-    if data:
-        raise StackError(f"{where}: source needs url (with sha256) or git (with commit)")
-    return None
-
-
-def _script(value: Any, where: str, field: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return "\n".join(_text(line, where, f"{field} line", numbers=False) for line in value)
-    return _text(value, where, field, numbers=False)
-
-
-def _patch(entry: Any, where: str, base_dir: Path) -> Patch:
-    pinned = None
-    strip = 1
-    if isinstance(entry, Mapping):
-        _check_keys(entry, _PATCH_KEYS, f"{where}: patch", "key")
-        if "path" not in entry:
-            raise StackError(f"{where}: patch entry without path")
-        given = _text(entry["path"], where, "patch path", numbers=False)
-        if "strip" in entry:
-            strip = entry["strip"]
-            if isinstance(strip, bool) or not isinstance(strip, int) or strip < 0:
-                raise StackError(f"{where}: patch {given} strip must be a whole number >= 0")
-            strip = int(strip)
-        if "sha256" in entry:
-            pinned = _text(entry["sha256"], where, "patch sha256").lower()
-    else:
-        given = _text(entry, where, "patch", numbers=False)
-    path = Path(os.path.abspath(base_dir / given))
-    try:
-        with path.open("rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError as e:
-        raise StackError(f"{where}: patch {given} cannot be read ({path}: "
-                         f"{e.strerror})") from e
-    if pinned is not None and pinned != digest:
-        raise StackError(f"{where}: patch {path} has sha256 {digest}, the description "
-                         f"says {pinned}")
-    return Patch(path=str(path), sha256=digest, strip=strip)
-
-
-def _condition(value: Any, where: str) -> Condition:
-    if value is None:
-        return Condition()
-    data = _mapping(value, where, "when")
-    _check_keys(data, _WHEN_KEYS, f"{where}: when", "key")
-    return Condition(**{k: tuple(_str_list(v, where, f"when {k}")) for k, v in data.items()})
-
-
-def _metadata(value: Any, where: str) -> tuple[tuple[str, str], ...]:
-    data = _mapping(value, where, "metadata")
-    return tuple(sorted((str(k), _text(v, where, f"metadata {k}")) for k, v in data.items()))
-
-
-def _package(name: str, body: Any, where: str, base_dir: Path) -> PackageSpec:
-    """One package entry of one file, checked; patches read and hashed."""
-    data = _mapping(body, where, "a package")
-    _check_keys(data, PACKAGE_KEYS, where, "package field")
-    directory = _rel_path(data["directory"], where, "directory") if "directory" in data else ""
-    return PackageSpec(
-        name=name,
-        version=_version(data.get("version"), where),
-        source=_source(data.get("source"), where),
-        depends=_names(data.get("depends", []), where, "depends"),
-        build=_script(data.get("build"), where, "build") or "",
-        test=_script(data.get("test"), where, "test"),
-        directory="" if directory == name else directory,
-        patches=tuple(_patch(p, where, base_dir) for p in _plain_list(data.get("patches", []),
-                                                                       where, "patches")),
-        env=tuple(sorted(_env(data.get("env", {}), where).items())),
-        relocate=_bool(data.get("relocate", False), where, "relocate"),
-        iset=_bool(data.get("iset", False), where, "iset"),
-        metadata=_metadata(data.get("metadata", {}), where),
-        when=_condition(data.get("when"), where),
-    )
-
-
-def _plain_list(value: Any, where: str, field: str) -> list:
-    if not isinstance(value, list):
-        raise StackError(f"{where}: {field} must be a list, not {_kind(value)}")
-    return value
 
 
 # -- layering ---------------------------------------------------------------------------------
@@ -401,8 +179,8 @@ class _Layers:
 
     def apply(self, data: Mapping, origin: str, base_dir: Path) -> None:
         """One layer: its includes first, then its own keys."""
-        _check_keys(data, TOP_KEYS, origin, "key")
-        for inc in _str_list(data.get("include", []), origin, "include"):
+        check_keys(data, TOP_KEYS, origin, "key")
+        for inc in str_list(data.get("include", []), origin, "include"):
             if not (base_dir / inc).is_file():
                 raise StackError(f"{origin}: included file {inc} not found "
                                  f"({base_dir / inc})")
@@ -411,36 +189,36 @@ class _Layers:
             raise StackError(f"{origin}: give either release or slot, not both")
         for kind in ("release", "slot"):
             if kind in data:
-                name = _text(data[kind], origin, kind)
+                name = as_text(data[kind], origin, kind)
                 if not _STACK_NAME.match(name):
                     raise StackError(f"{origin}: {kind} name {name!r} may hold only letters, "
                                      "digits and _.+-")
                 self.name = (kind, name)
         if "platform" in data:
-            text = _text(data["platform"], origin, "platform")
+            text = as_text(data["platform"], origin, "platform")
             try:
                 self.platform = Platform.parse(text)
             except StackError as e:
                 raise StackError(f"{origin}: {e}") from e
         if "prefix" in data:
-            self.prefix = _rel_path(data["prefix"], origin, "prefix")
+            self.prefix = rel_path(data["prefix"], origin, "prefix")
         if "repository" in data:
-            fqrn = _text(data["repository"], origin, "repository")
+            fqrn = as_text(data["repository"], origin, "repository")
             if not _FQRN.match(fqrn):
                 raise StackError(f"{origin}: repository {fqrn!r} is not a repository name "
                                  "(e.g. sft.example.org)")
             self.repository = fqrn
         if "env" in data:
-            self.env.update(_env(data["env"], origin))
+            self.env.update(env_vars(data["env"], origin))
         if "top" in data:
-            self.top, self.top_origin = _names(data["top"], origin, "top"), origin
+            self.top, self.top_origin = package_names(data["top"], origin, "top"), origin
         if "view" in data:
             self.view.update(_view(data["view"], origin))
-        for name, body in _mapping(data.get("packages", {}), origin, "packages").items():
+        for name, body in as_mapping(data.get("packages", {}), origin, "packages").items():
             self._package(name, body, origin, base_dir)
 
     def _package(self, name: Any, body: Any, origin: str, base_dir: Path) -> None:
-        if isinstance(name, _YamlInt):
+        if isinstance(name, YamlInt):
             name = name.text
         if not isinstance(name, str) or not PACKAGE_NAME.match(name):
             raise StackError(f"{origin}: {name!r} is not a package name "
@@ -455,7 +233,7 @@ class _Layers:
                 self.warnings.append(f"{origin}: package {name} {old.spec.version} from "
                                      f"{old.origin} removed")
             return
-        spec = _package(name, body, f"{origin}: package {name}", base_dir)
+        spec = package_spec(name, body, f"{origin}: package {name}", base_dir)
         if old is not None:
             self.warnings.append(f"{origin}: package {name} {old.spec.version} from "
                                  f"{old.origin} replaced by {spec.version}")
@@ -496,14 +274,14 @@ class _Layers:
 
 
 def _view(value: Any, where: str) -> dict[str, Any]:
-    data = _mapping(value, where, "view")
-    _check_keys(data, _VIEW_KEYS, f"{where}: view", "key")
+    data = as_mapping(value, where, "view")
+    check_keys(data, _VIEW_KEYS, f"{where}: view", "key")
     out: dict[str, Any] = {}
     for key, val in data.items():
         if key in ("priority", "exclude"):
-            out[key] = _names(val, where, f"view {key}")
+            out[key] = package_names(val, where, f"view {key}")
         else:
-            out[key] = _bool(val, where, f"view {key}")
+            out[key] = as_bool(val, where, f"view {key}")
     return out
 
 
@@ -520,7 +298,7 @@ def load_stack(path: str | os.PathLike[str], *, platform: Platform | str | None 
         raise StackError(f"stack description {root} not found")
     layers.read(root)
     if overrides is not None:
-        layers.apply(_mapping(overrides, "overrides", "overrides"), "overrides", root.parent)
+        layers.apply(as_mapping(overrides, "overrides", "overrides"), "overrides", root.parent)
     return layers.stack(str(root), platform)
 
 
@@ -571,7 +349,7 @@ def _package_dict(spec: PackageSpec) -> dict[str, Any]:
         out["iset"] = True
     if spec.metadata:
         out["metadata"] = dict(spec.metadata)
-    when = {k: list(getattr(spec.when, k)) for k in _WHEN_KEYS if getattr(spec.when, k)}
+    when = {k: list(getattr(spec.when, k)) for k in WHEN_KEYS if getattr(spec.when, k)}
     if when:
         out["when"] = when
     return out
