@@ -418,5 +418,5 @@ def test_dump_of_a_layered_stack_is_self_contained(tmp_path: Path) -> None:
 def test_a_mapping_key_that_is_a_list_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "stack.yaml"
     path.write_text("release: LCG_1\npackages:\n  ? [a, b]\n  : {version: '1'}\n")
-    with pytest.raises(StackError, match="stack.yaml"):
+    with pytest.raises(StackError, match=r"stack\.yaml"):
         load_stack(path, platform="x86_64-el9-gcc13-opt")
