@@ -138,3 +138,29 @@ def test_a_release_planned_before_retention_deleted_its_builds_publishes_them_ag
     with head_view(stack_pub, tmp_path / "rc") as v:
         assert zeta.rel in report.added
         assert v.lstat(f"lcg/releases/LCG_900/zeta/1.0/{PLAT}/lib/libzeta.so.1").is_file
+
+
+def test_nightly_rm_takes_a_day_then_the_whole_slot_out_with_its_builds(tmp_path, stack_pub,
+                                                                         node):
+    from pycvmfs.stacks.service import remove_nightly
+
+    mon = publish_nightly(stack_pub, tiny_stack(tmp_path / "a", slot="dev4"), node(),
+                          day="Mon")
+    tue = publish_nightly(stack_pub, tiny_stack(tmp_path / "b", slot="dev4", zeta_base=80),
+                          node(), day="Tue")
+    publish_release(stack_pub, tiny_stack(tmp_path / "r"), node())  # shares Monday's builds
+    out = remove_nightly(stack_pub, "dev4", node(), day="Tue")
+    assert out["removed"] == [f"dev4/Tue/{PLAT}"]
+    tue_zeta = f"lcg/releases/zeta/1.0-{_short(tue, 'zeta')}/{PLAT}"
+    assert tue_zeta in out["deleted_builds"]
+    with head_view(stack_pub, tmp_path / "rc") as v:
+        assert not v.exists(f"{DAY}/Tue") and v.exists(f"{DAY}/Mon/isDone-{PLAT}")
+        assert not v.exists(tue_zeta)
+        assert not v.exists(f"lcg/releases/zeta/1.0-{_short(tue, 'zeta')}")  # no empty dir
+    out = remove_nightly(stack_pub, "dev4", node())
+    assert out["removed"] == [f"dev4/Mon/{PLAT}"] and out["deleted_builds"] == []
+    with head_view(stack_pub, tmp_path / "rc2") as v:
+        assert not v.exists("lcg/nightlies/dev4") and not v.exists("lcg/views/dev4")
+        # the release's builds (Monday's too) stay
+        assert v.exists(f"lcg/releases/zeta/1.0-{_short(mon, 'zeta')}/{PLAT}/lib/libzeta.so.1")
+        assert v.exists(f"lcg/releases/LCG_900/eta/2.1/{PLAT}/bin/eta")

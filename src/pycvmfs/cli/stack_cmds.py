@@ -97,8 +97,8 @@ def stack() -> None:
     published as one transaction.
 
     \b
-    Verbs: plan, build, publish, nightly, show, diff, graph, import-heptools,
-    ci generate, export spack.
+    Verbs: plan, build, publish, nightly, nightly-rm, show, diff, graph,
+    import-heptools, ci generate, export spack.
     """
 
 
@@ -254,6 +254,38 @@ def nightly_cmd(fqrn, stack_file, slot, day, partial, dry_run, lock_wait, platfo
     _publish_report(report, as_json)
     if not report.complete:
         sys.exit(1)
+
+
+@stack.command(name="nightly-rm")
+@click.argument("fqrn")
+@click.option("--slot", required=True)
+@click.option("--day", type=click.Choice(["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]),
+              help="Only this day (default: the whole ring).")
+@click.option("--platform", metavar="PLATFORM", help="Only this platform (default: all).")
+@click.option("--top", default="lcg", show_default=True)
+@click.option("--lock-wait", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS")
+@click.option("--work", type=click.Path(file_okay=False), envvar="PYCVMFS_STACK_WORK")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+def nightly_rm_cmd(fqrn, slot, day, platform, top, lock_wait, work, as_json, config_dir):
+    """Take a slot (or one day or platform of it) out of the repository, with the builds only
+    it used: for slots and platforms that stopped running (a running slot's days are replaced
+    by the ring)."""
+    from pycvmfs.stacks.service import remove_nightly
+
+    pub = _open(fqrn, config_dir)
+    settings = _settings(work, None, 1, None, "auto", False, None, pub=pub,
+                         lock_wait=lock_wait)
+    out = remove_nightly(pub, slot, settings, day=day, platform=platform, top=top)
+    if as_json:
+        emit_json(out)
+        return
+    for ref in out["removed"]:
+        click.echo(f"removed  {ref}")
+    for rel in out["deleted_builds"]:
+        click.echo(f"deleted  /{rel}")
+    click.echo("nothing changed" if out["revision"] is None
+               else f"published revision {out['revision']}")
 
 
 # -- reading ---------------------------------------------------------------------------------

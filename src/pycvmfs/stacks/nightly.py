@@ -18,7 +18,7 @@ from pycvmfs.format.dirent import Flags
 from pycvmfs.publish.transaction import repo_path
 from pycvmfs.stacks.layout import DAYS, StackLayout
 
-__all__ = ["NightlyLedger", "clear_day", "prune_platform_links", "today"]
+__all__ = ["NightlyLedger", "clear_day", "day_platforms", "prune_platform_links", "today"]
 
 LEDGER = ".pycvmfs-nightly-builds.json"
 
@@ -116,6 +116,21 @@ def clear_day(txn, layout: StackLayout, slot: str, day: str, platform: str) -> s
             txn.remove(rel)
     _remove_platform_links(txn, day_rel, platform)
     return f"{slot}/{day}/{platform}"
+
+
+def day_platforms(txn, layout: StackLayout, slot: str, day: str) -> set[str]:
+    """The platforms ``slot``/``day`` holds (by their markers and summaries)."""
+    day_rel = layout.day_rel(slot, day)
+    if txn.lookup(repo_path(day_rel)) is None:
+        return set()
+    found = set()
+    for raw, _row in txn.tree.listdir(repo_path(day_rel)):
+        name = raw.decode("utf-8", "surrogateescape")
+        for prefix in ("isDone-unstable-", "isDone-", "LCG_externals_", "LCG_generators_"):
+            if name.startswith(prefix):
+                found.add(name[len(prefix):].removesuffix(".txt").removesuffix(".json"))
+                break
+    return found
 
 
 def _remove_platform_links(txn, day_rel: str, platform: str,

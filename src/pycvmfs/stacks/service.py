@@ -21,6 +21,7 @@ from pycvmfs.stacks.model import Stack
 from pycvmfs.stacks.nightly import (
     NightlyLedger,
     clear_day,
+    day_platforms,
     prune_platform_links,
     release_references,
     today,
@@ -427,4 +428,56 @@ def _publish_nightly(pub, plan: StackPlan, settings: StackSettings, report: Publ
     return report
 
 
-__all__ += ["CACHED", "PUBLISHED"]
+def remove_nightly(pub, slot: str, settings: StackSettings, *, day: str | None = None,
+                   platform: str | None = None, top: str = "lcg") -> dict:
+    """Take a slot's days out (all of them, or ``day``; every platform, or ``platform``) in one
+    transaction: links, markers, summaries, views, results and ``latest``; the builds only
+    those days used are deleted (never one a release or another day uses)."""
+    from pycvmfs.stacks.layout import DAYS
+
+    layout = StackLayout(pub.fqrn, top)
+    layout.nightly_rel(slot)
+    days = [day] if day else list(DAYS)
+    for d in days:
+        layout.day_rel(slot, d)
+    removed: list[str] = []
+    deleted: list[str] = []
+    with contextlib.ExitStack() as held:
+        txn = _transaction(pub, settings, held, None, f"pycvmfs stack nightly-rm {slot}")
+        view = held.enter_context(_head_view(pub, settings.work_dir))
+        ledger = NightlyLedger.load(layout, view)
+        orphans: set[str] = set()
+        for d in days:
+            plats = {platform} if platform else day_platforms(txn, layout, slot, d)
+            for plat in sorted(plats):
+                ref = clear_day(txn, layout, slot, d, plat)
+                orphans.update(ledger.release(ref))
+                removed.append(ref)
+                link, target = layout.latest_link(slot, d, plat)
+                row = txn.lookup(repo_path(link))
+                if row is not None and row.symlink == target.encode():
+                    txn.remove(link)
+            for rel in (layout.day_rel(slot, d), f"{layout.top}/views/{slot}/{d}"):
+                row = txn.lookup(repo_path(rel))
+                if row is not None and not txn.tree.listdir(repo_path(rel)):
+                    txn.remove(rel)
+        keep = release_references(layout, view)
+        writer = StackWriter(txn, StackPlan(stack=None, layout=layout, graph=None,
+                                            toolchain=None), local=None, view=view,
+                             mtime=int(time.time()))
+        for rel in sorted(orphans - keep):
+            ledger.forget(rel)
+            writer.remove_build(rel)
+            deleted.append(rel)
+        for rel in (f"{layout.top}/views/{slot}/latest", f"{layout.top}/views/{slot}",
+                    layout.nightly_rel(slot)):
+            row = txn.lookup(repo_path(rel))
+            if row is not None and not txn.tree.listdir(repo_path(rel)):
+                txn.remove(rel)
+        if txn.lookup(repo_path(ledger.rel)) is not None or ledger.builds:
+            writer.file(ledger.rel, ledger.dumps())
+    return {"slot": slot, "removed": removed, "deleted_builds": deleted,
+            "revision": txn.summary.revision}
+
+
+__all__ += ["CACHED", "PUBLISHED", "remove_nightly"]
