@@ -44,7 +44,8 @@ def test_gitlab_one_build_job_per_platform_and_one_publish() -> None:
     assert publish["resource_group"] == "cvmfs-sft-nightlies.example.org"
     assert publish["script"] == [
         f"pycvmfs stack publish sft-nightlies.example.org stacks/dev4.toml --platform {p} "
-        "--cache s3://bucket/cache --results results/publish --no-build" for p in PLATFORMS]
+        "--cache s3://bucket/cache --results results/publish --merge-results results/ "
+        "--no-build" for p in PLATFORMS]
     assert set(doc) == {"stages", "default", "publish", *builds}
     assert "default" not in gitlab()
 
@@ -132,7 +133,7 @@ def test_commands_survive_a_real_shell_and_groovy_quoting() -> None:
     assert _bash_argv(unescaped[-1]) == [
         "stack", "publish", "sft-nightlies.example.org", odd, "--platform",
         "aarch64-el9-gcc13-opt", "--cache", "/srv/cache dir", "--results", "results/publish",
-        "--no-build"]
+        "--merge-results", "results/", "--no-build"]
     assert shlex.split(unescaped[0])[3] == odd
 
 

@@ -73,3 +73,8 @@ def test_two_workers_fill_an_s3_cache_and_a_third_node_publishes_it(tmp_path, st
     with head_view(stack_pub, tmp_path / "rc") as v:
         assert v.lstat(f"lcg/releases/LCG_900/eta/2.1/{PLAT}/bin/eta").is_file
         assert v.exists(f"lcg/views/LCG_900/{PLAT}/setup.sh")
+        # the build jobs' results (their artifacts) are the release's results
+        feed = json.loads(v.read_bytes(f"lcg/results/LCG_900/{PLAT}/results.json"))
+        assert {p["name"]: p["status"] for p in feed["packages"]} == {
+            "zeta": "built", "theta": "built", "eta": "built", "iota": "built",
+            "toygen": "built"}

@@ -196,10 +196,14 @@ def _publish_report(report, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan; build and publish nothing.")
 @click.option("--lock-wait", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
               help="Wait this long while another process publishes.")
+@click.option("--merge-results", type=click.Path(file_okay=False),
+              help="When nothing is built here: publish the results feeds found below this "
+                   "directory (the build jobs' artifacts) as this release's results.")
 @build_options
 @config_option
-def publish_cmd(fqrn, stack_file, tag, no_build, force, dry_run, lock_wait, platform, cache,
-                work, parallel, jobs, sandbox, no_tests, results_dir, as_json, config_dir):
+def publish_cmd(fqrn, stack_file, tag, no_build, force, dry_run, lock_wait, merge_results,
+                platform, cache, work, parallel, jobs, sandbox, no_tests, results_dir, as_json,
+                config_dir):
     """Build what the binary cache lacks, then publish the release × platform (packages,
     release links, summaries, view, results) as ONE transaction."""
     from pycvmfs.stacks.service import StackBuildFailed, publish_release
@@ -210,7 +214,8 @@ def publish_cmd(fqrn, stack_file, tag, no_build, force, dry_run, lock_wait, plat
                              pub=pub, lock_wait=lock_wait, progress=_progress(display))
         try:
             report = publish_release(pub, stack_file, settings, platform=platform, tag=tag,
-                                     no_build=no_build, dry_run=dry_run, force=_names(force))
+                                     no_build=no_build, dry_run=dry_run, force=_names(force),
+                                     merge_results=merge_results)
         except StackBuildFailed as e:
             _publish_report(e.report, as_json)
             click.echo(f"error: {e}", err=True)

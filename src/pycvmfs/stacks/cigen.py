@@ -129,7 +129,8 @@ def _build_command(job: _BuildJob, stack_file: str, cache: str) -> str:
 def _publish_commands(platforms: Sequence[str], fqrn: str, stack_file: str,
                       cache: str) -> list[str]:
     return [shlex.join(["pycvmfs", "stack", "publish", fqrn, stack_file, "--platform", p,
-                        "--cache", cache, "--results", RESULTS_DIR + "publish", "--no-build"])
+                        "--cache", cache, "--results", RESULTS_DIR + "publish",
+                        "--merge-results", RESULTS_DIR, "--no-build"])
             for p in platforms]
 
 

@@ -259,6 +259,37 @@ def _transaction(pub, settings: StackSettings, held: contextlib.ExitStack, tag, 
             time.sleep(0.5)
 
 
+def merged_results(where: Path, stack: str, platform: str, day: str | None,
+                   names) -> RunResults | None:
+    """One run made of the results feeds below ``where`` (a CI publish job's artifacts from
+    its build jobs) for ``stack`` × ``platform``: per package the feed that built it (or
+    failed it) beats one that reused it; None when there is none."""
+    from pycvmfs.stacks.results import read_feed
+
+    runs = []
+    for path in sorted(Path(where).rglob("results.json")):
+        try:
+            run = read_feed(path)
+        except (StackError, OSError, ValueError):
+            continue
+        if run.stack == stack and run.platform == platform and run.day == day:
+            runs.append(run)
+    if not runs:
+        return None
+    rank = {"failed": 3, "built": 2, "skipped": 1, "reused": 0}
+    best: dict = {}
+    for run in runs:
+        for p in run.packages:
+            if p.name in names and rank.get(p.status, 0) >= rank.get(
+                    getattr(best.get(p.name), "status", ""), -1):
+                best[p.name] = p
+    merged = runs[0]
+    merged.started = min(r.started for r in runs)
+    merged.finished = max(r.finished for r in runs)
+    merged.packages = [best[n] for n in names if n in best]
+    return merged
+
+
 def _failures(run: RunResults) -> list[str]:
     return [f"{p.name} {p.version}: {p.status}" + (f" ({p.error.splitlines()[0]})"
                                                     if p.error else "")
@@ -268,7 +299,8 @@ def _failures(run: RunResults) -> list[str]:
 def publish_release(pub, stack_file: str | os.PathLike, settings: StackSettings, *,
                     platform: str | None = None, tag: str | None = None,
                     no_build: bool = False, dry_run: bool = False,
-                    force: Iterable[str] = ()) -> PublishReport:
+                    force: Iterable[str] = (),
+                    merge_results: str | os.PathLike | None = None) -> PublishReport:
     """Build whatever the binary cache lacks, then put the release × platform (packages,
     links, summaries, view, results) into ``pub`` as one transaction; any error leaves the
     repository unchanged."""
@@ -281,11 +313,13 @@ def publish_release(pub, stack_file: str | os.PathLike, settings: StackSettings,
     if dry_run:
         return report
     with work_lock(settings.work_dir):
-        return _publish_release(pub, plan, settings, report, tag=tag, no_build=no_build)
+        return _publish_release(pub, plan, settings, report, tag=tag, no_build=no_build,
+                                merge_results=merge_results)
 
 
 def _publish_release(pub, plan: StackPlan, settings: StackSettings, report: PublishReport, *,
-                     tag: str | None, no_build: bool) -> PublishReport:
+                     tag: str | None, no_build: bool,
+                     merge_results: str | os.PathLike | None = None) -> PublishReport:
     stack = plan.stack
     builder = _builder(plan, settings)
     run = None
@@ -302,6 +336,11 @@ def _publish_release(pub, plan: StackPlan, settings: StackSettings, report: Publ
             report.complete = False
             raise StackBuildFailed(f"{stack.name} on {plan.platform}: not published, builds "
                                    "failed: " + "; ".join(bad), report)
+    if run is None and merge_results is not None:  # the build jobs' results, published too
+        run = merged_results(Path(merge_results), stack.name, plan.platform, None,
+                             list(plan.packages))
+        if run is not None:
+            report.results = results_feed(run)
     layout = plan.layout
     with contextlib.ExitStack() as held:
         txn = _transaction(pub, settings, held, tag, f"pycvmfs stack publish {stack.name}")
