@@ -420,3 +420,19 @@ def test_a_mapping_key_that_is_a_list_is_an_error_naming_the_file(tmp_path):
     path.write_text("release: LCG_1\npackages:\n  ? [a, b]\n  : {version: '1'}\n")
     with pytest.raises(StackError, match=r"stack\.yaml"):
         load_stack(path, platform="x86_64-el9-gcc13-opt")
+
+
+def test_view_env_is_a_path_below_the_prefix_and_round_trips(tmp_path):
+    path = tmp_path / "stack.yaml"
+    path.write_text("release: LCG_1\npackages:\n  gen:\n    version: '1'\n"
+                    "    view_env: {GEN_DATA: $PREFIX/share/gen, GEN_ROOT: '${PREFIX}'}\n")
+    st = load_stack(path, platform="x86_64-el9-gcc13-opt")
+    assert dict(st.packages["gen"].view_env) == {"GEN_DATA": "share/gen", "GEN_ROOT": ""}
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_stack(st))
+    assert load_stack(again).packages["gen"].view_env == st.packages["gen"].view_env
+    for bad in ("/usr/share", "$PREFIX/../x", "$HOME/x"):
+        path.write_text("release: LCG_1\npackages:\n  gen:\n    version: '1'\n"
+                        f"    view_env: {{GEN_DATA: '{bad}'}}\n")
+        with pytest.raises(StackError, match="view_env"):
+            load_stack(path, platform="x86_64-el9-gcc13-opt")

@@ -99,6 +99,8 @@ lz4 --version
 toygen --version
 printf 'PATH=%s\\n' "$PATH"
 printf 'LCG_VERSION=%s\\n' "$LCG_VERSION"
+test -f "$TOYGEN_DATA/reference.dat"
+printf 'TOYGEN_DATA=%s\\n' "$TOYGEN_DATA"
 """)
     assert res.returncode == 0, res.stderr + res.stdout
     out = res.stdout
@@ -108,6 +110,9 @@ printf 'LCG_VERSION=%s\\n' "$LCG_VERSION"
     path = next(line for line in out.splitlines() if line.startswith("PATH="))[5:]
     assert path.split(":").count(f"{VIEW}/bin") == 1 and "" not in path.split(":")
     assert "LCG_VERSION=900" in out
+    data = next(ln for ln in out.splitlines() if ln.startswith("TOYGEN_DATA="))[12:]
+    assert re.fullmatch(rf"/cvmfs/{FQRN}/lcg/releases/MCGenerators/toygen/1\.0-[0-9a-f]{{5,}}/"
+                        rf"{OPT}/share/toygen", data), data
 
 
 def test_ldd_resolves_every_stack_library_inside_the_repository(published):

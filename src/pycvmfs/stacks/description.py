@@ -354,6 +354,8 @@ def _package_dict(spec: PackageSpec) -> dict[str, Any]:
         out["iset"] = True
     if spec.metadata:
         out["metadata"] = dict(spec.metadata)
+    if spec.view_env:
+        out["view_env"] = {k: "$PREFIX" + (f"/{v}" if v else "") for k, v in spec.view_env}
     when = {k: list(getattr(spec.when, k)) for k in WHEN_KEYS if getattr(spec.when, k)}
     if when:
         out["when"] = when

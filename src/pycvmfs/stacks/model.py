@@ -81,6 +81,7 @@ class PackageSpec:
     relocate: bool = False                # build at a temporary prefix, then relocate+verify
     iset: bool = False                    # installed under the full (instruction-set) platform
     metadata: tuple[tuple[str, str], ...] = ()  # description, license, homepage... (not hashed)
+    view_env: tuple[tuple[str, str], ...] = ()  # setup.sh exports: VAR -> path below the prefix
     when: Condition = field(default_factory=Condition)
 
     @property

@@ -39,7 +39,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+\Z")
 
 PACKAGE_KEYS = ("version", "source", "depends", "build", "test", "directory", "patches", "env",
-                "relocate", "iset", "metadata", "when")
+                "relocate", "iset", "metadata", "when", "view_env")
 WHEN_KEYS = ("os", "arch", "compiler", "buildtype")
 _SOURCE_KEYS = ("url", "sha256", "git", "commit")
 _PATCH_KEYS = ("path", "strip", "sha256")
@@ -131,6 +131,23 @@ def env_vars(value: Any, where: str) -> dict[str, str]:
         if not isinstance(key, str) or not _ENV_NAME.match(key):
             raise StackError(f"{where}: env variable name {key!r} is not a valid name")
         out[key] = as_text(val, where, f"env {key}", numbers=False)
+    return out
+
+
+def view_env(value: Any, where: str) -> dict[str, str]:
+    """A ``view_env`` mapping (the package's hooks in the view's setup scripts, as data):
+    ``VAR: $PREFIX[/relative/path]``, kept as the path below the prefix ("" for the prefix)."""
+    out = {}
+    for key, val in as_mapping(value, where, "view_env").items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise StackError(f"{where}: view_env variable name {key!r} is not a valid name")
+        text = as_text(val, where, f"view_env {key}", numbers=False)
+        m = re.match(r"^(\$PREFIX|\$\{PREFIX\})(/.*)?$", text)
+        if not m:
+            raise StackError(f"{where}: view_env {key} = {text!r}: a path below the package, "
+                             "written $PREFIX or $PREFIX/<path>")
+        sub = (m.group(2) or "").strip("/")
+        out[key] = rel_path(sub, where, f"view_env {key}") if sub else ""
     return out
 
 
@@ -268,6 +285,7 @@ def package_spec(name: str, body: Any, where: str, base_dir: Path) -> PackageSpe
         iset=as_bool(data.get("iset", False), where, "iset"),
         metadata=_metadata(data.get("metadata", {}), where),
         when=_condition(data.get("when"), where),
+        view_env=tuple(sorted(view_env(data.get("view_env", {}), where).items())),
     )
 
 

@@ -176,8 +176,13 @@ class StackWriter:
         wanted: dict[str, object] = {}
         for e in vp.entries:
             wanted[e.path] = e
-        homes = {p.spec.home_var: p.rel for p in self.plan.packages.values()
-                 if p.name not in self.plan.stack.view.exclude}
+        homes = {}
+        for p in self.plan.packages.values():
+            if p.name in self.plan.stack.view.exclude:
+                continue
+            homes[p.spec.home_var] = p.rel
+            for var, sub in p.spec.view_env:  # the package's hooks, as data
+                homes[var] = f"{p.rel}/{sub}" if sub else p.rel
         dirs = {e.path for e in vp.entries if e.kind == "dir"}
         common = dict(view_rel=view_rel, mount_root=self.layout.mount_root, name=name,
                       platform=self.plan.platform, generated=_ctime(self.mtime), dirs=dirs,
