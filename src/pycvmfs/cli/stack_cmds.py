@@ -174,9 +174,10 @@ def _publish_report(report, as_json: bool) -> None:
     if report.results:
         for p in report.results["packages"]:
             click.echo(f"{p['status']:8} {p['name']} {p['version']} {p['short']}")
-    for c in report.conflicts:
-        click.echo(f"view conflict ({c['policy']}): {c['path']}: {c['winner']} over "
-                   f"{', '.join(c['losers'])}", err=True)
+    for c in report.conflicts:  # merged .pth files, priorities and the grey list are policy
+        if c["policy"] in ("first", "directory"):
+            click.echo(f"warning: view conflict: {c['path']}: {c['winner']} kept over "
+                       f"{', '.join(c['losers'])} ({c['policy']})", err=True)
     if not report.published:
         click.echo("nothing published" + ("" if report.complete else ": builds failed"))
     elif report.revision is None:
