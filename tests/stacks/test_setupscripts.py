@@ -1,6 +1,7 @@
 """View setup scripts sourced by real shells: bash and zsh under ``set -eu``, twice; tcsh twice;
 run-time location below a repository root that is not the mount root (with a space in its
-path); the opt-outs; the fallback; no leftovers; syntax checks."""
+path); the opt-outs; the fallback; no leftovers; syntax checks; MANPATH keeping man's default
+places (checked with man-db's ``manpath``); the reserved variable names."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from pycvmfs.errors import StackError
-from pycvmfs.stacks.setupscripts import render_setup_csh, render_setup_sh, search_paths
+from pycvmfs.stacks.setupscripts import (
+    RESERVED_VARIABLES,
+    render_setup_csh,
+    render_setup_sh,
+    reserved_variable,
+    search_paths,
+)
 
 PLATFORM = "x86_64-debian12-gcc12-opt"
 VIEW_REL = f"lcg/views/LCG_900/{PLATFORM}"
@@ -24,7 +31,7 @@ DIRS = ["bin", "scripts", "lib", "lib64", "lib/pkgconfig", "lib/python3.11",
 HOMES = {"ZLIB_HOME": f"lcg/releases/zlib/1.3.1-507fd/{PLATFORM}",
          "TAUOLA___HOME": f"lcg/releases/MCGenerators/tauola++/1.1.8-0a1b2/{PLATFORM}"}
 USER_PYTHONPATH = "/home/user/my py"
-SHELLS = {"bash": "bash", "zsh": "zsh", "tcsh": "tcsh", "dash": "dash"}
+SHELLS = {"bash": "bash", "zsh": "zsh", "tcsh": "tcsh", "dash": "dash", "manpath": "man-db"}
 COLON_VARS = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "MANPATH", "CMAKE_PREFIX_PATH",
               "PKG_CONFIG_PATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "ACLOCAL_PATH")
 
@@ -84,7 +91,7 @@ def expected(view: Path, root: Path, *, pythonpath: bool = True, ld: bool = True
     exp = {
         "LCG_VIEW": v, "LCG_VERSION": "900", "LCG_PLATFORM": PLATFORM,
         "PATH": f"{v}/bin:{v}/scripts:/usr/bin:/bin",
-        "MANPATH": f"{v}/man:{v}/share/man",
+        "MANPATH": f"{v}/man:{v}/share/man:",   # was unset: the trailing ':' keeps man's own
         "CMAKE_PREFIX_PATH": v,
         "PKG_CONFIG_PATH": f"{v}/lib/pkgconfig",
         "C_INCLUDE_PATH": f"{v}/include",
@@ -109,7 +116,8 @@ def check(env: dict[str, str], exp: dict[str, str], *, ld: bool = True) -> None:
         assert "LD_LIBRARY_PATH" not in env
     for var in COLON_VARS:
         if var in env:
-            parts = env[var].split(":")
+            value = env[var].removesuffix(":") if var == "MANPATH" else env[var]
+            parts = value.split(":")
             assert "" not in parts, f"{var} has an empty element: {env[var]!r}"
             assert len(parts) == len(set(parts)), f"{var} has a duplicate: {env[var]!r}"
 
@@ -250,3 +258,58 @@ def test_refuses_values_it_cannot_quote(over: dict, message: str) -> None:
         with pytest.raises(StackError, match=re.escape(message)):
             render(**kwargs(**over))
 
+
+
+def _manpath_after_sourcing(sh: str, script: Path, env: dict[str, str]) -> str:
+    """``manpath -q`` (man-db) after sourcing ``script`` twice in ``sh``."""
+    tool = shell("manpath")
+    if sh == "tcsh":
+        cmd = [shell("tcsh"), "-f", "-c", f'source "$1"; source "$1"; {tool} -q; '
+               'printenv MANPATH', str(script)]
+    else:
+        cmd = [shell(sh), *(["-f"] if sh == "zsh" else []), "-c",
+               f'set -eu; . "$1"; . "$1"; {tool} -q; printenv MANPATH', sh, str(script)]
+    return run(cmd, env)
+
+
+@pytest.mark.parametrize("sh", ["bash", "zsh", "tcsh"])
+@pytest.mark.parametrize("before", [None, ""])
+def test_manpath_keeps_the_system_manual_pages(sh: str, before: str | None,
+                                               tmp_path: Path) -> None:
+    """MANPATH unset or empty: the view's man dirs, then man's defaults (a trailing ':');
+    the same after a second source; man-db's manpath then lists both."""
+    root = (tmp_path / "mount root").resolve()
+    view = make_view(root, mount_root=str(root))
+    script = view / ("setup.csh" if sh == "tcsh" else "setup.sh")
+    env = {} if before is None else {"MANPATH": before}
+    searched, value = _manpath_after_sourcing(sh, script, env).splitlines()
+    assert value == f"{view}/man:{view}/share/man:"
+    dirs = searched.split(":")
+    assert dirs[:2] == [f"{view}/man", f"{view}/share/man"]
+    assert "/usr/share/man" in dirs[2:], searched   # the system's pages are still found
+
+
+@pytest.mark.parametrize("sh", ["bash", "zsh", "tcsh"])
+def test_manpath_set_by_the_user_is_prepended_to_as_it_is(sh: str, tmp_path: Path) -> None:
+    root = (tmp_path / "mount root").resolve()
+    view = make_view(root, mount_root=str(root))
+    script = view / ("setup.csh" if sh == "tcsh" else "setup.sh")
+    mine = tmp_path / "my man"
+    (mine / "man1").mkdir(parents=True)
+    for before, after in ((str(mine), f"{view}/man:{view}/share/man:{mine}"),
+                          (f"{mine}:", f"{view}/man:{view}/share/man:{mine}:")):
+        searched, value = _manpath_after_sourcing(sh, script, {"MANPATH": before}).splitlines()
+        assert value == after
+        assert ("/usr/share/man" in searched.split(":")) == before.endswith(":"), searched
+
+
+def test_reserved_variables() -> None:
+    for var in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "MANPATH", "CMAKE_PREFIX_PATH",
+                "PKG_CONFIG_PATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "ACLOCAL_PATH"):
+        assert var in RESERVED_VARIABLES
+        assert reserved_variable(var) == "a search path the setup scripts extend"
+    for var in ("LCG_VIEW", "LCG_VIEW_NO_PYTHONPATH", "_lcg_root"):
+        assert "prefix" in (reserved_variable(var) or "")
+    assert "_HOME" in (reserved_variable("ZLIB_HOME") or "")
+    for var in ("GEN_DATA", "HOME_DIR", "lcg_x", "ROOTSYS", "XPATH"):
+        assert reserved_variable(var) is None

@@ -15,9 +15,15 @@
 * is safe under ``set -eu`` (every variable read with a default, no command that can fail),
   idempotent (a directory already in a variable is not added again), never leaves an empty
   element (an empty ``PATH`` element means the current directory), and leaves no helper
-  variable or function behind;
+  variable or function behind; the one exception is ``MANPATH``: when it was unset or empty it
+  becomes ``<view>/man:<view>/share/man:``, the trailing ``:`` telling ``man`` to search its
+  default places too (otherwise the view would hide the system's manual pages);
 * honours, when set to ``1`` before sourcing, ``LCG_VIEW_NO_PYTHONPATH`` (leave ``PYTHONPATH``
   alone, e.g. in a virtualenv) and ``LCG_VIEW_NO_LD_LIBRARY_PATH`` (the binaries have RPATHs).
+
+The variables the scripts set themselves (:data:`RESERVED_VARIABLES`, anything starting with
+one of :data:`RESERVED_PREFIXES`, and every ``<NAME>_HOME``) are not for a package's
+``view_env``: :func:`reserved_variable` says why a name is taken.
 
 ``setup.csh`` does the same for csh/tcsh, which cannot find the path of a sourced script: its
 paths are the fixed ``<mount_root>/<view_rel>``.
@@ -35,7 +41,8 @@ from collections.abc import Iterable, Mapping
 
 from pycvmfs.errors import StackError
 
-__all__ = ["render_setup_csh", "render_setup_sh", "search_paths"]
+__all__ = ["RESERVED_PREFIXES", "RESERVED_VARIABLES", "render_setup_csh", "render_setup_sh",
+           "reserved_variable", "search_paths"]
 
 _REL_PART = r"[A-Za-z0-9_+@%=,-][A-Za-z0-9._+@%=,-]*"
 _REL = re.compile(rf"^{_REL_PART}(?:/{_REL_PART})*$")
@@ -59,6 +66,26 @@ _LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: variable → the environment variable that, set to 1, leaves it alone
 _OPT_OUT = {"PYTHONPATH": "LCG_VIEW_NO_PYTHONPATH",
             "LD_LIBRARY_PATH": "LCG_VIEW_NO_LD_LIBRARY_PATH"}
+#: the search-path variable that keeps "and the defaults" (a trailing ':') when it was empty
+_DEFAULTS_VAR = "MANPATH"
+
+#: variables the setup scripts set: a package's ``view_env`` must not name them
+RESERVED_VARIABLES: frozenset[str] = frozenset(var for var, _ in _LAYOUT)
+#: prefixes of the scripts' own variables (``LCG_VIEW``, ``LCG_VIEW_NO_*``, helpers)
+RESERVED_PREFIXES: tuple[str, ...] = ("LCG_", "_lcg_")
+_HOME_SUFFIX = "_HOME"
+
+
+def reserved_variable(var: str) -> str | None:
+    """Why the setup scripts keep ``var`` for themselves (a phrase), or None when it is free."""
+    if var in RESERVED_VARIABLES:
+        return "a search path the setup scripts extend"
+    for prefix in RESERVED_PREFIXES:
+        if var.startswith(prefix):
+            return f"the prefix {prefix} is kept for the setup scripts' own variables"
+    if var.endswith(_HOME_SUFFIX):
+        return f"the setup scripts generate the <NAME>{_HOME_SUFFIX} variables"
+    return None
 
 
 def search_paths(dirs: Iterable[str], *, pythonpath: bool) -> list[tuple[str, list[str]]]:
@@ -158,11 +185,13 @@ def render_setup_sh(*, view_rel: str, mount_root: str, name: str, platform: str,
     ]
     for var, chosen in search_paths(dir_list, pythonpath=pythonpath):
         body = []
+        # "a:b" never gets an empty element, except MANPATH: "<view>:" when it was empty
+        rest = f"${{{var}:+:${var}}}" if var != _DEFAULTS_VAR else f":${{{var}:-}}"
         for d in reversed(chosen):   # prepended one by one: the last one first
             path = "$_lcg_view" + (f"/{d}" if d else "")
             body += [f'case ":${{{var}:-}}:" in',
                      f'    *:"{path}":*) ;;',
-                     f'    *) {var}="{path}${{{var}:+:${var}}}"; export {var} ;;',
+                     f'    *) {var}="{path}{rest}"; export {var} ;;',
                      "esac"]
         if var in _OPT_OUT:
             lines.append(f'if [ "${{{_OPT_OUT[var]}:-}}" != 1 ]; then')
@@ -202,10 +231,11 @@ def render_setup_csh(*, view_rel: str, mount_root: str, name: str, platform: str
                 "else",
                 '    set _lcg_cur = ""',
                 "endif"]
+        alone = ":" if var == _DEFAULTS_VAR else ""   # MANPATH keeps "and the defaults"
         for d in reversed(chosen):
             path = "${_lcg_view}" + (f"/{d}" if d else "")
             body += ['if ( "${_lcg_cur}" == "" ) then',
-                     f'    set _lcg_cur = "{path}"',
+                     f'    set _lcg_cur = "{path}{alone}"',
                      f'else if ( ":${{_lcg_cur}}:" !~ *":{path}:"* ) then',
                      f'    set _lcg_cur = "{path}:${{_lcg_cur}}"',
                      "endif"]
