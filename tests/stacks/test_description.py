@@ -436,3 +436,27 @@ def test_view_env_is_a_path_below_the_prefix_and_round_trips(tmp_path):
                         f"    view_env: {{GEN_DATA: '{bad}'}}\n")
         with pytest.raises(StackError, match="view_env"):
             load_stack(path, platform="x86_64-el9-gcc13-opt")
+
+
+@pytest.mark.parametrize("var", ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "MANPATH",
+                                 "CMAKE_PREFIX_PATH", "PKG_CONFIG_PATH", "C_INCLUDE_PATH",
+                                 "CPLUS_INCLUDE_PATH", "ACLOCAL_PATH", "LCG_VIEW", "LCG_MINE",
+                                 "_lcg_view", "GEN_HOME", "ZLIB_HOME"])
+def test_view_env_refuses_the_setup_scripts_own_variables(tmp_path, var):
+    path = tmp_path / "stack.yaml"
+    path.write_text("release: LCG_1\npackages:\n  zlib:\n    version: '1'\n  gen:\n"
+                    f"    version: '1'\n    view_env: {{{var}: $PREFIX/bin, GEN_DATA: $PREFIX}}\n")
+    with pytest.raises(StackError) as err:
+        load_stack(path, platform=EL9)
+    msg = str(err.value)
+    assert msg.startswith(f"stack.yaml: package gen: view_env variable {var} is reserved ("), msg
+
+
+def test_view_env_names_near_the_reserved_ones_are_free(tmp_path):
+    path = tmp_path / "stack.yaml"
+    path.write_text("release: LCG_1\npackages:\n  gen:\n    version: '1'\n"
+                    "    view_env: {GEN_PATH: $PREFIX/bin, HOME_GEN: $PREFIX, lcg_gen: $PREFIX,"
+                    " GEN_HOMEDIR: $PREFIX/share}\n")
+    st = load_stack(path, platform=EL9)
+    assert dict(st.packages["gen"].view_env) == {"GEN_PATH": "bin", "HOME_GEN": "",
+                                                 "lcg_gen": "", "GEN_HOMEDIR": "share"}

@@ -204,3 +204,43 @@ def test_parallel_builds_unpack_a_shared_cached_dependency_once(tmp_path, node):
     assert errors == [] and len(set(got)) == 1
     assert (got[0] / "lib" / "libzeta.so.1").is_file()
     assert [p.name for p in got[0].parent.iterdir()] == [got[0].name]  # no temporaries left
+
+
+def test_two_packages_giving_one_view_env_variable_publish_nothing(tmp_path, stack_pub, node):
+    import yaml
+
+    desc = tiny_stack(tmp_path / "src")
+    data = yaml.safe_load(desc.read_text())
+    data["packages"]["theta"]["view_env"] = {"SHARED_DATA": "$PREFIX/lib"}
+    data["packages"]["iota"]["view_env"] = {"SHARED_DATA": "$PREFIX/bin"}
+    desc.write_text(yaml.safe_dump(data))
+    head = stack_pub.head()
+    with pytest.raises(StackError, match=rf"view lcg/views/LCG_900/{PLAT}: packages theta and "
+                                         "iota both set the view_env variable SHARED_DATA"):
+        publish_release(stack_pub, desc, node())
+    assert stack_pub.head().revision == head.revision
+    assert stack_pub.head().root_catalog == head.root_catalog
+
+
+def test_view_variables_refuse_a_name_two_packages_claim() -> None:
+    from pycvmfs.stacks.model import PackageSpec
+    from pycvmfs.stacks.plan import PlannedPackage
+    from pycvmfs.stacks.writer import view_variables
+
+    def planned(name: str, view_env: tuple = ()) -> PlannedPackage:
+        return PlannedPackage(spec=PackageSpec(name=name, version="1", view_env=view_env),
+                              full="f", recipe="r", short="s", rel=f"lcg/releases/{name}/1-s",
+                              prefix="", deps=())
+
+    gen = planned("gen", (("GEN_DATA", "share/gen"), ("GEN_ROOT", "")))
+    assert view_variables([planned("zlib"), gen], "v") == {
+        "ZLIB_HOME": "lcg/releases/zlib/1-s", "GEN_HOME": "lcg/releases/gen/1-s",
+        "GEN_DATA": "lcg/releases/gen/1-s/share/gen", "GEN_ROOT": "lcg/releases/gen/1-s"}
+    # a hook named like another package's generated variable (a spec made without the loader)
+    with pytest.raises(StackError, match="view v: view_env variable ZLIB_HOME of package gen "
+                                         "is the generated <NAME>_HOME of package zlib"):
+        view_variables([planned("gen", (("ZLIB_HOME", ""),)), planned("zlib")], "v")
+    # two names that make one <NAME>_HOME
+    with pytest.raises(StackError, match="view v: packages a-b and a_b both get the generated "
+                                         "variable A_B_HOME"):
+        view_variables([planned("a-b"), planned("a_b")], "v")

@@ -26,6 +26,7 @@ from typing import Any
 
 from pycvmfs.errors import StackError
 from pycvmfs.stacks.model import Condition, PackageSpec, Patch, Source
+from pycvmfs.stacks.setupscripts import reserved_variable
 
 __all__ = ["PACKAGE_KEYS", "PACKAGE_NAME", "WHEN_KEYS", "YamlFloat", "YamlInt", "as_bool",
            "as_mapping", "as_text", "check_keys", "did_you_mean", "env_vars", "kind_of",
@@ -136,11 +137,16 @@ def env_vars(value: Any, where: str) -> dict[str, str]:
 
 def view_env(value: Any, where: str) -> dict[str, str]:
     """A ``view_env`` mapping (the package's hooks in the view's setup scripts, as data):
-    ``VAR: $PREFIX[/relative/path]``, kept as the path below the prefix ("" for the prefix)."""
+    ``VAR: $PREFIX[/relative/path]``, kept as the path below the prefix ("" for the prefix).
+    Names the setup scripts set themselves (search paths, ``LCG_*``, ``<NAME>_HOME``, see
+    :func:`~pycvmfs.stacks.setupscripts.reserved_variable`) are refused."""
     out = {}
     for key, val in as_mapping(value, where, "view_env").items():
         if not isinstance(key, str) or not _ENV_NAME.match(key):
             raise StackError(f"{where}: view_env variable name {key!r} is not a valid name")
+        taken = reserved_variable(key)
+        if taken:
+            raise StackError(f"{where}: view_env variable {key} is reserved ({taken})")
         text = as_text(val, where, f"view_env {key}", numbers=False)
         m = re.match(r"^(\$PREFIX|\$\{PREFIX\})(/.*)?$", text)
         if not m:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pycvmfs.errors import StackError
@@ -21,7 +21,7 @@ from pycvmfs.stacks.setupscripts import render_setup_csh, render_setup_sh
 from pycvmfs.stacks.summary import render_summary, summaries_for, summary_json
 from pycvmfs.stacks.view import ViewInput, ViewPlan, plan_view
 
-__all__ = ["RECORD_FILE", "StackWriter"]
+__all__ = ["RECORD_FILE", "StackWriter", "view_variables"]
 
 #: the JSON build record inside every package prefix
 RECORD_FILE = ".pycvmfs-build.json"
@@ -167,6 +167,8 @@ class StackWriter:
         entries no longer planned are removed, unchanged ones are left as they are (so
         publishing the same stack again changes nothing)."""
         vp = self.view_plan(view_rel)
+        homes = view_variables((p for p in self.plan.packages.values()
+                                if p.name not in self.plan.stack.view.exclude), view_rel)
         row = self.txn.lookup(repo_path(view_rel))
         if row is not None and not row.flags & Flags.DIR:
             self.txn.remove(view_rel)
@@ -176,13 +178,6 @@ class StackWriter:
         wanted: dict[str, object] = {}
         for e in vp.entries:
             wanted[e.path] = e
-        homes = {}
-        for p in self.plan.packages.values():
-            if p.name in self.plan.stack.view.exclude:
-                continue
-            homes[p.spec.home_var] = p.rel
-            for var, sub in p.spec.view_env:  # the package's hooks, as data
-                homes[var] = f"{p.rel}/{sub}" if sub else p.rel
         dirs = {e.path for e in vp.entries if e.kind == "dir"}
         common = dict(view_rel=view_rel, mount_root=self.layout.mount_root, name=name,
                       platform=self.plan.platform, generated=_ctime(self.mtime), dirs=dirs,
@@ -231,6 +226,35 @@ class StackWriter:
         self.file(f"{rel}/results.json", _json_bytes(results_feed(run)))
         self.file(f"{rel}/Build.xml", build_xml(run))
         self.file(f"{rel}/Test.xml", test_xml(run))
+
+
+def view_variables(packages: Iterable[PlannedPackage], view_rel: str) -> dict[str, str]:
+    """The variables the setup scripts of the view ``view_rel`` export for ``packages`` (the
+    view's members): every package's ``<NAME>_HOME`` and its ``view_env`` hooks, each → its
+    repository-relative path. Two packages claiming one name is a StackError naming both."""
+    owner: dict[str, str] = {}
+    out: dict[str, str] = {}
+    members = list(packages)
+    for p in members:
+        var = p.spec.home_var
+        if var in owner:
+            raise StackError(f"view {view_rel}: packages {owner[var]} and {p.name} both get the "
+                             f"generated variable {var}")
+        owner[var] = p.name
+        out[var] = p.rel
+    generated = dict(owner)
+    for p in members:
+        for var, sub in p.spec.view_env:  # the package's hooks, as data
+            if var in generated:
+                raise StackError(f"view {view_rel}: view_env variable {var} of package "
+                                 f"{p.name} is the generated <NAME>_HOME of package "
+                                 f"{generated[var]}")
+            if var in owner:
+                raise StackError(f"view {view_rel}: packages {owner[var]} and {p.name} both "
+                                 f"set the view_env variable {var}")
+            owner[var] = p.name
+            out[var] = f"{p.rel}/{sub}" if sub else p.rel
+    return out
 
 
 def _ctime(t: int) -> str:
