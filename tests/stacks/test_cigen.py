@@ -1,5 +1,7 @@
 """CI pipeline generation: GitLab YAML (jobs, needs, scripts, resource group) and Jenkinsfiles
-(stages, lock, balanced braces); commands quoted for a real shell."""
+(stages, lock, balanced braces); commands quoted for a real shell; the results folders cleaned
+at the start of every job and handed from the build jobs to the publish job (GitLab artifacts,
+Jenkins stash/unstash)."""
 
 from __future__ import annotations
 
@@ -35,14 +37,17 @@ def test_gitlab_one_build_job_per_platform_and_one_publish() -> None:
     for p in PLATFORMS:
         job = builds[f"build:{p}"]
         assert job["stage"] == "build" and "needs" not in job
-        assert job["script"] == [f"pycvmfs stack build stacks/dev4.toml --platform {p} "
+        assert job["script"] == ["rm -rf results/",
+                                 f"pycvmfs stack build stacks/dev4.toml --platform {p} "
                                  "--cache s3://bucket/cache --results results/"]
         assert job["artifacts"] == {"when": "always", "paths": ["results/"]}
     publish = doc["publish"]
     assert publish["stage"] == "publish"
     assert publish["needs"] == list(builds)
     assert publish["resource_group"] == "cvmfs-sft-nightlies.example.org"
-    assert publish["script"] == [
+    assert publish["artifacts"] == {"when": "always", "paths": ["results/"]}
+    # the builds' artifacts are in results/ before the script: only its own folder is cleaned
+    assert publish["script"] == ["rm -rf results/publish"] + [
         f"pycvmfs stack publish sft-nightlies.example.org stacks/dev4.toml --platform {p} "
         "--cache s3://bucket/cache --results results/publish --merge-results results/ "
         "--no-build" for p in PLATFORMS]
@@ -55,11 +60,14 @@ def test_gitlab_groups_need_the_groups_they_depend_on() -> None:
     for p in PLATFORMS:
         base, gen, root = (doc[f"build:{p}:{g}"] for g in GROUPS)
         assert "needs" not in base
-        assert base["script"][0].endswith(f"--platform {p} --cache s3://bucket/cache "
+        for group, job in zip(GROUPS, (base, gen, root), strict=True):
+            assert job["script"][0] == f"rm -rf results/{group}"   # its own folder only
+            assert job["artifacts"] == {"when": "always", "paths": [f"results/{group}/"]}
+        assert base["script"][1].endswith(f"--platform {p} --cache s3://bucket/cache "
                                           "--results results/base --only zlib,Python")
         assert gen["needs"] == [f"build:{p}:base"]
         assert root["needs"] == [f"build:{p}:base"]  # not gen: ROOT uses no generator
-        assert root["script"][0].endswith("--results results/root --only ROOT")
+        assert root["script"][1].endswith("--results results/root --only ROOT")
     assert doc["publish"]["needs"] == [f"build:{p}:{g}" for p in PLATFORMS for g in GROUPS]
     # without dependencies: every earlier group of the same platform
     doc = gitlab(split="group", groups=GROUPS)
@@ -110,6 +118,57 @@ def test_jenkinsfile_stages_lock_and_braces() -> None:
     assert "agent any" in text
 
 
+def _stage_bodies(text: str) -> dict[str, str]:
+    """Stage name → the text of that stage (up to its closing brace)."""
+    out = {}
+    for m in re.finditer(r"stage\('([^']*)'\) \{", text):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        out[m.group(1)] = text[m.end():i]
+    return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"split": "group", "groups": GROUPS}])
+def test_jenkins_build_stages_stash_their_results_for_the_publish_stage(kw: dict) -> None:
+    text = generate_pipeline(fmt="jenkins", **{**BASE, **kw})  # type: ignore[arg-type]
+    stages = _stage_bodies(text)
+    builds = [name for name in stages if name.count(":") >= (2 if kw else 1)]
+    assert len(builds) == len(PLATFORMS) * (len(GROUPS) if kw else 1)
+    stashes = []
+    for name in builds:
+        body = stages[name]
+        steps = re.findall(r"^\s*(sh|stash|archiveArtifacts|unstash)\b(.*)$", body, re.M)
+        assert steps[0] == ("sh", " 'rm -rf results'"), name   # clean before building
+        assert steps[1][0] == "sh" and "pycvmfs stack build" in steps[1][1]
+        post = body[body.index("post {"):]
+        found = re.findall(r"stash name: '([^']*)', includes: 'results/\*\*', allowEmpty: true",
+                           post)
+        assert len(found) == 1, name
+        stashes += found
+    assert len(set(stashes)) == len(stashes)               # one stash per build stage
+    publish = stages["publish"]
+    unstashed = re.findall(r"unstash '([^']*)'", publish)
+    assert unstashed == stashes
+    # stale results are removed first, every build's results are in place before publishing
+    clean = publish.index("sh 'rm -rf results'")
+    assert clean < publish.index("unstash ") and \
+        publish.rindex("unstash ") < publish.index("lock(") < publish.index("--merge-results")
+    assert "archiveArtifacts artifacts: 'results/publish/**'" in publish
+
+
+def test_jenkins_stash_names_hold_no_character_jenkins_refuses() -> None:
+    text = generate_pipeline(fmt="jenkins", split="group", **{
+        **BASE, "platforms": ["x86_64+avx2-el9-gcc13+cxx20-dbg"]},
+        groups={"a+b": ["x"], "a_b.c-d": ["y"]})
+    names = re.findall(r"stash name: '([^']*)'", text)
+    assert names == ["results-x86_64+avx2-el9-gcc13+cxx20-dbg-a+b",
+                     "results-x86_64+avx2-el9-gcc13+cxx20-dbg-a_b.c-d"]
+    for name in names:   # Jenkins' name check refuses these (and a leading/trailing dot)
+        assert not set(name) & set("?*/\\%!@#$^&|<>[]:;") and name.strip(".") == name
+
+
 def _bash_argv(command: str) -> list[str]:
     """The arguments bash passes to pycvmfs for ``command`` (run for real, printing them)."""
     assert command.startswith("pycvmfs ")
@@ -122,19 +181,20 @@ def test_commands_survive_a_real_shell_and_groovy_quoting() -> None:
     odd = "my stacks/dev 4's $HOME `x`.toml"
     kw = {**BASE, "stack_file": odd, "cache": "/srv/cache dir"}
     doc = yaml.safe_load(generate_pipeline(fmt="gitlab", **kw))  # type: ignore[arg-type]
-    build = doc["build:x86_64-el9-gcc13-opt"]["script"][0]
+    build = doc["build:x86_64-el9-gcc13-opt"]["script"][1]
     assert _bash_argv(build) == ["stack", "build", odd, "--platform", "x86_64-el9-gcc13-opt",
                                  "--cache", "/srv/cache dir", "--results", "results/"]
     jenkins = generate_pipeline(fmt="jenkins", **kw)  # type: ignore[arg-type]
     assert _balanced(jenkins)
-    literals = re.findall(r"sh '((?:[^'\\]|\\.)*)'", jenkins)
-    assert len(literals) == 2 * len(PLATFORMS)
+    literals = re.findall(r"\bsh '((?:[^'\\]|\\.)*)'", jenkins)
+    assert len(literals) == 3 * len(PLATFORMS) + 1   # + an rm -rf results per stage
     unescaped = [re.sub(r"\\(.)", r"\1", s) for s in literals]
     assert _bash_argv(unescaped[-1]) == [
         "stack", "publish", "sft-nightlies.example.org", odd, "--platform",
         "aarch64-el9-gcc13-opt", "--cache", "/srv/cache dir", "--results", "results/publish",
         "--merge-results", "results/", "--no-build"]
-    assert shlex.split(unescaped[0])[3] == odd
+    assert unescaped[0] == "rm -rf results"
+    assert shlex.split(unescaped[1])[3] == odd
 
 
 @pytest.mark.parametrize(("kw", "message"), [

@@ -15,10 +15,21 @@ the earlier groups of its platform it depends on: those holding a direct depende
 its packages when ``depends`` (package → its dependencies) is given, every earlier group
 otherwise. Jenkins runs the groups one after the other, the platforms of one group in parallel.
 
-Every job keeps ``results/`` as its artifacts, also when it fails: the builds write their
-results feed and CTest XML there (``--results results/``, ``results/<group>/`` for a group job,
-``results/publish/`` for the publish job; the stack and platform are subfolders), so the
-artifacts the publish job gathers never overwrite each other.
+The builds write their results feed and CTest XML below ``results/`` (``--results results/``,
+``results/<group>/`` for a group job, ``results/publish/`` for the publish job; the stack and
+platform are subfolders), so the results the publish job gathers never overwrite each other,
+and the publish job merges them (``--merge-results results/``) into the published results.
+Every job first removes the results folder it writes, so results of an earlier run left in a
+reused workspace are never merged:
+
+* GitLab: a build job removes and keeps (``artifacts``, also when it fails) its own folder;
+  the publish job gets them through ``needs`` (GitLab puts them in place before the script,
+  so it removes only ``results/publish``) and keeps ``results/``;
+* Jenkins: the stages run on other agents and workspaces, so a build stage starts with
+  ``rm -rf results`` and ends (also when it fails) by archiving and ``stash``-ing
+  ``results/**`` under a name of its own (``results-<platform>[-<group>]``); the publish stage
+  starts with ``rm -rf results``, ``unstash``-es every build stage's results, publishes, and
+  archives ``results/publish/``.
 
 The output depends only on the arguments: the platforms and groups in the order given.
 """
@@ -41,6 +52,7 @@ FORMATS = ("gitlab", "jenkins")
 SPLITS = ("platform", "group")
 RESULTS_DIR = "results/"
 
+_CLEAN = shlex.join(["rm", "-rf", RESULTS_DIR.rstrip("/")])  # a Jenkins stage's first step
 _FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(\.[A-Za-z0-9][A-Za-z0-9-]*)+\Z")
 _GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 
@@ -118,9 +130,20 @@ def _build_jobs(platforms: Sequence[str], split: str,
     return jobs
 
 
+def _results_of(job: _BuildJob) -> str:
+    """The results folder a build job writes (and only it)."""
+    return RESULTS_DIR + (job.group or "")
+
+
+def _stash_name(job: _BuildJob) -> str:
+    """The Jenkins stash of a build stage's results: unique, as a platform has exactly four
+    ``-``-separated parts; no character Jenkins refuses in a name."""
+    return f"results-{job.platform}" + (f"-{job.group}" if job.group else "")
+
+
 def _build_command(job: _BuildJob, stack_file: str, cache: str) -> str:
     cmd = ["pycvmfs", "stack", "build", stack_file, "--platform", job.platform, "--cache", cache,
-           "--results", RESULTS_DIR + (job.group or "")]
+           "--results", _results_of(job)]
     if job.packages:
         cmd += ["--only", ",".join(job.packages)]
     return shlex.join(cmd)
@@ -142,8 +165,8 @@ def _header(comment: str, stack_file: str, fqrn: str, platforms: Sequence[str]) 
 
 def _gitlab(jobs: list[_BuildJob], publish: list[str], lock: str, image: str | None,
             header: str, stack_file: str, cache: str) -> str:
-    def artifacts() -> dict[str, object]:  # a new mapping per job: no YAML anchors
-        return {"when": "always", "paths": [RESULTS_DIR]}
+    def artifacts(folder: str) -> dict[str, object]:  # a new mapping per job: no YAML anchors
+        return {"when": "always", "paths": [folder.rstrip("/") + "/"]}
 
     doc: dict[str, object] = {"stages": ["build", "publish"]}
     if image:
@@ -152,12 +175,15 @@ def _gitlab(jobs: list[_BuildJob], publish: list[str], lock: str, image: str | N
         spec: dict[str, object] = {"stage": "build"}
         if job.needs:
             spec["needs"] = list(job.needs)
-        spec["script"] = [_build_command(job, stack_file, cache)]
-        spec["artifacts"] = artifacts()
+        spec["script"] = [shlex.join(["rm", "-rf", _results_of(job)]),
+                          _build_command(job, stack_file, cache)]
+        spec["artifacts"] = artifacts(_results_of(job))
         doc[job.name] = spec
+    # the build jobs' artifacts are in results/ before the script runs: keep them
     doc["publish"] = {"stage": "publish", "needs": [j.name for j in jobs],
-                      "resource_group": lock, "script": publish,
-                      "artifacts": artifacts()}
+                      "resource_group": lock,
+                      "script": [shlex.join(["rm", "-rf", RESULTS_DIR + "publish"]), *publish],
+                      "artifacts": artifacts(RESULTS_DIR)}
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=1000)
     return header + body
 
@@ -174,12 +200,15 @@ def _jenkins_stage(job: _BuildJob, stack_file: str, cache: str, agent: str,
         f"{i}stage({_groovy(job.name)}) {{",
         f"{i}    agent {agent}",
         f"{i}    steps {{",
+        f"{i}        sh {_groovy(_CLEAN)}",
         f"{i}        sh {_groovy(_build_command(job, stack_file, cache))}",
         f"{i}    }}",
         f"{i}    post {{",
         f"{i}        always {{",
         f"{i}            archiveArtifacts artifacts: {_groovy(RESULTS_DIR + '**')}, "
         "allowEmptyArchive: true",
+        f"{i}            stash name: {_groovy(_stash_name(job))}, "
+        f"includes: {_groovy(RESULTS_DIR + '**')}, allowEmpty: true",
         f"{i}        }}",
         f"{i}    }}",
         f"{i}}}",
@@ -204,8 +233,17 @@ def _jenkins(jobs: list[_BuildJob], publish: list[str], lock: str, image: str | 
         "        stage('publish') {",
         f"            agent {agent}",
         "            steps {",
+        f"                sh {_groovy(_CLEAN)}",
+        *(f"                unstash {_groovy(_stash_name(job))}"
+          for members in phases.values() for job in members),
         f"                lock(resource: {_groovy(lock)}) {{",
         *(f"                    sh {_groovy(cmd)}" for cmd in publish),
+        "                }",
+        "            }",
+        "            post {",
+        "                always {",
+        f"                    archiveArtifacts artifacts: {_groovy(RESULTS_DIR + 'publish/**')}"
+        ", allowEmptyArchive: true",
         "                }",
         "            }",
         "        }",
