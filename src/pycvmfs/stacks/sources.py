@@ -11,8 +11,12 @@ Layout of a :class:`SourceCache` root:
 
 Tarball URLs may be ``http(s)://`` (retried on connection errors and 5xx answers), ``file://``
 or plain local paths; alternative URLs are tried in order and every failure is reported when
-none works. Unpacking refuses absolute member names, ``..``, links that leave the destination
-and device nodes (the ``data`` filter of :mod:`tarfile`), naming the package and the member.
+none works. Unpacking goes through :func:`pycvmfs.stacks.safetar.extract_tar` with its strict
+rules: absolute member names, ``..``, members below a symbolic link, hard links to anything but
+an earlier regular file, links with absolute targets or resolving outside the destination,
+device nodes and FIFOs are refused, naming the package and the member; links are made last.
+A ``git archive`` is streamed through the same extraction (the process is killed when the
+extraction refuses a member).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +36,7 @@ import zstandard
 
 from pycvmfs.errors import StackError
 from pycvmfs.stacks.model import PackageSpec, Patch
+from pycvmfs.stacks.safetar import extract_tar
 
 __all__ = ["DEFAULT_MAX_BYTES", "SourceCache", "safe_extract", "sha256_file"]
 
@@ -233,26 +237,11 @@ class SourceCache:
 
 
 def safe_extract(stream: BinaryIO, dest: Path, *, what: str) -> None:
-    """Extract a tar stream (compressed with gz/bz2/xz, or plain) below ``dest`` with the
-    ``data`` filter; a refused or unreadable member is a StackError naming ``what`` and it."""
-    try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            tar.extractall(dest, filter=_strict_data_filter)
-    except tarfile.FilterError as e:
-        member = e.tarinfo.name if e.tarinfo is not None else "?"
-        raise StackError(f"{what}: refused member {member!r}: {e}") from None
-    except (tarfile.TarError, EOFError, zstandard.ZstdError) as e:
-        raise StackError(f"{what}: not a readable tar archive: {e}") from None
-    except OSError as e:
-        raise StackError(f"{what}: extracting into {dest} failed: {e}") from None
-
-
-def _strict_data_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    """:func:`tarfile.data_filter`, and an absolute name is refused instead of made relative
-    (an archive that names ``/etc/...`` is not one to trust)."""
-    if member.name.startswith("/"):
-        raise tarfile.AbsolutePathError(member)
-    return tarfile.data_filter(member, dest)
+    """Extract a source tar stream (compressed with gz/bz2/xz, or plain) below ``dest`` with
+    the strict rules of :func:`~pycvmfs.stacks.safetar.extract_tar` (no absolute link targets,
+    the ``data`` filter's modes); a refused or unreadable member is a StackError naming
+    ``what`` and it."""
+    extract_tar(stream, dest, what=what)
 
 
 def apply_patch(spec: PackageSpec, patch: Patch, top: Path) -> None:
@@ -325,16 +314,25 @@ def _has_commit(mirror: Path, commit: str) -> bool:
 
 
 def _export_git(spec: PackageSpec, mirror: Path, commit: str, dest: Path) -> None:
-    """``git archive <commit>`` streamed through the safe extraction into ``dest``."""
-    proc = subprocess.Popen(["git", "--git-dir", str(mirror), "archive", "--format=tar",
-                             commit], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=_git_env())
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        safe_extract(proc.stdout, dest, what=f"{spec.name}: git {commit}")
-        proc.stdout.read()
-    finally:
-        err = proc.stderr.read().decode(errors="replace").strip()
+    """``git archive <commit>`` streamed through the safe extraction into ``dest``. Its
+    errors go to a temporary file (a full stderr pipe cannot block it); when the extraction
+    fails, git is killed before it is waited for (it may still be writing the archive)."""
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(["git", "--git-dir", str(mirror), "archive", "--format=tar",
+                                 commit], stdout=subprocess.PIPE, stderr=errors,
+                                env=_git_env())
+        assert proc.stdout is not None
+        with proc.stdout:
+            try:
+                safe_extract(proc.stdout, dest, what=f"{spec.name}: git {commit}")
+                while proc.stdout.read(_BLOCK):   # the archive's end padding
+                    pass
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
         rc = proc.wait()
+        errors.seek(0)
+        err = errors.read().decode(errors="replace").strip()
     if rc != 0:
         raise StackError(f"{spec.name}: git archive {commit} of {mirror} failed: {err}")
