@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import io
@@ -9,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import zstandard
 from pycvmfs.errors import StackError
 from pycvmfs.stacks.model import PackageSpec, Patch, Source
 from pycvmfs.stacks.sources import SourceCache, sha256_file
+from stacks.test_safetar import chained_symlink_tar
 
 from helpers.loopback import HandlerServer, LoopbackServer
 
@@ -208,6 +211,17 @@ def test_hostile_tarballs_refused_with_member_named(tmp_path, member):
     assert not (tmp_path / "escape.txt").exists()
 
 
+def test_chained_symlink_tarball_writes_nothing_outside(tmp_path):
+    dest, outside = tmp_path / "work" / "src", tmp_path / "outside"
+    outside.mkdir()
+    path = tmp_path / "evil.tar.gz"
+    path.write_bytes(gzip.compress(chained_symlink_tar(dest, outside)))
+    with pytest.raises(StackError, match=r"pkg: evil\.tar\.gz: refused member .* is a symbolic "
+                                         "link in the archive"):
+        SourceCache(tmp_path / "c").unpack(spec_for([str(path)], sha256_file(path)), dest)
+    assert list(outside.iterdir()) == [] and list(dest.iterdir()) == []
+
+
 def test_unpack_refuses_a_non_empty_destination_and_non_tar(tmp_path):
     path = tmp_path / "pkg.tar.gz"
     sha = make_tarball(path, FILES)
@@ -271,6 +285,38 @@ def test_git_source_mirror_commit_and_export(tmp_path):
     with pytest.raises(StackError, match="gitpkg: git clone of"):
         cache.fetch(PackageSpec(name="gitpkg", version="4",
                                 source=Source(git=str(tmp_path / "nope"), commit=first)))
+
+
+def test_git_export_refused_while_git_still_writes_does_not_hang(tmp_path):
+    """A refused member early in a large ``git archive``: git is stopped, not waited for while
+    it blocks on a full pipe."""
+    _require("git", "git")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git("init", "-q", "-b", "main", cwd=repo)
+    (repo / "a_link").symlink_to("/etc/passwd")
+    (repo / "b_big").write_bytes(os.urandom(8 << 20))    # far more than a pipe holds
+    _git("add", "a_link", "b_big", cwd=repo)
+    _git("commit", "-q", "-m", "big", cwd=repo)
+    commit = _git("rev-parse", "HEAD", cwd=repo)
+    spec = PackageSpec(name="gitpkg", version="1", source=Source(git=str(repo), commit=commit))
+    dest = tmp_path / "dest"
+    outcome: list[BaseException | None] = []
+
+    def unpack() -> None:
+        try:
+            SourceCache(tmp_path / "cache").unpack(spec, dest)
+            outcome.append(None)
+        except BaseException as e:   # reported below
+            outcome.append(e)
+
+    worker = threading.Thread(target=unpack, daemon=True)
+    worker.start()
+    worker.join(600)    # a watchdog only: a deadlock never ends, the unpack takes a second
+    assert not worker.is_alive(), "unpacking hung while git archive was still writing"
+    assert isinstance(outcome[0], StackError), outcome
+    assert f"gitpkg: git {commit}: refused member 'a_link'" in str(outcome[0])
+    assert list(dest.iterdir()) == []
 
 
 def _patch_file(path: Path, old: str, new: str, name: str = "README") -> Patch:
