@@ -1,6 +1,7 @@
 """The binary cache in a directory and in a real SeaweedFS bucket: round trips that keep modes,
-links, empty directories and mtimes; tampering detected; interrupted puts invisible; two nodes
-sharing one bucket."""
+links (absolute targets too), empty directories and mtimes; tampering detected before anything
+is extracted; broken entries repaired by the next put; interrupted puts invisible; hostile
+artifacts (the chained-symlink bypass) refused; two nodes sharing one bucket."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -22,10 +24,12 @@ from pycvmfs.stacks.binarycache import (
     S3BinaryCache,
     open_binary_cache,
 )
+from stacks.test_safetar import chained_symlink_tar
 
 H1 = hashlib.sha256(b"one").hexdigest()
 H2 = hashlib.sha256(b"two").hexdigest()
 RECORD = {"name": "pkg", "version": "1.0", "hash": H1}
+ABSOLUTE_TARGET = "/cvmfs/sft.example.org/lcg/releases/zlib/1.3-abcde/x86_64-el9-gcc13-opt/lib/z.so"
 
 
 @pytest.fixture(params=["dir", "s3"])
@@ -53,6 +57,7 @@ def make_tree(root: Path) -> Path:
     (root / "lib" / "libx.so.1.2").chmod(0o644)
     (root / "lib" / "libx.so").symlink_to("libx.so.1.2")
     (root / "lib" / "dangling").symlink_to("../nowhere")
+    (root / "lib" / "libz.so").symlink_to(ABSOLUTE_TARGET)      # relocated builds make these
     (root / "lib" / "pkgconfig" / "x.pc").write_text("prefix=/cvmfs/x\n")
     os.link(root / "bin" / "tool", root / "bin" / "tool-alias")
     (root / "private" / "secret").write_text("s\n")
@@ -103,6 +108,7 @@ def test_put_has_unpack_round_trip(cache, tmp_path):
     dest = tmp_path / "out" / "pkg"
     cache.unpack(H1, dest)
     assert snapshot(dest) == snapshot(tree)
+    assert os.readlink(dest / "lib" / "libz.so") == ABSOLUTE_TARGET
     assert (dest / "bin" / "tool").stat().st_ino == (dest / "bin" / "tool-alias").stat().st_ino
     assert [p.name for p in dest.parent.iterdir()] == ["pkg"]   # no temporary left
     # an existing empty directory is a fine destination; a non-empty one is not
@@ -157,9 +163,8 @@ def test_tampered_artifact_refused_with_the_key_named(cache, tmp_path):
         cache.unpack(H1, dest)
     assert key in str(e.value) and "not the recorded one" in str(e.value)
     assert not dest.exists() and list(tmp_path.glob(".out.unpack-*")) == []
-    with cache.open_artifact(H1) as f, pytest.raises(StackError, match="not the recorded one"):
-        while f.read(65536):
-            pass
+    with pytest.raises(StackError, match="not the recorded one"):
+        cache.open_artifact(H1)
     # one flipped byte in the middle
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
@@ -175,6 +180,55 @@ def test_tampered_artifact_refused_with_the_key_named(cache, tmp_path):
     _replace_artifact(cache, H1, good)
     cache.unpack(H1, dest)
     assert snapshot(dest) == snapshot(tree)
+
+
+def test_a_put_repairs_a_broken_entry(cache, tmp_path):
+    tree = make_tree(tmp_path / "install")
+    first = cache.put(H1, tree, RECORD)
+    good = _artifact_bytes(cache, H1)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x").write_text("another build\n")
+    cache.put(H2, other, {"name": "other"})
+    # the artifact of another build in its place, then one flipped byte, then none at all
+    bad = bytearray(good)
+    bad[-10] ^= 0xFF
+    for broken in (_artifact_bytes(cache, H2), bytes(bad), None):
+        if broken is None:
+            _delete_artifact(cache, H1)
+        else:
+            _replace_artifact(cache, H1, broken)
+        with pytest.raises(StackError):
+            cache.unpack(H1, tmp_path / "out")
+        again = cache.put(H1, tree, RECORD)
+        assert again["artifact"] == first["artifact"] and _artifact_bytes(cache, H1) == good
+        cache.unpack(H1, tmp_path / "out")
+        assert snapshot(tmp_path / "out") == snapshot(tree)
+        _remove_tree(tmp_path / "out")
+    # an unreadable record is replaced too
+    _put_record(cache, H1, b"{not json")
+    assert cache.put(H1, tree, RECORD) == first == cache.record(H1)
+
+
+def _delete_artifact(cache: BinaryCache, full: str) -> None:
+    if isinstance(cache, DirectoryBinaryCache):
+        (cache.root / full[:2] / f"{full}.tar.zst").unlink()
+    else:
+        cache.storage.delete(f"{full[:2]}/{full}.tar.zst")
+
+
+def _put_record(cache: BinaryCache, full: str, data: bytes) -> None:
+    if isinstance(cache, DirectoryBinaryCache):
+        (cache.root / full[:2] / f"{full}.json").write_bytes(data)
+    else:
+        cache.storage.put_bytes(f"{full[:2]}/{full}.json", data)
+
+
+def _remove_tree(path: Path) -> None:
+    for p in [path, *path.rglob("*")]:
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o700)
+    shutil.rmtree(path)
 
 
 def test_interrupted_put_is_not_visible(cache, tmp_path):
@@ -209,6 +263,32 @@ def test_hostile_artifact_in_a_shared_cache_refused(cache, tmp_path):
     assert "'../escaped'" in str(e.value) and H1 in str(e.value)
     assert not (tmp_path / "out" / "escaped").exists()
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "tampered"])
+def test_chained_symlink_artifact_writes_nothing_outside(cache, tmp_path, recorded):
+    """The filter-bypass archive as a build: refused by the extraction when its record names
+    it; refused before ANY extraction when it replaced a recorded artifact."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "out" / "pkg"
+    data = zstandard.ZstdCompressor().compress(chained_symlink_tar(dest, outside))
+    if recorded:
+        _replace_artifact_with_record(cache, H1, data)
+        expected = "is a symbolic link in the archive"
+    else:
+        tree = tmp_path / "tree"
+        (tree / "bin").mkdir(parents=True)
+        (tree / "bin" / "x").write_bytes(os.urandom(1 << 20))
+        cache.put(H1, tree, RECORD)
+        _replace_artifact(cache, H1, data)
+        expected = "the artifact is not the recorded one"
+    with pytest.raises(StackError) as e:
+        cache.unpack(H1, dest)
+    assert cache.describe(f"{H1[:2]}/{H1}.tar.zst") in str(e.value)
+    assert expected in str(e.value)
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 def _replace_artifact_with_record(cache: BinaryCache, full: str, data: bytes) -> None:

@@ -10,18 +10,26 @@ Layout (both backends), below the cache root or the bucket's key prefix::
 The record is the caller's dict plus ``artifact``: ``{"format": "tar+zstd", "sha256": <of the
 compressed bytes>, "size": <compressed size>, "files": <regular files>, "bytes": <their
 uncompressed size>}``. A put interrupted before the record leaves an artifact nobody sees (the
-next put of that hash replaces it). Reading an artifact hashes the compressed bytes while they
-stream and raises :class:`~pycvmfs.errors.StackError` naming the cache key at the end if they
-are not what the record says, so a consumer streaming it into a transaction aborts.
-Unpacking is safe (no absolute names, ``..``, links leaving the tree or device nodes; setuid,
-setgid and sticky bits dropped) and happens in a temporary sibling renamed into place.
+next put of that hash replaces it). A put of a hash already stored returns the stored record
+only when the artifact verifies against it (size and sha256); otherwise the tree is stored
+again, which repairs a broken entry.
+
+Reading an artifact verifies its compressed bytes COMPLETELY against the record before anything
+is decompressed (a directory cache hashes the file, an S3 cache the spool file it downloads to
+first) and raises :class:`~pycvmfs.errors.StackError` naming the cache key when they differ.
+Unpacking goes through :func:`pycvmfs.stacks.safetar.extract_tar`: no absolute names, ``..``,
+members below a symbolic link, hard links to anything but an earlier regular file, relative
+links resolving outside the tree, device nodes or FIFOs; setuid, setgid and sticky bits
+dropped; links made last, so extraction never writes through one. Absolute link TARGETS are
+kept (a link's text is data: relocated builds and recipes make ``/cvmfs/...`` links). It
+happens in a temporary sibling renamed into place.
 
 In a directory, files are written to a temporary name, fsynced and renamed; puts of one hash
 are serialised with a lock file. In S3 (``s3://bucket[/prefix]``, endpoint from
 ``?endpoint=`` or ``AWS_ENDPOINT_URL``, credentials from ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY``) nodes do not lock each other: two nodes putting one hash at the same
 time may leave the record of one next to the artifact of the other, which reading detects
-(the hash check) — put it again to repair.
+(the hash check) and the next put of that hash repairs.
 """
 
 from __future__ import annotations
@@ -34,7 +42,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import tarfile
 import tempfile
 from abc import ABC, abstractmethod
@@ -46,6 +53,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import zstandard
 
 from pycvmfs.errors import CvmfsError, ObjectNotFoundError, StackError
+from pycvmfs.stacks.safetar import extract_tar
 
 __all__ = ["ARTIFACT_FORMAT", "BinaryCache", "DirectoryBinaryCache", "S3BinaryCache",
            "open_binary_cache"]
@@ -133,13 +141,14 @@ class BinaryCache(ABC):
     def put(self, full_hash: str, install_dir: str | os.PathLike[str],
             record: dict[str, Any]) -> dict[str, Any]:
         """Store ``install_dir`` and its record under ``full_hash``; the stored record (the
-        existing one when the hash is already there)."""
+        existing one when the hash is already there and its artifact verifies; a record that
+        is unreadable or whose artifact is missing or different is replaced)."""
         _check_hash(full_hash)
         install_dir = Path(install_dir)
         if not install_dir.is_dir():
             raise StackError(f"binary cache: {install_dir} is not a directory to store")
         with self._locked(full_hash):
-            existing = self.record(full_hash)
+            existing = self._intact_record(full_hash)
             if existing is not None:
                 return existing
             rel = _artifact_rel(full_hash)
@@ -161,9 +170,18 @@ class BinaryCache(ABC):
             self._store_bytes(_record_rel(full_hash), text.encode("utf-8"))
             return stored
 
-    def open_artifact(self, full_hash: str) -> BinaryIO:
-        """The stored install tree of ``full_hash`` as a plain tar stream. Reading it to the
-        end raises a StackError naming the key if the bytes are not the recorded ones."""
+    def _intact_record(self, full_hash: str) -> dict[str, Any] | None:
+        """The record of ``full_hash`` when it is readable and its artifact verifies."""
+        try:
+            with self._verified_artifact(full_hash):
+                pass
+        except StackError:
+            return None
+        return self.record(full_hash)
+
+    def _verified_artifact(self, full_hash: str) -> BinaryIO:
+        """The stored compressed artifact of ``full_hash``, its size and sha256 checked
+        against the record before it is returned (positioned at its start)."""
         rec = self.record(full_hash)
         rel = _artifact_rel(full_hash)
         if rec is None:
@@ -175,38 +193,50 @@ class BinaryCache(ABC):
             raise StackError(f"binary cache {self.describe(_record_rel(full_hash))}: the record "
                              f"has no {ARTIFACT_FORMAT} artifact description")
         raw = self._open(rel, art["size"])
-        return io.BufferedReader(_ArtifactStream(raw, art["sha256"], art["size"],
-                                                 self.describe(rel)), _BLOCK)
+        try:
+            size = os.fstat(raw.fileno()).st_size
+            digest = "" if size != art["size"] else hashlib.file_digest(raw, "sha256").hexdigest()
+            if (digest, size) != (art["sha256"], art["size"]):
+                shown = digest or "not computed"
+                raise StackError(f"binary cache {self.describe(rel)}: the artifact is not the "
+                                 f"recorded one ({size} bytes with sha256 {shown}, recorded "
+                                 f"{art['size']} bytes with sha256 {art['sha256']})")
+            raw.seek(0)
+        except OSError as e:
+            raw.close()
+            raise StackError(f"binary cache {self.describe(rel)}: {e}") from None
+        except BaseException:
+            raw.close()
+            raise
+        return raw
+
+    def open_artifact(self, full_hash: str) -> BinaryIO:
+        """The stored install tree of ``full_hash`` as a plain tar stream; its compressed
+        bytes are verified against the record before it is returned (a StackError naming the
+        key otherwise)."""
+        raw = self._verified_artifact(full_hash)
+        return io.BufferedReader(_Decompressed(raw, self.describe(_artifact_rel(full_hash))),
+                                 _BLOCK)
 
     def unpack(self, full_hash: str, dest: str | os.PathLike[str]) -> None:
         """Extract the build of ``full_hash`` as ``dest`` (absent or an empty directory); it
-        appears only once complete and verified."""
+        appears only once complete. The artifact is verified before anything is extracted."""
         dest = Path(dest)
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise StackError(f"binary cache: cannot unpack {full_hash} into {dest}: not an "
                              "empty directory")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
-        where = self.describe(_artifact_rel(full_hash))
-        try:
-            with self.open_artifact(full_hash) as stream:
-                try:
-                    with tarfile.open(fileobj=stream, mode="r|") as tar:
-                        tar.extractall(tmp, filter=_cache_filter)
-                except tarfile.FilterError as e:
-                    member = e.tarinfo.name if e.tarinfo is not None else "?"
-                    raise StackError(f"binary cache {where}: refused member {member!r}: "
-                                     f"{e}") from None
-                except (tarfile.TarError, EOFError) as e:
-                    raise StackError(f"binary cache {where}: not a readable tar ({e})") from None
-                while stream.read(_BLOCK):   # to the end: the hash check
-                    pass
-            if dest.exists():
-                dest.rmdir()
-            os.rename(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        where = f"binary cache {self.describe(_artifact_rel(full_hash))}"
+        with self.open_artifact(full_hash) as stream:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
+            try:
+                extract_tar(stream, tmp, what=where, absolute_links=True, keep_modes=True)
+                if dest.exists():
+                    dest.rmdir()
+                os.rename(tmp, dest)
+            finally:
+                if tmp.exists():
+                    _remove_tree(tmp)
 
     def list(self) -> Iterator[str]:
         """The full hashes that have a record."""
@@ -268,82 +298,46 @@ def pack_tree(root: Path, out: BinaryIO) -> dict[str, Any]:
             "files": files, "bytes": total}
 
 
-class _VerifiedSource:
-    """The compressed bytes of an artifact as the decompressor reads them, hashed and counted;
-    :meth:`finish` reads to the end and checks them against the record."""
+class _Decompressed(io.RawIOBase):
+    """The decompressed tar of a verified artifact; a zstd error is a StackError naming the
+    cache key."""
 
-    def __init__(self, raw: BinaryIO, sha256: str, size: int, where: str) -> None:
-        self.raw = raw
-        self._digest = hashlib.sha256()
-        self._size = 0
-        self._want = (sha256, size)
+    def __init__(self, raw: BinaryIO, where: str) -> None:
+        self._raw = raw
         self._where = where
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n if n and n > 0 else _BLOCK)
-        self._digest.update(data)
-        self._size += len(data)
-        if self._size > self._want[1]:
-            self._fail()
-        return data
-
-    def finish(self) -> None:
-        while self.read(_BLOCK):
-            pass
-        if (self._digest.hexdigest(), self._size) != self._want:
-            self._fail()
-
-    def _fail(self) -> None:
-        raise StackError(f"binary cache {self._where}: the artifact is not the recorded one "
-                         f"(sha256 {self._digest.hexdigest()} over {self._size} bytes read, "
-                         f"recorded {self._want[0]} over {self._want[1]} bytes)")
-
-
-class _ArtifactStream(io.RawIOBase):
-    """The decompressed tar of an artifact; its end is only reported once the compressed
-    bytes proved to be the recorded ones."""
-
-    def __init__(self, raw: BinaryIO, sha256: str, size: int, where: str) -> None:
-        self._source = _VerifiedSource(raw, sha256, size, where)
-        self._where = where
-        self._done = False
         self._z = zstandard.ZstdDecompressor().stream_reader(
-            self._source, read_size=_BLOCK, read_across_frames=True, closefd=False)
+            raw, read_size=_BLOCK, read_across_frames=True, closefd=False)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        if self._done:
-            return 0
         try:
             data = self._z.read(len(buffer))
         except zstandard.ZstdError as e:
             raise StackError(f"binary cache {self._where}: the artifact does not decompress "
                              f"({e})") from None
-        if not data:
-            self._source.finish()
-            self._done = True
-            return 0
         buffer[:len(data)] = data
         return len(data)
 
     def close(self) -> None:
         if not self.closed:
             self._z.close()
-            self._source.raw.close()
+            self._raw.close()
         super().close()
 
 
-def _cache_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    """The ``data`` filter's refusals, with the member's own mode kept (without setuid,
-    setgid and sticky bits) so the tree comes back as it was stored."""
-    if member.name.startswith("/"):
-        raise tarfile.AbsolutePathError(member)
-    safe = tarfile.data_filter(member, dest)
-    if safe is None or member.issym() or member.islnk():
-        return safe
-    return safe.replace(mode=stat.S_IMODE(member.mode) & 0o777, deep=False)
+def _remove_tree(path: Path) -> None:
+    """Remove a partly extracted tree, also one with read-only directories in it (what
+    cannot be removed is left: the caller is already reporting an error)."""
+    def writable_and_retry(func: Any, name: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            parent = os.path.dirname(name)
+            if not os.path.islink(parent):
+                os.chmod(parent, 0o700)
+            func(name)
+
+    shutil.rmtree(path, onerror=writable_and_retry)
 
 
 # -- backends ---------------------------------------------------------------------------------
