@@ -385,3 +385,49 @@ $CC $CFLAGS -DDATADIR="\\"$PREFIX/share\\"" prog.c -o "$PREFIX/bin/prog" $LDFLAG
     assert "relocate check failed" in msg
     assert str(built.work / "logs" / f"datadir-{req.full_hash[:16]}" / "build.log") in msg
     assert not (built.work / "installs" / req.full_hash).exists()
+
+
+@pytest.mark.parametrize("variable", ["SOURCE_DIR", "HOME", "TMPDIR"])
+def test_relocate_refuses_the_source_dir_home_and_tmpdir(tmp_path: Path, variable: str):
+    """A relocated tree naming a build directory that is not a prefix is refused — also when
+    the source directory lies outside the work directory."""
+    source = tmp_path / "elsewhere" / "src"
+    source.mkdir(parents=True)
+    spec = PackageSpec(name="leaks", version="1",
+                       build=f'mkdir -p "$PREFIX/share"\necho "${variable}/x" '
+                             '> "$PREFIX/share/paths"')
+    req = _request(spec, source=source, sandbox="relocate", salt=variable)
+    builder = Builder(tmp_path / "work")
+    home = tmp_path / "work" / "home" / req.full_hash
+    where = {"SOURCE_DIR": source, "HOME": home, "TMPDIR": home / "tmp"}[variable]
+    with pytest.raises(BuildError) as err:
+        builder.build(req)
+    assert f"leftover build path {where} in share/paths (text)" in str(err.value)
+    assert "relocate check failed" in str(err.value)
+    assert not (tmp_path / "work" / "installs" / req.full_hash).exists()
+
+
+def test_relocate_refuses_resolved_spellings_and_the_work_dir(tmp_path: Path):
+    real = tmp_path / "real"
+    (real / "src").mkdir(parents=True)
+    (tmp_path / "via").symlink_to(real)
+    work = tmp_path / "work"
+    builder = Builder(work)
+    # the source dir given through a link, the recipe writes the resolved path
+    spec = PackageSpec(name="resolved", version="1",
+                       build='mkdir -p "$PREFIX/share"\npwd -P > "$PREFIX/share/where"')
+    req = _request(spec, source=tmp_path / "via" / "src", sandbox="relocate")
+    with pytest.raises(BuildError, match=f"leftover build path {real / 'src'} in share/where"):
+        builder.build(req)
+    # a path of the work directory that is none of the build's own directories
+    spec = PackageSpec(name="workdir", version="1",
+                       build=f'mkdir -p "$PREFIX/share"\necho "{work}/logs" > '
+                             '"$PREFIX/share/where"')
+    with pytest.raises(BuildError, match=f"leftover build path {work} in share/where"):
+        builder.build(_request(spec, sandbox="relocate"))
+    # a clean tree still builds
+    clean = PackageSpec(name="clean", version="1",
+                        build='mkdir -p "$PREFIX/share"\necho "$PREFIX" > "$PREFIX/share/p"')
+    req = _request(clean, sandbox="relocate")
+    result = builder.build(req)
+    assert (result.install_dir / "share" / "p").read_text() == f"{req.prefix}\n"

@@ -41,8 +41,9 @@ Steps: ``build`` = ``bash -e -o pipefail -c <recipe>`` in the source top directo
 streamed to ``build.log``; then, when tests run and the package has one, ``test`` the same way
 into ``test.log`` (a failing test is recorded, the build still succeeds). A step's timeout
 kills its whole process group. After the build, the tree is checked for build paths (the host
-work directory in the sandbox; the temporary prefix and the dependencies' local directories
-after relocation) and refused with a :class:`~pycvmfs.errors.BuildError` if any is left.
+work directory in the sandbox; after relocation the temporary prefix, the dependencies' local
+directories, the source directory, HOME, TMPDIR and the work directory, each also resolved)
+and refused with a :class:`~pycvmfs.errors.BuildError` if any is left.
 """
 
 from __future__ import annotations
@@ -312,7 +313,8 @@ class Builder:
                        else f"exit status {build.returncode}")
                 raise BuildError(f"{spec.name} {spec.version}", "build", str(build_log), why)
             test = step(spec.test, test_log) if req.run_tests and spec.test else None
-            self._check_tree(req, mode, stage, build_log)
+            self._check_tree(req, mode, stage, build_log,
+                             build_dirs=(src, home, home / "tmp"))
             record = _record(req, sandbox=mode, started=started, finished=_now(),
                              duration=time.monotonic() - t0, build=build, test=test)
             write_records(stage, record, logs={"build.log": build_log, "test.log": test_log})
@@ -350,8 +352,13 @@ class Builder:
                               env=env, cwd=src, timeout=req.timeout)
         return run_here
 
-    def _check_tree(self, req: BuildRequest, mode: str, stage: Path, log: Path) -> None:
-        """Relocate (relocate mode), then refuse a tree that still names a build path."""
+    def _check_tree(self, req: BuildRequest, mode: str, stage: Path, log: Path, *,
+                    build_dirs: Sequence[Path] = ()) -> None:
+        """Relocate (relocate mode), then refuse a tree that still names a build path: the
+        work directory in the sandbox; after relocation also the temporary prefix, the
+        dependencies' local trees and ``build_dirs`` (the source directory, HOME with its
+        TMPDIR), each also spelled resolved."""
+        work = [str(self.work_dir)]
         if mode == "relocate":
             moves = [(str(stage), req.prefix)]
             moves += [(str(d.local_dir), d.prefix) for d in req.deps]
@@ -360,9 +367,11 @@ class Builder:
                 if real != old:
                     moves.append((real, new))
             relocate_tree(stage, moves)
-            forbidden = [old for old, _ in moves]
+            leftover = [old for old, _ in moves]
+            leftover += [*(os.path.abspath(p) for p in build_dirs), *work]
         else:
-            forbidden = sorted({str(self.work_dir), os.path.realpath(self.work_dir)})
+            leftover = work
+        forbidden = sorted({*leftover, *(os.path.realpath(p) for p in leftover)})
         found = find_build_paths(stage, forbidden)
         if found:
             text = "; ".join(str(x) for x in found[:_LEFTOVERS_SHOWN])
