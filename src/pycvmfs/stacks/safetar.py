@@ -111,11 +111,11 @@ class _Extraction:
         link is only noted)."""
         raw = member.name
         name = _normalise(raw, raw)
+        if not name and not member.isdir():
+            raise _Refused(raw, "the destination itself can only be a directory")
         if name in self.kinds and not (member.isdir() and self.kinds[name] == _DIR):
             raise _Refused(raw, f"{name or '.'!r} appears twice in the archive (as a "
                                 f"{self.kinds[name]} before)")
-        if not name and not member.isdir():
-            raise _Refused(raw, "the destination itself can only be a directory")
         self.parents(raw, name)
         if name not in self.kinds:
             self.check_on_disk(member, name)
