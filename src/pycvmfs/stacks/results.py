@@ -39,6 +39,7 @@ __all__ = [
     "clean_text",
     "error_summary",
     "log_tail",
+    "merged_results",
     "read_feed",
     "results_feed",
     "results_from_feed",
@@ -310,3 +311,32 @@ def read_feed(path: str | os.PathLike[str]) -> RunResults:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise StackError(f"results feed {os.fspath(path)} is not UTF-8 JSON: {e}") from e
     return results_from_feed(doc, origin=os.fspath(path))
+
+
+def merged_results(where: Path, stack: str, platform: str, day: str | None,
+                   names) -> RunResults | None:
+    """One run made of the results feeds below ``where`` (a CI publish job's artifacts from
+    its build jobs) for ``stack`` × ``platform``: per package the feed that built it (or
+    failed it) beats one that reused it; None when there is none."""
+    runs = []
+    for path in sorted(Path(where).rglob("results.json")):
+        try:
+            run = read_feed(path)
+        except (StackError, OSError, ValueError):
+            continue
+        if run.stack == stack and run.platform == platform and run.day == day:
+            runs.append(run)
+    if not runs:
+        return None
+    rank = {"failed": 3, "built": 2, "skipped": 1, "reused": 0}
+    best: dict = {}
+    for run in runs:
+        for p in run.packages:
+            if p.name in names and rank.get(p.status, 0) >= rank.get(
+                    getattr(best.get(p.name), "status", ""), -1):
+                best[p.name] = p
+    merged = runs[0]
+    merged.started = min(r.started for r in runs)
+    merged.finished = max(r.finished for r in runs)
+    merged.packages = [best[n] for n in names if n in best]
+    return merged

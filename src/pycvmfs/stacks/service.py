@@ -27,7 +27,7 @@ from pycvmfs.stacks.nightly import (
     today,
 )
 from pycvmfs.stacks.plan import BUILD, CACHED, PUBLISHED, PlannedPackage, StackPlan, make_plan
-from pycvmfs.stacks.results import RunResults, results_feed
+from pycvmfs.stacks.results import RunResults, merged_results, results_feed
 from pycvmfs.stacks.scheduler import StackBuilder, installed_dir
 from pycvmfs.stacks.sources import SourceCache
 from pycvmfs.stacks.writer import RECORD_FILE, StackWriter, newest_finish
@@ -257,37 +257,6 @@ def _transaction(pub, settings: StackSettings, held: contextlib.ExitStack, tag, 
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)
-
-
-def merged_results(where: Path, stack: str, platform: str, day: str | None,
-                   names) -> RunResults | None:
-    """One run made of the results feeds below ``where`` (a CI publish job's artifacts from
-    its build jobs) for ``stack`` × ``platform``: per package the feed that built it (or
-    failed it) beats one that reused it; None when there is none."""
-    from pycvmfs.stacks.results import read_feed
-
-    runs = []
-    for path in sorted(Path(where).rglob("results.json")):
-        try:
-            run = read_feed(path)
-        except (StackError, OSError, ValueError):
-            continue
-        if run.stack == stack and run.platform == platform and run.day == day:
-            runs.append(run)
-    if not runs:
-        return None
-    rank = {"failed": 3, "built": 2, "skipped": 1, "reused": 0}
-    best: dict = {}
-    for run in runs:
-        for p in run.packages:
-            if p.name in names and rank.get(p.status, 0) >= rank.get(
-                    getattr(best.get(p.name), "status", ""), -1):
-                best[p.name] = p
-    merged = runs[0]
-    merged.started = min(r.started for r in runs)
-    merged.finished = max(r.finished for r in runs)
-    merged.packages = [best[n] for n in names if n in best]
-    return merged
 
 
 def _failures(run: RunResults) -> list[str]:
