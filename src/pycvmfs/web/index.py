@@ -136,9 +136,9 @@ class WebIndex:
             return [self._refresh_one(src) for src in self.sources]
 
     def _refresh_one(self, src: RepoSource) -> dict[str, Any]:
-        from pycvmfs.client.repository import open_repository
+        from pycvmfs.client.repository import guess_fqrn, open_repository
 
-        name = src.fqrn or src.location
+        name = src.fqrn or guess_fqrn(src.location.split(";")[0]) or src.location
         try:
             repo = self._repos.get(src.location)
             if repo is None:
