@@ -57,10 +57,10 @@ def iso_date(timestamp: int | float | None) -> str | None:
 def tree_counters(catalog: Catalog) -> dict[str, int | None]:
     """Totals of the tree below a catalog from its statistics counters (``self + subtree``):
     ``files``, ``directories`` (below the catalog's root, mount points counted once),
-    ``symlinks``, ``special``, ``bytes`` (file size sum), ``chunked_files``, ``chunks``,
+    ``symlinks``, ``special``, ``bytes`` (file size sum), ``chunked_files``, ``file_chunks``,
     ``external_files``, ``nested_catalogs``. All None for a catalog without counters."""
-    names = ("files", "directories", "symlinks", "special", "bytes", "chunked_files", "chunks",
-             "external_files", "nested_catalogs")
+    names = ("files", "directories", "symlinks", "special", "bytes", "chunked_files",
+             "file_chunks", "external_files", "nested_catalogs")
     if catalog.schema < 2.5 - 1e-9:
         return dict.fromkeys(names, None)
     s = catalog.statistics()
