@@ -16,6 +16,7 @@ from pycvmfs.cli import (
     replica_cmds,
     serve_cmd,
     stack_cmds,
+    web_cmd,
 )
 from pycvmfs.cli.common import CvmfsGroup
 
@@ -36,6 +37,7 @@ replica_cmds.register(cli)
 admin_cmds.register(cli)
 container_cmds.register(cli)
 stack_cmds.register(cli)
+web_cmd.register(cli)
 
 
 def main() -> None:
