@@ -159,7 +159,7 @@ def _check_replica(url: str, s0: _Stratum0, keys: Sequence, cache: Path, timeout
             row.update(last_snapshot=iso_date(snap), last_snapshot_timestamp=snap,
                        snapshotting=_read_small(repo, IS_SNAPSHOTTING) is not None)
     except Exception as e:  # a status page reports every failure, it never raises
-        row["error"] = _error_text(e)
+        row["error"] = _error_text(e, url)
         return row
     lag = s0.revision - row["revision"]
     row["lag_revisions"] = lag
@@ -178,9 +178,12 @@ def _check_replica(url: str, s0: _Stratum0, keys: Sequence, cache: Path, timeout
     return row
 
 
-def _error_text(e: BaseException) -> str:
+def _error_text(e: BaseException, url: str) -> str:
+    """The error's message, naming the replica's URL."""
     text = str(e) or type(e).__name__
-    return text if isinstance(e, CvmfsError) else f"{type(e).__name__}: {text}"
+    if not isinstance(e, CvmfsError):
+        text = f"{type(e).__name__}: {text}"
+    return text if url in text else f"{url}: {text}"
 
 
 def replica_status(stratum0: Repository | str, replicas: Sequence[str], *, keys: Sequence,
