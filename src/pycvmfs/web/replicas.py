@@ -112,11 +112,11 @@ def _open_stratum0(stratum0: Repository | str, keys: Sequence, cache: Path,
 
 # -- one replica ---------------------------------------------------------------------------
 
-def _empty_row(url: str, fqrn: str | None, s0: _Stratum0 | None) -> dict:
-    return {"replica": url, "fqrn": fqrn, "verified": False, "revision": None,
+def _empty_row(url: str, s0: _Stratum0) -> dict:
+    return {"replica": url, "fqrn": s0.fqrn, "verified": False, "revision": None,
             "root_hash": None, "published": None, "published_timestamp": None,
             "last_snapshot": None, "last_snapshot_timestamp": None, "snapshotting": False,
-            "stratum0_revision": s0.revision if s0 else None, "lag_revisions": None,
+            "stratum0_revision": s0.revision, "lag_revisions": None,
             "lag_seconds": None, "behind_since": None, "stale": True, "error": None}
 
 
@@ -141,7 +141,7 @@ def _last_snapshot(repo: Repository) -> int | None:
 
 def _check_replica(url: str, s0: _Stratum0, keys: Sequence, cache: Path, timeout: float,
                    stale_after: float, now: float) -> dict:
-    row = _empty_row(url, s0.fqrn, s0)
+    row = _empty_row(url, s0)
     cache_dir = cache / hashlib.sha1(url.encode()).hexdigest()[:16]
     try:
         with open_repository(url, keys=keys, fqrn=s0.fqrn, cache_dir=cache_dir,
@@ -155,9 +155,10 @@ def _check_replica(url: str, s0: _Stratum0, keys: Sequence, cache: Path, timeout
             row.update(verified=True, revision=m.revision, root_hash=str(m.root_catalog),
                        published=iso_date(m.publish_timestamp or None),
                        published_timestamp=m.publish_timestamp or None)
-            snap = _last_snapshot(repo)
-            row.update(last_snapshot=iso_date(snap), last_snapshot_timestamp=snap,
-                       snapshotting=_read_small(repo, IS_SNAPSHOTTING) is not None)
+            with contextlib.suppress(CvmfsError):  # unsigned markers: best effort
+                snap = _last_snapshot(repo)
+                row.update(last_snapshot=iso_date(snap), last_snapshot_timestamp=snap,
+                           snapshotting=_read_small(repo, IS_SNAPSHOTTING) is not None)
     except Exception as e:  # a status page reports every failure, it never raises
         row["error"] = _error_text(e, url)
         return row
