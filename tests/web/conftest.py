@@ -1,10 +1,16 @@
 """Fixtures of the portal tests: one repository filled by the real stack pipelines (two
 releases, a nightly slot with a complete and a partial night), indexed from its storage
-directory, and the portal served by a real uvicorn server."""
+directory, and the portal served by a real uvicorn server; and for the repository browser,
+replica and container pages a second one (``browsed``: a release, plain transactions, a
+container image ingested by the containers code, tags) served over HTTP with a stratum 1 made
+by ``pycvmfs snapshot`` one revision behind."""
 
 from __future__ import annotations
 
+import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,12 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from containers.ocifixture import ImageSpec, Layer, Layout, Written, base_members
+from pycvmfs.containers.service import ContainerSettings, ingest_images
+from pycvmfs.format.chunking import ChunkingParams
 from pycvmfs.publish.config import ServerSettings
 from pycvmfs.publish.repository import Publisher
 from pycvmfs.stacks.platform import host_platform
 from pycvmfs.stacks.service import StackSettings, publish_nightly, publish_release
 from pycvmfs.web.index import RepoSource, WebIndex
 
+from helpers.loopback import LoopbackServer
 from helpers.publishing import new_repository
 from helpers.stacks import tiny_stack
 
@@ -132,5 +142,131 @@ class PortalServer:
 @pytest.fixture(scope="session")
 def portal(index) -> Iterator[PortalServer]:
     server = PortalServer(index, refresh_interval=None)
+    yield server
+    server.stop()
+
+
+# -- the repository browser, replicas and containers -------------------------------------------
+
+BFQRN = "browse.example.org"
+BIG = random.Random(15).randbytes(700_000)  # chunked in 64..256 KiB pieces
+IMAGE_NAME = "registry.example.org/portal/hello:1.0"
+CLI = [sys.executable, "-m", "pycvmfs.cli.main"]
+
+
+@dataclass
+class Browsed:
+    """A repository with stacks, plain transactions and a container image (revisions 1-5),
+    served over HTTP, and its stratum 1 made by ``pycvmfs snapshot`` at revision 4."""
+
+    pub: Publisher
+    base: Path
+    s0: LoopbackServer
+    s1: LoopbackServer
+    down_url: str
+    image: Written
+    roots: dict[int, str]
+    snapshot_window: tuple[float, float]
+
+    @property
+    def key(self) -> str:
+        return str(self.pub.config.key_path("pub"))
+
+    @property
+    def s0_url(self) -> str:
+        return f"{self.s0.url}/{BFQRN}"
+
+    @property
+    def s1_url(self) -> str:
+        return f"{self.s1.url}/{BFQRN}"
+
+    def source(self, stale_after: float = 3600.0) -> RepoSource:
+        return RepoSource(self.s0_url, (self.key,), BFQRN,
+                          replicas=(self.s1_url, self.down_url), stale_after=stale_after)
+
+    def record(self) -> int:
+        head = self.pub.head()
+        self.roots[head.revision] = str(head.root_catalog)
+        return head.revision
+
+
+def _image_layout(where: Path) -> Written:
+    """An OCI layout with one two-layer image tagged 1.0."""
+    lay = Layout(where)
+    return lay.add(ImageSpec(layers=[
+        Layer(base_members()),
+        Layer([{"name": "usr/share", "type": "dir"},
+               {"name": "usr/share/hello.txt", "data": b"hello from layer two\n"}],
+              compression="zstd")], cmd=["/usr/bin/hello"]), "1.0")
+
+
+def _snapshot(done: Browsed) -> None:
+    before = time.time()
+    res = subprocess.run([*CLI, "snapshot", done.s0_url, str(done.s1.directory / BFQRN),
+                          "-k", done.key, "--state-dir", str(done.base / "s1-state")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    done.snapshot_window = (before, time.time())
+
+
+def publish_browsed(base: Path) -> Browsed:
+    """1 mkfs; 2 release LCG_900 (tag); 3 /data with a chunked file and a nested catalog (tag
+    data-v1); 4 a container image (tag images); the stratum 1 snapshot; 5 /data changed, /docs
+    added (tag data-v2)."""
+    settings = ServerSettings()
+    settings.chunking = ChunkingParams(65536, 131072, 262144)
+    settings.override(include_xattrs=True)
+    pub = new_repository(base / "repo", BFQRN, settings)
+    (base / "s1").mkdir()
+    s0, s1 = LoopbackServer(base / "repo" / "srv"), LoopbackServer(base / "s1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}/cvmfs/{BFQRN}"
+    done = Browsed(pub, base, s0, s1, down, _image_layout(base / "img"), {}, (0.0, 0.0))
+    done.record()
+    stack = StackSettings(work_dir=base / "work", cache=str(base / "bincache"), parallel=2,
+                          jobs=2)
+    publish_release(pub, tiny_stack(base / "src", repository=BFQRN), stack, tag="LCG_900")
+    done.record()
+    with pub.transaction(tag="data-v1", message="the data set") as txn:
+        txn.add_file("/data/.cvmfscatalog", b"")
+        txn.add_file("/data/big.bin", BIG)
+        txn.add_file("/data/notes.txt", b"first notes\n")
+        txn.add_file("/data/old.txt", b"to be removed\n")
+        txn.symlink("/data/latest", "big.bin")
+    done.record()
+    ingest_images(pub, [f"oci:{base / 'img'}:1.0"],
+                  ContainerSettings(cache_dir=str(base / "blobs")), names=[IMAGE_NAME],
+                  tag="images")
+    done.record()
+    _snapshot(done)
+    with pub.transaction(tag="data-v2") as txn:
+        txn.add_file("/data/notes.txt", b"second notes, longer\n")
+        txn.remove("/data/old.txt")
+        txn.add_file("/docs/README", b"read me\n")
+    assert done.record() == 5
+    return done
+
+
+@pytest.fixture(scope="session")
+def browsed(tmp_path_factory) -> Iterator[Browsed]:
+    done = publish_browsed(tmp_path_factory.mktemp("browsed"))
+    yield done
+    done.s0.stop()
+    done.s1.stop()
+
+
+@pytest.fixture(scope="session")
+def browse_index(browsed, tmp_path_factory) -> Iterator[WebIndex]:
+    idx = WebIndex(tmp_path_factory.mktemp("bindex") / "web.sqlite", [browsed.source()])
+    [outcome] = idx.refresh()
+    assert outcome["error"] is None and outcome["revision"] == 5, outcome
+    yield idx
+    idx.close()
+
+
+@pytest.fixture(scope="session")
+def browse_portal(browse_index) -> Iterator[PortalServer]:
+    server = PortalServer(browse_index, refresh_interval=None)
     yield server
     server.stop()

@@ -119,7 +119,10 @@ def test_openapi_describes_every_api_path(portal):
         "/api/repositories", "/api/repositories/{fqrn}", "/api/releases",
         "/api/releases/{release}", "/api/releases/{release}/{platform}",
         "/api/nightlies/{slot}", "/api/nightlies/{slot}/{day}/{platform}",
-        "/api/packages/{name}", "/api/search", "/api/diff"}
+        "/api/packages/{name}", "/api/search", "/api/diff",
+        "/api/repositories/{fqrn}/revisions", "/api/repositories/{fqrn}/tree",
+        "/api/repositories/{fqrn}/tree/{path}", "/api/repositories/{fqrn}/diff",
+        "/api/replicas", "/api/containers"}
     schemas = doc["components"]["schemas"]
     assert {"PackageTable", "Diff", "Nightly", "Package", "Repository"} <= set(schemas)
     assert "from" in schemas["DiffChange"]["properties"]

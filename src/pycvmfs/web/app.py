@@ -11,11 +11,15 @@ Pages and their API twins (stable paths, permalinks: every view is one GET URL):
     /packages/{name}                    /api/packages/{name}
     /search?q=                          /api/search?q=
     /diff?a=..&b=..                     /api/diff?a=..&b=..
-    /repositories/{fqrn}                /api/repositories/{fqrn}, /api/repositories
+    /repositories, /repositories/{fqrn}  /api/repositories, /api/repositories/{fqrn}
+
+and the repository browser, replicas, metrics and containers of
+:mod:`pycvmfs.web.repo_routes`.
 
 Unknown names answer 404 and malformed diff operands 400, with a message naming them. With a
 ``refresh_interval``, a background thread refreshes the index (at start, then periodically);
-a request never reads a repository.
+a request never reads a repository, except the browser's tree and diff views (a few capped
+lookups through the verified reader; a read that fails verification answers 502).
 """
 
 from __future__ import annotations
@@ -33,12 +37,17 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from pycvmfs.web import models
+from pycvmfs.web.browse import BrowseBadRequest, BrowseNotFound, Browser, BrowseRefused
 from pycvmfs.web.index import BadSpec, UnknownName, WebIndex
+from pycvmfs.web.plot import human_bytes
+from pycvmfs.web.repo_routes import add_repository_routes
+from pycvmfs.web.repotables import duration
 
 __all__ = ["create_app"]
 
 _HERE = Path(__file__).parent
 _ERRORS = {"model": models.ErrorBody}
+_TITLES = {400: "Bad request", 404: "Not found", 502: "Refused"}
 
 
 def _when(epoch: float | None) -> str:
@@ -51,6 +60,10 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f} s"
 
 
+def _duration(value: float | None) -> str:
+    return "–" if value is None else duration(value)
+
+
 class _Failure(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -60,10 +73,12 @@ class _Failure(Exception):
 def _ask(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
-    except UnknownName as e:
+    except (UnknownName, BrowseNotFound) as e:
         raise _Failure(404, str(e)) from None
-    except BadSpec as e:
+    except (BadSpec, BrowseBadRequest) as e:
         raise _Failure(400, str(e)) from None
+    except BrowseRefused as e:
+        raise _Failure(502, str(e)) from None
 
 
 def _refresher(index: WebIndex, interval: float, stop: threading.Event) -> None:
@@ -76,6 +91,7 @@ def _refresher(index: WebIndex, interval: float, stop: threading.Event) -> None:
 def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0) -> FastAPI:
     """The portal on ``index``; ``refresh_interval`` (seconds, None: never) re-reads the
     repositories' manifests in a background thread while the app runs."""
+    browser = Browser(index)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +107,7 @@ def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0) -> Fa
             stop.set()
             if thread is not None:
                 thread.join()
+            browser.close()
 
     app = FastAPI(title="pycvmfs software stacks portal", version="1",
                   description="Releases, packages, diffs and nightly results of the software "
@@ -100,15 +117,17 @@ def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0) -> Fa
     templates = Jinja2Templates(directory=_HERE / "templates")
     templates.env.filters["when"] = _when
     templates.env.filters["seconds"] = _seconds
+    templates.env.filters["duration"] = _duration
+    templates.env.filters["bytes"] = human_bytes
     app.state.index = index
+    app.state.browser = browser
 
     @app.exception_handler(_Failure)
     async def failure(request: Request, exc: _Failure) -> Response:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
-        return page(request, "error.html", {"title": "Not found" if exc.status == 404
-                                            else "Bad request", "message": str(exc)},
-                    status=exc.status)
+        return page(request, "error.html", {"title": _TITLES.get(exc.status, "Error"),
+                                            "message": str(exc)}, status=exc.status)
 
     def page(request: Request, name: str, context: dict[str, Any], *,
              status: int = 200) -> HTMLResponse:
@@ -169,7 +188,9 @@ def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0) -> Fa
     # -- pages ---------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home(request: Request) -> HTMLResponse:
-        return page(request, "index.html", {"title": "Software stacks", **index.releases()})
+        return page(request, "index.html", {"title": "Software stacks", **index.releases(),
+                                            "replica_status": index.replicas(),
+                                            "images": index.containers()["images"]})
 
     @app.get("/releases/{release}", response_class=HTMLResponse, include_in_schema=False)
     def release_page(request: Request, release: str) -> HTMLResponse:
@@ -213,9 +234,6 @@ def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0) -> Fa
         return page(request, "diff.html", {"title": f"Diff {a} → {b}" if diff else "Diff",
                                            "a": a, "b": b, "diff": diff})
 
-    @app.get("/repositories/{fqrn}", response_class=HTMLResponse, include_in_schema=False)
-    def repository_page(request: Request, fqrn: str) -> HTMLResponse:
-        repo = _ask(index.repository, fqrn)
-        return page(request, "repository.html", {"title": f"Repository {fqrn}", "repo": repo})
+    add_repository_routes(app, index, browser, page, _ask)
 
     return app

@@ -10,8 +10,15 @@ When a read fails (a tampered object, catalog or summary; an unreachable server)
 that revision is indexed: the repository's row keeps its previously indexed data and gets the
 error text, which every page shows.
 
+With a new revision the index also stores the repository's revisions and size history
+(:mod:`pycvmfs.web.repoinfo`) and its container images; at every refresh it compares the
+source's stratum 1s with the stratum 0 (:func:`pycvmfs.web.replicas.replica_status`) and
+stores their rows (tables in :mod:`pycvmfs.web.repotables`). A refresh also re-indexes when
+only the history changed (a new tag on an old revision).
+
 The query methods return JSON-ready dicts (the API's response bodies); unknown names raise
-:class:`UnknownName`, malformed diff specs :class:`BadSpec`.
+:class:`UnknownName`, malformed diff specs :class:`BadSpec`. The index is a cache of what
+the repositories hold: a database of another schema version is emptied and rebuilt.
 """
 
 from __future__ import annotations
@@ -30,14 +37,20 @@ from pycvmfs.errors import CvmfsError, StackError
 from pycvmfs.stacks.compare import diff_summaries
 from pycvmfs.stacks.layout import DAYS
 from pycvmfs.stacks.summary import Summary, SummaryEntry, version_key
+from pycvmfs.web import repotables
+from pycvmfs.web.replicas import prometheus_metrics, replica_status
+from pycvmfs.web.repoinfo import revisions, size_history
 from pycvmfs.web.snapshot import Snapshot, read_snapshot
 
 __all__ = ["BadSpec", "RepoSource", "UnknownName", "WebIndex"]
 
+#: PRAGMA user_version of the index's tables; another version is dropped and rebuilt
+SCHEMA_VERSION = 2
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS repositories (
     fqrn TEXT PRIMARY KEY, location TEXT NOT NULL, top TEXT NOT NULL,
-    revision INTEGER, root_hash TEXT, published INTEGER, indexed_at REAL,
+    revision INTEGER, root_hash TEXT, history_hash TEXT, published INTEGER, indexed_at REAL,
     error TEXT, error_at REAL, warnings TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS summaries (
     id INTEGER PRIMARY KEY, fqrn TEXT NOT NULL, kind TEXT NOT NULL, stack TEXT NOT NULL,
@@ -68,7 +81,7 @@ CREATE TABLE IF NOT EXISTS run_packages (
 CREATE INDEX IF NOT EXISTS run_packages_run ON run_packages(run_id);
 """
 
-_DATA_TABLES = ("summaries", "nightly_days", "latest", "runs")
+_DATA_TABLES = ("summaries", "nightly_days", "latest", "runs", *repotables.REVISION_TABLES)
 
 
 class UnknownName(StackError, LookupError):
@@ -82,12 +95,22 @@ class BadSpec(StackError, ValueError):
 @dataclass(frozen=True)
 class RepoSource:
     """A repository to index: a URL or storage directory, its public keys (files or
-    directories), its name (guessed from the location when None) and the stacks' top folder."""
+    directories), its name (guessed from the location when None), the stacks' top folder,
+    the URLs of its stratum 1s and the seconds one may lag before it is stale."""
 
     location: str
     keys: tuple[str, ...]
     fqrn: str | None = None
     top: str = "lcg"
+    replicas: tuple[str, ...] = ()
+    stale_after: float = 3600.0
+
+    @property
+    def name(self) -> str:
+        """The repository name as configured or guessed (the location when it says none)."""
+        from pycvmfs.client.repository import guess_fqrn
+
+        return self.fqrn or guess_fqrn(self.location.split(";")[0]) or self.location
 
 
 class WebIndex:
@@ -105,7 +128,10 @@ class WebIndex:
         self._repos: dict[str, Any] = {}
         db = self._db()
         db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
+        if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            _drop_all(db)
+        db.executescript(_SCHEMA + repotables.SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- connections -------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -130,15 +156,21 @@ class WebIndex:
 
     # -- refreshing --------------------------------------------------------------------------
     def refresh(self) -> list[dict[str, Any]]:
-        """Re-index every source whose head revision changed (or whose last read failed);
-        returns per source ``{"fqrn", "revision", "changed", "error"}``."""
+        """Re-index every source whose head revision or history changed (or whose last read
+        failed), then check its stratum 1s (:meth:`replicas`); returns per source
+        ``{"fqrn", "revision", "changed", "error"}``."""
         with self._write_lock:
-            return [self._refresh_one(src) for src in self.sources]
+            out = []
+            for src in self.sources:
+                outcome = self._refresh_one(src)
+                self._check_replicas(src, outcome)
+                out.append(outcome)
+            return out
 
     def _refresh_one(self, src: RepoSource) -> dict[str, Any]:
-        from pycvmfs.client.repository import guess_fqrn, open_repository
+        from pycvmfs.client.repository import open_repository
 
-        name = src.fqrn or guess_fqrn(src.location.split(";")[0]) or src.location
+        name = src.name
         try:
             repo = self._repos.get(src.location)
             if repo is None:
@@ -147,20 +179,45 @@ class WebIndex:
                 self._repos[src.location] = repo
             manifest = repo.refresh().manifest
             name = repo.fqrn or name
-            row = self._db().execute("SELECT revision, root_hash, error FROM repositories "
-                                     "WHERE fqrn=?", (name,)).fetchone()
+            row = self._db().execute("SELECT revision, root_hash, history_hash, error FROM "
+                                     "repositories WHERE fqrn=?", (name,)).fetchone()
             root = str(manifest.root_catalog)
+            history = str(manifest.history) if manifest.history is not None else None
             if row and row["revision"] == manifest.revision and row["root_hash"] == root \
-                    and row["error"] is None:
+                    and row["history_hash"] == history and row["error"] is None:
                 return {"fqrn": name, "revision": manifest.revision, "changed": False,
                         "error": None}
             with repo.open_revision() as view:
                 snap = read_snapshot(view, name, src.top)
+            rows = revisions(repo)
+            points = size_history(repo)
         except (CvmfsError, OSError, ValueError, EOFError) as e:
             self._record_error(name, src, f"{type(e).__name__}: {e}")
             return {"fqrn": name, "revision": None, "changed": False, "error": str(e)}
-        self._store(name, src, manifest.revision, root, manifest.publish_timestamp, snap)
+        self._store(name, src, manifest.revision, root, history, manifest.publish_timestamp,
+                    snap, rows, points)
         return {"fqrn": name, "revision": manifest.revision, "changed": True, "error": None}
+
+    def _check_replicas(self, src: RepoSource, outcome: dict[str, Any]) -> None:
+        """Compare the stratum 1s of ``src`` with its stratum 0 and store the rows (none:
+        the rows of stratum 1s no longer configured go)."""
+        fqrn = outcome["fqrn"]
+        repo = self._repos.get(src.location)
+        if not src.replicas:
+            rows: list[dict[str, Any]] = []
+        elif outcome["error"] or repo is None:
+            rows = repotables.unchecked_rows(
+                fqrn, src.replicas, None,
+                f"the stratum 0 {fqrn} could not be read ({outcome['error']})")
+        else:
+            try:
+                rows = replica_status(repo, src.replicas, keys=src.keys,
+                                      stale_after=src.stale_after,
+                                      cache_dir=self.cache_dir / "replicas")
+            except (CvmfsError, OSError, ValueError, EOFError) as e:
+                rows = repotables.unchecked_rows(
+                    fqrn, src.replicas, None, f"the stratum 0 {fqrn} could not be read ({e})")
+        repotables.replace_replicas(self._db(), fqrn, rows, time.time(), src.stale_after)
 
     def _record_error(self, fqrn: str, src: RepoSource, error: str) -> None:
         db = self._db()
@@ -176,7 +233,8 @@ class WebIndex:
             raise
 
     def _store(self, fqrn: str, src: RepoSource, revision: int, root: str,
-               published: int | None, snap: Snapshot) -> None:
+               history: str | None, published: int | None, snap: Snapshot,
+               revision_rows: list[dict[str, Any]], points: list[dict[str, Any]]) -> None:
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -208,14 +266,18 @@ class WebIndex:
                     [(rid, p.name, p.version, p.short, p.status, p.duration, p.test_status,
                       p.test_duration, int(p.reports_test), p.log, p.test_log, p.error)
                      for p in run.packages])
+            repotables.store_revisions(db, fqrn, revision_rows, points)
+            repotables.store_containers(db, fqrn, snap.images)
             db.execute(
-                "INSERT INTO repositories (fqrn, location, top, revision, root_hash, published, "
-                "indexed_at, error, error_at, warnings) VALUES (?,?,?,?,?,?,?,NULL,NULL,?) "
+                "INSERT INTO repositories (fqrn, location, top, revision, root_hash, "
+                "history_hash, published, indexed_at, error, error_at, warnings) "
+                "VALUES (?,?,?,?,?,?,?,?,NULL,NULL,?) "
                 "ON CONFLICT(fqrn) DO UPDATE SET location=excluded.location, top=excluded.top, "
                 "revision=excluded.revision, root_hash=excluded.root_hash, "
+                "history_hash=excluded.history_hash, "
                 "published=excluded.published, indexed_at=excluded.indexed_at, error=NULL, "
                 "error_at=NULL, warnings=excluded.warnings",
-                (fqrn, src.location, src.top, revision, root, published, time.time(),
+                (fqrn, src.location, src.top, revision, root, history, published, time.time(),
                  json.dumps(snap.warnings)))
             db.execute("COMMIT")
         except BaseException:
@@ -244,6 +306,55 @@ class WebIndex:
         if row is None:
             raise UnknownName(f"repository {fqrn!r} is not indexed here")
         return _repository_json(row)
+
+    def revisions(self, fqrn: str) -> dict[str, Any]:
+        """The indexed repository's revisions (newest first) and size history (oldest
+        first), as stored at refresh time."""
+        with self._read() as db:
+            row = db.execute("SELECT revision FROM repositories WHERE fqrn=?",
+                             (fqrn,)).fetchone()
+            if row is None:
+                raise UnknownName(f"repository {fqrn!r} is not indexed here")
+            rows, points = repotables.load_revisions(db, fqrn)
+        return {"fqrn": fqrn, "indexed_revision": row["revision"], "revisions": rows,
+                "size_history": points}
+
+    def replicas(self) -> dict[str, Any]:
+        """Every stratum 1 row of the last check, ``alarm`` naming what is wrong."""
+        with self._read() as db:
+            rows = repotables.load_replicas(db)
+        return {"replicas": rows, "alarms": sum(r["alarm"] is not None for r in rows)}
+
+    def containers(self) -> dict[str, Any]:
+        """Every container image of the indexed revisions (``.metadata/images.json``)."""
+        with self._read() as db:
+            return {"images": repotables.load_containers(db)}
+
+    def metrics(self) -> str:
+        """The replica rows and each repository's indexed head (revision, publish time,
+        files, bytes) in the Prometheus text format."""
+        with self._read() as db:
+            rows = repotables.load_replicas(db)
+            heads = db.execute(
+                "SELECT r.fqrn, r.revision, r.published, v.data FROM repositories r "
+                "LEFT JOIN revisions v ON v.fqrn=r.fqrn AND v.root_hash=r.root_hash "
+                "WHERE r.revision IS NOT NULL ORDER BY r.fqrn").fetchall()
+        infos: dict[str, dict[str, Any]] = {}
+        for h in heads:
+            figures = json.loads(h["data"]) if h["data"] else {}
+            infos.setdefault(h["fqrn"], {
+                "fqrn": h["fqrn"], "revision": h["revision"],
+                "published_timestamp": h["published"] or None,
+                "files": figures.get("files"), "bytes": figures.get("bytes")})
+        return prometheus_metrics(rows, infos.values())
+
+    def source_of(self, fqrn: str) -> RepoSource:
+        """The configured source of an indexed repository."""
+        repo = self.repository(fqrn)
+        for src in self.sources:
+            if src.location == repo["location"]:
+                return src
+        raise UnknownName(f"repository {fqrn!r} is not configured here")
 
     def releases(self) -> dict[str, Any]:
         """``{"releases": [...], "slots": [...]}``: every release with its platforms, every
@@ -430,6 +541,17 @@ class WebIndex:
         return {"slot": slot, "columns": out_cols,
                 "latest": {r["platform"]: r["day"] for r in latest},
                 "packages": [grid[n] for n in sorted(grid, key=str.lower)]}
+
+
+def _drop_all(db: sqlite3.Connection) -> None:
+    """Every table and index of an index of another schema version."""
+    names = db.execute("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'index') "
+                       "AND name NOT LIKE 'sqlite_%'").fetchall()
+    db.execute("PRAGMA foreign_keys=OFF")
+    for kind, name in names:
+        if kind == "table":
+            db.execute(f'DROP TABLE IF EXISTS "{name}"')
+    db.execute("PRAGMA foreign_keys=ON")
 
 
 def _repository_json(r: sqlite3.Row) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """The JSON API's response models (pydantic): what ``/openapi.json`` describes, field for field
-the dicts :class:`pycvmfs.web.index.WebIndex` returns."""
+the dicts :class:`pycvmfs.web.index.WebIndex` and :class:`pycvmfs.web.browse.Browser`
+return."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "Diff", "ErrorBody", "Nightly", "Package", "PackageTable", "Release", "Releases",
-    "Repository", "SearchResult",
+    "ContainerImage", "Containers", "Diff", "ErrorBody", "Nightly", "Package", "PackageTable",
+    "Release", "Releases", "ReplicaStatus", "Replicas", "Repository", "RevisionDiff",
+    "Revisions", "SearchResult", "TreeEntry",
 ]
 
 
@@ -199,3 +201,189 @@ class Nightly(BaseModel):
     columns: list[NightlyColumn]
     latest: dict[str, str] = Field(description="platform: day of its latest complete build")
     packages: list[NightlyRow]
+
+
+# -- the repository browser ---------------------------------------------------------------
+
+class TagInfo(BaseModel):
+    name: str
+    kind: str = Field(description="named | auto (automatic tag) | undo (trunk, trunk-previous)")
+    date: str | None = Field(description="ISO 8601 UTC")
+    timestamp: int
+    description: str
+    branch: str
+
+
+class RevisionRow(BaseModel):
+    """One revision the history knows, with the tree totals of its root catalog (null when
+    the catalog has no statistics counters)."""
+
+    revision: int
+    root_hash: str
+    date: str | None
+    timestamp: int | None
+    tags: list[TagInfo]
+    named_tags: list[str]
+    trunk: bool = Field(description="the current head of the default branch")
+    head: bool = Field(description="what the indexed manifest serves")
+    branch: str
+    catalog_size: int | None
+    files: int | None
+    directories: int | None
+    symlinks: int | None
+    special: int | None
+    bytes: int | None = Field(description="sum of the file sizes")
+    chunked_files: int | None
+    file_chunks: int | None
+    external_files: int | None
+    nested_catalogs: int | None
+
+
+class SizePoint(BaseModel):
+    revision: int
+    date: str | None
+    bytes: int | None
+    files: int | None
+
+
+class Revisions(BaseModel):
+    """A repository's revisions (newest first) and its size history (oldest first), as
+    indexed at ``indexed_revision``."""
+
+    fqrn: str
+    indexed_revision: int | None
+    revisions: list[RevisionRow]
+    size_history: list[SizePoint]
+
+
+class RevisionRef(BaseModel):
+    revision: int | None
+    root_hash: str
+
+
+class PathChange(BaseModel):
+    path: str
+    type: str
+
+
+class PathModified(BaseModel):
+    path: str
+    type: str
+    fields: list[str] = Field(description="among type, mode, content, target, mtime, owner, "
+                                          "xattrs, device")
+
+
+class RevisionDiff(BaseModel):
+    a: RevisionRef
+    b: RevisionRef
+    path: str
+    added: list[PathChange]
+    removed: list[PathChange]
+    changed: list[PathModified]
+    truncated: bool = Field(description="more changes than ``limit``")
+    limit: int
+
+
+class TreeChild(BaseModel):
+    path: str
+    name: str
+    type: str
+    size: int
+    mode: int
+    mode_octal: str
+    mtime: str | None
+    mtime_timestamp: int
+    uid: int
+    gid: int
+
+
+class Chunk(BaseModel):
+    offset: int
+    size: int
+    hash: str
+
+
+class TreeEntry(BaseModel):
+    """One path of a revision; the fields after ``gid`` depend on its type (null otherwise)."""
+
+    fqrn: str
+    revision: int | None
+    root_hash: str
+    path: str
+    name: str
+    type: str = Field(description="file | dir | symlink | fifo | socket | char | block")
+    size: int
+    mode: int
+    mode_octal: str
+    mtime: str | None
+    mtime_timestamp: int
+    uid: int
+    gid: int
+    hash: str | None = Field(None, description="file: content hash (null: empty file)")
+    compression: str | None = Field(None, description="file: zlib | none")
+    chunked: bool | None = None
+    chunks: list[Chunk] | None = None
+    external: bool | None = None
+    links: int | None = Field(None, description="file: hard link count")
+    xattrs: list[str] | None = None
+    children: list[TreeChild] | None = Field(None, description="directory: its entries")
+    truncated: bool | None = Field(None, description="directory: more children than listed")
+    nested_catalog: str | None = Field(None, description="directory: the catalog mounted "
+                                                         "there")
+    target: str | None = Field(None, description="symbolic link: its target as stored")
+
+
+# -- replicas -------------------------------------------------------------------------------
+
+class ReplicaStatus(BaseModel):
+    """One stratum 1 compared with its stratum 0 at ``checked_at``."""
+
+    replica: str
+    fqrn: str
+    verified: bool = Field(description="read, its signature and root catalog checked")
+    revision: int | None
+    root_hash: str | None
+    published: str | None
+    published_timestamp: int | None
+    last_snapshot: str | None
+    last_snapshot_timestamp: int | None
+    snapshotting: bool
+    stratum0_revision: int
+    lag_revisions: int | None
+    lag_seconds: float | None
+    behind_since: str | None
+    stale: bool
+    error: str | None
+    stale_after: float = Field(description="seconds of lag allowed before the alarm")
+    checked_at: float
+    alarm: str | None = Field(description="why the replica needs attention (null: it is fine)")
+
+
+class Replicas(BaseModel):
+    replicas: list[ReplicaStatus]
+    alarms: int
+
+
+# -- containers -----------------------------------------------------------------------------
+
+class ContainerImage(BaseModel):
+    """An image published by ``pycvmfs container`` (``.metadata/images.json``)."""
+
+    fqrn: str
+    name: str
+    alias: str
+    manifest_digest: str
+    config_digest: str
+    platform: str
+    layers: list[str]
+    size: int = Field(description="bytes of the layers as stored (compressed)")
+    flat_size: int = Field(description="bytes of the regular files of the flat tree")
+    flat: str | None = Field(description="the flat tree's path in the repository")
+    published: int
+    published_date: str | None
+    source: str
+    outputs: list[str]
+
+
+class Containers(BaseModel):
+    images: list[ContainerImage]

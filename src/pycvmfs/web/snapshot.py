@@ -7,7 +7,8 @@
   (the JSON twin; the ``.txt`` when a platform has no twin);
 - every nightly day ``<top>/nightlies/<slot>/<Day>/``: its summaries and ``isDone`` markers;
 - the ``latest`` links ``<top>/views/<slot>/latest/<platform>``;
-- every results feed ``<top>/results/**/results.json``.
+- every results feed ``<top>/results/**/results.json``;
+- the container images ``pycvmfs container`` published (``.metadata/images.json``).
 
 Reads that fail verification (a bad object, catalog or signature) raise: the caller must not
 index anything of that revision. A file that verifies but cannot be parsed (a summary of
@@ -22,7 +23,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycvmfs.errors import StackError
+from pycvmfs.containers import layout as container_layout
+from pycvmfs.containers.state import PublishedState
+from pycvmfs.errors import ContainerError, StackError
 from pycvmfs.stacks.layout import DAYS
 from pycvmfs.stacks.results import RunResults, results_from_feed
 from pycvmfs.stacks.summary import parse_summary, split_dependency, summary_from_json
@@ -66,6 +69,7 @@ class Snapshot:
     days: list[NightlyDay] = field(default_factory=list)
     latest: dict[tuple[str, str], str] = field(default_factory=dict)  # (slot, platform): day
     runs: list[tuple[str, RunResults]] = field(default_factory=list)  # (path, run)
+    images: list[dict[str, Any]] = field(default_factory=list)  # container images
     warnings: list[str] = field(default_factory=list)
 
 
@@ -145,6 +149,28 @@ def _read_summaries(view, fqrn: str, where: str, kind: str, stack: str, day: str
     return {p for (_c, p) in found}
 
 
+def _read_images(view, fqrn: str, snap: Snapshot) -> None:
+    """The container images of ``.metadata/images.json`` (when there is one) as dicts."""
+    path = container_layout.images_index()
+    if not view.exists(path):
+        return
+    what = f"/cvmfs/{fqrn}/{path}"
+    data = view.read_bytes(path)  # verification errors propagate
+    try:
+        state = PublishedState.load(data, what=what)
+    except ContainerError as e:
+        snap.warnings.append(f"{what}: skipped, cannot be read ({e})")
+        return
+    for name, r in sorted(state.images.items()):
+        snap.images.append({
+            "name": name, "alias": r.alias, "manifest_digest": r.manifest_digest,
+            "config_digest": r.config_digest, "platform": r.platform, "layers": list(r.layers),
+            "size": r.size, "flat_size": r.flat_size,
+            "flat": container_layout.flat_path(r.config_digest) if "flat" in r.outputs
+            else None, "published": r.published, "source": r.source,
+            "outputs": list(r.outputs)})
+
+
 def read_snapshot(view, fqrn: str, top: str = "lcg") -> Snapshot:
     """Read the stacks below ``top`` of a verified revision view (see the module docstring)."""
     snap = Snapshot()
@@ -192,4 +218,5 @@ def read_snapshot(view, fqrn: str, top: str = "lcg") -> Snapshot:
                                                               origin=f"/cvmfs/{fqrn}/{path}")))
                 except (StackError, ValueError) as e:
                     snap.warnings.append(f"/cvmfs/{fqrn}/{path}: skipped, cannot be read ({e})")
+    _read_images(view, fqrn, snap)
     return snap
