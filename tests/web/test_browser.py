@@ -2,8 +2,10 @@
 uvicorn server of ``conftest.py`` over the repository the stack pipelines published there.
 
 A user's paths through the pages (home → release → platform table → package, the compare form,
-the search box, the nightly grid, the repository page), with their headings, table contents and
-every link of every visited page followed (no 4xx); the same pages with JavaScript disabled.
+the search box, the nightly grid, the repository browser: revisions, tags, size plot, a revision
+diff narrowed by its form, a file's object details, the tree at a tag), with their headings,
+table contents and every link of every visited page followed (no 4xx); forms and pages again
+with JavaScript disabled.
 Full-page screenshots go to ``docs/images/web-<name>.png`` (committed, shown by the docs) and to
 the test's temporary directory."""
 
@@ -122,8 +124,11 @@ def check_page(page: Page) -> None:
         assert answer.status < 400, f"{page.url} links to {href}: {answer.status}"
 
 
-def heading(page: Page) -> str:
-    return page.locator("main h1").inner_text()
+def expect_heading(page: Page, text: str) -> None:
+    """Wait for the page showing ``text`` as its main heading (a click does not wait for the
+    page it leads to), and for that page to have loaded."""
+    expect(page.locator("main h1")).to_have_text(text)
+    page.wait_for_load_state("load")
 
 
 def table_rows(page: Page, table: str) -> list[list[str]]:
@@ -140,7 +145,7 @@ def column_names(page: Page, table: str) -> list[str]:
 def test_home_release_platform_table_and_package(tab, portal, published, tmp_path):
     page = tab.page
     page.goto("/")
-    assert heading(page) == "Software stacks"
+    expect_heading(page, "Software stacks")
     assert page.title() == "Software stacks · pycvmfs stacks"
     releases = table_rows(page, "section[aria-labelledby=rel-title] table")
     assert [r[0] for r in releases] == ["LCG_901", "LCG_900"]
@@ -149,15 +154,15 @@ def test_home_release_platform_table_and_package(tab, portal, published, tmp_pat
     screenshot(page, "home", tmp_path)
 
     page.get_by_role("link", name="LCG_900", exact=True).click()
-    assert page.url == f"{portal.url}/releases/LCG_900"
-    assert heading(page) == "LCG_900"
+    expect(page).to_have_url(f"{portal.url}/releases/LCG_900")
+    expect_heading(page, "LCG_900")
     [row] = table_rows(page, "main table")
     assert row[0] == PLAT and row[-1] == FQRN
     check_page(page)
     screenshot(page, "release", tmp_path)
 
     page.get_by_role("link", name=PLAT, exact=True).click()
-    assert heading(page) == f"LCG_900 on {PLAT}"
+    expect_heading(page, f"LCG_900 on {PLAT}")
     columns = column_names(page, "main table")
     assert columns == ["Package", "Version", "Hash", "Category", "Dependencies", "Prefix"]
     rows = table_rows(page, "main table")
@@ -178,7 +183,7 @@ def test_home_release_platform_table_and_package(tab, portal, published, tmp_pat
     expect(page.locator(target)).to_be_in_viewport()
 
     page.locator("main tbody th a", has_text="theta").click()
-    assert heading(page) == "Package theta"
+    expect_heading(page, "Package theta")
     assert page.locator("main h2").all_inner_texts() == ["theta 0.6", "theta 0.5"]
     section = page.locator("main section", has=page.locator("h2", has_text="theta 0.5"))
     used_in = section.locator("tbody tr").evaluate_all(
@@ -193,11 +198,11 @@ def test_diff_through_the_compare_form(tab, published, tmp_path):
     page = tab.page
     page.goto(f"/releases/LCG_900/{PLAT}")
     page.get_by_role("link", name="Compare with…").click()
-    assert heading(page) == "Diff"
+    expect_heading(page, "Diff")
     expect(page.get_by_label("From")).to_have_value(f"LCG_900/{PLAT}")
     page.get_by_label("To").fill(f"LCG_901/{PLAT}")
     page.get_by_role("button", name="Compare").click()
-    assert heading(page) == f"Diff LCG_900/{PLAT} → LCG_901/{PLAT}"
+    expect_heading(page, f"Diff LCG_900/{PLAT} → LCG_901/{PLAT}")
     assert "/diff?a=LCG_900%2F" in page.url  # the result is a permalink
     expect(page.locator("p.counts")).to_contain_text(
         "1 added, 1 removed, 1 version changed, 3 rebuilt")
@@ -221,7 +226,7 @@ def test_search_box(tab, tmp_path):
     box = page.get_by_role("searchbox", name="Search packages")
     box.fill("zet")
     box.press("Enter")
-    assert heading(page) == "Search zet"
+    expect_heading(page, "Search zet")
     assert page.url.endswith("/search?q=zet")
     expect(page.get_by_role("searchbox", name="Search packages")).to_have_value("zet")
     expect(page.locator("main p").first).to_have_text("1 match for “zet”.")
@@ -238,7 +243,7 @@ def test_nightly_grid(tab, published, tmp_path):
     page = tab.page
     page.goto("/")
     page.get_by_role("link", name="dev4", exact=True).click()
-    assert heading(page) == "Nightly dev4"
+    expect_heading(page, "Nightly dev4")
     grid = page.locator("table.grid")
     expect(grid.locator("caption")).to_have_text("Build status per package, platform and day")
     days = grid.locator("thead th a").all_inner_texts()
@@ -267,28 +272,89 @@ def test_nightly_grid(tab, published, tmp_path):
     screenshot(page, "nightly", tmp_path)  # with eta's error opened
 
     page.locator("table.grid thead th a", has_text="Tue").click()
-    assert heading(page) == f"Nightly dev4 Tue on {PLAT}"
+    expect_heading(page, f"Nightly dev4 Tue on {PLAT}")
     rows = table_rows(page, "main table")
     assert {r[0]: r[2] for r in rows} == {
         n: h for n, h in published.hashes["dev4/Tue"].items() if n != "eta"}
 
 
-def test_repository_page(tab, published, tmp_path):
+def facts_of(page: Page) -> dict[str, str]:
+    """The ``dl.facts`` list of the page as term -> description."""
+    return dict(zip(page.locator("dl.facts dt").all_inner_texts(),
+                    page.locator("dl.facts dd").all_inner_texts(), strict=True))
+
+
+def test_repository_browser(tab, portal, published, tmp_path):
     page = tab.page
+    head = published.pub.head().revision
     page.goto("/")
-    page.locator("section[aria-labelledby=repo-title] a", has_text=FQRN).click()
-    assert heading(page) == f"Repository {FQRN}"
-    facts = dict(zip(page.locator("dl.facts dt").all_inner_texts(),
-                     page.locator("dl.facts dd").all_inner_texts(), strict=True))
-    assert facts["Indexed revision"] == str(published.pub.head().revision)
+    page.locator("section[aria-labelledby=repo-title] a", has_text=FQRN).first.click()
+    expect_heading(page, f"Repository {FQRN}")
+    facts = facts_of(page)
+    assert facts["Indexed revision"] == str(head)
     assert facts["Last refresh"] == "verified"
     assert facts["Stacks folder"] == "lcg"
     assert facts["Location"] == str(published.pub.config.storage)
     assert facts["Published"].endswith(" UTC")
+    revisions = page.locator("table.revisions")
+    expect(revisions.locator("caption")).to_have_text(f"{head} revisions, newest first")
+    rows = table_rows(page, "table.revisions")
+    assert [r[0].split()[0] for r in rows] == [str(n) for n in range(head, 0, -1)]
+    assert "current" in rows[0][0]
+    tagged = page.locator("table.revisions tbody tr", has=page.locator(".tag", has_text="LCG_900"))
+    expect(tagged.locator("th")).to_have_text("2")  # the release's publication was tagged
+    expect(page.locator("figure svg")).to_be_visible()  # the size plot, drawn server-side
     check_page(page)
     screenshot(page, "repository", tmp_path)
-    page.get_by_role("link", name="JSON").click()
-    assert f'"fqrn":"{FQRN}"' in page.locator("body").inner_text()
+
+    # the changes of the last revision (the partial Tuesday night), then one file of them
+    page.locator("table.revisions tbody tr").first.get_by_role("link", name="changes").click()
+    expect(page).to_have_url(f"{portal.url}/repositories/{FQRN}/diff?a={head - 1}&b={head}")
+    page.wait_for_load_state("load")
+    expect(page.locator("p.counts")).to_contain_text(f"Revision {head - 1} → {head} below /")
+    summary = f"/lcg/nightlies/dev4/Tue/LCG_externals_{PLAT}.json"
+    everything = table_rows(page, "table.diff-added")
+    assert [summary, "file"] in everything
+    check_page(page)
+    page.get_by_label("Below").fill("/lcg/nightlies/dev4")  # narrowed through the form
+    page.get_by_role("button", name="Compare").click()
+    expect(page.locator("p.counts")).to_contain_text(
+        f"Revision {head - 1} → {head} below /lcg/nightlies/dev4:")
+    below = table_rows(page, "table.diff-added")
+    assert below == [r for r in everything if r[0].startswith("/lcg/nightlies/dev4/")]
+    check_page(page)
+    screenshot(page, "revision-diff", tmp_path)
+
+    page.get_by_role("link", name=summary, exact=True).click()
+    expect_heading(page, f"{FQRN}:{summary}")
+    facts = facts_of(page)
+    assert facts["Type"] == "file"
+    assert facts["Revision"].startswith(f"{head}, root catalog ")
+    assert len(facts["Content hash"]) >= 40 and facts["Compression"] == "zlib"
+    check_page(page)
+    screenshot(page, "tree-file", tmp_path)
+
+    page.get_by_role("navigation", name="Path").get_by_role("link", name="Tue").click()
+    expect_heading(page, f"{FQRN}:/lcg/nightlies/dev4/Tue")
+    assert facts_of(page)["Type"] == "dir"
+    names = [r[0] for r in table_rows(page, "table.children")]
+    assert f"LCG_externals_{PLAT}.json" in names and "zeta/" in names
+    # the same folder in the tagged release's revision does not exist yet
+    page.get_by_label("Revision or tag").fill("LCG_900")
+    seen = len(tab.problems)
+    page.get_by_role("button", name="Show").click()
+    expect_heading(page, "Not found")
+    assert "/dev4/Tue" in page.locator("p.message").inner_text()
+    refused = tab.problems[seen:]  # the 404 asked for, and chromium's console line about it
+    assert refused[0].startswith("404 ") and refused[0].endswith("?revision=LCG_900")
+    assert all("404" in p for p in refused), refused
+    del tab.problems[seen:]
+    page.goto(f"/repositories/{FQRN}/tree?revision=LCG_900")
+    assert facts_of(page)["Revision"].startswith("2, ")
+
+    page.goto(f"/repositories/{FQRN}")
+    page.get_by_role("link", name="JSON", exact=True).click()
+    expect(page.locator("body")).to_contain_text(f'"fqrn":"{FQRN}"')
 
 
 # -- without JavaScript --------------------------------------------------------------------------
@@ -301,21 +367,21 @@ def test_pages_work_without_javascript(tab_without_js, published):
     assert page.locator("#x").inner_text() == "static"
 
     page.goto("/")
-    assert heading(page) == "Software stacks"
+    expect_heading(page, "Software stacks")
     assert [r[0] for r in table_rows(page, "section[aria-labelledby=rel-title] table")] == \
         ["LCG_901", "LCG_900"]
     check_page(page)
     box = page.get_by_role("searchbox", name="Search packages")
     box.fill("kap")
     page.get_by_role("button", name="Search").click()  # a plain GET form
-    assert heading(page) == "Search kap"
+    expect_heading(page, "Search kap")
     assert [r[0] for r in table_rows(page, "main table")] == ["kappa"]
 
     page.goto("/diff")
     page.get_by_label("From").fill(f"dev4/Mon/{PLAT}")
     page.get_by_label("To").fill(f"dev4/Tue/{PLAT}")
     page.get_by_role("button", name="Compare").click()
-    assert heading(page) == f"Diff dev4/Mon/{PLAT} → dev4/Tue/{PLAT}"
+    expect_heading(page, f"Diff dev4/Mon/{PLAT} → dev4/Tue/{PLAT}")
     assert [r[0] for r in table_rows(page, "table.diff-removed")] == ["eta"]
     check_page(page)
 
@@ -324,4 +390,11 @@ def test_pages_work_without_javascript(tab_without_js, published):
     expect(failed.locator(".status")).to_have_text("failed", ignore_case=True)
     failed.locator("details summary").click()  # details open natively, no script needed
     expect(failed.locator("details pre")).to_be_visible()
+    check_page(page)
+
+    page.goto(f"/repositories/{FQRN}")
+    expect(page.locator("figure svg")).to_be_visible()  # the plot needs no script
+    page.locator("table.revisions tbody tr").first.get_by_role("link", name="files").click()
+    expect_heading(page, f"{FQRN}:/")
+    assert "lcg/" in [r[0] for r in table_rows(page, "table.children")]
     check_page(page)
