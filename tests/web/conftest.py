@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -165,8 +165,9 @@ class Browsed:
     s1: LoopbackServer
     down_url: str
     image: Written
-    roots: dict[int, str]
-    snapshot_window: tuple[float, float]
+    roots: dict[int, str] = field(default_factory=dict)
+    published: dict[int, int] = field(default_factory=dict)
+    snapshot_window: tuple[float, float] = (0.0, 0.0)
 
     @property
     def key(self) -> str:
@@ -187,6 +188,7 @@ class Browsed:
     def record(self) -> int:
         head = self.pub.head()
         self.roots[head.revision] = str(head.root_catalog)
+        self.published[head.revision] = head.publish_timestamp
         return head.revision
 
 
@@ -222,7 +224,7 @@ def publish_browsed(base: Path) -> Browsed:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{s.getsockname()[1]}/cvmfs/{BFQRN}"
-    done = Browsed(pub, base, s0, s1, down, _image_layout(base / "img"), {}, (0.0, 0.0))
+    done = Browsed(pub, base, s0, s1, down, _image_layout(base / "img"))
     done.record()
     stack = StackSettings(work_dir=base / "work", cache=str(base / "bincache"), parallel=2,
                           jobs=2)
