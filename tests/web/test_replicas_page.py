@@ -185,3 +185,28 @@ def test_the_web_command_with_replicas(browsed: Browsed, tmp_path):
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_stratum_1s_of_an_unreadable_stratum_0_are_alarms(browsed: Browsed, tmp_path):
+    gone = f"http://127.0.0.1:{free_port()}/cvmfs/{BFQRN}"
+    index = WebIndex(tmp_path / "web.sqlite", [RepoSource(gone, (browsed.key,), BFQRN,
+                                                          replicas=(browsed.s1_url,))])
+    portal = None
+    try:
+        assert index.refresh()[0]["error"]
+        portal = PortalServer(index, refresh_interval=None)
+        [row] = get(portal, "/api/replicas").json()["replicas"]
+        assert (row["replica"], row["verified"], row["stratum0_revision"], row["stale"]) == (
+            browsed.s1_url, False, None, True)
+        assert row["alarm"].startswith(f"unreachable or refused: {browsed.s1_url}: not "
+                                       f"checked, the stratum 0 {BFQRN} could not be read")
+        assert '<td class="rs-alarm"><span class="status">ALARM</span>' in get(
+            portal, "/replicas").text
+        samples = parse_exposition(get(portal, "/metrics").text)
+        labels = frozenset({"fqrn": BFQRN, "replica": browsed.s1_url}.items())
+        assert (samples[("cvmfs_replica_up", labels)],
+                samples[("cvmfs_replica_stale", labels)]) == (0, 1)
+    finally:
+        if portal is not None:
+            portal.stop()
+        index.close()

@@ -38,7 +38,6 @@ from pycvmfs.stacks.compare import diff_summaries
 from pycvmfs.stacks.layout import DAYS
 from pycvmfs.stacks.summary import Summary, SummaryEntry, version_key
 from pycvmfs.web import repotables
-from pycvmfs.web.replicas import prometheus_metrics, replica_status
 from pycvmfs.web.repoinfo import revisions, size_history
 from pycvmfs.web.snapshot import Snapshot, read_snapshot
 
@@ -113,7 +112,7 @@ class RepoSource:
         return self.fqrn or guess_fqrn(self.location.split(";")[0]) or self.location
 
 
-class WebIndex:
+class WebIndex(repotables.RepositoryTables):
     """The SQLite index (WAL) at ``db_path`` of ``sources`` (see the module docstring).
     ``cache_dir``: the verified reader's object cache (default: next to the database)."""
 
@@ -197,27 +196,6 @@ class WebIndex:
         self._store(name, src, manifest.revision, root, history, manifest.publish_timestamp,
                     snap, rows, points)
         return {"fqrn": name, "revision": manifest.revision, "changed": True, "error": None}
-
-    def _check_replicas(self, src: RepoSource, outcome: dict[str, Any]) -> None:
-        """Compare the stratum 1s of ``src`` with its stratum 0 and store the rows (none:
-        the rows of stratum 1s no longer configured go)."""
-        fqrn = outcome["fqrn"]
-        repo = self._repos.get(src.location)
-        if not src.replicas:
-            rows: list[dict[str, Any]] = []
-        elif outcome["error"] or repo is None:
-            rows = repotables.unchecked_rows(
-                fqrn, src.replicas, None,
-                f"the stratum 0 {fqrn} could not be read ({outcome['error']})")
-        else:
-            try:
-                rows = replica_status(repo, src.replicas, keys=src.keys,
-                                      stale_after=src.stale_after,
-                                      cache_dir=self.cache_dir / "replicas")
-            except (CvmfsError, OSError, ValueError, EOFError) as e:
-                rows = repotables.unchecked_rows(
-                    fqrn, src.replicas, None, f"the stratum 0 {fqrn} could not be read ({e})")
-        repotables.replace_replicas(self._db(), fqrn, rows, time.time(), src.stale_after)
 
     def _record_error(self, fqrn: str, src: RepoSource, error: str) -> None:
         db = self._db()
@@ -318,35 +296,6 @@ class WebIndex:
             rows, points = repotables.load_revisions(db, fqrn)
         return {"fqrn": fqrn, "indexed_revision": row["revision"], "revisions": rows,
                 "size_history": points}
-
-    def replicas(self) -> dict[str, Any]:
-        """Every stratum 1 row of the last check, ``alarm`` naming what is wrong."""
-        with self._read() as db:
-            rows = repotables.load_replicas(db)
-        return {"replicas": rows, "alarms": sum(r["alarm"] is not None for r in rows)}
-
-    def containers(self) -> dict[str, Any]:
-        """Every container image of the indexed revisions (``.metadata/images.json``)."""
-        with self._read() as db:
-            return {"images": repotables.load_containers(db)}
-
-    def metrics(self) -> str:
-        """The replica rows and each repository's indexed head (revision, publish time,
-        files, bytes) in the Prometheus text format."""
-        with self._read() as db:
-            rows = repotables.load_replicas(db)
-            heads = db.execute(
-                "SELECT r.fqrn, r.revision, r.published, v.data FROM repositories r "
-                "LEFT JOIN revisions v ON v.fqrn=r.fqrn AND v.root_hash=r.root_hash "
-                "WHERE r.revision IS NOT NULL ORDER BY r.fqrn").fetchall()
-        infos: dict[str, dict[str, Any]] = {}
-        for h in heads:
-            figures = json.loads(h["data"]) if h["data"] else {}
-            infos.setdefault(h["fqrn"], {
-                "fqrn": h["fqrn"], "revision": h["revision"],
-                "published_timestamp": h["published"] or None,
-                "files": figures.get("files"), "bytes": figures.get("bytes")})
-        return prometheus_metrics(rows, infos.values())
 
     def source_of(self, fqrn: str) -> RepoSource:
         """The configured source of an indexed repository."""

@@ -348,7 +348,7 @@ class ReplicaStatus(BaseModel):
     last_snapshot: str | None
     last_snapshot_timestamp: int | None
     snapshotting: bool
-    stratum0_revision: int
+    stratum0_revision: int | None = Field(description="null: the stratum 0 could not be read")
     lag_revisions: int | None
     lag_seconds: float | None
     behind_since: str | None

@@ -1,5 +1,5 @@
 """The portal index's repository-level tables: revisions, size history, container images and
-replica status rows.
+replica status rows (and :class:`RepositoryTables`, the part of the index using them).
 
 :class:`pycvmfs.web.index.WebIndex` fills them at refresh time (revisions, size history and
 images with the rest of a revision's data, in the same transaction; replica rows after every
@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
+from pycvmfs.errors import CvmfsError
+from pycvmfs.web.replicas import prometheus_metrics, replica_status
 from pycvmfs.web.repoinfo import iso_date
 
-__all__ = ["SCHEMA", "alarm", "duration", "load_containers", "load_replicas",
-           "load_revisions", "replace_replicas", "store_containers", "store_revisions",
-           "unchecked_rows"]
+__all__ = ["SCHEMA", "RepositoryTables", "alarm", "duration", "load_containers",
+           "load_replicas", "load_revisions", "replace_replicas", "store_containers",
+           "store_revisions", "unchecked_rows"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -148,3 +153,70 @@ def load_replicas(db: sqlite3.Connection) -> list[dict[str, Any]]:
         out.append({**row, "stale_after": r["stale_after"], "checked_at": r["checked_at"],
                     "alarm": alarm(row, r["stale_after"])})
     return out
+
+
+class RepositoryTables:
+    """The replica checks and the replica, container and metrics queries of
+    :class:`pycvmfs.web.index.WebIndex` (a mixin: it provides the connections, the readers
+    of the stratum 0s and the cache directory)."""
+
+    _repos: dict[str, Any]
+    cache_dir: Path
+
+    def _db(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _check_replicas(self, src: Any, outcome: dict[str, Any]) -> None:
+        """Compare the stratum 1s of ``src`` with its stratum 0 and store the rows (none:
+        the rows of stratum 1s no longer configured go)."""
+        fqrn = outcome["fqrn"]
+        repo = self._repos.get(src.location)
+        if not src.replicas:
+            rows: list[dict[str, Any]] = []
+        elif outcome["error"] or repo is None:
+            rows = unchecked_rows(
+                fqrn, src.replicas, None,
+                f"the stratum 0 {fqrn} could not be read ({outcome['error']})")
+        else:
+            try:
+                rows = replica_status(repo, src.replicas, keys=src.keys,
+                                      stale_after=src.stale_after,
+                                      cache_dir=self.cache_dir / "replicas")
+            except (CvmfsError, OSError, ValueError, EOFError) as e:
+                rows = unchecked_rows(
+                    fqrn, src.replicas, None, f"the stratum 0 {fqrn} could not be read ({e})")
+        replace_replicas(self._db(), fqrn, rows, time.time(), src.stale_after)
+
+
+    def replicas(self) -> dict[str, Any]:
+        """Every stratum 1 row of the last check, ``alarm`` naming what is wrong."""
+        with self._read() as db:
+            rows = load_replicas(db)
+        return {"replicas": rows, "alarms": sum(r["alarm"] is not None for r in rows)}
+
+    def containers(self) -> dict[str, Any]:
+        """Every container image of the indexed revisions (``.metadata/images.json``)."""
+        with self._read() as db:
+            return {"images": load_containers(db)}
+
+    def metrics(self) -> str:
+        """The replica rows and each repository's indexed head (revision, publish time,
+        files, bytes) in the Prometheus text format."""
+        with self._read() as db:
+            rows = load_replicas(db)
+            heads = db.execute(
+                "SELECT r.fqrn, r.revision, r.published, v.data FROM repositories r "
+                "LEFT JOIN revisions v ON v.fqrn=r.fqrn AND v.root_hash=r.root_hash "
+                "WHERE r.revision IS NOT NULL ORDER BY r.fqrn").fetchall()
+        infos: dict[str, dict[str, Any]] = {}
+        for h in heads:
+            figures = json.loads(h["data"]) if h["data"] else {}
+            infos.setdefault(h["fqrn"], {
+                "fqrn": h["fqrn"], "revision": h["revision"],
+                "published_timestamp": h["published"] or None,
+                "files": figures.get("files"), "bytes": figures.get("bytes")})
+        return prometheus_metrics(rows, infos.values())
+
