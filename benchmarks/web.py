@@ -27,17 +27,20 @@ Each round:
    file holding the very bytes of its response, both on loopback;
 3. for each endpoint (the release × platform table API and page, a package's API and page, a
    diff of two releases ten apart, API and page): ``wrk -t2 -c50 -d10s --latency --timeout 30s``
-   against the portal and against nginx (the order alternates each round; one second of wrk
+   against the portal and against nginx (the order rotates each round; one second of wrk
    to warm up each first). The longer timeout keeps slow answers in the latency figures
-   (wrk leaves requests that time out out of them).
+   (wrk leaves requests that time out out of them); a Lua ``done()`` prints the exact p50
+   and p99 (the report rounds seconds to two decimals).
 
 Every round prints p50/p99 latency, requests/s, errors and server CPU seconds per endpoint, then
 the medians and, per endpoint, whether the targets are met: p99 <= 50 ms and at least 0.3x
-nginx's requests/s. ``--profile`` then measures each endpoint in this process, one request at a
-time straight through the ASGI app with the handlers run inline (FastAPI would run them in a
-thread pool, out of cProfile's sight): the mean time of the index query alone and of the whole
-request, then a cProfile of those requests and of an index build. wrk, the portal and nginx
-share the machine's cores: on a busy machine the numbers are noisy.
+nginx's requests/s. ``--ceiling`` adds a third server to each comparison: FastAPI on uvicorn
+answering the same bytes from an ``async`` handler (what the web stack itself costs, without the
+portal's queries, validation and templates). ``--profile`` then measures each endpoint in this
+process, one request at a time straight through the ASGI app with the handlers run inline
+(FastAPI would run them in a thread pool, out of cProfile's sight): the mean time of the index
+query alone and of the whole request, then a cProfile of those requests and of an index build.
+wrk, the portal and nginx share the machine's cores: on a busy machine the numbers are noisy.
 """
 
 from __future__ import annotations
@@ -461,26 +464,26 @@ class Wrk:
         return self.cpu_s / self.requests * 1e3 if self.requests else 0.0
 
 
-_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if m is None:
-        raise RuntimeError(f"wrk: cannot read the latency {text!r}")
-    return float(m[1]) * _UNITS_MS[m[2]]
+# wrk's report rounds seconds to two decimals ("1.60s"): done() adds the exact microseconds.
+WRK_DONE = """\
+done = function(summary, latency, requests)
+  io.write(string.format("WRKEXACT p50_us=%d p99_us=%d\\n",
+                         latency:percentile(50), latency:percentile(99)))
+end
+"""
 
 
 def parse_wrk(out: str) -> tuple[float, float, float, int, int]:
-    """(p50 ms, p99 ms, requests/s, requests, errors) from ``wrk --latency``'s report."""
+    """(p50 ms, p99 ms, requests/s, requests, errors) from ``wrk --latency``'s report and the
+    exact percentiles :data:`WRK_DONE` prints."""
     def find(pattern: str) -> re.Match:
         m = re.search(pattern, out, re.M)
         if m is None:
             raise RuntimeError(f"wrk: no match for {pattern!r} in its report:\n{out}")
         return m
 
-    p50 = _ms(find(r"^\s+50%\s+(\S+)")[1])
-    p99 = _ms(find(r"^\s+99%\s+(\S+)")[1])
+    find(r"^\s+99%\s+(\S+)")  # the --latency distribution is there
+    exact = find(r"^WRKEXACT p50_us=(\d+) p99_us=(\d+)$")
     rps = float(find(r"^Requests/sec:\s+([\d.]+)")[1])
     requests = int(find(r"^\s+(\d+) requests in ")[1])
     errors = 0
@@ -489,7 +492,7 @@ def parse_wrk(out: str) -> tuple[float, float, float, int, int]:
         errors += sum(int(g) for g in m.groups())
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors += int(m[1])
-    return p50, p99, rps, requests, errors
+    return int(exact[1]) / 1e3, int(exact[2]) / 1e3, rps, requests, errors
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -513,11 +516,13 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 def run_wrk(url: str, args, pid: int, seconds: float | None = None) -> Wrk:
-    """``wrk -t<threads> -c<connections> -d<seconds>s --latency --timeout 30s url``."""
+    """``wrk -t<threads> -c<connections> -d<seconds>s --latency --timeout 30s -s <WRK_DONE>
+    url``; ``pid``: the server whose CPU seconds are counted."""
     secs = args.seconds if seconds is None else seconds
     cpu0 = tree_cpu_seconds(pid)
     out = subprocess.run([WRK, f"-t{args.threads}", f"-c{args.connections}",
-                          f"-d{max(1, round(secs))}s", "--latency", "--timeout", "30s", url],
+                          f"-d{max(1, round(secs))}s", "--latency", "--timeout", "30s",
+                          "-s", str(args.wrk_script), url],
                          capture_output=True, text=True, check=True).stdout
     cpu = tree_cpu_seconds(pid) - cpu0
     p50, p99, rps, requests, errors = parse_wrk(out)
@@ -544,6 +549,46 @@ def portal_server(history: History, index_db: Path, log: Path) -> Iterator[tuple
              "--refresh", "3600"], stdout=out, stderr=out)
         try:
             wait_for_port(port, proc, "pycvmfs web", [log], limit=120)
+            yield f"http://127.0.0.1:{port}", proc.pid
+        finally:
+            stop_process(proc, timeout=15)
+
+
+CEILING_APP = """\
+import sys
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+root, port = Path(sys.argv[1]), int(sys.argv[2])
+app, bodies = FastAPI(), {}
+
+
+@app.get("/static/{name}")
+async def static(name: str) -> Response:
+    if name not in bodies:
+        bodies[name] = (root / name).read_bytes()
+    kind = "application/json" if name.endswith(".json") else "text/html; charset=utf-8"
+    return Response(bodies[name], media_type=kind)
+
+
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+"""
+
+
+@contextlib.contextmanager
+def ceiling_server(static_dir: Path, log: Path) -> Iterator[tuple[str, int]]:
+    """FastAPI on uvicorn (one process, like the portal) answering each endpoint's bytes,
+    read once, from an ``async`` handler: what the web stack costs without the portal's
+    work. Yields its base URL and process id."""
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", CEILING_APP, str(static_dir), str(port)],
+                                stdout=out, stderr=out)
+        try:
+            wait_for_port(port, proc, "the ceiling app", [log], limit=60)
             yield f"http://127.0.0.1:{port}", proc.pid
         finally:
             stop_process(proc, timeout=15)
@@ -581,29 +626,39 @@ def one_round(i: int, history: History, eps: list[Endpoint], work: Path, args) -
     (static / "static").mkdir(parents=True)
     static.chmod(0o755)
     (static / "static").chmod(0o755)
-    with portal_server(history, db, work / "portal.log") as (portal, pid), \
-            nginx_server(static, workers=1, benchmark=True, user=("root", "root")) as nginx:
-        print(f"{tag} pycvmfs web (one process) and nginx (one worker) listening", flush=True)
+    with contextlib.ExitStack() as servers:
+        portal, pid = servers.enter_context(portal_server(history, db, work / "portal.log"))
+        nginx = servers.enter_context(nginx_server(static, workers=1, benchmark=True,
+                                                   user=("root", "root")))
+        ceiling = (servers.enter_context(ceiling_server(static / "static",
+                                                        work / "ceiling.log"))
+                   if args.ceiling else None)
+        print(f"{tag} pycvmfs web (one process), nginx (one worker)"
+              f"{', the ceiling app (one process)' if ceiling else ''} listening", flush=True)
         for ep in eps:
             body = fetch(portal + ep.path)
             (static / "static" / ep.static).write_bytes(body)
             urls = {"portal": (portal + ep.path, pid),
                     "nginx": (f"{nginx.url}/static/{ep.static}", nginx.proc.pid)}
-            if len(fetch(urls["nginx"][0])) != len(body):
-                raise RuntimeError(f"nginx does not serve the {len(body)} bytes of {ep.static}")
-            order = ["portal", "nginx"] if i % 2 == 0 else ["nginx", "portal"]
+            if ceiling:
+                urls["ceiling"] = (f"{ceiling[0]}/static/{ep.static}", ceiling[1])
+            for which, (url, _pid) in urls.items():
+                if which != "portal" and len(fetch(url)) != len(body):
+                    raise RuntimeError(f"{which} does not serve the {len(body)} bytes of "
+                                       f"{ep.static}")
+            order = list(urls)[i % len(urls):] + list(urls)[:i % len(urls)]
             got: dict[str, Wrk] = {}
             for which in order:
                 url, server_pid = urls[which]
                 run_wrk(url, args, server_pid, seconds=1)  # warm up
                 got[which] = run_wrk(url, args, server_pid)
             ratio = got["portal"].rps / got["nginx"].rps
-            print(f"{tag} {ep.name} ({len(body) / 1e3:.1f} kB, {ep.path})\n"
-                  f"    portal {got['portal'].line()}\n"
-                  f"    nginx  {got['nginx'].line()}\n"
-                  f"    ratio {ratio:.3f}x nginx's requests/s", flush=True)
-            row[ep.name] = {"size": len(body), "portal": got["portal"], "nginx": got["nginx"],
-                            "ratio": ratio}
+            print(f"{tag} {ep.name} ({len(body) / 1e3:.1f} kB, {ep.path}; in the order "
+                  f"{', '.join(order)})")
+            for which in urls:
+                print(f"    {which:7s} {got[which].line()}")
+            print(f"    portal/nginx {ratio:.3f}x requests/s", flush=True)
+            row[ep.name] = {"size": len(body), **got, "ratio": ratio}
     return row
 
 
@@ -623,13 +678,19 @@ def summarize(rows: list[dict], eps: list[Endpoint]) -> None:
             return statistics.median(getattr(r[which], what) for r in runs)
 
         p99, ratio = med("portal", "p99_ms"), statistics.median(r["ratio"] for r in runs)
-        errors = sum(r[w].errors for r in runs for w in ("portal", "nginx"))
+        errors = sum(w.errors for r in runs for w in r.values() if isinstance(w, Wrk))
         print(f"{ep.name} ({runs[0]['size'] / 1e3:.1f} kB): portal p50 "
               f"{med('portal', 'p50_ms'):.2f} ms, p99 {p99:.2f} ms, "
               f"{med('portal', 'rps'):.0f} req/s, CPU {med('portal', 'cpu_ms_per_request'):.2f} "
               f"ms per request; nginx p50 {med('nginx', 'p50_ms'):.2f} ms, "
               f"p99 {med('nginx', 'p99_ms'):.2f} ms, {med('nginx', 'rps'):.0f} req/s; "
               f"{errors} errors in all")
+        if "ceiling" in runs[0]:
+            print(f"  ceiling app (the same bytes from an async FastAPI handler): p50 "
+                  f"{med('ceiling', 'p50_ms'):.2f} ms, p99 {med('ceiling', 'p99_ms'):.2f} ms, "
+                  f"{med('ceiling', 'rps'):.0f} req/s = "
+                  f"{statistics.median(r['ceiling'].rps / r['nginx'].rps for r in runs):.3f}x "
+                  "nginx")
         print(_verdict(p99 <= TARGET_P99_MS,
                        f"  target p99 <= {TARGET_P99_MS:g} ms ({p99:.2f} ms)"))
         print(_verdict(ratio >= TARGET_RATIO,
@@ -764,6 +825,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also measure a FastAPI app answering the same bytes from an async "
+                         "handler (the web stack's own cost)")
     ap.add_argument("--profile", action="store_true",
                     help="also time and cProfile the endpoints in process after the rounds")
     args = ap.parse_args()
@@ -787,6 +851,8 @@ def main() -> None:
         print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds:g}s --latency "
               f"--timeout 30s; {os.cpu_count()} cores shared by wrk, the portal and nginx",
               flush=True)
+        args.wrk_script = work / "exact-percentiles.lua"
+        args.wrk_script.write_text(WRK_DONE)
         eps = endpoints(history)
         rows = []
         for i in range(args.rounds):
