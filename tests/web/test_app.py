@@ -213,3 +213,29 @@ def test_the_web_command_serves_a_repository_over_http(tmp_path, published):
         proc.terminate()
         proc.wait()
         server.stop()
+
+
+def test_answers_are_kept_until_the_index_changes(tmp_path, published):
+    pub = new_repository(tmp_path / "repo", FQRN, ServerSettings())
+    settings = published.settings("n3")
+    publish_release(pub, tiny_stack(tmp_path / "900", repository=FQRN), settings)
+    src = RepoSource(str(pub.config.storage), (str(pub.config.key_path("pub")),), FQRN)
+    index = WebIndex(tmp_path / "web.sqlite", [src])
+    index.refresh()
+    portal = PortalServer(index, refresh_interval=None)
+    try:
+        first = get(portal, "/api/releases")
+        again = get(portal, "/api/releases")
+        assert "x-cache" not in first.headers and again.headers["x-cache"] == "hit"
+        assert again.json() == first.json()
+        assert get(portal, "/releases/LCG_900").headers.get("x-cache") is None
+        assert get(portal, "/releases/LCG_900").headers["x-cache"] == "hit"
+        get(portal, "/api/releases/LCG_999", 404)
+        assert get(portal, "/api/releases/LCG_999", 404).headers.get("x-cache") is None
+        publish_release(pub, second_release(tmp_path / "901"), settings)
+        index.refresh()  # a new index state: nothing answered before is reused
+        fresh = get(portal, "/api/releases")
+        assert fresh.headers.get("x-cache") is None
+        assert sorted(r["name"] for r in fresh.json()["releases"]) == ["LCG_900", "LCG_901"]
+    finally:
+        portal.stop()

@@ -38,6 +38,7 @@ from fastapi.templating import Jinja2Templates
 
 from pycvmfs.web import models
 from pycvmfs.web.browse import BrowseBadRequest, BrowseNotFound, Browser, BrowseRefused
+from pycvmfs.web.cache import ResponseCache
 from pycvmfs.web.index import BadSpec, UnknownName, WebIndex
 from pycvmfs.web.plot import human_bytes
 from pycvmfs.web.repo_routes import add_repository_routes
@@ -114,6 +115,7 @@ def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0) -> Fa
                               "stacks published on CernVM-FS, read through the verified reader.",
                   lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
+    app.add_middleware(ResponseCache, index=index)
     templates = Jinja2Templates(directory=_HERE / "templates")
     templates.env.filters["when"] = _when
     templates.env.filters["seconds"] = _seconds

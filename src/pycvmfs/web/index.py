@@ -124,6 +124,8 @@ class WebIndex(repotables.RepositoryTables):
         self.cache_dir = Path(cache_dir) if cache_dir else self.db_path.with_suffix(".cache")
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        #: bumped by every refresh: what was answered before may be out of date
+        self.generation = 0
         self._repos: dict[str, Any] = {}
         db = self._db()
         db.execute("PRAGMA journal_mode=WAL")
@@ -160,10 +162,13 @@ class WebIndex(repotables.RepositoryTables):
         ``{"fqrn", "revision", "changed", "error"}``."""
         with self._write_lock:
             out = []
-            for src in self.sources:
-                outcome = self._refresh_one(src)
-                self._check_replicas(src, outcome)
-                out.append(outcome)
+            try:
+                for src in self.sources:
+                    outcome = self._refresh_one(src)
+                    self._check_replicas(src, outcome)
+                    out.append(outcome)
+            finally:  # answers kept for the previous index state are stale now
+                self.generation += 1
             return out
 
     def _refresh_one(self, src: RepoSource) -> dict[str, Any]:
