@@ -133,6 +133,20 @@ class QuotaStats:
         return dict(self.__dict__)
 
 
+def _journal_wal(db: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode = WAL``, retried while another process creates or converts the
+    same new database: SQLite answers "database is locked" there without calling the busy
+    handler (it would deadlock), so the busy timeout alone does not cover it."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 class QuotaManager:
     """Least-recently-used bookkeeping of the objects in an :class:`ObjectCache` directory.
 
@@ -192,7 +206,7 @@ class QuotaManager:
                 db = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_MS / 1000,
                                      isolation_level=None, check_same_thread=False)
                 db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = _journal_wal(db)
                 self.journal_mode = str(mode).lower()
                 db.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.DatabaseError as e:
