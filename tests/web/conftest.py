@@ -272,3 +272,21 @@ def browse_portal(browse_index) -> Iterator[PortalServer]:
     server = PortalServer(browse_index, refresh_interval=None)
     yield server
     server.stop()
+
+
+def wait_answering(proc, url: str, path: str):
+    """The first answer of ``url + path`` from the ``pycvmfs web`` process ``proc`` (uvicorn
+    binds right after it prints that it serves: poll for it); fails if it exits or never
+    answers."""
+    import time
+
+    import httpx
+
+    for _ in range(600):
+        try:
+            return httpx.get(f"{url}{path}")
+        except httpx.ConnectError:
+            if proc.poll() is not None:
+                pytest.fail(f"pycvmfs web exited with {proc.returncode}")
+            time.sleep(0.05)
+    pytest.fail(f"pycvmfs web does not answer on {url}")

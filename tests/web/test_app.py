@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import zlib
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from pycvmfs.publish.config import ServerSettings
 from pycvmfs.stacks.service import publish_nightly, publish_release
 from pycvmfs.web.index import RepoSource, WebIndex
-from web.conftest import FQRN, PLAT, PortalServer, free_port, second_release
+from web.conftest import FQRN, PLAT, PortalServer, free_port, second_release, wait_answering
 
 from helpers.loopback import LoopbackServer
 from helpers.publishing import new_repository
@@ -197,16 +196,7 @@ def test_the_web_command_serves_a_repository_over_http(tmp_path, published):
         else:
             pytest.fail(f"pycvmfs web exited with {proc.wait()} before serving")
         url = f"http://127.0.0.1:{port}"
-        for _ in range(600):  # uvicorn binds right after the line above: poll for it
-            try:
-                r = httpx.get(f"{url}/api/releases")
-                break
-            except httpx.ConnectError:
-                if proc.poll() is not None:
-                    pytest.fail(f"pycvmfs web exited with {proc.returncode}")
-                time.sleep(0.05)
-        else:
-            pytest.fail(f"pycvmfs web does not answer on {url}")
+        r = wait_answering(proc, url, "/api/releases")
         assert [x["name"] for x in r.json()["releases"]] == ["LCG_901", "LCG_900"]
         assert httpx.get(f"{url}/nightlies/dev4").status_code == 200
     finally:

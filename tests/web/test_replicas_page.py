@@ -17,7 +17,7 @@ import pytest
 from pycvmfs.cli.web_cmd import assign_replicas
 from pycvmfs.errors import ConfigError
 from pycvmfs.web.index import RepoSource, WebIndex
-from web.conftest import BFQRN, CLI, Browsed, PortalServer, free_port
+from web.conftest import BFQRN, CLI, Browsed, PortalServer, free_port, wait_answering
 from web.test_replica_status import parse_exposition
 
 from helpers.loopback import LoopbackServer
@@ -168,16 +168,7 @@ def test_the_web_command_with_replicas(browsed: Browsed, tmp_path):
         assert alarms[1].startswith(f"ALARM {browsed.down_url}: unreachable or refused")
         assert len(alarms) == 2
         url = f"http://127.0.0.1:{port}"
-        for _ in range(600):  # uvicorn binds right after the line above: poll for it
-            try:
-                r = httpx.get(f"{url}/api/replicas")
-                break
-            except httpx.ConnectError:
-                if proc.poll() is not None:
-                    pytest.fail(f"pycvmfs web exited with {proc.returncode}")
-                time.sleep(0.05)
-        else:
-            pytest.fail(f"pycvmfs web does not answer on {url}")
+        r = wait_answering(proc, url, "/api/replicas")
         rows = r.json()["replicas"]
         assert [(x["replica"], x["stale_after"], x["stale"]) for x in rows] == [
             (browsed.s1_url, 0.0, True), (browsed.down_url, 0.0, True)]
