@@ -88,15 +88,39 @@ def generate(root: Path, *, files: int = 20_000, scale: float = 1.0, seed: int =
     return stats
 
 
-def change_fraction(root: Path, fraction: float = 0.01, seed: int = 2) -> int:
-    """Rewrite ``fraction`` of the small files (new content, new mtime); returns how many."""
+def change_set(root: Path, fraction: float = 0.01, seed: int = 2) -> dict[str, bytes]:
+    """New contents for ``fraction`` of the small files (relative path -> bytes, each 17 bytes
+    longer than the file now), without writing them: the same set can then be applied to
+    several copies of the tree (:func:`apply_changes`)."""
     rng = np.random.default_rng(seed)
     files = sorted(p for p in (root / "releases").rglob("file*") if p.is_file())
     chosen = rng.choice(len(files), max(1, int(len(files) * fraction)), replace=False)
-    for i in chosen:
-        p = files[int(i)]
-        p.write_bytes(text_bytes(rng, p.stat().st_size + 17))
-    return len(chosen)
+    return {str(files[int(i)].relative_to(root)): text_bytes(rng, files[int(i)].stat().st_size
+                                                             + 17)
+            for i in chosen}
+
+
+def apply_changes(root: Path, changes: dict[str, bytes]) -> dict[str, bytes]:
+    """Write ``changes`` (new content, new mtime) under ``root``; returns the contents they
+    replaced, for :func:`restore`."""
+    before = {rel: (root / rel).read_bytes() for rel in changes}
+    for rel, data in changes.items():
+        (root / rel).write_bytes(data)
+    return before
+
+
+def restore(root: Path, originals: dict[str, bytes]) -> None:
+    """Put back what :func:`apply_changes` replaced, with the generated trees' fixed mtime."""
+    stats = {"files": 0, "bytes": 0}
+    for rel, data in originals.items():
+        _write(root / rel, data, stats)
+
+
+def change_fraction(root: Path, fraction: float = 0.01, seed: int = 2) -> int:
+    """Rewrite ``fraction`` of the small files (new content, new mtime); returns how many."""
+    changes = change_set(root, fraction, seed)
+    apply_changes(root, changes)
+    return len(changes)
 
 
 def _write(path: Path, data: bytes, stats: dict) -> None:
