@@ -3,6 +3,10 @@
 # (tests/stock_client, docs/stock-client.md). Debian 12, as root. Not part of CI: CernVM-FS is
 # not a Debian package and its source comes from its own repository.
 #
+#   bash tools/stock-cvmfs.sh source GIT REF SRC
+#                                               a source tree of REF (e.g. cvmfs-2.12.0) from a
+#                                               cvmfs git directory, also a partial copy: files
+#                                               whose content it lacks are listed and left out
 #   bash tools/stock-cvmfs.sh build SRC BUILD   configure + compile client and server tools
 #                                               (SRC: a cvmfs source tree, e.g. tag
 #                                               cvmfs-2.12.0; BUILD: an empty folder)
@@ -15,6 +19,37 @@
 set -euo pipefail
 ROOT_DIR=$(cd "$(dirname "$0")/.." && pwd)
 VERSION_GLOB='so.2.*'
+
+make_source() {
+    local git=$1 ref=$2 dest=$3
+    git --git-dir="$git" rev-parse --verify -q "$ref^{commit}" >/dev/null ||
+        { echo "stock-cvmfs.sh: no $ref in $git" >&2; exit 1; }
+    # blobs absent from the copy (large files of a partial or snapshot clone): git archive
+    # stops at the first one, so they are excluded by path and named
+    local missing=() excludes=() path listing
+    listing=$(git --git-dir="$git" ls-tree -r --format='%(objecttype) %(objectname) %(path)' \
+        "$ref" | sed -n 's/^blob //p')
+    while IFS= read -r path; do
+        missing+=("$path")
+        excludes+=(":(exclude,literal)$path")
+    done < <(paste -d' ' <(cut -d' ' -f1 <<<"$listing" |
+                              git --git-dir="$git" cat-file --batch-check='present') \
+                         <(cut -d' ' -f2- <<<"$listing") | sed -n 's/^[0-9a-f]* missing //p')
+    mkdir -p "$dest"
+    # (git archive still names the absent blobs it leaves out, then succeeds)
+    git --git-dir="$git" archive "$ref" -- . "${excludes[@]}" \
+        2> >(grep -v '^error: invalid object' >&2) | tar -x -C "$dest"
+    for path in "${missing[@]}"; do
+        case $path in
+            externals/sqlite3/src/sqlite3.c) why="made by build from Debian's sqlite3 source" ;;
+            externals/go/*|gateway/*|ducc/*) why="gateway/DUCC only, not built here" ;;
+            test/*) why="test data, not built here" ;;
+            *) why="NEEDED? not known to this script" ;;
+        esac
+        echo "left out (absent from $git): $path  [$why]"
+    done
+    echo "source of $ref ($(git --git-dir="$git" rev-parse --short "$ref^{commit}")) in $dest"
+}
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "stock-cvmfs.sh: run as root" >&2; exit 1; }; }
 
@@ -127,9 +162,10 @@ check() {
 }
 
 case "${1:-}" in
+    source) make_source "${2:?GIT}" "${3:?REF}" "${4:?SRC}" ;;
     build) build "${2:?SRC}" "${3:?BUILD}" ;;
     install) install_tools "${2:?BUILD}" ;;
     uninstall) uninstall_tools ;;
     check) check "${2:?BUILD}" ;;
-    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0" >&2; exit 2 ;;
 esac
