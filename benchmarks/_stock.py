@@ -217,3 +217,28 @@ def stock_client_dir(work: Path) -> Path | None:
         (links / name).unlink(missing_ok=True)
         (links / name).symlink_to(target.resolve())
     return links
+
+
+class StockReplica:
+    """A stock stratum 1 (``cvmfs_server add-replica -o root -n ALIAS``) of the repository at
+    ``stratum0`` (an URL; its ``.cvmfs_master_replica`` must be there), trusting the key file
+    ``public_key``; removed with ``rmfs -f`` when the ``with`` block ends. GeoIP lookups are
+    switched off (``CVMFS_GEO_DB_FILE=NONE``: no database to download here)."""
+
+    def __init__(self, alias: str, stratum0: str, public_key: Path) -> None:
+        self.alias, self.stratum0, self.public_key = alias, stratum0, public_key
+        self.env = {**os.environ, "CVMFS_GEO_DB_FILE": "NONE"}
+
+    def __enter__(self) -> StockReplica:
+        if Path("/etc/cvmfs/repositories.d", self.alias).exists():
+            server("rmfs", "-f", self.alias)
+        run_measured(["cvmfs_server", "add-replica", "-o", "root", "-n", self.alias, "-a",
+                      self.stratum0, str(self.public_key)], env=self.env)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        server("rmfs", "-f", self.alias)
+
+    def snapshot(self) -> Measured:
+        """``cvmfs_server snapshot ALIAS``, measured."""
+        return run_measured(["cvmfs_server", "snapshot", self.alias], env=self.env)

@@ -7,7 +7,9 @@ Publishes the tree of benchmarks/treegen.py with our publisher, serves the stora
 nginx on 127.0.0.1 (docs/nginx-cvmfs.conf), and measures in the same run: a full snapshot
 (objects/s, MB/s, peak RSS) against `curl --parallel --parallel-max N` downloading the same object
 URLs from the same server into files (ratio; target >= 0.8x), an incremental snapshot after a 1 %
-change (objects fetched = objects the publish added), and a no-op snapshot (target < 0.5 s).
+change (objects fetched = objects the publish added), and a no-op snapshot (target < 0.5 s)
+against, when the stock tools are installed (tools/stock-cvmfs.sh), a no-op `cvmfs_server
+snapshot` of a stock stratum 1 of the same source (issue 16: pycvmfs <= 1.0x the stock time).
 Numbers on a shared machine are noisy: run it twice.
 
 Extra measurements plug in through ``HOOKS`` (callables taking a :class:`BenchContext`), e.g.
@@ -30,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' nginx
+from _stock import StockReplica, stock_server, stock_version
 from treegen import change_fraction, generate
 
 from publish import publish
@@ -37,6 +40,7 @@ from publish import publish
 from helpers.webservers import nginx_server
 
 FQRN = "bench.example.org"
+STOCK_ALIAS = "stock-s1-bench.example.org"  # the stock stratum 1's name (add-replica -n)
 
 # The snapshot runs in a child process so that its peak RSS is its own.
 _CHILD = r"""
@@ -121,6 +125,23 @@ def cli_noop(url: str, dest: Path, state: Path, key: Path) -> float:
     return min(times[1:])
 
 
+def stock_noop_snapshot(url: str, key: Path, ours: float, skip: bool) -> None:
+    """The same no-op with a stock stratum 1 of the same source (``cvmfs_server add-replica``,
+    a full ``snapshot``, then no-op ones: best of three), when the stock tools are installed."""
+    if skip or not stock_server():
+        print("stock no-op snapshot: " + ("not asked for (--no-stock)" if skip else
+              "the stock tools are not installed (tools/stock-cvmfs.sh install)"))
+        return
+    with StockReplica(STOCK_ALIAS, url, key) as replica:
+        full = replica.snapshot()
+        print(f"stock full snapshot: {full.seconds:.2f} s, CPU {full.cpu:.1f} s, peak RSS "
+              f"{full.maxrss / 2**20:.0f} MiB ({stock_version()})")
+        noops = [replica.snapshot().seconds for _ in range(3)]
+    print(f"stock no-op snapshot (the whole `cvmfs_server snapshot` command): "
+          f"{min(noops) * 1000:.0f} ms (runs: {', '.join(f'{x * 1000:.0f}' for x in noops)} ms)"
+          f"; pycvmfs/stock: {ours / min(noops):.2f}x the time (target <= 1.0x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tree", type=Path, help="reuse/generate the tree here")
@@ -130,6 +151,8 @@ def main() -> None:
     ap.add_argument("--scratch", type=Path,
                     help="where the replicas and curl's files go (default: the temporary "
                          "folder); e.g. /dev/shm to compare the programs without the disk")
+    ap.add_argument("--no-stock", action="store_true",
+                    help="without the stock no-op snapshot (stock tools installed)")
     args = ap.parse_args()
     from pycvmfs.publish.repository import Publisher
 
@@ -193,9 +216,11 @@ def main() -> None:
                   f"one, {inc['objects_fetched']} data objects + {inc['catalogs_fetched']} "
                   f"catalogs fetched, {inc['objects_present']} looked at and present")
             noop = snapshot_child(url, dest, state, key, args.workers)
+            cli_s = cli_noop(url, dest, state, key)
             print(f"no-op snapshot: {noop['seconds'] * 1000:.0f} ms in the API "
-                  f"(target < 500 ms), {cli_noop(url, dest, state, key) * 1000:.0f} ms for "
-                  "the whole `pycvmfs snapshot` command")
+                  f"(target < 500 ms), {cli_s * 1000:.0f} ms for the whole `pycvmfs snapshot` "
+                  "command")
+            stock_noop_snapshot(url, key, cli_s, args.no_stock)
             ctx = BenchContext(srv / FQRN, base, FQRN, key, tmp / "hooks")
             for hook in HOOKS:
                 hook(ctx)
