@@ -13,32 +13,11 @@ from pathlib import Path
 
 import click
 
-from pycvmfs.errors import ConfigError, CvmfsError
+from pycvmfs.cli.group import CvmfsGroup
+from pycvmfs.errors import ConfigError
 
 __all__ = ["CvmfsGroup", "ProgressDisplay", "emit_json", "make_progress", "open_repo",
            "repository_options", "revision_options", "revision_selector"]
-
-
-class CvmfsGroup(click.Group):
-    """A click group that turns expected failures into one line on stderr and exit code 1."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except BrokenPipeError:  # e.g. `pycvmfs cat ... | head`: the reader is gone, end quietly
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            ctx.exit(141)
-        except CvmfsError as e:
-            click.echo(f"pycvmfs: error: {e}", err=True)
-            ctx.exit(1)
-        except OSError as e:
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            click.echo(f"pycvmfs: error: {where}{e.strerror or e}", err=True)
-            ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("pycvmfs: interrupted", err=True)
-            ctx.exit(130)
 
 
 def _default_keys() -> list[str]:

@@ -1,43 +1,42 @@
-"""The ``pycvmfs`` command: one entry point whose verbs mirror cvmfs_server / cvmfs_config."""
+"""The ``pycvmfs`` command: one entry point whose verbs mirror cvmfs_server / cvmfs_config.
+
+Each verb's module is imported only when that verb runs (or ``--help`` lists them all), so that
+``pycvmfs --version`` and a cron job's ``pycvmfs snapshot`` do not pay for the rest.
+"""
 
 from __future__ import annotations
 
 import click
 
 from pycvmfs import __version__
-from pycvmfs.cli import (
-    admin_cmds,
-    cache_cmds,
-    client_cmds,
-    config_cmds,
-    container_cmds,
-    mount_cmds,
-    publish_cmds,
-    replica_cmds,
-    serve_cmd,
-    stack_cmds,
-    web_cmd,
-)
-from pycvmfs.cli.common import CvmfsGroup
+from pycvmfs.cli.group import LazyCvmfsGroup
+
+#: module (under pycvmfs.cli) -> the verbs its ``register()`` adds; tests/cli/test_lazy_imports.py
+#: checks that this table and the modules agree
+VERB_MODULES: dict[str, tuple[str, ...]] = {
+    "client_cmds": ("cat", "diff", "get", "info", "ls", "tags", "verify"),
+    "cache_cmds": ("cache",),
+    "config_cmds": ("config", "probe"),
+    "publish_cmds": ("check", "gc", "ingest", "mkfs", "publish", "resign", "rm", "rollback",
+                     "tag"),
+    "serve_cmd": ("serve",),
+    "mount_cmds": ("mount", "status", "umount"),
+    "replica_cmds": ("add-replica", "snapshot"),
+    "admin_cmds": ("alterfs", "chksetup", "doctor", "list", "list-catalogs", "rmfs"),
+    "container_cmds": ("container",),
+    "stack_cmds": ("stack",),
+    "web_cmd": ("web",),
+}
+
+_LAZY_VERBS = {verb: f"pycvmfs.cli.{module}"
+               for module, verbs in VERB_MODULES.items() for verb in verbs}
 
 
-@click.group(cls=CvmfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyCvmfsGroup, lazy_verbs=_LAZY_VERBS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pycvmfs")
 def cli() -> None:
     """pycvmfs: publish, replicate and read CernVM-FS repositories."""
-
-
-client_cmds.register(cli)
-cache_cmds.register(cli)
-config_cmds.register(cli)
-publish_cmds.register(cli)
-serve_cmd.register(cli)
-mount_cmds.register(cli)
-replica_cmds.register(cli)
-admin_cmds.register(cli)
-container_cmds.register(cli)
-stack_cmds.register(cli)
-web_cmd.register(cli)
 
 
 def main() -> None:

@@ -128,7 +128,6 @@ def _snapshot_lines(display) -> Callable[[str, int, int | None], None]:
 
 def _adhoc(url: str, dest: str, keys: tuple[str, ...], fqrn: str | None, state_dir: str | None,
            all_tags: bool, workers: int, proxy: str | None, timeout: float, progress):
-    from pycvmfs.client.repository import guess_fqrn
     from pycvmfs.publish.config import check_fqrn
     from pycvmfs.replica.snapshot import snapshot
     from pycvmfs.storage.local import LocalStorage
@@ -136,7 +135,10 @@ def _adhoc(url: str, dest: str, keys: tuple[str, ...], fqrn: str | None, state_d
 
     if not keys:
         raise ConfigError("no master public key: give -k FILE (or a directory of *.pub keys)")
-    fqrn = fqrn or guess_fqrn(url.split(";")[0])
+    if not fqrn:
+        from pycvmfs.client.repository import guess_fqrn  # (imports the whole client)
+
+        fqrn = guess_fqrn(url.split(";")[0])
     if not fqrn:
         raise ConfigError(f"{url}: cannot tell the repository name from the URL; give --fqrn")
     check_fqrn(fqrn)
