@@ -3,7 +3,7 @@ static file of the same size, on a generated history of releases and nightlies.
 
 Run by hand (needs wrk and nginx-light; never in CI):
     .venv/bin/python benchmarks/web.py [--work DIR] [--rounds N] [--releases N]
-                                       [--packages N] [--seconds S] [--profile]
+                                       [--packages N] [--seconds S] [--uncached] [--profile]
 
 Generates (in ``--work``, default a temporary directory) a history written into a fresh
 repository in ONE transaction, without builds: ``--releases`` releases (default 100, LCG_100...)
@@ -36,7 +36,11 @@ Every round prints p50/p99 latency, requests/s, errors and server CPU seconds pe
 the medians and, per endpoint, whether the targets are met: p99 <= 50 ms and at least 0.3x
 nginx's requests/s. ``--ceiling`` adds a third server to each comparison: FastAPI on uvicorn
 answering the same bytes from an ``async`` handler (what the web stack itself costs, without the
-portal's queries, validation and templates). ``--profile`` then measures each endpoint in this
+portal's queries, validation and templates). ``--uncached`` adds each endpoint over many
+distinct URLs (every release x platform table, every package, every diff of two releases ten
+apart, in a shuffled order that wrk cycles through) against a second portal started with
+``--cache-size 0``: every answer is computed anew, the worst case of a workload where no URL
+repeats. ``--profile`` then measures each endpoint in this
 process, one request at a time straight through the ASGI app with the handlers run inline
 (FastAPI would run them in a thread pool, out of cProfile's sight): the mean time of the index
 query alone and of the whole request, then a cProfile of those requests and of an index build.
@@ -362,6 +366,7 @@ class History:
     revision: int
     releases: list[str]
     package: str
+    packages: list[str]   # every package name of the last release
     stats: Stats
     seconds: float
     transaction: dict
@@ -412,6 +417,7 @@ def generate_history(where: Path, releases: int, packages: int, seed: int) -> Hi
     package = "ROOT" if "ROOT" in state else next(iter(state))
     return History(storage=pub.config.storage, key=pub.config.key_path("pub"),
                    revision=txn.summary.revision, releases=names, package=package,
+                   packages=sorted(state),
                    stats=w.stats, seconds=time.perf_counter() - t0, transaction=summary)
 
 
@@ -424,6 +430,35 @@ class Endpoint:
     name: str
     path: str
     static: str
+    #: when set, the clients cycle through these distinct URLs (``path`` is the first) and the
+    #: portal keeps no answers (``--cache-size 0``): every answer is computed anew
+    paths: tuple[str, ...] = ()
+
+    @property
+    def uncached(self) -> bool:
+        return bool(self.paths)
+
+
+def uncached_endpoints(history: History) -> list[Endpoint]:
+    """The endpoints of :func:`endpoints` over every release x platform table, every package
+    and every diff of two releases ten apart: distinct URLs, answered without the cache."""
+    tables = [f"{r}/{p}" for r in history.releases for p in PLATFORMS]
+    rel = history.releases
+    pairs = list(zip(rel, rel[10:], strict=False)) or [(rel[0], rel[-1])]
+    diffs = [f"a={a}/{p}&b={b}/{p}" for a, b in pairs for p in PLATFORMS]
+    kinds = [("release table API", "/api/releases/", tables, "release.json"),
+             ("release table page", "/releases/", tables, "release.html"),
+             ("package API", "/api/packages/", history.packages, "package.json"),
+             ("package page", "/packages/", history.packages, "package.html"),
+             ("diff API", "/api/diff?", diffs, "diff.json"),
+             ("diff page", "/diff?", diffs, "diff.html")]
+    out = []
+    for name, prefix, tails, static in kinds:
+        paths = [prefix + t for t in tails]
+        random.Random(len(paths)).shuffle(paths)
+        out.append(Endpoint(f"{name}, {len(paths)} distinct URLs, no cache", paths[0],
+                            "uncached-" + static, tuple(paths)))
+    return out
 
 
 def endpoints(history: History) -> list[Endpoint]:
@@ -515,14 +550,34 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(ticks.get(p, 0) for p in wanted) / os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(url: str, args, pid: int, seconds: float | None = None) -> Wrk:
-    """``wrk -t<threads> -c<connections> -d<seconds>s --latency --timeout 30s -s <WRK_DONE>
-    url``; ``pid``: the server whose CPU seconds are counted."""
+def cycling_script(paths: tuple[str, ...], where: Path) -> Path:
+    """A wrk script asking for ``paths`` in turn (each wrk thread from its own offset), with
+    :data:`WRK_DONE`'s exact percentiles."""
+    listed = ",\n".join(json.dumps(p) for p in paths)  # JSON strings are Lua strings here
+    where.write_text(f"paths = {{\n{listed}\n}}\n" + """\
+counter = 0
+setup = function(thread)
+  counter = counter + 1
+  thread:set("counter", counter * 7919)
+end
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", paths[(counter % #paths) + 1])
+end
+""" + WRK_DONE)
+    return where
+
+
+def run_wrk(url: str, args, pid: int, seconds: float | None = None,
+            script: Path | None = None) -> Wrk:
+    """``wrk -t<threads> -c<connections> -d<seconds>s --latency --timeout 30s -s <script>
+    url`` (``script``: :data:`WRK_DONE` unless given); ``pid``: the server whose CPU seconds
+    are counted."""
     secs = args.seconds if seconds is None else seconds
     cpu0 = tree_cpu_seconds(pid)
     out = subprocess.run([WRK, f"-t{args.threads}", f"-c{args.connections}",
                           f"-d{max(1, round(secs))}s", "--latency", "--timeout", "30s",
-                          "-s", str(args.wrk_script), url],
+                          "-s", str(script or args.wrk_script), url],
                          capture_output=True, text=True, check=True).stdout
     cpu = tree_cpu_seconds(pid) - cpu0
     p50, p99, rps, requests, errors = parse_wrk(out)
@@ -538,15 +593,16 @@ def fetch(url: str) -> bytes:
 
 
 @contextlib.contextmanager
-def portal_server(history: History, index_db: Path, log: Path) -> Iterator[tuple[str, int]]:
-    """``pycvmfs web`` on ``index_db`` (already built: its start-up refresh finds the revision
-    indexed); yields its base URL and process id."""
+def portal_server(history: History, index_db: Path, log: Path, *, cache_mib: int = 256
+                  ) -> Iterator[tuple[str, int]]:
+    """``pycvmfs web --cache-size cache_mib`` on ``index_db`` (already built: its start-up
+    refresh finds the revision indexed); yields its base URL and process id."""
     port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [*CLI, "web", "--repo", str(history.storage), "--key", str(history.key),
              "--fqrn", FQRN, "--index", str(index_db), "--listen", f"127.0.0.1:{port}",
-             "--refresh", "3600"], stdout=out, stderr=out)
+             "--refresh", "3600", "--cache-size", str(cache_mib)], stdout=out, stderr=out)
         try:
             wait_for_port(port, proc, "pycvmfs web", [log], limit=120)
             yield f"http://127.0.0.1:{port}", proc.pid
@@ -628,6 +684,9 @@ def one_round(i: int, history: History, eps: list[Endpoint], work: Path, args) -
     (static / "static").chmod(0o755)
     with contextlib.ExitStack() as servers:
         portal, pid = servers.enter_context(portal_server(history, db, work / "portal.log"))
+        bare = (servers.enter_context(portal_server(history, db, work / "portal-bare.log",
+                                                    cache_mib=0))
+                if any(ep.uncached for ep in eps) else None)
         nginx = servers.enter_context(nginx_server(static, workers=1, benchmark=True,
                                                    user=("root", "root")))
         ceiling = (servers.enter_context(ceiling_server(static / "static",
@@ -636,9 +695,12 @@ def one_round(i: int, history: History, eps: list[Endpoint], work: Path, args) -
         print(f"{tag} pycvmfs web (one process), nginx (one worker)"
               f"{', the ceiling app (one process)' if ceiling else ''} listening", flush=True)
         for ep in eps:
-            body = fetch(portal + ep.path)
+            base, base_pid = bare if ep.uncached else (portal, pid)
+            script = (cycling_script(ep.paths, work / f"{ep.static}.lua") if ep.uncached
+                      else None)
+            body = fetch(base + ep.path)
             (static / "static" / ep.static).write_bytes(body)
-            urls = {"portal": (portal + ep.path, pid),
+            urls = {"portal": (base + ep.path, base_pid),
                     "nginx": (f"{nginx.url}/static/{ep.static}", nginx.proc.pid)}
             if ceiling:
                 urls["ceiling"] = (f"{ceiling[0]}/static/{ep.static}", ceiling[1])
@@ -650,8 +712,9 @@ def one_round(i: int, history: History, eps: list[Endpoint], work: Path, args) -
             got: dict[str, Wrk] = {}
             for which in order:
                 url, server_pid = urls[which]
-                run_wrk(url, args, server_pid, seconds=1)  # warm up
-                got[which] = run_wrk(url, args, server_pid)
+                own = script if which == "portal" else None
+                run_wrk(url, args, server_pid, seconds=1, script=own)  # warm up
+                got[which] = run_wrk(url, args, server_pid, script=own)
             ratio = got["portal"].rps / got["nginx"].rps
             print(f"{tag} {ep.name} ({len(body) / 1e3:.1f} kB, {ep.path}; in the order "
                   f"{', '.join(order)})")
@@ -828,6 +891,10 @@ def main() -> None:
     ap.add_argument("--ceiling", action="store_true",
                     help="also measure a FastAPI app answering the same bytes from an async "
                          "handler (the web stack's own cost)")
+    ap.add_argument("--uncached", action="store_true",
+                    help="also measure each endpoint over many distinct URLs (every release x "
+                         "platform table, every package, every diff of releases ten apart) "
+                         "with the answer cache off (pycvmfs web --cache-size 0)")
     ap.add_argument("--profile", action="store_true",
                     help="also time and cProfile the endpoints in process after the rounds")
     args = ap.parse_args()
@@ -853,13 +920,13 @@ def main() -> None:
               flush=True)
         args.wrk_script = work / "exact-percentiles.lua"
         args.wrk_script.write_text(WRK_DONE)
-        eps = endpoints(history)
+        eps = endpoints(history) + (uncached_endpoints(history) if args.uncached else [])
         rows = []
         for i in range(args.rounds):
             rows.append(one_round(i, history, eps, work / "rounds", args))
         summarize(rows, eps)
         if args.profile:
-            profile(history, eps, work)
+            profile(history, [e for e in eps if not e.uncached], work)
 
 
 if __name__ == "__main__":

@@ -187,7 +187,8 @@ def test_the_web_command_serves_a_repository_over_http(tmp_path, published):
     proc = subprocess.Popen(
         [sys.executable, "-c", "from pycvmfs.cli.web_cmd import web; web()",
          "--repo", f"{server.url}/{FQRN}", "--key", published.source().keys[0],
-         "--index", str(tmp_path / "w.sqlite"), "--listen", f"127.0.0.1:{port}"],
+         "--index", str(tmp_path / "w.sqlite"), "--listen", f"127.0.0.1:{port}",
+         "--cache-size", "0"],
         stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:  # the command says when it serves: readiness, not a delay
@@ -199,6 +200,8 @@ def test_the_web_command_serves_a_repository_over_http(tmp_path, published):
         r = wait_answering(proc, url, "/api/releases")
         assert [x["name"] for x in r.json()["releases"]] == ["LCG_901", "LCG_900"]
         assert httpx.get(f"{url}/nightlies/dev4").status_code == 200
+        again = httpx.get(f"{url}/api/releases")  # --cache-size 0: every answer is made anew
+        assert again.status_code == 200 and "x-cache" not in again.headers
     finally:
         proc.terminate()
         proc.wait()

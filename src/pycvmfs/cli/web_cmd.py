@@ -62,9 +62,12 @@ def _listen(text: str) -> tuple[str, int]:
 @click.option("--refresh", "refresh_interval", default=60.0, show_default=True,
               type=click.FloatRange(min=1.0),
               help="Seconds between checks of the repositories' manifests.")
+@click.option("--cache-size", "cache_mib", default=256, show_default=True,
+              type=click.IntRange(min=0),
+              help="MiB of answers kept in memory until the index changes (0: none).")
 def web(repos: tuple[str, ...], keys: tuple[Path, ...], fqrn: str | None, top: str,
         index_path: Path, replicas: tuple[str, ...], stale_after: float, listen: str,
-        refresh_interval: float) -> None:
+        refresh_interval: float, cache_mib: int) -> None:
     """Serve the portal of the stacks published in the repositories: releases, packages,
     diffs, nightly results, the repository browser (revisions, tags, sizes, files, diffs),
     the stratum 1s' status (/replicas, Prometheus /metrics), the container images, and the
@@ -93,7 +96,7 @@ def web(repos: tuple[str, ...], keys: tuple[Path, ...], fqrn: str | None, top: s
     for row in index.replicas()["replicas"]:
         if row["alarm"]:
             click.echo(f"ALARM {row['replica']}: {row['alarm']}", err=True)
-    app = create_app(index, refresh_interval=refresh_interval)
+    app = create_app(index, refresh_interval=refresh_interval, cache_bytes=cache_mib << 20)
     click.echo(f"serving http://{host}:{port}/ (press Ctrl-C to stop)", err=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")

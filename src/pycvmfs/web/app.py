@@ -24,6 +24,7 @@ lookups through the verified reader; a read that fails verification answers 502)
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 
 from pycvmfs.web import models
 from pycvmfs.web.browse import BrowseBadRequest, BrowseNotFound, Browser, BrowseRefused
@@ -65,6 +67,16 @@ def _duration(value: float | None) -> str:
     return "–" if value is None else duration(value)
 
 
+def _dependency_links(depends: list[dict[str, str]]) -> Markup:
+    """A package table's dependency cell: ``name-hash`` per dependency, each name a link to its
+    row. Built here rather than in a template loop, where it was most of a large table's time."""
+    cells = []
+    for d in depends:
+        name = escape(d["name"])
+        cells.append(f'<a href="#pkg-{name}">{name}</a>-<code>{escape(d["hash"])}</code>')
+    return Markup(", ".join(cells))
+
+
 class _Failure(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -82,6 +94,15 @@ def _ask(fn: Callable[..., Any], *args: Any) -> Any:
         raise _Failure(502, str(e)) from None
 
 
+def _answer(data: Any) -> Response:
+    """An API answer serialised by the C JSON encoder, as built by the index. The route's
+    ``response_model`` documents it in ``/openapi.json``; that the answers match it is tested
+    (tests/web/test_api_schema.py and the schemathesis run), not re-validated per request,
+    which took most of the time of a large table."""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return Response(body.encode(), media_type="application/json")
+
+
 def _refresher(index: WebIndex, interval: float, stop: threading.Event) -> None:
     while True:
         index.refresh()
@@ -89,9 +110,11 @@ def _refresher(index: WebIndex, interval: float, stop: threading.Event) -> None:
             return
 
 
-def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0) -> FastAPI:
+def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0,
+               cache_bytes: int = 256 << 20) -> FastAPI:
     """The portal on ``index``; ``refresh_interval`` (seconds, None: never) re-reads the
-    repositories' manifests in a background thread while the app runs."""
+    repositories' manifests in a background thread while the app runs; ``cache_bytes`` bounds
+    the answers kept until the index changes (:mod:`pycvmfs.web.cache`; 0: none kept)."""
     browser = Browser(index)
 
     @asynccontextmanager
@@ -115,12 +138,14 @@ def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0) -> Fa
                               "stacks published on CernVM-FS, read through the verified reader.",
                   lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
-    app.add_middleware(ResponseCache, index=index)
+    if cache_bytes > 0:
+        app.add_middleware(ResponseCache, index=index, max_bytes=cache_bytes)
     templates = Jinja2Templates(directory=_HERE / "templates")
     templates.env.filters["when"] = _when
     templates.env.filters["seconds"] = _seconds
     templates.env.filters["duration"] = _duration
     templates.env.filters["bytes"] = human_bytes
+    templates.env.filters["dependency_links"] = _dependency_links
     app.state.index = index
     app.state.browser = browser
 
@@ -141,51 +166,51 @@ def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0) -> Fa
     # -- JSON API ------------------------------------------------------------------------------
     @app.get("/api/repositories", response_model=list[models.Repository], tags=["api"])
     def api_repositories() -> Any:
-        return index.repositories()
+        return _answer(index.repositories())
 
     @app.get("/api/repositories/{fqrn}", response_model=models.Repository, tags=["api"],
              responses={404: _ERRORS})
     def api_repository(fqrn: str) -> Any:
-        return _ask(index.repository, fqrn)
+        return _answer(_ask(index.repository, fqrn))
 
     @app.get("/api/releases", response_model=models.Releases, tags=["api"])
     def api_releases() -> Any:
-        return index.releases()
+        return _answer(index.releases())
 
     @app.get("/api/releases/{release}", response_model=models.Release, tags=["api"],
              responses={404: _ERRORS})
     def api_release(release: str) -> Any:
-        return _ask(index.release, release)
+        return _answer(_ask(index.release, release))
 
     @app.get("/api/releases/{release}/{platform}", response_model=models.PackageTable,
              tags=["api"], responses={404: _ERRORS})
     def api_release_platform(release: str, platform: str) -> Any:
-        return _ask(index.release_packages, release, platform)
+        return _answer(_ask(index.release_packages, release, platform))
 
     @app.get("/api/nightlies/{slot}", response_model=models.Nightly, tags=["api"],
              responses={404: _ERRORS})
     def api_nightly(slot: str) -> Any:
-        return _ask(index.nightly, slot)
+        return _answer(_ask(index.nightly, slot))
 
     @app.get("/api/nightlies/{slot}/{day}/{platform}", response_model=models.PackageTable,
              tags=["api"], responses={404: _ERRORS})
     def api_nightly_day(slot: str, day: str, platform: str) -> Any:
-        return _ask(index.release_packages, slot, platform, day)
+        return _answer(_ask(index.release_packages, slot, platform, day))
 
     @app.get("/api/packages/{name}", response_model=models.Package, tags=["api"],
              responses={404: _ERRORS})
     def api_package(name: str) -> Any:
-        return _ask(index.package, name)
+        return _answer(_ask(index.package, name))
 
     @app.get("/api/search", response_model=models.SearchResult, tags=["api"])
     def api_search(q: str = Query("", max_length=200)) -> Any:
-        return {"q": q, "hits": index.search(q)}
+        return _answer({"q": q, "hits": index.search(q)})
 
     @app.get("/api/diff", response_model=models.Diff, tags=["api"],
              responses={400: _ERRORS, 404: _ERRORS})
     def api_diff(a: str = Query(..., max_length=300), b: str = Query(..., max_length=300)
                  ) -> Any:
-        return _ask(index.diff, a, b)
+        return _answer(_ask(index.diff, a, b))
 
     # -- pages ---------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

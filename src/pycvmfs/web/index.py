@@ -44,7 +44,7 @@ from pycvmfs.web.snapshot import Snapshot, read_snapshot
 __all__ = ["BadSpec", "RepoSource", "UnknownName", "WebIndex"]
 
 #: PRAGMA user_version of the index's tables; another version is dropped and rebuilt
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS repositories (
@@ -54,13 +54,12 @@ CREATE TABLE IF NOT EXISTS repositories (
 CREATE TABLE IF NOT EXISTS summaries (
     id INTEGER PRIMARY KEY, fqrn TEXT NOT NULL, kind TEXT NOT NULL, stack TEXT NOT NULL,
     day TEXT, platform TEXT NOT NULL, category TEXT NOT NULL, path TEXT NOT NULL,
-    version_label TEXT, compiler TEXT);
+    version_label TEXT, compiler TEXT, packages_json TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS summaries_stack ON summaries(stack, platform, day);
 CREATE TABLE IF NOT EXISTS packages (
     summary_id INTEGER NOT NULL REFERENCES summaries(id) ON DELETE CASCADE,
     name TEXT NOT NULL, version TEXT NOT NULL, hash TEXT NOT NULL, full_hash TEXT,
-    directory TEXT NOT NULL, prefix TEXT NOT NULL, depends TEXT NOT NULL,
-    is_generator INTEGER NOT NULL, metadata TEXT NOT NULL);
+    prefix TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS packages_name ON packages(name);
 CREATE INDEX IF NOT EXISTS packages_summary ON packages(summary_id);
 CREATE TABLE IF NOT EXISTS nightly_days (
@@ -224,16 +223,20 @@ class WebIndex(repotables.RepositoryTables):
             for table in _DATA_TABLES:
                 db.execute(f"DELETE FROM {table} WHERE fqrn=?", (fqrn,))
             for s in snap.summaries:
+                # the table rows of a summary are stored whole, as the API answers them: a
+                # package table is then one SQLite read and one C JSON decode per summary
+                rows = sorted(({**p, "category": s.category} for p in s.packages),
+                              key=_table_order)
                 sid = db.execute(
                     "INSERT INTO summaries (fqrn, kind, stack, day, platform, category, path, "
-                    "version_label, compiler) VALUES (?,?,?,?,?,?,?,?,?)",
+                    "version_label, compiler, packages_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (fqrn, s.kind, s.stack, s.day, s.platform, s.category, s.path,
-                     s.version_label, s.compiler)).lastrowid
+                     s.version_label, s.compiler,
+                     json.dumps(rows, ensure_ascii=False, separators=(",", ":")))).lastrowid
                 db.executemany(
-                    "INSERT INTO packages VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [(sid, p["name"], p["version"], p["hash"], p["full_hash"], p["directory"],
-                      p["prefix"], json.dumps(p["depends"]), int(p["is_generator"]),
-                      json.dumps(p["metadata"])) for p in s.packages])
+                    "INSERT INTO packages VALUES (?,?,?,?,?,?)",
+                    [(sid, p["name"], p["version"], p["hash"], p["full_hash"], p["prefix"])
+                     for p in s.packages])
             db.executemany("INSERT INTO nightly_days VALUES (?,?,?,?,?)",
                            [(fqrn, d.slot, d.day, d.platform, d.state) for d in snap.days])
             db.executemany("INSERT INTO latest VALUES (?,?,?,?)",
@@ -376,16 +379,9 @@ class WebIndex(repotables.RepositoryTables):
             raise UnknownName(f"{what} has no summary for platform {platform!r}")
         packages = []
         for s in sums:
-            for p in db.execute("SELECT * FROM packages WHERE summary_id=? ORDER BY name, hash",
-                                (s["id"],)):
-                packages.append({
-                    "name": p["name"], "version": p["version"], "hash": p["hash"],
-                    "full_hash": p["full_hash"], "category": s["category"],
-                    "directory": p["directory"], "prefix": p["prefix"],
-                    "depends": json.loads(p["depends"]),
-                    "is_generator": bool(p["is_generator"]),
-                    "metadata": json.loads(p["metadata"])})
-        packages.sort(key=lambda p: (p["name"].lower(), p["hash"]))
+            packages.extend(json.loads(s["packages_json"]))
+        if len(sums) > 1:
+            packages.sort(key=_table_order)
         first = sums[0]
         return {"stack": name, "platform": platform, "day": day, "fqrn": first["fqrn"],
                 "version": first["version_label"], "compiler": first["compiler"],
@@ -495,6 +491,11 @@ class WebIndex(repotables.RepositoryTables):
         return {"slot": slot, "columns": out_cols,
                 "latest": {r["platform"]: r["day"] for r in latest},
                 "packages": [grid[n] for n in sorted(grid, key=str.lower)]}
+
+
+def _table_order(p: dict[str, Any]) -> tuple[str, str]:
+    """Rows of a package table: by name (case-insensitive), then hash."""
+    return p["name"].lower(), p["hash"]
 
 
 def _drop_all(db: sqlite3.Connection) -> None:
