@@ -26,8 +26,8 @@ HEAVY = ("cryptography", "rich", "sqlite3", "_sqlite3", "fastapi", "pydantic", "
          "pycvmfs.format.catalog", "pycvmfs.publish.repository", "pycvmfs.replica.replicate",
          "pycvmfs.replica.pull", "pycvmfs.storage.httpcopy", "pycvmfs.storage._httpcopy",
          "pycvmfs.web", "pycvmfs.stacks", "pycvmfs.containers")
-#: what ``--version`` does not import either (no verb's module, no HTTP library)
-NOT_FOR_VERSION = ("urllib3", "pycvmfs.cli.common", "pycvmfs.replica", "pycvmfs.storage",
+#: what ``--version`` does not import either (not even click: it is answered before)
+NOT_FOR_VERSION = ("click", "urllib3", "pycvmfs.cli.common", "pycvmfs.replica", "pycvmfs.storage",
                    "pycvmfs.publish", *(f"pycvmfs.cli.{m}" for m in VERB_MODULES))
 
 #: runs ``pycvmfs ARGS`` as the console script does, then prints the imported modules as JSON
