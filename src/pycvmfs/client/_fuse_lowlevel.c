@@ -12,6 +12,13 @@
  *    file descriptor (the verified object in the cache: spliced from the page cache to the
  *    kernel), release of such a file; opendir/releasedir are left to the kernel (which then
  *    keeps listings in its cache), flush is never asked for;
+ *  - open() of a file whose attributes named its cached object (an 11th item of the
+ *    attribute tuple, see below): the object file is opened here and its size checked; only
+ *    when it is not in the cache (yet) does ops.open run (which downloads it);
+ *  - read() of a chunked file: ops.open hands over the chunk offsets, and each chunk's
+ *    cached object is asked of ops.chunk once (downloaded, verified, pinned there) and then
+ *    read here like a whole object; a few chunk descriptors are kept per open file, and
+ *    ops.chunk_done is told of each one closed;
  *  - everything else calls a method of the Python file system object ("ops") with plain
  *    arguments (ints, bytes) and takes plain results (tuples, bytes); an OSError raised there
  *    becomes the request's error number, anything else EIO (reported through
@@ -19,7 +26,12 @@
  *
  * The Python side is pycvmfs.client.fuse (see its CvmfsFilesystem for the methods called).
  * Attributes travel as a tuple (ino, mode, nlink, uid, gid, rdev, size, blocks, mtime_ns,
- * timeout): the same timeout is used for the entry and the attributes.
+ * timeout[, object]): the same timeout is used for the entry and the attributes. ``object``
+ * (bytes, optional) is the path of the file's verified object in the cache: a lookup or
+ * readdirplus answer carrying it lets open() of that inode go without Python while the inode
+ * is known to the kernel (until its forget). Python only names a path there that holds the
+ * file's verified content whenever it exists (objects are renamed into place after their
+ * hash was checked), and only where an open needs no bookkeeping (no cache quota pins).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,6 +45,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <limits.h>
+#include <pthread.h>
 #include <unistd.h>
 
 /* The thread state of a worker while it waits in libfuse without the interpreter lock. */
@@ -42,22 +56,39 @@ static __thread PyThreadState *worker_state;
 #define DROP_GIL() (worker_state = PyEval_SaveThread())
 
 enum {
-    C_LOOKUP, C_FORGET, C_GETATTR, C_READLINK, C_OPEN, C_READ, C_READ_PY, C_RELEASE,
-    C_RELEASE_PY, C_OPENDIR, C_READDIR, C_RELEASEDIR, C_STATFS, C_GETXATTR, C_LISTXATTR,
-    C_COUNT
+    C_LOOKUP, C_FORGET, C_GETATTR, C_READLINK, C_OPEN, C_OPEN_PY, C_READ, C_READ_PY,
+    C_CHUNK_PY, C_RELEASE, C_RELEASE_PY, C_OPENDIR, C_READDIR, C_RELEASEDIR, C_STATFS,
+    C_GETXATTR, C_LISTXATTR, C_COUNT
 };
 static const char *counter_names[C_COUNT] = {
-    "lookup", "forget", "getattr", "readlink", "open", "read", "read_python", "release",
-    "release_python", "opendir", "readdir", "releasedir", "statfs", "getxattr", "listxattr"};
+    "lookup", "forget", "getattr", "readlink", "open", "open_python", "read", "read_python",
+    "chunk_python", "release", "release_python", "opendir", "readdir", "releasedir", "statfs",
+    "getxattr", "listxattr"};
 
 /* The Python methods called, in this order (bound once, when the session is made). */
 enum {
     M_LOOKUP, M_FORGET, M_GETATTR, M_READLINK, M_OPEN, M_READ, M_RELEASE, M_READDIR,
-    M_STATFS, M_GETXATTR, M_LISTXATTR, M_COUNT
+    M_STATFS, M_GETXATTR, M_LISTXATTR, M_CHUNK, M_CHUNK_DONE, M_COUNT
 };
 static const char *method_names[M_COUNT] = {
     "lookup", "forget", "getattr", "readlink", "open", "read", "release", "readdir",
-    "statfs", "getxattr", "listxattr"};
+    "statfs", "getxattr", "listxattr", "chunk", "chunk_done"};
+#define M_OPTIONAL M_CHUNK /* methods from here on may be missing (no chunk reads in C) */
+
+/* The cached objects of inodes the kernel knows (ino -> object path and size), for open()
+ * without Python: a chained hash table under one mutex. */
+typedef struct ObjectEntry {
+    struct ObjectEntry *next;
+    unsigned long long ino;
+    long long size;
+    char path[];
+} ObjectEntry;
+
+typedef struct {
+    pthread_mutex_t lock;
+    ObjectEntry **buckets;
+    size_t nbuckets, count;
+} ObjectTable;
 
 typedef struct {
     PyObject_HEAD
@@ -68,21 +99,152 @@ typedef struct {
     int loops; /* loop() calls running (atomic) */
     int no_opendir; /* the kernel handles opendir/releasedir itself (Linux >= 5.1) */
     unsigned long long counters[C_COUNT];
+    ObjectTable objects;
+    int objects_ready; /* its mutex initialised */
 } Session;
 
 #define COUNT(s, c) __atomic_fetch_add(&(s)->counters[c], 1, __ATOMIC_RELAXED)
 
-/* An open file: a descriptor read in C (or -1: reads go to ops.read) and the Python object
- * that ops.open returned with it, handed to ops.read and ops.release (NULL: nothing to
- * release, the descriptor is all there is). */
+/* Chunk descriptors an open chunked file keeps (each pins its object, in Python). */
+#define CHUNK_SLOTS 4
+
+/* An open file: a descriptor read in C (or -1: reads go to ops.read, or to the chunks) and
+ * the Python object that ops.open returned with it, handed to ops.read, ops.chunk,
+ * ops.chunk_done and ops.release (NULL: nothing to release, the descriptor is all there is).
+ * A chunked file read in C has its chunk offsets (nchunks + 1 of them: the last is the file
+ * size) and a few open chunk descriptors, under ``lock``. */
 typedef struct {
     int fd;
     PyObject *obj;
+    size_t nchunks;
+    long long *starts;
+    pthread_mutex_t lock;
+    struct {
+        long long index; /* -1: free */
+        int fd;
+        unsigned long long used;
+    } slot[CHUNK_SLOTS];
+    unsigned long long clock;
 } FileHandle;
 
 static PyObject *s_errno;
 static PyTypeObject DirBufferType;
 static void forget_many(Session *s, size_t count, const struct fuse_forget_data *items);
+
+/* -- the object table ------------------------------------------------------------------ */
+
+static size_t object_bucket(const ObjectTable *t, unsigned long long ino)
+{
+    return (size_t)((ino * 0x9E3779B97F4A7C15ULL) >> 20) & (t->nbuckets - 1);
+}
+
+/* Grow to twice the buckets (with the lock held); on no memory, stay as is. */
+static void objects_grow(ObjectTable *t)
+{
+    size_t n = t->nbuckets ? 2 * t->nbuckets : 1024;
+    ObjectEntry **grown = calloc(n, sizeof *grown);
+    if (grown == NULL)
+        return;
+    ObjectTable bigger = {.buckets = grown, .nbuckets = n};
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        ObjectEntry *e = t->buckets[i];
+        while (e != NULL) {
+            ObjectEntry *next = e->next;
+            size_t b = object_bucket(&bigger, e->ino);
+            e->next = grown[b];
+            grown[b] = e;
+            e = next;
+        }
+    }
+    free(t->buckets);
+    t->buckets = grown;
+    t->nbuckets = n;
+}
+
+/* ino names the object at ``path`` (of ``size`` bytes) from now on; a failure to remember
+ * only means open() asks Python. */
+static void objects_put(ObjectTable *t, unsigned long long ino, const char *path, size_t len,
+                        long long size)
+{
+    if (len >= PATH_MAX)
+        return;
+    pthread_mutex_lock(&t->lock);
+    if (t->count >= t->nbuckets)
+        objects_grow(t);
+    if (t->nbuckets == 0) {
+        pthread_mutex_unlock(&t->lock);
+        return;
+    }
+    size_t b = object_bucket(t, ino);
+    for (ObjectEntry *e = t->buckets[b]; e != NULL; e = e->next) {
+        if (e->ino == ino) { /* (an inode's object never changes: nothing to update) */
+            pthread_mutex_unlock(&t->lock);
+            return;
+        }
+    }
+    ObjectEntry *e = malloc(sizeof *e + len + 1);
+    if (e != NULL) {
+        e->ino = ino;
+        e->size = size;
+        memcpy(e->path, path, len);
+        e->path[len] = '\0';
+        e->next = t->buckets[b];
+        t->buckets[b] = e;
+        t->count++;
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* Copy the object path of ``ino`` into ``out`` (PATH_MAX bytes); its size, or -1 if none. */
+static long long objects_get(ObjectTable *t, unsigned long long ino, char *out)
+{
+    long long size = -1;
+    pthread_mutex_lock(&t->lock);
+    if (t->nbuckets) {
+        for (ObjectEntry *e = t->buckets[object_bucket(t, ino)]; e != NULL; e = e->next) {
+            if (e->ino == ino) {
+                strcpy(out, e->path);
+                size = e->size;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return size;
+}
+
+static void objects_drop(ObjectTable *t, unsigned long long ino)
+{
+    pthread_mutex_lock(&t->lock);
+    if (t->nbuckets) {
+        ObjectEntry **at = &t->buckets[object_bucket(t, ino)];
+        for (; *at != NULL; at = &(*at)->next) {
+            if ((*at)->ino == ino) {
+                ObjectEntry *gone = *at;
+                *at = gone->next;
+                free(gone);
+                t->count--;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+static void objects_clear(ObjectTable *t)
+{
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        ObjectEntry *e = t->buckets[i];
+        while (e != NULL) {
+            ObjectEntry *next = e->next;
+            free(e);
+            e = next;
+        }
+    }
+    free(t->buckets);
+    t->buckets = NULL;
+    t->nbuckets = t->count = 0;
+}
 
 /* -- calling Python -------------------------------------------------------------------- */
 
@@ -131,8 +293,8 @@ static PyObject *call(Session *s, int method, const char *fmt, ...)
 
 static int fill_stat(PyObject *t, struct stat *st, double *timeout)
 {
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 10) {
-        PyErr_SetString(PyExc_TypeError, "attributes must be a tuple of 10 items");
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 10 || PyTuple_GET_SIZE(t) > 11) {
+        PyErr_SetString(PyExc_TypeError, "attributes must be a tuple of 10 or 11 items");
         return -1;
     }
     unsigned long long v[8];
@@ -179,6 +341,19 @@ static int fill_entry(PyObject *t, struct fuse_entry_param *e)
     return 0;
 }
 
+/* Remember the object an attribute tuple names (its 11th item, bytes), if any; with the
+ * interpreter lock held. */
+static void note_object(Session *s, PyObject *t, const struct stat *st)
+{
+    if (PyTuple_GET_SIZE(t) < 11)
+        return;
+    PyObject *path = PyTuple_GET_ITEM(t, 10);
+    if (!PyBytes_Check(path) || !S_ISREG(st->st_mode) || st->st_ino == 0)
+        return;
+    objects_put(&s->objects, (unsigned long long)st->st_ino, PyBytes_AS_STRING(path),
+                (size_t)PyBytes_GET_SIZE(path), (long long)st->st_size);
+}
+
 static Session *session_of(fuse_req_t req) { return (Session *)fuse_req_userdata(req); }
 
 /* -- requests -------------------------------------------------------------------------- */
@@ -204,6 +379,8 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     PyObject *r = call(s, M_LOOKUP, "(Ky)", (unsigned long long)parent, name);
     if (r == NULL || fill_entry(r, &e) < 0)
         err = take_errno(s->methods[M_LOOKUP]);
+    else
+        note_object(s, r, &e.attr);
     Py_XDECREF(r);
     DROP_GIL();
     if (err) {
@@ -219,6 +396,8 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void forget_many(Session *s, size_t count, const struct fuse_forget_data *items)
 {
     COUNT(s, C_FORGET);
+    for (size_t i = 0; i < count; i++) /* the kernel no longer has the inode */
+        objects_drop(&s->objects, (unsigned long long)items[i].ino);
     TAKE_GIL();
     PyObject *list = PyList_New((Py_ssize_t)count);
     if (list != NULL) {
@@ -298,11 +477,44 @@ static void ll_readlink(fuse_req_t req, fuse_ino_t ino)
     free(target);
 }
 
+/* A new handle of no descriptor, no chunks. */
+static FileHandle *new_handle(void)
+{
+    FileHandle *h = calloc(1, sizeof *h);
+    if (h == NULL)
+        return NULL;
+    h->fd = -1;
+    pthread_mutex_init(&h->lock, NULL);
+    for (int i = 0; i < CHUNK_SLOTS; i++) {
+        h->slot[i].index = -1;
+        h->slot[i].fd = -1;
+    }
+    return h;
+}
+
+/* Tell ops.chunk_done that the descriptor of chunk ``index`` was closed; with the
+ * interpreter lock held. */
+static void chunk_done(Session *s, FileHandle *h, long long index)
+{
+    if (h->obj == NULL || s->methods[M_CHUNK_DONE] == NULL)
+        return;
+    PyObject *r = call(s, M_CHUNK_DONE, "(OL)", h->obj, index);
+    if (r == NULL)
+        take_errno(s->methods[M_CHUNK_DONE]);
+    Py_XDECREF(r);
+}
+
 /* Close what an open file holds; with the interpreter lock held. */
 static void release_handle(Session *s, FileHandle *h)
 {
     if (h->fd >= 0)
         close(h->fd);
+    for (int i = 0; i < CHUNK_SLOTS; i++) {
+        if (h->slot[i].index >= 0) {
+            close(h->slot[i].fd);
+            chunk_done(s, h, h->slot[i].index);
+        }
+    }
     if (h->obj != NULL) {
         COUNT(s, C_RELEASE_PY);
         PyObject *r = call(s, M_RELEASE, "(O)", h->obj);
@@ -311,7 +523,62 @@ static void release_handle(Session *s, FileHandle *h)
         Py_XDECREF(r);
         Py_DECREF(h->obj);
     }
+    pthread_mutex_destroy(&h->lock);
+    free(h->starts);
     free(h);
+}
+
+/* open() without Python: the inode's object named at lookup, if it is in the cache and has
+ * the size of the file. Returns the descriptor, or -1 (then ops.open decides). */
+static int open_known_object(Session *s, fuse_ino_t ino)
+{
+    char path[PATH_MAX];
+    long long size = objects_get(&s->objects, (unsigned long long)ino, path);
+    if (size < 0)
+        return -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1; /* not downloaded yet (or evicted by another process): Python fetches it */
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size != size) {
+        close(fd); /* Python opens it again and reports what is wrong */
+        return -1;
+    }
+    return fd;
+}
+
+/* The chunk offsets of ops.open's third item (a buffer of native 64-bit integers: each
+ * chunk's start, then the file size); with the interpreter lock held. */
+static int take_chunks(FileHandle *h, PyObject *starts)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(starts, &view, PyBUF_SIMPLE) < 0)
+        return -1;
+    size_t n = (size_t)view.len / sizeof(long long);
+    if (n < 2 || (size_t)view.len % sizeof(long long) != 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "chunk offsets: at least a start and the size");
+        return -1;
+    }
+    h->starts = malloc((size_t)view.len);
+    if (h->starts == NULL) {
+        PyBuffer_Release(&view);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(h->starts, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    h->nchunks = n - 1;
+    for (size_t i = 0; i < h->nchunks; i++) {
+        if (h->starts[i] < 0 || h->starts[i + 1] < h->starts[i] || h->starts[0] != 0) {
+            free(h->starts);
+            h->starts = NULL;
+            h->nchunks = 0;
+            PyErr_SetString(PyExc_ValueError, "chunk offsets must start at 0 and ascend");
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -324,37 +591,54 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EROFS);
         return;
     }
-    if ((h = malloc(sizeof *h)) == NULL) { /* first: once ops.open succeeded, nothing fails */
+    if ((h = new_handle()) == NULL) { /* first: once ops.open succeeded, nothing fails */
         fuse_reply_err(req, ENOMEM);
         return;
     }
-    TAKE_GIL();
-    PyObject *r = call(s, M_OPEN, "(Ki)", (unsigned long long)ino, fi->flags);
-    int fd = -1;
-    PyObject *obj = NULL;
-    if (r != NULL && !(PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2)) {
-        Py_CLEAR(r);
-        PyErr_SetString(PyExc_TypeError, "open must return (handle, fd)");
-    }
-    if (r != NULL) {
-        obj = PyTuple_GET_ITEM(r, 0);
-        fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(r, 1));
-        if (fd == -1 && PyErr_Occurred())
+    h->fd = open_known_object(s, ino);
+    if (h->fd < 0) {
+        COUNT(s, C_OPEN_PY);
+        TAKE_GIL();
+        PyObject *r = call(s, M_OPEN, "(Ki)", (unsigned long long)ino, fi->flags);
+        int fd = -1;
+        PyObject *obj = NULL;
+        if (r != NULL && !(PyTuple_Check(r) && (PyTuple_GET_SIZE(r) == 2
+                                                || PyTuple_GET_SIZE(r) == 3))) {
             Py_CLEAR(r);
-    }
-    if (r == NULL) {
-        err = take_errno(s->methods[M_OPEN]);
-    } else {
-        h->fd = fd;
-        h->obj = obj == Py_None ? NULL : obj;
-        Py_XINCREF(h->obj);
-    }
-    Py_XDECREF(r);
-    DROP_GIL();
-    if (err) {
-        free(h);
-        fuse_reply_err(req, err);
-        return;
+            PyErr_SetString(PyExc_TypeError, "open must return (handle, fd[, chunk offsets])");
+        }
+        if (r != NULL) {
+            obj = PyTuple_GET_ITEM(r, 0);
+            fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(r, 1));
+            if (fd == -1 && PyErr_Occurred())
+                Py_CLEAR(r);
+        }
+        if (r != NULL && PyTuple_GET_SIZE(r) == 3 && PyTuple_GET_ITEM(r, 2) != Py_None) {
+            if (fd >= 0 || obj == Py_None || s->methods[M_CHUNK] == NULL) {
+                PyErr_SetString(PyExc_ValueError, "chunk offsets need a handle, no fd and "
+                                "ops.chunk");
+                Py_CLEAR(r);
+            } else if (take_chunks(h, PyTuple_GET_ITEM(r, 2)) < 0) {
+                Py_CLEAR(r);
+            }
+        }
+        if (r == NULL) {
+            err = take_errno(s->methods[M_OPEN]);
+            if (fd >= 0)
+                close(fd);
+        } else {
+            h->fd = fd;
+            h->obj = obj == Py_None ? NULL : obj;
+            Py_XINCREF(h->obj);
+        }
+        Py_XDECREF(r);
+        DROP_GIL();
+        if (err) {
+            pthread_mutex_destroy(&h->lock);
+            free(h);
+            fuse_reply_err(req, err);
+            return;
+        }
     }
     fi->fh = (uint64_t)(uintptr_t)h;
     fi->keep_cache = 1; /* a revision is immutable: the page cache of an inode stays valid */
@@ -364,6 +648,131 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         release_handle(s, h);
         DROP_GIL();
     }
+}
+
+/* A descriptor of chunk ``index`` of ``h`` for the caller to close (-1 with *err set):
+ * from the handle's slots, else from ops.chunk (which fetches and pins the chunk). The
+ * least recently used slot makes room; its descriptor is closed and ops.chunk_done told. */
+static int chunk_fd(Session *s, FileHandle *h, long long index, int *err)
+{
+    int fd = -1;
+    pthread_mutex_lock(&h->lock);
+    for (int i = 0; i < CHUNK_SLOTS; i++) {
+        if (h->slot[i].index == index) {
+            fd = fcntl(h->slot[i].fd, F_DUPFD_CLOEXEC, 0);
+            h->slot[i].used = ++h->clock;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (fd >= 0)
+        return fd;
+    COUNT(s, C_CHUNK_PY);
+    TAKE_GIL();
+    PyObject *r = call(s, M_CHUNK, "(OL)", h->obj, index);
+    int got = -1;
+    if (r != NULL) {
+        got = (int)PyLong_AsLong(r);
+        if (got < 0 && !PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "chunk must return a descriptor");
+    }
+    if (got < 0) {
+        *err = take_errno(s->methods[M_CHUNK]);
+        Py_XDECREF(r);
+        DROP_GIL();
+        return -1;
+    }
+    Py_DECREF(r);
+    DROP_GIL();
+    long long victim = -1;
+    int victim_fd = -1;
+    pthread_mutex_lock(&h->lock);
+    int at = -1;
+    for (int i = 0; i < CHUNK_SLOTS && at < 0; i++) {
+        if (h->slot[i].index == index) { /* another reader got it meanwhile: drop ours */
+            victim = index;
+            victim_fd = got;
+            at = i;
+        }
+    }
+    if (at < 0) {
+        at = 0;
+        for (int i = 1; i < CHUNK_SLOTS; i++) {
+            if (h->slot[i].index < 0 || (h->slot[at].index >= 0
+                                         && h->slot[i].used < h->slot[at].used))
+                at = i;
+        }
+        victim = h->slot[at].index;
+        victim_fd = h->slot[at].fd;
+        h->slot[at].index = index;
+        h->slot[at].fd = got;
+    }
+    h->slot[at].used = ++h->clock;
+    fd = fcntl(h->slot[at].fd, F_DUPFD_CLOEXEC, 0);
+    pthread_mutex_unlock(&h->lock);
+    if (fd < 0)
+        *err = errno;
+    if (victim >= 0) {
+        close(victim_fd);
+        TAKE_GIL();
+        chunk_done(s, h, victim);
+        DROP_GIL();
+    }
+    return fd;
+}
+
+/* read() of a chunked file in C: each chunk the range spans, from its cached object. */
+static void read_chunks(fuse_req_t req, Session *s, FileHandle *h, size_t size, off_t off)
+{
+    long long fsize = h->starts[h->nchunks];
+    long long end = (long long)off + (long long)size;
+    if (end > fsize)
+        end = fsize;
+    if ((long long)off >= end) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    /* the first chunk: the last whose start is <= off */
+    size_t lo = 0, hi = h->nchunks;
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (h->starts[mid] <= (long long)off)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    size_t first = lo, n = 0;
+    while (first + n < h->nchunks && h->starts[first + n] < end)
+        n++;
+    struct fuse_bufvec *bufv = calloc(1, sizeof *bufv + n * sizeof(struct fuse_buf));
+    if (bufv == NULL) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    bufv->count = 0;
+    int err = 0;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = first + k;
+        long long from = k == 0 ? (long long)off : h->starts[i];
+        long long to = h->starts[i + 1] < end ? h->starts[i + 1] : end;
+        if (to <= from)
+            continue;
+        int fd = chunk_fd(s, h, (long long)i, &err);
+        if (fd < 0)
+            break;
+        struct fuse_buf *b = &bufv->buf[bufv->count++];
+        b->size = (size_t)(to - from);
+        b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+        b->fd = fd;
+        b->pos = from - h->starts[i];
+    }
+    if (err)
+        fuse_reply_err(req, err);
+    else
+        fuse_reply_data(req, bufv, FUSE_BUF_SPLICE_MOVE);
+    for (size_t k = 0; k < bufv->count; k++)
+        close(bufv->buf[k].fd);
+    free(bufv);
 }
 
 static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -379,6 +788,11 @@ static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         buf.buf[0].fd = h->fd;
         buf.buf[0].pos = off;
         fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+        return;
+    }
+    if (h->starts != NULL) { /* a chunked file: its chunks' cached objects */
+        COUNT(s, C_READ);
+        read_chunks(req, s, h, size, off);
         return;
     }
     COUNT(s, C_READ_PY);
@@ -412,9 +826,10 @@ static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     Session *s = session_of(req);
     FileHandle *h = (FileHandle *)(uintptr_t)fi->fh;
     COUNT(s, C_RELEASE);
-    if (h->obj == NULL) {
+    if (h->obj == NULL && h->starts == NULL) {
         if (h->fd >= 0)
             close(h->fd);
+        pthread_mutex_destroy(&h->lock);
         free(h);
     } else {
         TAKE_GIL();
@@ -443,6 +858,7 @@ static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 typedef struct {
     PyObject_HEAD
+    Session *s;
     fuse_req_t req; /* NULL once the request was answered */
     char *buf;
     size_t size, used;
@@ -471,6 +887,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     size_t used = 0, nadded = 0;
     struct fuse_forget_data *added = NULL;
     if (b != NULL) {
+        b->s = s;
         b->req = req;
         b->buf = mem;
         b->size = size;
@@ -683,6 +1100,7 @@ static PyObject *dirbuffer_add(DirBuffer *b, PyObject *args)
         b->added[b->nadded].ino = e.ino;
         b->added[b->nadded].nlookup = 1;
         b->nadded++;
+        note_object(b->s, attrs, &e.attr); /* (the kernel will know the inode) */
     }
     b->used += need;
     Py_RETURN_TRUE;
@@ -728,6 +1146,10 @@ static void session_dealloc(Session *self)
     for (int i = 0; i < M_COUNT; i++)
         Py_XDECREF(self->methods[i]);
     Py_XDECREF(self->ops);
+    if (self->objects_ready) {
+        objects_clear(&self->objects);
+        pthread_mutex_destroy(&self->objects.lock);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -746,10 +1168,19 @@ static int session_init(Session *self, PyObject *args, PyObject *kwds)
     }
     for (int i = 0; i < M_COUNT; i++) {
         self->methods[i] = PyObject_GetAttrString(ops, method_names[i]);
+        if (self->methods[i] == NULL && i >= M_OPTIONAL
+                && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear(); /* optional: chunked files are then read through ops.read */
+            continue;
+        }
         if (self->methods[i] == NULL) {
             Py_DECREF(mountpoint_obj);
             return -1;
         }
+    }
+    if (!self->objects_ready) {
+        pthread_mutex_init(&self->objects.lock, NULL);
+        self->objects_ready = 1;
     }
     Py_INCREF(ops);
     self->ops = ops;

@@ -219,6 +219,10 @@ class ObjectCache:
         text = h.digest.hex() + h.algorithm.suffix
         return f"{self._dir}/{text[:2]}/{text[2:]}"
 
+    def object_file_bytes(self, h: ContentHash) -> bytes:
+        """:meth:`path_for` as bytes (what the FUSE session opens by itself)."""
+        return os.fsencode(self._where(h))
+
     def contains(self, h: ContentHash) -> bool:
         return os.path.isfile(self._where(h))
 

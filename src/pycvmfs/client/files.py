@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -349,6 +350,52 @@ class RepoFile(io.RawIOBase):
                                  f"says ({pos - base + got} < {length} bytes)")
             done += n
         return done
+
+    # -- chunks read by the FUSE session in C ---------------------------------------------
+    def chunk_offsets(self) -> bytes | None:
+        """Each chunk's start and then the file size, as native 64-bit integers (what the
+        FUSE session reads a chunked file by); None for a file of one object."""
+        if self._chunks is None:
+            return None
+        return array("q", [*self._starts, self._size]).tobytes()
+
+    def open_chunk(self, i: int) -> int:
+        """A new descriptor of chunk ``i``'s verified object in the cache (downloaded if
+        needed; pinned, with ``release``, until :meth:`close_chunk`); the caller closes it.
+        Entering chunk 0 or the one after the last one opened keeps the next ones downloading."""
+        chunks = self._chunks
+        if chunks is None or not 0 <= i < len(chunks):
+            raise CvmfsError(f"{self.name}: no chunk {i}")
+        c = chunks[i]
+        if c.hash is None:
+            raise CvmfsError(f"{self.name}: chunk {i} has no content hash")
+        if self._readahead is not None and i in (0, self._last_chunk + 1):
+            self._read_ahead(i)
+        self._last_chunk = i
+        path = self._fetch(c.hash, ObjectKind.PARTIAL, c.size)  # verified (and pinned)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                if size != c.size:
+                    raise CvmfsError(f"{self.name}: cached chunk {c.hash} has {size} bytes, "
+                                     f"the catalog says {c.size}")
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            if self._unpin is not None:
+                self._unpin(c.hash)
+            raise
+        return fd
+
+    def close_chunk(self, i: int) -> None:
+        """The descriptor of chunk ``i`` handed out by :meth:`open_chunk` was closed."""
+        chunks = self._chunks
+        if self._unpin is not None and chunks is not None and 0 <= i < len(chunks):
+            h = chunks[i].hash
+            if h is not None:
+                self._unpin(h)
 
     def _read_ahead(self, i: int) -> None:
         """Sequential reading entered chunk ``i``: keep the next chunks downloading."""

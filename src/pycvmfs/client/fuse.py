@@ -84,6 +84,9 @@ class MountOptions:
 #: a sequential scan of a directory downloads the next files of its listing ahead of the reader
 PREFETCH_FILES = 256
 PREFETCH_MAX_SIZE = 4 << 20  # unchunked files up to this size
+#: files of a listing an open may skip and still count as sequential (the skipped ones must be
+#: in the cache: the C session opened them without asking Python)
+SEQUENTIAL_GAP = 64
 #: a tree scan reads ahead this far in the order of a depth-first walk (entries, bytes), and
 #: the first chunks of a chunked file (sequential reads of it fetch the next ones)
 TREE_AHEAD_ENTRIES = 512
@@ -413,6 +416,7 @@ class CvmfsFilesystem:
         self._forgotten: set[bytes] = set()  # mount points whose last inode was forgotten
         self._negatives: set[tuple[int, bytes]] = set()  # names the kernel knows are missing
         self._pins = repo.cache.quota is not None  # whether open objects are pinned
+        self._object_file = repo.cache.object_file_bytes
         self.prefetcher: Prefetcher | FetchProcess | None = None
         if self.options.prefetch_workers > 0:
             self.prefetcher = _make_prefetcher(repo, self.options.prefetch_workers,
@@ -527,13 +531,22 @@ class CvmfsFilesystem:
 
     # -- helpers -------------------------------------------------------------------------
     def _attrs(self, s: Stat, ino: int) -> tuple:
+        """The attribute tuple of the C session; for an unchunked regular file opened without
+        bookkeeping (no cache quota to pin its object in), an 11th item: the path of its
+        verified object in the cache, which the session then opens by itself (see
+        ``_fuse_lowlevel.c``; an object only appears under that name once its hash was
+        checked)."""
         e = s.entry
         size = s.st_size
         uid, gid = self.ownership.owner(e)
         # st_blocks as the stock client reports it (DirectoryEntry::GetStatStructure)
-        return (ino, self.ownership.mode(e), e.linkcount, uid, gid, e.rdev, size,
-                1 + size // 512,
-                e.mtime * 1_000_000_000 + (e.mtimens or 0), self.options.kcache_timeout)
+        attrs = (ino, self.ownership.mode(e), e.linkcount, uid, gid, e.rdev, size,
+                 1 + size // 512,
+                 e.mtime * 1_000_000_000 + (e.mtimens or 0), self.options.kcache_timeout)
+        if (not self._pins and size > 0 and e.hash is not None and e.is_regular
+                and not e.flags & (Flags.CHUNKED | Flags.EXTERNAL)):
+            return (*attrs, self._object_file(e.hash))
+        return attrs
 
     def _stat(self, view: RevisionView, path: bytes) -> Stat:
         """The attributes of a canonical path; notes nested catalogs the lookup loaded."""
@@ -599,10 +612,11 @@ class CvmfsFilesystem:
         return s.symlink_target or b""
 
     @_handler
-    def open(self, inode: int, flags: int) -> tuple[_OpenFile | None, int]:
+    def open(self, inode: int, flags: int) -> tuple:
         """(what :meth:`release` gets, or None; the descriptor of the cached object that the
-        session reads in C, or -1 for reads through :meth:`read`). A whole-file object is
-        downloaded (and verified) here, as the stock client does."""
+        session reads in C, or -1 for reads through :meth:`read` [; for a chunked file, its
+        chunk offsets: the session reads its chunks in C, asking :meth:`chunk` for each]).
+        A whole-file object is downloaded (and verified) here, as the stock client does."""
         path = self.inodes.path(inode)
         origin = self.inodes.origin(inode)
         view = origin[0] if origin else self.view
@@ -627,6 +641,10 @@ class CvmfsFilesystem:
             f = view.open(path)
             self._note_mountpoints(view)
             handle = _OpenFile(f, None, mps)
+            offsets = f.chunk_offsets()
+            if offsets is not None:  # read in C, chunk by chunk (see chunk())
+                self.use.opened(mps)
+                return handle, -1, offsets
         if handle is not None:
             self.use.opened(mps)
         return handle, -1
@@ -657,6 +675,20 @@ class CvmfsFilesystem:
         if handle is None or handle.file is None:
             return b""  # an empty file
         return handle.file.pread(size, offset)
+
+    @_handler
+    def chunk(self, handle: _OpenFile, index: int) -> int:
+        """A new descriptor of chunk ``index`` of an open chunked file: its verified object
+        in the cache (downloaded here if needed; pinned until :meth:`chunk_done`)."""
+        if handle.file is None:
+            raise FuseError(errno.EBADF)
+        return handle.file.open_chunk(index)
+
+    @_handler
+    def chunk_done(self, handle: _OpenFile, index: int) -> None:
+        """The session closed the descriptor of chunk ``index`` that :meth:`chunk` gave."""
+        if handle.file is not None:
+            handle.file.close_chunk(index)
 
     @_handler
     def release(self, handle: _OpenFile) -> None:
@@ -779,14 +811,23 @@ class CvmfsFilesystem:
             return
         entries = listing.entries
         last = listing.last_opened
-        # the next file of the listing (directories and links in between are not opened)
-        sequential = i == listing.first_file or (
-            0 <= last < i and not any(entries[k].is_file for k in range(last + 1, i)))
+        # the next file of the listing (directories and links in between are not opened, and
+        # files in the cache were opened by the C session without coming here)
+        start = last + 1 if last >= 0 else listing.first_file
+        sequential = 0 <= start <= i and (i - start <= SEQUENTIAL_GAP) and all(
+            not entries[k].is_file or self._opened_in_c(entries[k]) for k in range(start, i))
         listing.last_opened = i
         if not sequential:
             return
         self._scan_until = time.monotonic() + SCAN_GRACE
         self._prefetch_from(listing, i + 1)
+
+    def _opened_in_c(self, s: Stat) -> bool:
+        """Whether an open of this listing entry may have been answered by the C session
+        without Python (an unchunked file whose object is in the cache)."""
+        e = s.entry
+        return (not self._pins and e.hash is not None and not e.is_chunked
+                and self.repo.cache.contains(e.hash))
 
     def _cached_listing(self, view: RevisionView, path: bytes) -> _Listing | None:
         """The listing of ``path`` if known or readable without a download, else None."""

@@ -1,0 +1,145 @@
+"""The requests the C session answers without Python: open() of a cached object named at
+lookup, and read() of chunked files from their chunks' cached objects."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pycvmfs.server.http import RepositoryServer
+
+from helpers.fuse import CLI, mount, needs_fuse
+
+pytestmark = needs_fuse
+
+FQRN = "golden.example.org"
+
+
+@pytest.fixture(scope="module")
+def golden_http(golden_repo):
+    with RepositoryServer({FQRN: golden_repo}) as srv:
+        yield srv.repository_url(FQRN)
+
+
+@pytest.fixture
+def golden_mount(tmp_path, golden_http, golden_keys):
+    """(mount point, cache directory) of the golden repository, without read-ahead (so
+    that what is in the cache is what was read); unmounted at teardown."""
+    cache = tmp_path / "cache"
+    mp = mount(FQRN, tmp_path / "mnt", golden_http, golden_keys, cache, "--readahead-threads", "0",
+               log_file=tmp_path / "mount.log")
+    try:
+        yield mp, cache
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mp)], check=False)
+
+
+def _requests(mp: Path) -> dict[str, int]:
+    return json.loads(os.getxattr(mp, "user.fuse_requests"))
+
+
+def _object_file(cache: Path, sha1: str) -> Path:
+    return cache / sha1[:2] / sha1[2:]
+
+
+def _file(golden_expected: dict, rel: str) -> dict:
+    return golden_expected["published"]["files"]["rev2"][rel]
+
+
+def test_chunked_files_are_read_in_c_across_chunk_boundaries(golden_mount, golden_expected):
+    mp, _cache = golden_mount
+    rel = "bin/blob-1m.bin"
+    chunks = _file(golden_expected, rel)["chunk_list"]
+    sha1 = golden_expected["trees"]["rev2"]["entries"][rel]["sha1"]
+    before = _requests(mp)
+    data = (mp / rel).read_bytes()
+    assert hashlib.sha1(data).hexdigest() == sha1
+    fd = os.open(mp / rel, os.O_RDONLY | os.O_DIRECT)  # no page cache: every read is asked
+    try:
+        for c in chunks[1:6]:  # reads that start before a boundary and end after it
+            start = c["offset"] - 4096
+            got = os.pread(fd, 3 * 4096, start)
+            assert got == data[start:start + 3 * 4096]
+        assert os.pread(fd, 1 << 20, len(data) - 4096) == data[-4096:]  # the end, then none
+        assert os.pread(fd, 4096, len(data)) == b""
+    finally:
+        os.close(fd)
+    after = _requests(mp)
+    assert after["read_python"] == before["read_python"]  # every read answered in C
+    # each chunk asked of Python once per open that reads it (a few kept open per file)
+    assert after["chunk_python"] - before["chunk_python"] >= len(chunks)
+
+
+def test_a_cached_object_is_opened_without_python(golden_mount, golden_expected):
+    mp, _cache = golden_mount
+    rel = "text/hello.txt"
+    first = (mp / rel).read_bytes()
+    before = _requests(mp)
+    for _ in range(3):
+        assert (mp / rel).read_bytes() == first
+    after = _requests(mp)
+    assert after["open"] - before["open"] == 3
+    assert after["open_python"] == before["open_python"]
+
+
+def test_an_evicted_object_is_fetched_again_through_python(golden_mount, golden_expected):
+    mp, cache = golden_mount
+    rel = "text/hello.txt"
+    sha1 = golden_expected["trees"]["rev2"]["entries"][rel]["sha1"]
+    assert hashlib.sha1((mp / rel).read_bytes()).hexdigest() == sha1
+    obj = _object_file(cache, _file(golden_expected, rel)["cvmfs_hash"])
+    obj.unlink()  # as another process sharing the cache evicts it
+    before = _requests(mp)
+    fd = os.open(mp / rel, os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert hashlib.sha1(os.read(fd, 1 << 20)).hexdigest() == sha1
+    finally:
+        os.close(fd)
+    assert _requests(mp)["open_python"] == before["open_python"] + 1
+    assert obj.exists()
+
+
+def test_a_cached_object_of_the_wrong_size_is_refused(golden_mount, golden_expected):
+    mp, cache = golden_mount
+    rel = "text/hello.txt"
+    (mp / rel).read_bytes()
+    obj = _object_file(cache, _file(golden_expected, rel)["cvmfs_hash"])
+    obj.write_bytes(obj.read_bytes()[:-1])  # damaged under its verified name
+    with pytest.raises(OSError) as e:
+        (mp / rel).read_bytes()
+    assert e.value.errno == errno.EIO
+
+
+def test_chunk_pins_are_released_with_a_quota(golden_http, golden_keys, golden_expected,
+                                              tmp_path):
+    """With CVMFS_QUOTA_LIMIT the chunks read in C stay pinned only while their descriptors
+    are kept: none is left once the file is closed and the mount is gone."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "CVMFS_QUOTA_LIMIT": "50"}
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    subprocess.run([*CLI, "mount", FQRN, str(mp), "--server-url", golden_http, "-k",
+                    str(golden_keys), "--cache-dir", str(cache)], env=env, check=True,
+                   capture_output=True)
+    try:
+        rel = "bin/blob-3m.bin"
+        sha1 = golden_expected["trees"]["rev2"]["entries"][rel]["sha1"]
+        with open(mp / rel, "rb") as f:
+            assert hashlib.sha1(f.read()).hexdigest() == sha1
+            stats = json.loads(subprocess.run([*CLI, "cache", "stat", "--cache-dir", str(cache),
+                                               "--json"], env=env, check=True,
+                                              capture_output=True, text=True).stdout)
+            assert 0 < stats["pinned_objects"] <= 8, stats  # the catalog and a few chunks
+        assert _requests(mp)["read_python"] == 0
+    finally:
+        subprocess.run([*CLI, "umount", str(mp)], check=False)
+    stats = json.loads(subprocess.run([*CLI, "cache", "stat", "--cache-dir", str(cache),
+                                       "--json"], env=env, check=True, capture_output=True,
+                                      text=True).stdout)
+    assert stats["pinned_objects"] == 0, stats
