@@ -78,7 +78,9 @@ build() {
     (cd "$build" && cmake "$src" -DCMAKE_INSTALL_PREFIX=/usr "${flags[@]}" >cmake.log)
     (cd "$build" && make -j"$(nproc)" cvmfs2 cvmfs_fuse3_stub cvmfs_fuse3 cvmfs_talk \
         cvmfs_server_script cvmfs_suid_helper cvmfs_publish cvmfs_swissknife >make.log)
-    echo "built into $build/cvmfs: $("$build/cvmfs/cvmfs2" --version 2>&1 | head -1)"
+    # (cvmfs2 loads its FUSE library from CVMFS_LIBRARY_PATH, else from /usr/lib)
+    echo "built into $build/cvmfs: $(CVMFS_LIBRARY_PATH="$build/cvmfs" \
+        "$build/cvmfs/cvmfs2" --version 2>&1 | head -1)"
 }
 
 sqlite_from_debian() {
