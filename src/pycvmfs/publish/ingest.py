@@ -100,6 +100,7 @@ class Ingester:
         self._new_objects: list[str] = []
         self._processes_after: int | None = None
         self._submitted = 0
+        self._starting: threading.Thread | None = None  # start_processes_soon() under way
         # bound the work queued ahead so memory stays flat on huge trees
         self._slots = threading.BoundedSemaphore(self.workers * 4)
 
@@ -119,6 +120,8 @@ class Ingester:
         with :class:`IngestError` naming the path. Nothing else is ever opened."""
         if seen is not None:
             size = seen[2]
+        if self._starting is not None:
+            self._await_start()
         if self._processes_after is not None and not self._procs:
             self._submitted += 1
             if self._submitted > self._processes_after:
@@ -139,6 +142,20 @@ class Ingester:
         return self._from_reader(read, size, what=what)
 
     # -- process mode (tree syncs: per-file Python work would hold the GIL) ----------------
+    def start_processes_soon(self, count: int | None = None) -> None:
+        """Start the worker processes in the background (a scan goes on meanwhile); the next
+        :meth:`submit_path` waits until they answer."""
+        if self._procs or self._starting is not None:
+            return
+        self._starting = threading.Thread(target=self.start_processes, args=(count,),
+                                          name="pycvmfs-ingest-start", daemon=True)
+        self._starting.start()
+
+    def _await_start(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.join()
+
     def start_processes(self, count: int | None = None) -> None:
         """Ingest later :meth:`submit_path` calls in worker processes.
 
@@ -185,6 +202,8 @@ class Ingester:
         self._procs = procs
         self._batches = [[] for _ in range(n)]
         self._batch_bytes = [0] * n
+        self._route: dict[int, int] = {}  # file size -> the worker that ingests that size
+        self._queued = [0] * n  # bytes sent to each worker and not yet done
         self._inflight = threading.BoundedSemaphore(4 * n)
 
     def _submit_proc(self, path: Path, size: int | None, seen: Scanned | None,
@@ -194,7 +213,14 @@ class Ingester:
                 size = os.stat(path, follow_symlinks=follow_symlinks).st_size
             except OSError as e:
                 raise IngestError(f"{path}: cannot read ({e.strerror})") from None
-        w = ((size * 2654435761) & 0xFFFFFFFF) % len(self._procs)
+        # Identical contents have equal sizes: one size always goes to the same worker, so its
+        # dedup table sees every copy. A size met first goes to the least loaded worker.
+        w = self._route.get(size)
+        with self._lock:
+            if w is None:
+                w = min(range(len(self._queued)), key=self._queued.__getitem__)
+                self._route[size] = w
+            self._queued[w] += size
         fut: Future[Ingested] = Future()
         self._batches[w].append((str(path), size, fut, seen, follow_symlinks))
         self._batch_bytes[w] += size
@@ -210,10 +236,12 @@ class Ingester:
         self._batch_bytes[w] = 0
         self._inflight.acquire()
         bf = self._procs[w].submit(_proc_batch, [(p, n, s, f) for p, n, _, s, f in items])
-        bf.add_done_callback(lambda f, items=items: self._batch_done(f, items))
+        bf.add_done_callback(lambda f, items=items, w=w: self._batch_done(f, items, w))
 
-    def _batch_done(self, f: Future, items: list) -> None:
+    def _batch_done(self, f: Future, items: list, w: int) -> None:
         self._inflight.release()
+        with self._lock:
+            self._queued[w] -= sum(item[1] for item in items)
         try:
             results, delta, created = f.result()
             if self.journal is not None:
@@ -243,6 +271,7 @@ class Ingester:
             self._flush(w)
 
     def close(self) -> None:
+        self._await_start()
         self.flush()
         for p in self._procs:
             p.shutdown(wait=True)

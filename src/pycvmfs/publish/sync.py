@@ -60,8 +60,6 @@ def sync_directory(txn: Transaction, src: Path, dest: bytes, *, delete: bool = F
         raise PublishError(f"{src}: cannot read ({e.strerror})") from None
     if not stat.S_ISDIR(st.st_mode):
         raise PublishError(f"{src}: not a directory")
-    if txn.pub.settings.ingest_processes:
-        txn.ingester.prefer_processes()
     _Syncer(txn, delete, checksum).run(src, dest, st)
 
 
@@ -75,6 +73,9 @@ class _Syncer:
         self.mtime_ns = s.mtime_ns
         self.ignore_special = s.ignore_special_files
         self.dirtab = txn.lookup(b"/.cvmfsdirtab") is not None
+        #: worker processes are started (in the background, while the scan goes on) once this
+        #: many files are to be ingested: small change sets never pay for them
+        self.processes_after = _PROCESSES_AFTER if s.ingest_processes else None
         #: regular files to ingest once the scan is over: (path, identity as scanned, repo
         #: path, meta, link)
         self.files: list[tuple[str, Scanned, bytes, Meta, tuple[bytes, int] | None]] = []
@@ -90,6 +91,9 @@ class _Syncer:
         while stack:
             local, repo, known, seen = stack.pop()
             stack.extend(reversed(self._sync_dir(local, repo, known, seen)))
+            if self.processes_after is not None and len(self.files) > self.processes_after:
+                self.txn.ingester.start_processes_soon()
+                self.processes_after = None
             if progress is not None:
                 progress("scanning", len(self.files), None)
         if progress is not None:
@@ -97,10 +101,12 @@ class _Syncer:
         self._ingest()
 
     def _ingest(self) -> None:
-        """Announce the bytes of every changed file, then hand them to the ingester."""
+        """Announce the bytes of every changed file, then hand them to the ingester, the
+        largest first (the workers then finish together: no big file left alone at the end)."""
         txn = self.txn
         txn.expect_bytes(sum(seen[2] for _path, seen, _p, _meta, _link in self.files))
         files, self.files = self.files, []
+        files.sort(key=_size_descending)
         for path, seen, p, meta, hardlink in files:
             txn.add_content(p, meta, txn.ingester.submit_path(path, seen=seen),
                             hardlink=hardlink)
@@ -174,6 +180,14 @@ class _Syncer:
                 if name not in present:
                     txn.remove(repo + b"/" + name)
         return subdirs
+
+
+#: Changed files found by a scan above which the worker processes are started.
+_PROCESSES_AFTER = 256
+
+
+def _size_descending(item: tuple) -> int:
+    return -item[1][2]
 
 
 def _open_dir(local: str, seen: tuple[int, int]) -> int:
