@@ -33,6 +33,7 @@ class Measured:
     cpu: float
     maxrss: int
     output: str
+    largest: str = "?"  # the name of the process whose peak RSS is maxrss
 
 
 class ProcessGroup:
@@ -46,6 +47,7 @@ class ProcessGroup:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.peak = 0
+        self.largest = "?"
         self._done = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
 
@@ -87,8 +89,10 @@ class ProcessGroup:
             for pid in self._members():
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     status = Path(f"/proc/{pid}/status").read_text()
-                    hwm = status.split("VmHWM:", 1)[1].split()[0]
-                    self.peak = max(self.peak, int(hwm) * 1024)
+                    hwm = int(status.split("VmHWM:", 1)[1].split()[0]) * 1024
+                    if hwm > self.peak:
+                        self.peak = hwm
+                        self.largest = status.split("Name:", 1)[1].split()[0]
 
     def close(self) -> None:
         """Stop sampling; what still runs in the group (a daemon) goes back to the root."""
@@ -130,7 +134,9 @@ def run_measured(argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = No
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{text}")
     # (ru_maxrss also counts this process's own RSS, which the forked child had before exec)
-    return Measured(seconds, cpu, group.peak if group else usage.ru_maxrss * 1024, text)
+    if group:
+        return Measured(seconds, cpu, group.peak, text, group.largest)
+    return Measured(seconds, cpu, usage.ru_maxrss * 1024, text)
 
 
 def settle() -> None:

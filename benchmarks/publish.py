@@ -117,7 +117,7 @@ def publish(fqrn: str, config: Path, tree: Path) -> dict:
     process), ``cpu`` and ``maxrss`` (the largest of it and its worker processes)."""
     m = run_measured([sys.executable, "-c", _CHILD, fqrn, str(config), str(tree)])
     out = json.loads(m.output.strip().splitlines()[-1])
-    return {**out, "wall": m.seconds, "cpu": m.cpu, "maxrss": m.maxrss}
+    return {**out, "wall": m.seconds, "cpu": m.cpu, "maxrss": m.maxrss, "largest": m.largest}
 
 
 def round_pycvmfs(work: Path, tree: Path, changes: dict[str, bytes]) -> dict[str, dict]:
@@ -163,7 +163,7 @@ def report_round(n: int, order: list[str], py: dict, st: dict | None, floor: flo
     print(f"[round {n}: {' first, '.join(order)} second]" if st else f"[round {n}]")
     print(f"  pycvmfs full publish: {full['wall']:.2f} s ({full['seconds']:.2f} s in the API) = "
           f"{nbytes / full['wall'] / 1e6:.1f} MB/s, CPU {full['cpu']:.1f} s, peak RSS "
-          f"{_mib(full['maxrss'])} (main process {_mib(full['rss'])}), stored "
+          f"{_mib(full['maxrss'])} ({full['largest']}; main process {_mib(full['rss'])}), stored "
           f"{full['bytes_stored'] / 1e6:.0f} MB in {full['objects_new']} objects")
     print(f"  pycvmfs 1 % change: {inc['wall']:.2f} s = {inc['wall'] / full['wall'] * 100:.1f} % "
           f"of its full publish (target <= 5 %), CPU {inc['cpu']:.1f} s, peak RSS "
@@ -172,11 +172,11 @@ def report_round(n: int, order: list[str], py: dict, st: dict | None, floor: flo
     if st:
         sf, si = st["full"], st["inc"]
         print(f"  stock   full publish: {sf.seconds:.2f} s = {nbytes / sf.seconds / 1e6:.1f} MB/s, "
-              f"CPU {sf.cpu:.1f} s, peak RSS {_mib(sf.maxrss)}; the copy into the transaction "
-              f"before it {st['copy']:.2f} s (not counted)")
+              f"CPU {sf.cpu:.1f} s, peak RSS {_mib(sf.maxrss)} ({sf.largest}); the copy into the "
+              f"transaction before it {st['copy']:.2f} s (not counted)")
         print(f"  stock   1 % change: {si.seconds:.2f} s = "
               f"{si.seconds / sf.seconds * 100:.1f} % of its full publish, CPU {si.cpu:.1f} s, "
-              f"peak RSS {_mib(si.maxrss)}")
+              f"peak RSS {_mib(si.maxrss)} ({si.largest})")
         out |= {"full": full["wall"] / sf.seconds, "inc": inc["wall"] / si.seconds,
                 "st_full": sf.seconds, "floor": floor / sf.seconds}
         print(f"  ratio pycvmfs/stock: full {out['full']:.2f}x (target <= 0.5x), 1 % change "
