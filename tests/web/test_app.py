@@ -121,13 +121,27 @@ def test_openapi_describes_every_api_path(portal):
         "/api/packages/{name}", "/api/search", "/api/diff",
         "/api/repositories/{fqrn}/revisions", "/api/repositories/{fqrn}/tree",
         "/api/repositories/{fqrn}/tree/{path}", "/api/repositories/{fqrn}/diff",
-        "/api/replicas", "/api/containers"}
+        "/api/replicas", "/api/containers", "/api/logs/{fqrn}/{path}"}
     schemas = doc["components"]["schemas"]
     assert {"PackageTable", "Diff", "Nightly", "Package", "Repository"} <= set(schemas)
     assert "from" in schemas["DiffChange"]["properties"]
     ok = doc["paths"]["/api/releases/{release}/{platform}"]["get"]["responses"]
     assert ok["200"]["content"]["application/json"]["schema"]["$ref"].endswith("PackageTable")
     assert "404" in ok
+
+
+def _tamper_object(pub, tmp_path, candidates: list[str]) -> str:
+    """Replace the stored object of the first non-empty file of ``candidates`` by a
+    well-formed object of other bytes; returns that file's path."""
+    reader = pub.open_reader(tmp_path / "tamper-log-rc")
+    try:
+        with reader.open_revision() as view:
+            rel, entry = next((r, e) for r in candidates if (e := view.lstat(r).entry).size)
+    finally:
+        reader.close()
+    obj = pub.config.storage / entry.hash.object_path()
+    obj.write_bytes(zlib.compress(zlib.decompress(obj.read_bytes()) + b"forged line\n"))
+    return rel
 
 
 def _tamper_summary(pub, tmp_path, rel: str) -> None:
@@ -176,9 +190,56 @@ def test_refresh_picks_up_a_new_revision_and_a_tampered_one_is_refused(tmp_path,
         assert "6.6" not in get(portal, "/api/packages/zeta").text
         assert "LCG_901" in page  # what verified before stays
         assert "refused" in get(portal, f"/repositories/{FQRN}").text
+        # a build log whose stored object was swapped is refused, never shown
+        table = get(portal, f"/api/releases/LCG_901/{PLAT}").json()
+        logs = [p["prefix"].removeprefix(f"/cvmfs/{FQRN}/") + "/logs/build.log"
+                for p in table["packages"]]
+        rel = _tamper_object(pub, tmp_path, logs)  # not read through the portal before
+        r = get(portal, f"/logs/{FQRN}/{rel}", 502)
+        assert "refused" in r.text and "build.log" in r.text
+        assert "refused" in get(portal, f"/api/logs/{FQRN}/{rel}", 502).json()["detail"]
     finally:
         portal.stop()
         index.close()
+
+
+def test_nightly_build_logs_and_trends(portal, published):
+    grid = get(portal, "/api/nightlies/dev4").json()
+    cells = {(row["name"], c["day"]): c for row in grid["packages"] for c in row["cells"]}
+    built = cells[("zeta", "Mon")]  # zeta's build script prints (eta's says nothing)
+    assert built["status"] in ("built", "reused") and built["log_url"].endswith(
+        "/logs/build.log")
+    assert cells[("eta", "Mon")]["log_url"].endswith("/logs/build.log")
+    failed = cells[("eta", "Tue")]
+    assert failed["status"] == "failed" and failed["log_url"] is None  # nothing published
+    # the log page shows the very bytes the repository holds at that path
+    rel = built["log_url"].removeprefix(f"/logs/{FQRN}/")
+    reader = published.pub.open_reader(published.root / "log-oracle")
+    try:
+        with reader.open_revision() as view:
+            expected = view.read_bytes(rel)
+    finally:
+        reader.close()
+    assert expected, "the builder published an empty build log"
+    log = get(portal, f"/api/logs/{FQRN}/{rel}").json()
+    assert log["text"].encode() == expected and log["size"] == len(expected)
+    assert log["truncated"] is False and log["offset"] == 0
+    page = get(portal, built["log_url"]).text
+    assert '<pre class="logtext"' in page and f"/repositories/{FQRN}/tree/" in page
+    assert f'href="{built["log_url"]}"' in get(portal, "/nightlies/dev4").text
+    # only logs are served, and a missing one is a clear 404
+    r = get(portal, f"/api/logs/{FQRN}/{rel.rsplit('/', 2)[0]}/share/x.txt", 400)
+    assert "only build logs are served" in r.json()["detail"]
+    r = get(portal, f"/api/logs/{FQRN}/lcg/nowhere/logs/build.log", 404)
+    assert "/lcg/nowhere/logs/build.log" in r.json()["detail"]
+    # trends: one run per night and platform, in start order, with the outcomes
+    runs = [t for t in grid["trends"] if t["platform"] == PLAT]
+    assert [t["day"] for t in runs] == ["Mon", "Tue"]
+    assert runs[1]["counts"]["failed"] == 1 and runs[0]["counts"]["failed"] == 0
+    assert all(t["wall_seconds"] >= t["build_seconds"] / 2 >= 0 for t in runs)
+    nightly = get(portal, "/nightlies/dev4").text
+    assert '<h2 id="trends">Trends</h2>' in nightly
+    assert f'<a href="/nightlies/dev4/Tue/{PLAT}">Tue</a>' in nightly
 
 
 def test_the_web_command_serves_a_repository_over_http(tmp_path, published):

@@ -273,8 +273,22 @@ def test_nightly_grid(tab, published, tmp_path):
     toygen = grid.locator("tbody tr",
                           has=page.get_by_role("link", name="toygen", exact=True))
     assert "test failed" in toygen.locator("td").nth(1).inner_text()
+    # trends: one row per night and platform, the failure counted
+    trends = table_rows(page, "table.trends")
+    assert [(r[0], r[1]) for r in trends] == [(PLAT, "Mon"), (PLAT, "Tue")]
+    assert trends[1][8] == "1" and trends[0][8] == "0"  # the Failed column
     check_page(page)
     screenshot(page, "nightly", tmp_path)  # with eta's error opened
+
+    # a build's log, published with it, one click from its cell
+    zeta = grid.locator("tbody tr", has=page.get_by_role("link", name="zeta", exact=True))
+    zeta.locator("td").nth(0).get_by_role("link", name="build log").click()
+    expect(page.locator("pre.logtext")).to_be_visible()
+    assert page.url.endswith("/logs/build.log") and "/zeta/" in page.url
+    assert facts_of(page)["Content hash"].endswith("(read through the verified reader)")
+    check_page(page)
+    screenshot(page, "build-log", tmp_path)
+    page.go_back()
 
     page.locator("table.grid thead th a", has_text="Tue").click()
     expect_heading(page, f"Nightly dev4 Tue on {PLAT}")

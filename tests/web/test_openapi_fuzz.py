@@ -48,6 +48,15 @@ def known_values(published, operation_path: str) -> dict[str, list[str]]:
             "path": ["lcg", "/lcg/releases", f"lcg/releases/LCG_900/eta/2.1/{PLAT}", "/",
                      "lcg/nightlies/dev4/Tue", "lcg/no-such-dir", "../etc"],
         }
+    if operation_path.startswith("/api/logs/"):
+        return {
+            "fqrn": [FQRN, "x.example.org"],
+            "path": [f"lcg/releases/LCG_900/zeta/1.0/{PLAT}/logs/build.log",
+                     f"lcg/nightlies/dev4/Mon/zeta/1.0/{PLAT}/logs/build.log",
+                     f"lcg/nightlies/dev4/Tue/toygen/0.3/{PLAT}/logs/test.log",
+                     f"lcg/releases/LCG_900/zeta/1.0/{PLAT}/share",
+                     "lcg/no-such-dir/logs/build.log", "../etc/logs/build.log", "/"],
+        }
     operands = [f"LCG_900/{PLAT}", f"LCG_901/{PLAT}", f"dev4/Mon/{PLAT}", f"dev4/Tue/{PLAT}",
                 f"dev4/latest/{PLAT}", "LCG_900", f"dev4/Someday/{PLAT}", f"LCG_7/{PLAT}"]
     return {

@@ -67,6 +67,13 @@ def _duration(value: float | None) -> str:
     return "–" if value is None else duration(value)
 
 
+def _run_time(value: float | None) -> str:
+    """A build or test time: tenths of a second below 10 s, then as :func:`duration`."""
+    if value is None:
+        return "–"
+    return f"{value:.1f} s" if value < 10 else duration(value)
+
+
 def _dependency_links(depends: list[dict[str, str]]) -> Markup:
     """A package table's dependency cell: ``name-hash`` per dependency, each name a link to its
     row. Built here rather than in a template loop, where it was most of a large table's time."""
@@ -144,6 +151,7 @@ def create_app(index: WebIndex, *, refresh_interval: float | None = 300.0,
     templates.env.filters["when"] = _when
     templates.env.filters["seconds"] = _seconds
     templates.env.filters["duration"] = _duration
+    templates.env.filters["run_time"] = _run_time
     templates.env.filters["bytes"] = human_bytes
     templates.env.filters["dependency_links"] = _dependency_links
     app.state.index = index

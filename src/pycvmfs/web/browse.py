@@ -30,12 +30,16 @@ from pycvmfs.errors import (
     TooManySymlinksError,
 )
 from pycvmfs.web.index import UnknownName, WebIndex
-from pycvmfs.web.repoinfo import DIFF_LIMIT, Ref, entry_details, revision_diff
+from pycvmfs.web.repoinfo import DIFF_LIMIT, Ref, entry_details, open_ref, revision_diff
 
 __all__ = ["BrowseBadRequest", "BrowseNotFound", "BrowseRefused", "Browser", "clean_text"]
 
 #: children a directory answer lists at most
 CHILDREN_LIMIT = 2000
+#: the most of a log a page shows (its tail: where a build failed)
+LOG_LIMIT = 2 << 20
+#: the file names :meth:`Browser.log` serves, in a ``logs/`` folder (what the builder publishes)
+LOG_NAMES = ("build.log", "test.log")
 
 _T = TypeVar("_T")
 
@@ -114,6 +118,37 @@ class Browser:
         out = self._with_repo(fqrn, what, lambda repo, head: revision_diff(
             repo, _ref(a or None, head), _ref(b or None, head), path=path, limit=limit))
         return clean_text(out)
+
+    def log(self, fqrn: str, path: str, *, limit: int = LOG_LIMIT) -> dict[str, Any]:
+        """A build or test log a build published (``.../logs/build.log`` or ``test.log``) in
+        the indexed revision: its last ``limit`` bytes (from a line start when cut), decoded as
+        UTF-8 with undecodable bytes replaced. Other files are not served."""
+        path = "/" + path.strip("/")
+        parts = path.rsplit("/", 2)
+        if len(parts) != 3 or parts[1] != "logs" or parts[2] not in LOG_NAMES:
+            raise BrowseBadRequest(f"{fqrn}: {path}: only build logs are served "
+                                   f"(.../logs/{' or .../logs/'.join(LOG_NAMES)})")
+
+        def read(repo: Any, head: int) -> dict[str, Any]:
+            with open_ref(repo, head) as view:
+                st = view.stat(path)
+                if not st.is_file:
+                    raise BrowseBadRequest(f"{path} is not a regular file")
+                size = st.entry.size
+                offset = max(0, size - limit)
+                with view.open_stat(st) as f:
+                    data = f.pread(size - offset, offset)
+                if offset:
+                    cut = data.find(b"\n")
+                    if 0 <= cut < len(data) - 1:
+                        data, offset = data[cut + 1:], offset + cut + 1
+                h = st.entry.hash
+                return {"fqrn": fqrn, "path": path, "size": size,
+                        "hash": str(h) if h is not None else None, "offset": offset,
+                        "truncated": offset > 0,
+                        "text": data.decode("utf-8", errors="replace")}
+
+        return self._with_repo(fqrn, f"the log {path}", read)
 
     # -- the reader ----------------------------------------------------------------------------
     def _with_repo(self, fqrn: str, what: str, fn: Callable[[Any, int], _T]) -> _T:

@@ -186,9 +186,12 @@ class NightlyCell(BaseModel):
     duration: float
     test_status: str | None = Field(description="passed | failed | notrun; null: no test")
     test_duration: float
-    log: str | None
+    log: str | None = Field(description="where the results feed says the build log is")
     test_log: str | None
     error: str | None
+    log_url: str | None = Field(description="the portal page of the build log published with "
+                                            "the build (null: not in the day's summary)")
+    test_log_url: str | None
 
 
 class NightlyRow(BaseModel):
@@ -196,9 +199,23 @@ class NightlyRow(BaseModel):
     cells: list[NightlyCell]
 
 
+class NightlyTrend(BaseModel):
+    """One night of one platform, for the trend over the ring's days."""
+
+    day: str
+    platform: str
+    started: float
+    finished: float
+    wall_seconds: float = Field(description="finished - started of the run")
+    build_seconds: float = Field(description="sum of the durations of the packages built")
+    test_seconds: float = Field(description="sum of the durations of the tests run")
+    counts: dict[str, int]
+
+
 class Nightly(BaseModel):
     slot: str
     columns: list[NightlyColumn]
+    trends: list[NightlyTrend] = Field(description="per platform, the runs by start time")
     latest: dict[str, str] = Field(description="platform: day of its latest complete build")
     packages: list[NightlyRow]
 
@@ -387,3 +404,16 @@ class ContainerImage(BaseModel):
 
 class Containers(BaseModel):
     images: list[ContainerImage]
+
+
+class LogText(BaseModel):
+    """A build or test log published with a build, read through the verified reader."""
+
+    fqrn: str
+    path: str
+    size: int
+    hash: str | None
+    offset: int = Field(description="where ``text`` starts in the log (the tail is shown of a "
+                                    "log longer than the limit)")
+    truncated: bool
+    text: str = Field(description="decoded as UTF-8, undecodable bytes replaced")

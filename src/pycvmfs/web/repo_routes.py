@@ -11,6 +11,7 @@ Pages and API (every view is one GET URL)::
     /repositories/{fqrn}/diff?a=..&b=..         /api/repositories/{fqrn}/diff?a=..&b=..
     /replicas                                   /api/replicas
     /containers                                 /api/containers
+    /logs/{fqrn}/{path}                         /api/logs/{fqrn}/{path}  (builds' logs only)
     /metrics                                    (Prometheus text format 0.0.4)
 
 Revisions, size history, replica rows and images come from the index; a tree or a diff is
@@ -83,6 +84,11 @@ def add_repository_routes(app: FastAPI, index: WebIndex, browser: Browser,
                           limit: int = Query(DIFF_LIMIT, ge=1, le=DIFF_LIMIT)) -> Any:
         return ask(lambda: browser.diff(fqrn, a, b, path=path, limit=limit))
 
+    @app.get("/api/logs/{fqrn}/{path:path}", response_model=models.LogText, tags=["api"],
+             responses=_BROWSE_ERRORS)
+    def api_log(fqrn: str, path: str) -> Any:
+        return ask(lambda: browser.log(fqrn, path))
+
     @app.get("/api/replicas", response_model=models.Replicas, tags=["api"])
     def api_replicas() -> Any:
         return index.replicas()
@@ -141,6 +147,12 @@ def add_repository_routes(app: FastAPI, index: WebIndex, browser: Browser,
         return page(request, "revision_diff.html", {
             "title": title, "fqrn": fqrn, "a": a, "b": b, "path": path, "diff": diff,
             "suggestions": _suggestions(index.revisions(fqrn)["revisions"])})
+
+    @app.get("/logs/{fqrn}/{path:path}", response_class=HTMLResponse,
+             include_in_schema=False)
+    def log_page(request: Request, fqrn: str, path: str) -> HTMLResponse:
+        log = ask(lambda: browser.log(fqrn, path))
+        return page(request, "log.html", {"title": f"{fqrn}:{log['path']}", "log": log})
 
     @app.get("/replicas", response_class=HTMLResponse, include_in_schema=False)
     def replicas_page(request: Request) -> HTMLResponse:
