@@ -238,6 +238,8 @@ class StockReplica:
     def __enter__(self) -> StockReplica:
         if Path("/etc/cvmfs/repositories.d", self.alias).exists():
             server("rmfs", "-f", self.alias)
+        # add-replica links the (here absent) GeoIP database in this folder
+        Path("/var/lib/cvmfs-server/geo").mkdir(parents=True, exist_ok=True)
         run_measured(["cvmfs_server", "add-replica", "-o", "root", "-n", self.alias, "-a",
                       self.stratum0, str(self.public_key)], env=self.env)
         return self

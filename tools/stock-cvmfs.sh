@@ -105,7 +105,8 @@ install_tools() {
     local src
     src=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$1/CMakeCache.txt")/cvmfs
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq apache2 fuse3 attr lsof psmisc curl >/dev/null
+    # (mod_wsgi: the Apache configuration add-replica writes for the GeoAPI needs it)
+    apt-get install -y -qq apache2 libapache2-mod-wsgi-py3 fuse3 attr lsof psmisc curl >/dev/null
     # the paths below are the ones cvmfs_server and its helpers use
     install -m 0755 "$out/cvmfs_server" "$out/cvmfs_swissknife" "$out/cvmfs_publish" \
         "$out/cvmfs2" "$out/cvmfs_talk" /usr/bin/
@@ -119,7 +120,7 @@ install_tools() {
         done
     done
     ldconfig
-    mkdir -p /var/lib/cvmfs-server /var/spool/cvmfs /etc/cvmfs/keys /etc/cvmfs/repositories.d \
+    mkdir -p /var/lib/cvmfs-server/geo /var/spool/cvmfs /etc/cvmfs/keys /etc/cvmfs/repositories.d \
         /usr/share/cvmfs-server /cvmfs
     # without systemd running, a present systemctl makes the tools fail where `service` and
     # `mount` would work: set it aside while the stock tools are installed
