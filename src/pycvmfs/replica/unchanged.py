@@ -6,18 +6,20 @@ of the manifest and whitelist bytes it verified, the master keys that verified t
 of the key files), the whitelist's expiry and what the report needs. The next snapshot fetches
 the two files (the same plain GETs as the verified path) and, when their bytes are the ones
 verified then, under the same keys, before the whitelist expires, and they are what the replica
-serves, it only marks the snapshot done (:func:`unchanged_report`). Identical bytes checked by
-the same keys give the same verdict, so nothing is trusted that was not verified; anything else
-(a new revision, a re-signed whitelist, other keys, a replica that differs, a missing or
-unreadable record) goes the whole verified way. A verified snapshot :func:`forget`s the record
-before it starts and writes it again only when it succeeded, so a record is never older than
-what the verified path has seen (its refusal of an older revision stays in force).
+serves, it only marks the snapshot done (:func:`unchanged_report`; nothing from the source is
+written to the replica then). Identical bytes checked by the same keys give the same verdict,
+so nothing is trusted that was not verified; anything else (a new revision, a re-signed
+whitelist, other keys, a replica that differs, a missing or unreadable record) goes the whole
+verified way. A verified snapshot :func:`forget`s the record before it starts and writes it
+again only when it succeeded, so a record is never older than what the verified path has seen
+(its refusal of an older revision stays in force).
 
 Imports nothing heavy: no signatures, SQLite, catalogs or copy engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -86,15 +88,19 @@ def remember(state: Path, *, fqrn: str, keys: str, trusted: TrustedState,
              all_tags: bool) -> None:
     """Record the head a verified snapshot has just verified and placed on the replica;
     ``keys``: :func:`key_fingerprint` of the keys that verified it; ``all_tags``: whether the
-    trees of all its tags are on the replica."""
+    trees of all its tags are on the replica. A record that cannot be written is left out."""
     m = trusted.manifest
     record = {"fqrn": fqrn, "keys": keys, "manifest": _sha256(trusted.manifest_bytes),
               "whitelist": _sha256(trusted.whitelist_bytes),
               "whitelist_expires": trusted.whitelist.expires.timestamp(),
               "revision": m.revision, "root_hash": str(m.root_catalog), "all_tags": all_tags}
     tmp = state / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(record) + "\n")
-    os.replace(tmp, state / RECORD)
+    try:
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, state / RECORD)
+    except OSError:  # (a full disk, say): the snapshot itself succeeded; the next one verifies
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def unchanged_report(source: Source, dest: ObjectStore, fqrn: str, keys: str | None,
