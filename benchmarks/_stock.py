@@ -34,6 +34,7 @@ class Measured:
     maxrss: int
     output: str
     largest: str = "?"  # the name of the process whose peak RSS is maxrss
+    anon: int = 0  # the largest anonymous resident memory sampled in one process (no file pages)
 
 
 class ProcessGroup:
@@ -48,6 +49,7 @@ class ProcessGroup:
         self.path = path
         self.peak = 0
         self.largest = "?"
+        self.anon = 0
         self._done = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
 
@@ -93,6 +95,8 @@ class ProcessGroup:
                     if hwm > self.peak:
                         self.peak = hwm
                         self.largest = status.split("Name:", 1)[1].split()[0]
+                    anon = int(status.split("RssAnon:", 1)[1].split()[0]) * 1024
+                    self.anon = max(self.anon, anon)
 
     def close(self) -> None:
         """Stop sampling; what still runs in the group (a daemon) goes back to the root."""
@@ -135,7 +139,7 @@ def run_measured(argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = No
         raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{text}")
     # (ru_maxrss also counts this process's own RSS, which the forked child had before exec)
     if group:
-        return Measured(seconds, cpu, group.peak, text, group.largest)
+        return Measured(seconds, cpu, group.peak, text, group.largest, group.anon)
     return Measured(seconds, cpu, usage.ru_maxrss * 1024, text)
 
 
