@@ -181,9 +181,11 @@ def report_round(n: int, order: list[str], py: dict, st: dict | None, floor: flo
               f"{si.seconds / sf.seconds * 100:.1f} % of its full publish, CPU {si.cpu:.1f} s, "
               f"peak RSS {_mib(si.maxrss)} ({si.largest})")
         out |= {"full": full["wall"] / sf.seconds, "inc": inc["wall"] / si.seconds,
-                "st_full": sf.seconds, "floor": floor / sf.seconds}
+                "st_full": sf.seconds, "floor": floor / sf.seconds,
+                "cpu_full": full["cpu"] / sf.cpu, "cpu_inc": inc["cpu"] / si.cpu}
         print(f"  ratio pycvmfs/stock: full {out['full']:.2f}x (target <= 0.5x), 1 % change "
-              f"{out['inc']:.2f}x; the floor is {out['floor']:.2f}x the stock publish")
+              f"{out['inc']:.2f}x; the floor is {out['floor']:.2f}x the stock publish; CPU "
+              f"seconds full {out['cpu_full']:.2f}x, 1 % change {out['cpu_inc']:.2f}x")
     return out
 
 
@@ -246,6 +248,7 @@ def summarize(rounds: list[dict[str, float]], floor: float) -> None:
         print(f"  stock full publish s:   {spread('st_full')}; floor {floor:.2f} s")
         print(f"  ratio full (target <= 0.5x): {spread('full', '{:.2f}x')}")
         print(f"  ratio 1 % change:            {spread('inc', '{:.2f}x')}")
+        print(f"  CPU seconds ratio, full:     {spread('cpu_full', '{:.2f}x')}")
 
 
 if __name__ == "__main__":
