@@ -204,6 +204,44 @@ class CatalogTree:
             o.touched_dirs.add(path)
         return None
 
+    def add_new(self, items: list[tuple[bytes, EntryRow, list[Chunk] | None]]) -> None:
+        """Add many non-directory entries that do not exist yet (checked: a duplicate fails
+        the whole call), in batches per catalog: one statement batch instead of a few queries
+        each. Every parent must be a directory."""
+        parents: dict[bytes, bool] = {}
+        batch: list[tuple[bytes, EntryRow]] = []
+        chunked: list[tuple[bytes, list[Chunk]]] = []
+        cur: _Open | None = None
+
+        def flush() -> None:
+            if cur is not None and batch:
+                cur.writer.add_many(batch)
+                for path, chunks in chunked:
+                    cur.writer.set_chunks(path, chunks)
+            batch.clear()
+            chunked.clear()
+
+        for path, row, chunks in items:
+            if not path or row.flags & Flags.DIR:
+                raise FormatError(f"cannot add {_show(path)} as a new file entry")
+            up = parent_path(path)
+            ok = parents.get(up)
+            if ok is None:
+                parent = self.lookup(up)
+                ok = parents[up] = parent is not None and bool(parent.flags & Flags.DIR)
+            if not ok:
+                raise FormatError(f"cannot add {_show(path)}: {_show(up)} is not a "
+                                  "directory in the repository")
+            o = self.catalog_for(path)
+            if o is not cur:
+                flush()
+                cur = o
+            batch.append((path, row))
+            if chunks:
+                chunked.append((path, chunks))
+            self._touch(o, up)
+        flush()
+
     def _set_dir(self, path: bytes, row: EntryRow) -> None:
         o = self.catalog_for(path)
         old = o.writer.get(path)

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["PublishSummary", "Transaction", "repo_path"]
 
 MARKER = b".cvmfscatalog"
+#: New file entries written to the catalogs in one statement batch at commit.
+_BATCH = 4096
 
 
 def repo_path(path: str | bytes) -> bytes:
@@ -388,6 +390,7 @@ class Transaction:
     def _apply_pending(self) -> None:
         self.ingester.flush()
         total = len(self._pending)
+        new: list[tuple[bytes, EntryRow, list | None]] = []  # added in batches, path order
         for n, (p, pend) in enumerate(sorted(self._pending.items())):
             try:
                 content = pend.content.result()
@@ -398,15 +401,20 @@ class Transaction:
                 group = self.hardlink_group(pend.hardlink[0], parent_path(p))
                 links = pend.hardlink[1]
             row = file_row(p, pend.meta, content, hardlink_group=group, linkcount=links)
+            chunks = list(content.chunks) if content.chunks else None
             old = self.tree.lookup(p)
-            if old is not None and _same_entry(old, row) and (
-                    not row.flags & Flags.CHUNKED or self.tree.chunks(p) == list(content.chunks)):
-                continue
             if old is None:
                 self.summary.entries_added += 1
-            self.tree.put(p, row, list(content.chunks) if content.chunks else None)
-            if self.progress:
+                new.append((p, row, chunks))
+                if len(new) >= _BATCH:
+                    self.tree.add_new(new)
+                    new.clear()
+            elif not _same_entry(old, row) or (
+                    row.flags & Flags.CHUNKED and self.tree.chunks(p) != chunks):
+                self.tree.put(p, row, chunks)
+            if self.progress and (n % 256 == 255 or n + 1 == total):
                 self.progress("cataloguing", n + 1, total)
+        self.tree.add_new(new)
         self._pending.clear()
 
     def _commit(self) -> None:
