@@ -101,6 +101,10 @@ def test_a_noop_snapshot_imports_nothing_heavy(golden_server, golden_keys, cli_e
     assert (report["changed"], report["revision"], report["previous_revision"]) == (
         False, 3, 3)
     assert _imported(modules, HEAVY) == []
+    # with the progress display asked for (as on a terminal): nothing to show, rich not loaded
+    out, modules = _run("snapshot", GOLDEN_FQRN, env={**env, "PYCVMFS_PROGRESS": "1"})
+    assert out.startswith(f"{GOLDEN_FQRN}: up to date at revision 3")
+    assert _imported(modules, HEAVY) == []
 
 
 @pytest.mark.parametrize("args", [("--version",), ("--help",)])

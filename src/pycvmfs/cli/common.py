@@ -112,8 +112,12 @@ class ProgressDisplay:
     """What :func:`make_progress` yields: ``display(done, total)`` updates its first line;
     :meth:`show` updates (or adds) another line. Disabled, every call returns at once."""
 
-    def __init__(self, progress=None, description: str = "", unit: str = "items") -> None:
-        self._progress = progress  # a rich Progress, or None: show nothing
+    def __init__(self, progress=None, description: str = "", unit: str = "items", *,
+                 start: Callable[[], object] | None = None) -> None:
+        self._progress = progress  # a rich Progress, or None: nothing shown (yet)
+        #: makes (and starts) the rich Progress on the first update: a command that has nothing
+        #: to report (a no-op snapshot) never imports rich
+        self._start = start
         self._lines: dict[str, list] = {}  # name -> [task id, last draw, undrawn update]
         self._main = description
         self._main_unit = unit
@@ -122,7 +126,7 @@ class ProgressDisplay:
     @property
     def enabled(self) -> bool:
         """Whether anything is shown (callers may skip their reports otherwise)."""
-        return self._progress is not None
+        return self._progress is not None or self._start is not None
 
     def __call__(self, done: int, total: int | None) -> None:
         self.show(self._main, done, total, unit=self._main_unit)
@@ -131,11 +135,13 @@ class ProgressDisplay:
              final: bool = True) -> None:
         """Line ``name`` is at ``done`` of ``total`` (None: unknown) ``unit`` ("items" or
         "bytes"); ``final=False``: more may be added to the total (shown as ``+``, no ETA)."""
-        if self._progress is None:
+        if self._progress is None and self._start is None:
             return
         now = time.monotonic()
         fields = {"completed": done, "total": total, "final": final}
         with self._lock:
+            if self._progress is None and self._start is not None:  # the first update
+                self._progress, self._start = self._start(), None
             line = self._lines.get(name)
             if line is None:
                 task = self._progress.add_task(name, total=total, unit=unit, final=final)
@@ -155,6 +161,8 @@ class ProgressDisplay:
     def _flush(self, **fields) -> None:
         """Draw every line's undrawn update (with ``fields`` set on every line)."""
         with self._lock:
+            if self._progress is None:
+                return  # never started: nothing to draw
             for line in self._lines.values():
                 update = {**(line[2] or {}), **fields}
                 line[2] = None
@@ -179,11 +187,16 @@ def make_progress(description: str, *, enabled: bool | None = None, unit: str = 
         if not show:
             yield ProgressDisplay()
             return
-        from rich.console import Console
-        from rich.progress import Progress
+        with contextlib.ExitStack() as stack:
 
-        with Progress(*_columns(), console=Console(stderr=True), transient=tty) as p:
-            display = ProgressDisplay(p, description, unit)
+            def start():
+                from rich.console import Console
+                from rich.progress import Progress
+
+                return stack.enter_context(Progress(*_columns(), console=Console(stderr=True),
+                                                    transient=tty))
+
+            display = ProgressDisplay(None, description, unit, start=start)
             try:
                 yield display
             finally:
