@@ -1,5 +1,6 @@
-"""The stock CernVM-FS tools in the benchmarks: measuring child processes, a throwaway stock
-repository (``cvmfs_server``), finding the stock client (``cvmfs2``).
+"""The stock CernVM-FS tools in the benchmarks: measuring child processes (CPU of all they
+start, peak RSS), a throwaway stock repository and stratum 1 (``cvmfs_server``), finding the
+stock client (``cvmfs2``).
 
 The tools are built and installed by ``tools/stock-cvmfs.sh`` (docs/stock-client.md). Nothing
 here is needed when they are absent: :func:`stock_server` and :func:`stock_client_dir` then
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLIENT_ENV = "PYCVMFS_STOCK_CLIENT"  # as tests/helpers/stock_client.py
-CLIENT_FILES = ("cvmfs2", "cvmfs_talk", "libcvmfs_fuse3_stub.so", "libcvmfs_fuse3.so")
 
 
 @dataclass
