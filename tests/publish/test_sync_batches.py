@@ -8,13 +8,16 @@ batches that refuse what a single insert refuses.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 import pycvmfs.publish.transaction as transaction_mod
 from pycvmfs.errors import FormatError, IngestError
+from pycvmfs.format.hashes import ObjectKind
 from pycvmfs.publish.ingest import Ingester
 
 from helpers.publishing import reader
@@ -128,3 +131,27 @@ def test_a_file_changed_after_the_scan_fails_the_sync_in_a_worker(make_publisher
             pub.transaction(progress=progress) as txn:
         txn.add_tree(src, "/")
     assert pub.head().revision == rev
+
+
+def test_objects_pass_over_temporaries_left_behind_and_are_world_readable(publisher):
+    store = publisher.store
+    txn_dir = os.path.join(str(store.root), "data", "txn")
+    os.makedirs(txn_dir, exist_ok=True)
+    stem = f"ingest.{os.getpid()}.{threading.get_ident()}."
+    for n in range(3):  # what a killed publish with the same process and thread ids left
+        with open(os.path.join(txn_dir, f"{stem}{n}"), "wb") as f:
+            f.write(b"stale")
+    os.symlink(os.path.join(txn_dir, "elsewhere"), os.path.join(txn_dir, f"{stem}3"))
+    old = os.umask(0o077)
+    try:
+        with Ingester(store, workers=1) as ing:
+            data = b"fresh content\n"  # ingested in this thread: the stale names are its own
+            got = ing.ingest_stream(io.BytesIO(data).read, len(data), what="fresh")
+    finally:
+        os.umask(old)
+    obj = os.path.join(str(store.root), got.hash.object_path(ObjectKind.FILE))
+    assert os.stat(obj).st_mode & 0o777 == 0o644
+    with open(os.path.join(txn_dir, f"{stem}0"), "rb") as f:
+        assert f.read() == b"stale"
+    assert not os.path.exists(os.path.join(txn_dir, "elsewhere"))
+    assert sorted(os.listdir(txn_dir)) == [f"{stem}{n}" for n in range(4)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import stat
 import sys
@@ -22,7 +23,7 @@ from pycvmfs.format.catalog import Chunk
 from pycvmfs.format.chunking import Chunker, ChunkingParams
 from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
-from pycvmfs.storage.local import LocalStorage
+from pycvmfs.storage.local import FILE_MODE, LocalStorage, _umask
 
 __all__ = ["IngestError", "IngestStats", "Ingested", "Ingester", "Scanned", "scanned"]
 
@@ -30,6 +31,8 @@ _READ_BLOCK = 1 << 20
 #: How an input file is opened: never through a symlink, never blocking (a FIFO put in its
 #: place must not hang the publish).
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: How a temporary object file is created: a new name, never through a link planted there.
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 #: What must still hold for a file read after a scan: (st_dev, st_ino, st_size, st_mtime_ns).
 Scanned = tuple[int, int, int, int]
 
@@ -81,6 +84,8 @@ class Ingester:
         self._root = str(store.root)
         self._txn = os.path.join(self._root, "data", "txn")
         os.makedirs(self._txn, exist_ok=True)
+        self._names = itertools.count()  # temporary file names in _txn
+        self._umask = _umask()
         self.algorithm = algorithm
         self.compression = compression
         self.chunking = chunking
@@ -414,7 +419,9 @@ class Ingester:
             raise
 
     def _put(self, rel: str, blob: bytes) -> None:
-        # rel is data/XX/<hash><suffix>, made from a hash: written directly (temp + rename)
+        # rel is data/XX/<hash><suffix>, made from a hash: written directly (a temporary file
+        # in data/txn, renamed into place; the publish flushes the file system once before
+        # its manifest names any of them)
         dest = os.path.join(self._root, rel)
         if os.path.exists(dest):
             with self._lock:
@@ -422,10 +429,15 @@ class Ingester:
             return
         tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(dir=self._txn, prefix="obj.")
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.chmod(tmp, 0o644)
+            fd, tmp = self._temporary()
+            try:
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self._umask & FILE_MODE:  # the umask took bits away at creation
+                    os.fchmod(fd, FILE_MODE)
+            finally:
+                os.close(fd)
             try:
                 os.replace(tmp, dest)
             except FileNotFoundError:
@@ -443,6 +455,18 @@ class Ingester:
         with self._lock:
             self.stats.objects_new += 1
             self.stats.bytes_stored += len(blob)
+
+    def _temporary(self) -> tuple[int, str]:
+        """A new file in data/txn named after this process and thread (cheaper than
+        ``mkstemp``); a name a killed process of the same ids left behind is passed over."""
+        prefix = os.path.join(self._txn, f"ingest.{os.getpid()}.{threading.get_ident()}.")
+        for _ in range(1000):
+            tmp = f"{prefix}{next(self._names)}"
+            try:
+                return os.open(tmp, _CREATE_FLAGS, FILE_MODE), tmp
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "no free temporary name", f"{prefix}*")
 
     def _store_stream(self, read: Callable[[int], bytes], size: int, what: str) -> ContentHash:
         txn = self.store.root / "data" / "txn"
