@@ -584,3 +584,27 @@ def test_serve_command_rejects_a_folder_without_repositories(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert "no repository storage" in proc.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_a_stop_right_after_the_ready_line_ends_the_server_cleanly(golden_repo, tmp_path,
+                                                                    workers):
+    """SIGINT the moment the command says it listens, while its workers are still starting:
+    the stop waits for their handlers instead of killing them (exit 0, no traceback)."""
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE_SCRIPT, "serve", str(golden_repo), "--port", "0",
+             "--workers", str(workers)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready, "the serve command printed nothing"
+            assert proc.stdout.readline().startswith("http://127.0.0.1:")
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "exited with" not in err

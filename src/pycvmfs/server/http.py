@@ -25,6 +25,9 @@ from pycvmfs.server.site import Site
 __all__ = ["LONG_TTL", "SHORT_TTL", "RepositoryServer", "Site", "find_repositories",
            "parse_range", "serve_forever", "split_target"]
 
+#: the signals that stop a server (blocked until a handler is in place)
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 #: Seconds a keep-alive connection may stay idle.
 KEEPALIVE_TIMEOUT = 75.0
 
@@ -168,11 +171,14 @@ class RepositoryServer:
 async def _serve_until_signalled(repositories: Mapping[str, Path], access_log: Path | None,
                                  sock: socket.socket, request_timeout: float) -> None:
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    signals = _STOP_SIGNALS
 
     def started(stop: asyncio.Event) -> None:
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
+        # a forked worker starts with these blocked (see _run_workers): one that arrived
+        # during its start-up is delivered now, to the handler just set
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
     try:
         await _serve(Site(repositories, access_log=access_log), sock, 10.0, started,
@@ -212,25 +218,47 @@ def serve_forever(repositories: Mapping[str, Path], *, host: str = "127.0.0.1",
     reuse_port = workers > 1 and hasattr(socket, "SO_REUSEPORT")
     sock = _listen(host, port, reuse_port=reuse_port)
     port = sock.getsockname()[1]
-    if ready is not None:
-        ready(_base_url(host, port))
-    if workers <= 1:
-        asyncio.run(_serve_until_signalled(repositories, access_log, sock, request_timeout))
-    else:
-        _run_workers(repositories, access_log, sock, host, port, workers, reuse_port,
-                     request_timeout)
+    # SIGINT/SIGTERM wait (blocked) until a handler is in place: from the moment ``ready``
+    # says the server listens, a stop always ends it cleanly, even during its start-up
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        if workers <= 1:
+            if ready is not None:
+                ready(_base_url(host, port))
+            asyncio.run(_serve_until_signalled(repositories, access_log, sock,
+                                               request_timeout))
+        else:
+            _run_workers(repositories, access_log, sock, host, port, workers, reuse_port,
+                         request_timeout, ready, mask)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _run_workers(repositories: Mapping[str, Path], access_log: Path | None,
                  sock: socket.socket, host: str, port: int, workers: int,
-                 reuse_port: bool, request_timeout: float) -> None:
-    """Fork the workers, pass SIGINT/SIGTERM on to them, wait for all; raise if one failed."""
+                 reuse_port: bool, request_timeout: float,
+                 ready: Callable[[str], None] | None, mask: set[int]) -> None:
+    """Fork the workers, pass SIGINT/SIGTERM on to them, wait for all; raise if one failed.
+
+    Called with the stop signals blocked: each worker inherits them blocked and unblocks them
+    once its event loop handles them (a stop asked for while it starts ends it cleanly, and
+    the parent's forwarding handler never runs in a worker); the parent restores ``mask``
+    once every worker is forked and ``ready`` was told."""
     children: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in _STOP_SIGNALS}
     for i in range(workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             code = 0
             try:
+                for sig in _STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
                 if reuse_port and i > 0:  # the first child keeps the parent's socket
                     sock.close()
                     sock = _listen(host, port, reuse_port=True)
@@ -243,14 +271,11 @@ def _run_workers(repositories: Mapping[str, Path], access_log: Path | None,
                 os._exit(code)
         children.append(pid)
     sock.close()
-
-    def forward(signum: int, frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
+    if ready is not None:
+        ready(_base_url(host, port))
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     failed: list[str] = []
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while children:
             pid, status = os.wait()
