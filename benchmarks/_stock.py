@@ -103,11 +103,15 @@ class ProcessGroup:
         self._done.set()
         if self._sampler.is_alive():
             self._sampler.join()
-        for pid in self._members():
-            with contextlib.suppress(OSError):
-                (self.path.parent / "cgroup.procs").write_text(str(pid))
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
+        for _ in range(50):  # a member still exiting keeps the group busy for a moment
+            for pid in self._members():
+                with contextlib.suppress(OSError):
+                    (self.path.parent / "cgroup.procs").write_text(str(pid))
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
 
 
 def run_measured(argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = None,
