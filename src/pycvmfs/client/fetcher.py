@@ -12,9 +12,17 @@ waits for that answer instead of downloading it a second time
 then fetches the object itself, through the mount's own source with its fail-over and error
 accounting.
 
-Lines from the mount: ``<object name> <compression code>`` (the storage name: hash text plus
-kind suffix). Answers: ``ok <hash text>`` or ``fail <hash text> <reason>``. The first line the
-child reads is the JSON of its settings (the source's, the cache directory, the quota limit).
+Lines from the mount: ``<object name> <compression code> <size or -1>[ u]`` (the storage name:
+hash text plus kind suffix; ``u``: urgent), and ``hurry <object name>`` (a reader waits for an
+object asked for before: it becomes urgent; not answered). Answers: ``ok <hash text>`` or
+``fail <hash text> <reason>``. The first line the child reads is the JSON of its settings (the
+source's, the cache directory, the quota limit).
+
+The child hands only a few requests more than its parallel transfers to the transfer engine at
+a time; the rest wait in two queues, urgent ones first: the next chunks of a file being read,
+and objects a reader is blocked on, never wait behind the hundreds of files a tree scan's
+read-ahead asked for (measured on the benchmark tree: readers waited 3.1 s of a 9 s cold read
+for chunks queued that way).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import subprocess
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import IO, Any
 
 from pycvmfs.client.cache import ObjectCache
@@ -59,6 +68,7 @@ class FetchProcess:
         self._remember = remember
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
+        self._kinds: dict[str, ObjectKind] = {}  # of the objects in flight
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._closed = False
         self.stats = {"submitted": 0, "fetched": 0, "failed": 0}
@@ -88,9 +98,11 @@ class FetchProcess:
         return not self._closed and len(self._inflight) < self._backlog
 
     def submit(self, h: ContentHash | None, kind: ObjectKind,
-               compression: Compression = Compression.ZLIB, size: int | None = None) -> bool:
+               compression: Compression = Compression.ZLIB, size: int | None = None, *,
+               urgent: bool = False) -> bool:
         """Ask the child for ``h`` (of at most ``size`` bytes, when given) unless it was asked
-        for recently or too much is pending."""
+        for recently or too much is pending; ``urgent``: ahead of the requests that are not
+        (a reader is about to need it)."""
         if h is None:
             return False
         key = str(h)
@@ -104,7 +116,9 @@ class FetchProcess:
             self.stats["submitted"] += 1
             try:  # a short line into a pipe that the backlog keeps far from full
                 self._stdin.write(f"{key}{kind.suffix} {compression.value} "
-                                  f"{-1 if size is None else size}\n".encode())
+                                  f"{-1 if size is None else size}"
+                                  f"{' u' if urgent else ''}\n".encode())
+                self._kinds[key] = kind
                 self._stdin.flush()
             except (OSError, ValueError) as e:
                 self._inflight.pop(key).set()
@@ -113,8 +127,17 @@ class FetchProcess:
         return True
 
     def waiter(self, h: ContentHash) -> threading.Event | None:
-        """The event set when the child is done with ``h`` (None: it is not fetching it)."""
-        return self._inflight.get(str(h))
+        """The event set when the child is done with ``h`` (None: it is not fetching it). A
+        caller is about to wait for it: the child is told to fetch it next."""
+        key = str(h)
+        with self._lock:
+            event = self._inflight.get(key)
+            kind = self._kinds.get(key)
+            if event is not None and kind is not None and not self._closed:
+                with contextlib.suppress(OSError, ValueError):
+                    self._stdin.write(f"hurry {key}{kind.suffix}\n".encode())
+                    self._stdin.flush()
+        return event
 
     def _answers(self) -> None:
         stdout = self._proc.stdout
@@ -126,6 +149,7 @@ class FetchProcess:
             verdict, key = words[0], words[1].strip()
             with self._lock:
                 event = self._inflight.pop(key, None)
+                self._kinds.pop(key, None)
                 if verdict == "ok":
                     self.stats["fetched"] += 1
                 else:
@@ -144,6 +168,7 @@ class FetchProcess:
         with self._lock:
             self._closed = True
             pending, self._inflight = self._inflight, {}
+            self._kinds.clear()
         for event in pending.values():
             event.set()
         if reason is not None:
@@ -164,6 +189,74 @@ class FetchProcess:
             self._proc.wait()
         self._reader.join(_STOP_WAIT)
         self._stop(None)
+
+
+#: (hash, kind, compression, size): one request waiting in the child
+_Request = tuple[ContentHash, ObjectKind, Compression, int | None]
+
+
+class _Queue:
+    """The child's requests not yet handed to the transfer engine: urgent ones first, then
+    the others in the order they came; at most ``limit`` are with the engine at once (started
+    and not ended). ``start(request)`` hands one over; :meth:`ended` must follow each."""
+
+    def __init__(self, start: Callable[[_Request], None], limit: int) -> None:
+        self._start = start
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._urgent: OrderedDict[str, _Request] = OrderedDict()
+        self._normal: OrderedDict[str, _Request] = OrderedDict()
+        self._running = 0
+        self._feeding = False  # a thread is handing requests over
+        self._closed = False
+
+    def put(self, name: str, request: _Request, urgent: bool) -> None:
+        with self._lock:
+            (self._urgent if urgent else self._normal)[name] = request
+        self._feed()
+
+    def hurry(self, name: str) -> None:
+        """Make a waiting request urgent (nothing when it was handed over already)."""
+        with self._lock:
+            request = self._normal.pop(name, None)
+            if request is not None:
+                self._urgent[name] = request
+
+    def ended(self) -> None:
+        with self._lock:
+            self._running -= 1
+        self._feed()
+
+    def close(self) -> list[_Request]:
+        """Hand nothing more over; returns the requests that were still waiting."""
+        with self._lock:
+            self._closed = True
+            left = [*self._urgent.values(), *self._normal.values()]
+            self._urgent.clear()
+            self._normal.clear()
+        return left
+
+    def _feed(self) -> None:
+        """Hand requests over while there is room. One thread at a time does it (a request
+        that ends at once, a cached object, calls back into here from ``start``)."""
+        with self._lock:
+            if self._feeding:
+                return
+            self._feeding = True
+        try:
+            while True:
+                with self._lock:
+                    if (self._closed or self._running >= self._limit
+                            or not (self._urgent or self._normal)):
+                        self._feeding = False
+                        return
+                    _name, request = (self._urgent or self._normal).popitem(last=False)
+                    self._running += 1
+                self._start(request)
+        except BaseException:
+            with self._lock:
+                self._feeding = False
+            raise
 
 
 def _serve(settings: dict[str, Any], requests: IO[bytes], answers: IO[bytes]) -> None:
@@ -192,24 +285,38 @@ def _serve(settings: dict[str, Any], requests: IO[bytes], answers: IO[bytes]) ->
 
     batch = BatchFetcher(source, parallel=settings["parallel"],
                          on_error=lambda e: log.warning("transfer engine: %s", e))
+    def ended(h: ContentHash, error: object | None) -> None:
+        answer(h, error)
+        queue.ended()
+
     # every request is answered, so nothing is remembered or dropped here: the mount bounds
     # what it asks for, and a request for a cached object is answered at once
     prefetcher = Prefetcher(lambda h, kind, comp, size: None, cache.contains, batch=batch,
                             begin=cache.begin_download, backlog=1 << 30, remember=0,
-                            ended=answer)
+                            ended=ended)
+
+    def start(request: _Request) -> None:
+        if not prefetcher.submit(*request):
+            ended(request[0], "not queued")
+
+    queue = _Queue(start, settings["parallel"] + 4)
     try:
         for raw in requests:
             line = raw.decode(errors="replace").split()
             try:
+                if line and line[0] == "hurry":
+                    queue.hurry(line[1])
+                    continue
                 h, kind = parse_object_name(line[0])
                 compression = Compression(int(line[1]))
                 size = int(line[2]) if len(line) > 2 and line[2] != "-1" else None
             except (IndexError, ValueError, CvmfsError) as e:
                 log.warning("bad request %r: %s", raw[:100], e)
                 continue
-            if not prefetcher.submit(h, kind, compression, size):
-                answer(h, "not queued")
+            queue.put(line[0], (h, kind, compression, size), len(line) > 3 and line[3] == "u")
     finally:
+        for request in queue.close():  # the mount has gone: what did not start is dropped
+            answer(request[0], "cancelled")
         prefetcher.close()  # finishes the transfers in flight
         source.close()
         if quota is not None:

@@ -110,9 +110,11 @@ class Prefetcher:
         return not self._closed and self._queued < self._backlog
 
     def submit(self, h: ContentHash | None, kind: ObjectKind,
-               compression: Compression = Compression.ZLIB, size: int | None = None) -> bool:
+               compression: Compression = Compression.ZLIB, size: int | None = None, *,
+               urgent: bool = False) -> bool:
         """Queue ``h`` unless it was requested recently or the queue is full; ``size`` (its
-        size in the catalog) caps its download."""
+        size in the catalog) caps its download. ``urgent`` is a hint this queue does not act
+        on (requests start in order; see :class:`~pycvmfs.client.fetcher.FetchProcess`)."""
         if h is None:
             return False
         with self._lock:

@@ -421,7 +421,7 @@ class CvmfsFilesystem:
         if self.options.prefetch_workers > 0:
             self.prefetcher = _make_prefetcher(repo, self.options.prefetch_workers,
                                                not self.options.prefetch_process)
-            self.view.readahead = self.prefetcher.submit
+            self.view.readahead = self._urgent_readahead
         self._lock = threading.Lock()
         self.expires = time.time() + self.ttl
         self.io_errors = 0
@@ -429,6 +429,12 @@ class CvmfsFilesystem:
         self.session: _fuse_lowlevel.Session | None = None
         self._walk: _TreeWalk | None = None  # the read-ahead of a tree scan
         self._walk_lock = threading.Lock()
+
+    def _urgent_readahead(self, h: ContentHash, kind: ObjectKind, compression: Compression,
+                          size: int | None) -> object:
+        """Read-ahead of a file being read (the next chunks): ahead of a tree scan's."""
+        assert self.prefetcher is not None
+        return self.prefetcher.submit(h, kind, compression, size, urgent=True)
 
     # -- revisions -----------------------------------------------------------------------
     @property
@@ -461,7 +467,7 @@ class CvmfsFilesystem:
             return False
         new = self.repo.open_revision()
         if self.prefetcher is not None:
-            new.readahead = self.prefetcher.submit
+            new.readahead = self._urgent_readahead
         with self._lock:
             self.view = new
             self._views.append(new)
