@@ -155,3 +155,46 @@ def test_objects_pass_over_temporaries_left_behind_and_are_world_readable(publis
         assert f.read() == b"stale"
     assert not os.path.exists(os.path.join(txn_dir, "elsewhere"))
     assert sorted(os.listdir(txn_dir)) == [f"{stem}{n}" for n in range(4)]
+
+
+def test_a_big_sync_flushes_the_storage_while_it_ingests(make_publisher, tmp_path, monkeypatch):
+    asked = []
+    real = Ingester.sync_in_background
+
+    def spy(self, flush, every=1.0):
+        asked.append(every)
+        flush()  # the storage's syncfs works here
+        real(self, flush, every=0.01)
+
+    monkeypatch.setattr(Ingester, "sync_in_background", spy)
+    pub = make_publisher(ingest_processes=True)
+    make_copies_tree(tmp_path / "src")
+    with pub.transaction() as txn:
+        txn.add_tree(tmp_path / "src", "/")
+    assert txn.summary.files == 450 and asked == [1.0]  # asked once, when the scan grew big
+    assert pub.head().revision == 2
+
+
+def test_background_flushes_stop_at_close_and_after_a_failure(publisher):
+    flushed = threading.Event()
+    count = []
+
+    def failing() -> None:
+        count.append(1)
+        flushed.set()
+        raise OSError(5, "I/O error")
+
+    ing = Ingester(publisher.store, workers=1)
+    ing.sync_in_background(failing, every=0.005)
+    assert flushed.wait(10)
+    ing.close()
+    assert count == [1]  # the loop ended quietly at the first failure
+
+    ticks = []
+    ing = Ingester(publisher.store, workers=1)
+    ing.sync_in_background(lambda: ticks.append(1), every=0.005)
+    ing.sync_in_background(lambda: ticks.append(2), every=0.005)  # one flusher only
+    ing.close()
+    n = len(ticks)
+    threading.Event().wait(0.05)
+    assert len(ticks) == n and 2 not in ticks

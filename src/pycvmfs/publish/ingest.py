@@ -106,6 +106,7 @@ class Ingester:
         self._processes_after: int | None = None
         self._submitted = 0
         self._starting: threading.Thread | None = None  # start_processes_soon() under way
+        self._flusher: tuple[threading.Thread, threading.Event] | None = None
         # bound the work queued ahead so memory stays flat on huge trees
         self._slots = threading.BoundedSemaphore(self.workers * 4)
 
@@ -155,6 +156,26 @@ class Ingester:
         self._starting = threading.Thread(target=self.start_processes, args=(count,),
                                           name="pycvmfs-ingest-start", daemon=True)
         self._starting.start()
+
+    def sync_in_background(self, flush: Callable[[], None], every: float = 1.0) -> None:
+        """Call ``flush`` (a ``syncfs`` of the storage) every ``every`` seconds until
+        :meth:`close`: the disk takes what the workers stored while they go on, so the flush
+        that must come before the manifest finds little left to write. A failing flush stops
+        the loop quietly; the one before the manifest reports."""
+        if self._flusher is not None:
+            return
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                try:
+                    flush()
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=loop, name="pycvmfs-ingest-flush", daemon=True)
+        self._flusher = (thread, stop)
+        thread.start()
 
     def _await_start(self) -> None:
         starting, self._starting = self._starting, None
@@ -277,6 +298,11 @@ class Ingester:
 
     def close(self) -> None:
         self._await_start()
+        if self._flusher is not None:
+            thread, stop = self._flusher
+            stop.set()
+            thread.join()
+            self._flusher = None
         self.flush()
         for p in self._procs:
             p.shutdown(wait=True)

@@ -20,6 +20,8 @@ from pycvmfs.publish.rows import (
     special_row,
     symlink_row,
 )
+from pycvmfs.publish.signing import sync_storage
+from pycvmfs.storage.local import LocalStorage
 
 if TYPE_CHECKING:
     from pycvmfs.publish.transaction import Transaction
@@ -92,13 +94,22 @@ class _Syncer:
             local, repo, known, seen = stack.pop()
             stack.extend(reversed(self._sync_dir(local, repo, known, seen)))
             if self.processes_after is not None and len(self.files) > self.processes_after:
-                self.txn.ingester.start_processes_soon()
-                self.processes_after = None
+                self._go_big()
             if progress is not None:
                 progress("scanning", len(self.files), None)
         if progress is not None:
             progress("scanning", len(self.files), len(self.files))
         self._ingest()
+
+    def _go_big(self) -> None:
+        """A big change set: start the worker processes, and let the disk write what they
+        store as they go (no long flush before the manifest)."""
+        self.processes_after = None
+        ingester = self.txn.ingester
+        ingester.start_processes_soon()
+        store = self.txn.pub.store
+        if isinstance(store, LocalStorage):
+            ingester.sync_in_background(lambda: sync_storage(store))
 
     def _ingest(self) -> None:
         """Announce the bytes of every changed file, then hand them to the ingester, the
