@@ -84,6 +84,9 @@ class _Pending:
     meta: Meta
     content: Future[Ingested]
     hardlink: tuple[bytes, int] | None = None  # (key of its group, members in its directory)
+    #: the path had no entry when the file was added (nothing but this transaction's own
+    #: pending entry can appear there meanwhile; a batched insert would refuse one anyway)
+    absent: bool = False
 
 
 class Transaction:
@@ -299,7 +302,7 @@ class Transaction:
             self.remove(p)
             old = None
         self._ensure_parents(p)
-        self._pending[p] = _Pending(meta, content, hardlink)
+        self._pending[p] = _Pending(meta, content, hardlink, absent=old is None)
         self._touched(p)
 
     def remove(self, path: str | bytes, *, missing_ok: bool = False) -> None:
@@ -402,7 +405,7 @@ class Transaction:
                 links = pend.hardlink[1]
             row = file_row(p, pend.meta, content, hardlink_group=group, linkcount=links)
             chunks = list(content.chunks) if content.chunks else None
-            old = self.tree.lookup(p)
+            old = None if pend.absent else self.tree.lookup(p)
             if old is None:
                 self.summary.entries_added += 1
                 new.append((p, row, chunks))
