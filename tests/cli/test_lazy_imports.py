@@ -77,6 +77,17 @@ def test_a_verb_runs_after_its_module_is_imported_on_demand():
     assert res.exit_code == 0 and "--trunk-only" in res.output
     res = CliRunner().invoke(cli, ["no-such-verb"])
     assert res.exit_code == 2 and "No such command 'no-such-verb'" in res.output
+    res = CliRunner().invoke(cli, ["snapshoot"])  # the suggestions of an eager group
+    assert res.exit_code == 2 and "Did you mean 'snapshot'?" in res.output
+
+
+def test_the_package_names_stay_functions_after_the_submodule_is_imported():
+    import pycvmfs.replica
+    import pycvmfs.replica.snapshot  # (would set the package attribute of that name)
+    from pycvmfs.replica import ReplicaConfig, snapshot, snapshot_replica
+
+    assert callable(snapshot) and callable(snapshot_replica) and isinstance(ReplicaConfig, type)
+    assert pycvmfs.replica.snapshot is snapshot and snapshot.__module__.endswith(".snapshot")
 
 
 def test_version_imports_no_verb_and_nothing_heavy():

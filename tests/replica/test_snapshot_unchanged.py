@@ -120,6 +120,60 @@ def test_an_expired_whitelist_is_refused_as_before(replica: Replica, no_verified
     assert no_verified_path == [1]
 
 
+def _expiry(replica: Replica) -> dt.datetime:
+    seconds = json.loads((replica.state / RECORD).read_text())["whitelist_expires"]
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+@pytest.mark.parametrize("aware", [True, False], ids=["aware", "naive-utc"])
+def test_the_noop_ends_exactly_at_the_whitelist_expiry(replica: Replica, no_verified_path,
+                                                        aware: bool):
+    expires = _expiry(replica)
+    if not aware:  # a naive clock reading is UTC
+        expires = expires.replace(tzinfo=None)
+    assert not replica.snapshot(now=lambda: expires - dt.timedelta(seconds=1)).changed
+    assert no_verified_path == []
+    with pytest.raises(WhitelistError, match="expired"):
+        replica.snapshot(now=lambda: expires)
+    assert no_verified_path == [1]
+
+
+def test_a_whitelist_expiring_during_the_fetches_goes_the_verified_way(replica: Replica,
+                                                                       no_verified_path):
+    expires = _expiry(replica)
+    readings = iter([expires - dt.timedelta(seconds=5)])  # then the clock passes the expiry
+
+    def clock() -> dt.datetime:
+        return next(readings, expires + dt.timedelta(seconds=1))
+
+    with pytest.raises(WhitelistError, match="expired"):
+        replica.snapshot(now=clock)
+    assert no_verified_path == [1]
+
+
+@pytest.mark.parametrize("field", ["fqrn", "whitelist_expires"])
+def test_a_record_of_another_repository_or_a_forged_expiry_is_not_used(
+        replica: Replica, no_verified_path, field: str):
+    path = replica.state / RECORD
+    record = json.loads(path.read_text())
+    forged = "other.example.org" if field == "fqrn" else float("inf")
+    path.write_text(json.dumps({**record, field: forged}))
+    replica.snapshot()
+    assert no_verified_path == [1]
+
+
+def test_an_older_valid_manifest_on_the_replica_goes_the_verified_way(replica: Replica,
+                                                                      no_verified_path):
+    older = {n: (replica.dest / n).read_bytes() for n in (".cvmfspublished", ".cvmfswhitelist")}
+    with replica.source_repo.transaction() as txn:
+        txn.add_file("/newer.txt", b"newer\n")
+    assert replica.snapshot().changed and no_verified_path == [1]
+    for name, data in older.items():  # the replica rolled back to a signed older state
+        (replica.dest / name).write_bytes(data)
+    assert replica.snapshot().changed and no_verified_path == [1, 1]
+    assert replica.serves(".cvmfspublished")
+
+
 def test_a_replica_changed_behind_its_back_goes_the_verified_way(replica: Replica,
                                                                  no_verified_path):
     (replica.dest / ".cvmfspublished").write_bytes(b"garbage\n")

@@ -63,6 +63,15 @@ class LazyCvmfsGroup(CvmfsGroup):
             self.load_module(self.lazy_verbs[cmd_name])
         return self.commands.get(cmd_name)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        """As click's, but an unknown verb first loads every verb module, so that the error
+        offers the same "Did you mean" suggestions as an eager group (the error path only)."""
+        name = click.utils.make_str(args[0])
+        if self.get_command(ctx, name) is None and not ctx.resilient_parsing:
+            for module in sorted(set(self.lazy_verbs.values())):
+                self.load_module(module)
+        return super().resolve_command(ctx, args)
+
     def load_module(self, module: str) -> None:
         """Import ``module`` and let it register its commands (once)."""
         if module in self._registered:

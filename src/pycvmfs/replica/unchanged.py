@@ -23,6 +23,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -119,7 +120,7 @@ def unchanged_report(source: Source, dest: ObjectStore, fqrn: str, keys: str | N
         revision, root_hash = int(record["revision"]), str(record["root_hash"])
     except (KeyError, TypeError, ValueError):
         return None
-    if _now_seconds(now) >= expires:
+    if not math.isfinite(expires) or _now_seconds(now) >= expires:
         return None  # the verified path reports the expired whitelist
     where = source.describe("") or "repository"
     manifest = fetch_bytes(source, MANIFEST, what=f"{MANIFEST} of {where}".rstrip("/"),
@@ -133,6 +134,8 @@ def unchanged_report(source: Source, dest: ObjectStore, fqrn: str, keys: str | N
     if (read_file(dest, MANIFEST) != manifest or read_file(dest, WHITELIST) != whitelist
             or not dest.exists(LAST_SNAPSHOT)):
         return None
+    if _now_seconds(now) >= expires:
+        return None  # it expired while the files were fetched
     mark_done(dest)
     return SnapshotReport(fqrn, source.describe(), dest.describe(), revision, root_hash,
                           revision, changed=False)
