@@ -14,9 +14,10 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pycvmfs.errors import IngestError
 from pycvmfs.format.catalog import Chunk
@@ -24,6 +25,9 @@ from pycvmfs.format.chunking import Chunker, ChunkingParams
 from pycvmfs.format.compression import Compression, compress
 from pycvmfs.format.hashes import Algorithm, ContentHash, ObjectKind
 from pycvmfs.storage.local import FILE_MODE, LocalStorage, _umask
+
+if TYPE_CHECKING:  # worker processes are imported when they start (a small publish: never)
+    from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["IngestError", "IngestStats", "Ingested", "Ingester", "Scanned", "scanned"]
 
@@ -193,6 +197,7 @@ class Ingester:
         if n < 2 or self._procs:
             return
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         ctx = multiprocessing.get_context("forkserver")
         args = (self._root, self.algorithm.value, self.compression.value,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -40,10 +40,21 @@ class RepositoryKeys:
     moved between pycvmfs and ``cvmfs_server`` (``import``).
     """
 
-    master: rsa.RSAPrivateKey | None  # None when the master key is kept offline
+    _master: rsa.RSAPrivateKey | None  # None when the master key is kept offline
     master_public_pem: bytes
     repo_key: rsa.RSAPrivateKey
     certificate: Certificate
+    #: the master key file, read when :attr:`master` is first needed (signing a whitelist:
+    #: most publishes never do; parsing an RSA key costs tens of milliseconds)
+    _master_file: Path | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def master(self) -> rsa.RSAPrivateKey | None:
+        """The master key (``None``: kept offline, its file absent)."""
+        path, self._master_file = self._master_file, None
+        if path is not None and path.is_file():
+            self._master = load_private_key(path)
+        return self._master
 
     @classmethod
     def generate(cls, fqrn: str, *, days: int = 365) -> RepositoryKeys:
@@ -80,15 +91,15 @@ class RepositoryKeys:
         for s in ("pub", "key", "crt") if repository_key else ("pub",):
             if not p[s].is_file():
                 raise ConfigError(f"missing key file {p[s]}" + _rotate_hint(s, fqrn))
-        master = load_private_key(p["masterkey"]) if p["masterkey"].is_file() else None
         if not repository_key:
+            master = load_private_key(p["masterkey"]) if p["masterkey"].is_file() else None
             return cls(master, p["pub"].read_bytes(), *_new_pair(fqrn, 365))
         try:
             cert = Certificate.from_pem(p["crt"].read_bytes(), what=str(p["crt"]))
             repo_key = load_private_key(p["key"])
         except (OSError, CvmfsError) as e:
             raise ConfigError(f"{e}{_rotate_hint('key', fqrn)}") from None
-        return cls(master, p["pub"].read_bytes(), repo_key, cert)
+        return cls(None, p["pub"].read_bytes(), repo_key, cert, p["masterkey"])
 
     def check_pair(self, keys_dir: Path, fqrn: str) -> None:
         """Refuse a repository key that does not belong to the certificate (a manifest signed

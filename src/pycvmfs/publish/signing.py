@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import time
@@ -54,6 +53,8 @@ def store_object(store: ObjectStore, data: bytes, kind: ObjectKind, algorithm: A
 
 def sync_storage(store: LocalStorage) -> None:
     """Flush the storage's file system before the manifest switch (one ``syncfs``)."""
+    import ctypes  # here: most commands never sync
+
     fd = os.open(store.root, os.O_RDONLY)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
