@@ -551,30 +551,43 @@ group(sys.argv[1:], prog_name="pycvmfs")
 """
 
 
+class ServeCommand:
+    """``pycvmfs serve`` in a child process, started until its ready line; ``stop()`` sends
+    SIGINT and returns its stderr, the process is killed if it is still there at the end."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, "serve", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        assert ready, "the serve command printed nothing"
+        self.line = self.proc.stdout.readline()
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.communicate(timeout=30)[1]
+
+    def __enter__(self) -> ServeCommand:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_command_serves_until_sigint_and_exits_0(golden_repo, tmp_path, workers, http):
     log = tmp_path / "access.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE_SCRIPT, "serve", str(golden_repo), "--port", "0",
-         "--access-log", str(log), "--workers", str(workers)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        assert ready, "the serve command printed nothing"
-        line = proc.stdout.readline()
-        m = re.match(rf"(http://127\.0\.0\.1:\d+/cvmfs/{re.escape(FQRN)})  \(", line)
-        assert m, line
+    with ServeCommand(str(golden_repo), "--port", "0", "--access-log", str(log),
+                      "--workers", str(workers)) as serve:
+        m = re.match(rf"(http://127\.0\.0\.1:\d+/cvmfs/{re.escape(FQRN)})  \(", serve.line)
+        assert m, serve.line
         for _ in range(4):
             r = http.request("GET", m[1] + "/.cvmfspublished")
             assert r.status == 200
             assert r.data == (golden_repo / ".cvmfspublished").read_bytes()
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+        err = serve.stop()
+    assert serve.proc.returncode == 0, err
     assert "Traceback" not in err
     assert len(log.read_text().splitlines()) == 4  # flushed at shutdown
 
@@ -592,19 +605,8 @@ def test_a_stop_right_after_the_ready_line_ends_the_server_cleanly(golden_repo, 
     """SIGINT the moment the command says it listens, while its workers are still starting:
     the stop waits for their handlers instead of killing them (exit 0, no traceback)."""
     for _ in range(3):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SERVE_SCRIPT, "serve", str(golden_repo), "--port", "0",
-             "--workers", str(workers)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            ready, _, _ = select.select([proc.stdout], [], [], 30)
-            assert ready, "the serve command printed nothing"
-            assert proc.stdout.readline().startswith("http://127.0.0.1:")
-            proc.send_signal(signal.SIGINT)
-            _out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == 0, err
+        with ServeCommand(str(golden_repo), "--port", "0", "--workers", str(workers)) as serve:
+            assert serve.line.startswith("http://127.0.0.1:")
+            err = serve.stop()
+        assert serve.proc.returncode == 0, err
         assert "Traceback" not in err and "exited with" not in err
