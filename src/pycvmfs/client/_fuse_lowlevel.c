@@ -161,8 +161,22 @@ static void objects_grow(ObjectTable *t)
     t->nbuckets = n;
 }
 
-/* ino names the object at ``path`` (of ``size`` bytes) from now on; a failure to remember
- * only means open() asks Python. */
+/* Remove ``ino``'s entry from bucket ``b``, if any; with the table's lock held. */
+static void objects_unlink(ObjectTable *t, size_t b, unsigned long long ino)
+{
+    for (ObjectEntry **at = &t->buckets[b]; *at != NULL; at = &(*at)->next) {
+        if ((*at)->ino == ino) {
+            ObjectEntry *gone = *at;
+            *at = gone->next;
+            free(gone);
+            t->count--;
+            return;
+        }
+    }
+}
+
+/* ino names the object at ``path`` (of ``size`` bytes) from now on, replacing what it named
+ * before; a failure to remember only means open() asks Python. */
 static void objects_put(ObjectTable *t, unsigned long long ino, const char *path, size_t len,
                         long long size)
 {
@@ -177,11 +191,15 @@ static void objects_put(ObjectTable *t, unsigned long long ino, const char *path
     }
     size_t b = object_bucket(t, ino);
     for (ObjectEntry *e = t->buckets[b]; e != NULL; e = e->next) {
-        if (e->ino == ino) { /* (an inode's object never changes: nothing to update) */
-            pthread_mutex_unlock(&t->lock);
-            return;
+        if (e->ino == ino) {
+            if (e->size == size && strlen(e->path) == len && memcmp(e->path, path, len) == 0) {
+                pthread_mutex_unlock(&t->lock); /* the usual case: known already */
+                return;
+            }
+            break;
         }
     }
+    objects_unlink(t, b, ino); /* (an old name is never kept, even if malloc fails) */
     ObjectEntry *e = malloc(sizeof *e + len + 1);
     if (e != NULL) {
         e->ino = ino;
@@ -216,18 +234,8 @@ static long long objects_get(ObjectTable *t, unsigned long long ino, char *out)
 static void objects_drop(ObjectTable *t, unsigned long long ino)
 {
     pthread_mutex_lock(&t->lock);
-    if (t->nbuckets) {
-        ObjectEntry **at = &t->buckets[object_bucket(t, ino)];
-        for (; *at != NULL; at = &(*at)->next) {
-            if ((*at)->ino == ino) {
-                ObjectEntry *gone = *at;
-                *at = gone->next;
-                free(gone);
-                t->count--;
-                break;
-            }
-        }
-    }
+    if (t->nbuckets)
+        objects_unlink(t, object_bucket(t, ino), ino);
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -350,6 +358,8 @@ static void note_object(Session *s, PyObject *t, const struct stat *st)
     PyObject *path = PyTuple_GET_ITEM(t, 10);
     if (!PyBytes_Check(path) || !S_ISREG(st->st_mode) || st->st_ino == 0)
         return;
+    if (memchr(PyBytes_AS_STRING(path), '\0', (size_t)PyBytes_GET_SIZE(path)) != NULL)
+        return; /* not a path (and objects_get copies up to the first NUL) */
     objects_put(&s->objects, (unsigned long long)st->st_ino, PyBytes_AS_STRING(path),
                 (size_t)PyBytes_GET_SIZE(path), (long long)st->st_size);
 }
@@ -504,6 +514,16 @@ static void chunk_done(Session *s, FileHandle *h, long long index)
     Py_XDECREF(r);
 }
 
+/* ops.release(obj) (the handle ops.open returned); with the interpreter lock held. */
+static void release_object(Session *s, PyObject *obj)
+{
+    COUNT(s, C_RELEASE_PY);
+    PyObject *r = call(s, M_RELEASE, "(O)", obj);
+    if (r == NULL)
+        take_errno(s->methods[M_RELEASE]);
+    Py_XDECREF(r);
+}
+
 /* Close what an open file holds; with the interpreter lock held. */
 static void release_handle(Session *s, FileHandle *h)
 {
@@ -516,11 +536,7 @@ static void release_handle(Session *s, FileHandle *h)
         }
     }
     if (h->obj != NULL) {
-        COUNT(s, C_RELEASE_PY);
-        PyObject *r = call(s, M_RELEASE, "(O)", h->obj);
-        if (r == NULL)
-            take_errno(s->methods[M_RELEASE]);
-        Py_XDECREF(r);
+        release_object(s, h->obj);
         Py_DECREF(h->obj);
     }
     pthread_mutex_destroy(&h->lock);
@@ -536,7 +552,9 @@ static int open_known_object(Session *s, fuse_ino_t ino)
     long long size = objects_get(&s->objects, (unsigned long long)ino, path);
     if (size < 0)
         return -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* no symlink followed, no FIFO or device waited on: only a regular file is served (on
+     * a regular file O_NONBLOCK changes nothing) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return -1; /* not downloaded yet (or evicted by another process): Python fetches it */
     struct stat st;
@@ -601,7 +619,7 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         TAKE_GIL();
         PyObject *r = call(s, M_OPEN, "(Ki)", (unsigned long long)ino, fi->flags);
         int fd = -1;
-        PyObject *obj = NULL;
+        PyObject *obj = NULL; /* a reference of ours once ops.open returned */
         if (r != NULL && !(PyTuple_Check(r) && (PyTuple_GET_SIZE(r) == 2
                                                 || PyTuple_GET_SIZE(r) == 3))) {
             Py_CLEAR(r);
@@ -609,6 +627,7 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         }
         if (r != NULL) {
             obj = PyTuple_GET_ITEM(r, 0);
+            Py_INCREF(obj);
             fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(r, 1));
             if (fd == -1 && PyErr_Occurred())
                 Py_CLEAR(r);
@@ -626,10 +645,14 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
             err = take_errno(s->methods[M_OPEN]);
             if (fd >= 0)
                 close(fd);
+            if (obj != NULL && obj != Py_None) /* ops.open succeeded: undo what it took */
+                release_object(s, obj);
+            Py_XDECREF(obj);
         } else {
             h->fd = fd;
-            h->obj = obj == Py_None ? NULL : obj;
-            Py_XINCREF(h->obj);
+            if (obj == Py_None)
+                Py_CLEAR(obj);
+            h->obj = obj; /* (our reference) */
         }
         Py_XDECREF(r);
         DROP_GIL();
