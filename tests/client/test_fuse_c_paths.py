@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,43 @@ def test_chunk_pins_are_released_with_a_quota(golden_http, golden_keys, golden_e
         subprocess.run([*CLI, "umount", str(mp)], check=False)
     assert eventually(lambda: not pid_alive(pid), 15)  # umount may return before the process ends
     assert _pinned(cache, env) == 0
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_a_symlink_or_fifo_at_a_cached_object_is_never_served(golden_mount, golden_expected,
+                                                              tmp_path, plant):
+    """What another process plants under a verified object's name is refused by the C open
+    and by Python's (no link followed, no FIFO waited on): never a hang, never the link
+    target."""
+    mp, cache = golden_mount
+    rel = "text/hello.txt"
+    good = (mp / rel).read_bytes()
+    obj = _object_file(cache, _file(golden_expected, rel)["cvmfs_hash"])
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"X" * len(good))  # the right size
+    obj.unlink()
+    if plant == "symlink":
+        obj.symlink_to(decoy)
+    else:
+        os.mkfifo(obj)
+    outcome: list[bytes | OSError] = []
+
+    def read() -> None:
+        try:
+            fd = os.open(mp / rel, os.O_RDONLY | os.O_DIRECT)
+            try:
+                outcome.append(os.read(fd, 1 << 20))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(20)
+    assert not reader.is_alive(), "the open hangs"
+    got = outcome[0]
+    if plant == "symlink":  # a cached name that is a link: refused
+        assert isinstance(got, OSError) and got.errno == errno.EIO, got
+    else:  # not a cached regular file: downloaded (and verified) again in its place
+        assert got == good

@@ -68,7 +68,7 @@ class FetchProcess:
         self._remember = remember
         self._lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
-        self._kinds: dict[str, ObjectKind] = {}  # of the objects in flight
+        self._kinds: dict[str, ObjectKind] = {}  # of the objects in flight, until hurried
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._closed = False
         self.stats = {"submitted": 0, "fetched": 0, "failed": 0}
@@ -128,11 +128,12 @@ class FetchProcess:
 
     def waiter(self, h: ContentHash) -> threading.Event | None:
         """The event set when the child is done with ``h`` (None: it is not fetching it). A
-        caller is about to wait for it: the child is told to fetch it next."""
+        caller is about to wait for it: the child is told to fetch it next (once per request:
+        other waiters of the same object add nothing)."""
         key = str(h)
         with self._lock:
             event = self._inflight.get(key)
-            kind = self._kinds.get(key)
+            kind = self._kinds.pop(key, None)  # (the kind is only kept until the hurry)
             if event is not None and kind is not None and not self._closed:
                 with contextlib.suppress(OSError, ValueError):
                     self._stdin.write(f"hurry {key}{kind.suffix}\n".encode())

@@ -6,6 +6,7 @@ import bisect
 import io
 import logging
 import os
+import stat
 import threading
 from array import array
 from collections import OrderedDict
@@ -35,6 +36,9 @@ ReadAhead = Callable[[ContentHash, ObjectKind, Compression, int | None], object]
 #: sequential reads of a chunked file keep this many bytes of chunks downloading ahead
 READAHEAD_BYTES = 32 << 20
 READAHEAD_CHUNKS = 4
+#: how a cached object is opened to be served: no symlink followed, no FIFO or device
+#: waited on (the caller then refuses what is not a regular file)
+OBJECT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 
 
 class WouldBlock(Exception):
@@ -357,7 +361,7 @@ class RepoFile(io.RawIOBase):
     def chunk_offsets(self) -> bytes | None:
         """Each chunk's start and then the file size, as native 64-bit integers (what the
         FUSE session reads a chunked file by); None for a file of one object."""
-        if self._chunks is None:
+        if not self._chunks:  # (an empty chunked file has no chunk: read as one object)
             return None
         return array("q", [*self._starts, self._size]).tobytes()
 
@@ -376,9 +380,10 @@ class RepoFile(io.RawIOBase):
         self._last_chunk = i
         path = self._fetch(c.hash, ObjectKind.PARTIAL, c.size)  # verified (and pinned)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, OBJECT_OPEN_FLAGS)
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                size = st.st_size if stat.S_ISREG(st.st_mode) else -1
                 if size != c.size:
                     raise CvmfsError(f"{self.name}: cached chunk {c.hash} has {size} bytes, "
                                      f"the catalog says {c.size}")

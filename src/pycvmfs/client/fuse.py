@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 from pycvmfs import __version__
 from pycvmfs.client import _fuse_lowlevel
 from pycvmfs.client.fetcher import FetchProcess
-from pycvmfs.client.files import Prefetcher, RepoFile
+from pycvmfs.client.files import OBJECT_OPEN_FLAGS, Prefetcher, RepoFile
 from pycvmfs.client.repository import Repository
 from pycvmfs.client.stat import IdMap, Ownership, Stat
 from pycvmfs.client.view import RevisionView
@@ -660,9 +661,10 @@ class CvmfsFilesystem:
         e = s.entry
         where = view.fetch_file_object(e)
         try:
-            fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(where, OBJECT_OPEN_FLAGS)
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                size = st.st_size if stat.S_ISREG(st.st_mode) else -1
                 if size != e.size:
                     raise CvmfsError(f"{s.path}: cached object {e.hash} has {size} bytes, the "
                                      f"catalog says {e.size}")
@@ -819,9 +821,11 @@ class CvmfsFilesystem:
         last = listing.last_opened
         # the next file of the listing (directories and links in between are not opened, and
         # files in the cache were opened by the C session without coming here)
+        # (a scan starting again at the first file is sequential, whatever came before)
         start = last + 1 if last >= 0 else listing.first_file
-        sequential = 0 <= start <= i and (i - start <= SEQUENTIAL_GAP) and all(
-            not entries[k].is_file or self._opened_in_c(entries[k]) for k in range(start, i))
+        sequential = i == listing.first_file or (
+            0 <= start <= i and (i - start <= SEQUENTIAL_GAP) and all(
+                not entries[k].is_file or self._opened_in_c(entries[k]) for k in range(start, i)))
         listing.last_opened = i
         if not sequential:
             return
