@@ -4,9 +4,15 @@ are handed to the transfer engine at once."""
 
 from __future__ import annotations
 
-from pycvmfs.client.fetcher import _Queue
+import os
+import socket
+import threading
+
+from pycvmfs.client.cache import ObjectCache
+from pycvmfs.client.fetcher import _Queue, _serve
 from pycvmfs.format.compression import Compression
 from pycvmfs.format.hashes import ContentHash, ObjectKind
+from pycvmfs.storage.http import HttpSource
 
 
 def _request(i: int):
@@ -51,3 +57,38 @@ def test_close_hands_nothing_more_over_and_returns_what_waited():
     assert q.close() == [_request(2), _request(1)]
     q.ended()
     assert started == [_request(0)]
+
+
+def test_the_child_reads_urgent_fields_and_hurries_and_cancels_what_never_started(tmp_path):
+    """``_serve`` through pipes, against a server that never answers: with four transfers
+    (eight handed to the engine) the requests after the eighth wait; a line ending in `` u``
+    and a ``hurry`` put theirs first, a bad line is skipped, and when the mount's pipe closes
+    the waiting ones are answered ``fail <name> cancelled`` (urgent first), the started ones
+    fail by the server's silence."""
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/repo"
+        settings = {"source": HttpSource([url], timeout=2.0).settings(),
+                    "cache": str(tmp_path / "cache"), "quota": None, "quota_on": False,
+                    "parallel": 4}
+        ObjectCache(tmp_path / "cache")
+        requests_r, requests_w = os.pipe()
+        answers_r, answers_w = os.pipe()
+        with open(requests_r, "rb") as requests, open(answers_w, "wb") as answers:
+            child = threading.Thread(target=_serve, args=(settings, requests, answers))
+            child.start()
+            with open(requests_w, "wb") as mount:
+                lines = [f"{_name(i)} {Compression.ZLIB.value} -1\n" for i in range(11)]
+                lines += [f"{_name(20)}P {Compression.ZLIB.value} 100 u\n",  # a chunk, urgent
+                          "not an object\n", f"hurry {_name(9)}\n"]
+                mount.write("".join(lines).encode())
+            child.join(60)
+            assert not child.is_alive()
+        with open(answers_r, "rb") as got:
+            answers_seen = [line.split(" ", 2) for line in got.read().decode().splitlines()]
+    assert all(verdict == "fail" for verdict, _name_, _reason in answers_seen)
+    cancelled = [name for _v, name, reason in answers_seen if reason == "cancelled"]
+    failed = sorted(name for _v, name, reason in answers_seen if reason != "cancelled")
+    assert cancelled == [_name(20), _name(9), _name(8), _name(10)]  # urgent, hurried, in order
+    assert failed == [_name(i) for i in range(8)]  # started: the silent server timed out

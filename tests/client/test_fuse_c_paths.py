@@ -194,3 +194,46 @@ def test_a_symlink_or_fifo_at_a_cached_object_is_never_served(golden_mount, gold
         assert isinstance(got, OSError) and got.errno == errno.EIO, got
     else:  # not a cached regular file: downloaded (and verified) again in its place
         assert got == good
+
+
+def test_chunk_reads_on_boundaries_spanning_chunks_and_concurrent(golden_mount, golden_expected):
+    """Reads (O_DIRECT: each one asked of the session) that start or end exactly on a chunk
+    boundary, one chunk exactly, one spanning three chunks, and reads of many chunks at once
+    from several threads through one descriptor (more chunks than the descriptors a file
+    keeps, so kept ones are closed and asked for again)."""
+    mp, _cache = golden_mount
+    rel = "bin/blob-1m.bin"
+    chunks = _file(golden_expected, rel)["chunk_list"]
+    data = (mp / rel).read_bytes()
+    before = _requests(mp)
+    fd = os.open(mp / rel, os.O_RDONLY | os.O_DIRECT)
+    try:
+        for c in chunks[1:]:
+            start, size = c["offset"], c["size"]
+            assert os.pread(fd, 4096, start) == data[start:start + 4096]  # starts on one
+            assert os.pread(fd, 4096, start - 4096) == data[start - 4096:start]  # ends on one
+            assert os.pread(fd, size, start) == data[start:start + size]  # exactly one chunk
+        small = min(range(1, len(chunks) - 1), key=lambda i: chunks[i]["size"])
+        start = chunks[small]["offset"] - 1000
+        size = chunks[small]["size"] + 2000  # the end of one, all of the next, the start of one
+        assert os.pread(fd, size, start) == data[start:start + size]
+        errors: list[str] = []
+
+        def reader(k: int) -> None:
+            for j in range(len(chunks)):
+                c = chunks[(j * 3 + k) % len(chunks)]  # each thread in its own order
+                start, size = c["offset"] + 100, min(8192, c["size"])
+                if os.pread(fd, size, start) != data[start:start + size]:
+                    errors.append(f"thread {k} chunk at {c['offset']}")
+
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+    finally:
+        os.close(fd)
+    after = _requests(mp)
+    assert after["read_python"] == before["read_python"]
+    assert after["chunk_python"] - before["chunk_python"] > len(chunks)  # slots were reused
