@@ -41,6 +41,23 @@ READAHEAD_CHUNKS = 4
 OBJECT_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 
 
+def open_cached_object(path: str | os.PathLike, size: int, what: str) -> int:
+    """A descriptor of the verified cached object at ``path`` (opened with
+    :data:`OBJECT_OPEN_FLAGS`: never through a link, never blocking on a planted FIFO), after
+    checking it is a regular file of the ``size`` the catalog records; ``what`` names it in
+    the error."""
+    fd = os.open(path, OBJECT_OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        have = st.st_size if stat.S_ISREG(st.st_mode) else -1
+        if have != size:
+            raise CvmfsError(f"{what} has {have} bytes, the catalog says {size}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class WouldBlock(Exception):
     """Raised by :meth:`RepoFile.pread_nowait` when the bytes are not in the cache yet."""
 
@@ -380,21 +397,11 @@ class RepoFile(io.RawIOBase):
         self._last_chunk = i
         path = self._fetch(c.hash, ObjectKind.PARTIAL, c.size)  # verified (and pinned)
         try:
-            fd = os.open(path, OBJECT_OPEN_FLAGS)
-            try:
-                st = os.fstat(fd)
-                size = st.st_size if stat.S_ISREG(st.st_mode) else -1
-                if size != c.size:
-                    raise CvmfsError(f"{self.name}: cached chunk {c.hash} has {size} bytes, "
-                                     f"the catalog says {c.size}")
-            except BaseException:
-                os.close(fd)
-                raise
+            return open_cached_object(path, c.size, f"{self.name}: cached chunk {c.hash}")
         except BaseException:
             if self._unpin is not None:
                 self._unpin(c.hash)
             raise
-        return fd
 
     def close_chunk(self, i: int) -> None:
         """The descriptor of chunk ``i`` handed out by :meth:`open_chunk` was closed."""

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from pycvmfs import __version__
 from pycvmfs.client import _fuse_lowlevel
 from pycvmfs.client.fetcher import FetchProcess
-from pycvmfs.client.files import OBJECT_OPEN_FLAGS, Prefetcher, RepoFile
+from pycvmfs.client.files import Prefetcher, RepoFile, open_cached_object
 from pycvmfs.client.repository import Repository
 from pycvmfs.client.stat import IdMap, Ownership, Stat
 from pycvmfs.client.view import RevisionView
@@ -661,16 +660,7 @@ class CvmfsFilesystem:
         e = s.entry
         where = view.fetch_file_object(e)
         try:
-            fd = os.open(where, OBJECT_OPEN_FLAGS)
-            try:
-                st = os.fstat(fd)
-                size = st.st_size if stat.S_ISREG(st.st_mode) else -1
-                if size != e.size:
-                    raise CvmfsError(f"{s.path}: cached object {e.hash} has {size} bytes, the "
-                                     f"catalog says {e.size}")
-            except BaseException:
-                os.close(fd)
-                raise
+            fd = open_cached_object(where, e.size, f"{s.path}: cached object {e.hash}")
         except BaseException:
             view.release_file_object(e)
             raise
