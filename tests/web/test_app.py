@@ -130,43 +130,37 @@ def test_openapi_describes_every_api_path(portal):
     assert "404" in ok
 
 
-def _tamper_object(pub, tmp_path, candidates: list[str]) -> str:
+def _forge(pub, tmp_path, candidates: list[str], change) -> str:
     """Replace the stored object of the first non-empty file of ``candidates`` by a
-    well-formed object of other bytes; returns that file's path."""
-    reader = pub.open_reader(tmp_path / "tamper-log-rc")
+    well-formed object of the bytes ``change(old bytes)`` returns; that file's path."""
+    reader = pub.open_reader(tmp_path / "tamper-rc")
     try:
         with reader.open_revision() as view:
             rel, entry = next((r, e) for r in candidates if (e := view.lstat(r).entry).size)
     finally:
         reader.close()
     obj = pub.config.storage / entry.hash.object_path()
-    obj.write_bytes(zlib.compress(zlib.decompress(obj.read_bytes()) + b"forged line\n"))
+    data = zlib.decompress(obj.read_bytes())
+    forged = change(data)
+    assert forged != data
+    obj.write_bytes(zlib.compress(forged))
     return rel
 
 
-def _tamper_summary(pub, tmp_path, rel: str) -> None:
-    """Replace the stored object of file ``rel`` by a well-formed object of other content."""
-    reader = pub.open_reader(tmp_path / "tamper-rc")
-    try:
-        with reader.open_revision() as view:
-            h = view.lstat(rel).entry.hash
-    finally:
-        reader.close()
-    obj = pub.config.storage / h.object_path()
-    data = zlib.decompress(obj.read_bytes())
-    forged = data.replace(b'"version": "1.0"', b'"version": "6.6"')
-    assert forged != data
-    obj.write_bytes(zlib.compress(forged))
-
-
-def test_refresh_picks_up_a_new_revision_and_a_tampered_one_is_refused(tmp_path, published):
+def _fresh_portal(tmp_path, published, work: str):
+    """A repository of its own with LCG_900, its index and a portal on it (no refresh
+    thread): (publisher, stack settings, index, portal)."""
     pub = new_repository(tmp_path / "repo", FQRN, ServerSettings())
-    settings = published.settings("n2")
+    settings = published.settings(work)
     publish_release(pub, tiny_stack(tmp_path / "900", repository=FQRN), settings)
     src = RepoSource(str(pub.config.storage), (str(pub.config.key_path("pub")),), FQRN)
     index = WebIndex(tmp_path / "web.sqlite", [src])
     index.refresh()
-    portal = PortalServer(index, refresh_interval=None)
+    return pub, settings, index, PortalServer(index, refresh_interval=None)
+
+
+def test_refresh_picks_up_a_new_revision_and_a_tampered_one_is_refused(tmp_path, published):
+    pub, settings, index, portal = _fresh_portal(tmp_path, published, "n2")
     try:
         assert [r["name"] for r in get(portal, "/api/releases").json()["releases"]] == \
             ["LCG_900"]
@@ -177,7 +171,8 @@ def test_refresh_picks_up_a_new_revision_and_a_tampered_one_is_refused(tmp_path,
         good = pub.head().revision
         publish_nightly(pub, tiny_stack(tmp_path / "mon", slot="dev4", repository=FQRN),
                         settings, day="Mon")
-        _tamper_summary(pub, tmp_path, f"lcg/nightlies/dev4/Mon/LCG_externals_{PLAT}.json")
+        _forge(pub, tmp_path, [f"lcg/nightlies/dev4/Mon/LCG_externals_{PLAT}.json"],
+               lambda data: data.replace(b'"version": "1.0"', b'"version": "6.6"'))
         [outcome] = index.refresh()
         assert outcome["error"] and not outcome["changed"]
         repo = get(portal, "/api/repositories").json()[0]
@@ -194,7 +189,8 @@ def test_refresh_picks_up_a_new_revision_and_a_tampered_one_is_refused(tmp_path,
         table = get(portal, f"/api/releases/LCG_901/{PLAT}").json()
         logs = [p["prefix"].removeprefix(f"/cvmfs/{FQRN}/") + "/logs/build.log"
                 for p in table["packages"]]
-        rel = _tamper_object(pub, tmp_path, logs)  # not read through the portal before
+        rel = _forge(pub, tmp_path, logs,  # a log not read through the portal before
+                     lambda data: data + b"forged line\n")
         r = get(portal, f"/logs/{FQRN}/{rel}", 502)
         assert "refused" in r.text and "build.log" in r.text
         assert "refused" in get(portal, f"/api/logs/{FQRN}/{rel}", 502).json()["detail"]
@@ -270,13 +266,7 @@ def test_the_web_command_serves_a_repository_over_http(tmp_path, published):
 
 
 def test_answers_are_kept_until_the_index_changes(tmp_path, published):
-    pub = new_repository(tmp_path / "repo", FQRN, ServerSettings())
-    settings = published.settings("n3")
-    publish_release(pub, tiny_stack(tmp_path / "900", repository=FQRN), settings)
-    src = RepoSource(str(pub.config.storage), (str(pub.config.key_path("pub")),), FQRN)
-    index = WebIndex(tmp_path / "web.sqlite", [src])
-    index.refresh()
-    portal = PortalServer(index, refresh_interval=None)
+    pub, settings, index, portal = _fresh_portal(tmp_path, published, "n3")
     try:
         first = get(portal, "/api/releases")
         again = get(portal, "/api/releases")
