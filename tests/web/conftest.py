@@ -7,6 +7,7 @@ by ``pycvmfs snapshot`` one revision behind."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import random
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -137,6 +139,20 @@ class PortalServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join()
+
+
+def get(portal: PortalServer | str, path: str, status: int = 200) -> httpx.Response:
+    """GET ``path`` of a portal (or a base URL), asserting the status (the body in the
+    message when it differs)."""
+    base = portal if isinstance(portal, str) else portal.url
+    r = httpx.get(base + path, timeout=60)
+    assert r.status_code == status, (path, r.status_code, r.text[:800])
+    return r
+
+
+def iso(t: int) -> str:
+    """Seconds since the epoch as the API writes dates: ``2026-12-08T06:56:38Z``."""
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @pytest.fixture(scope="session")
@@ -278,10 +294,6 @@ def wait_answering(proc, url: str, path: str):
     """The first answer of ``url + path`` from the ``pycvmfs web`` process ``proc`` (uvicorn
     binds right after it prints that it serves: poll for it); fails if it exits or never
     answers."""
-    import time
-
-    import httpx
-
     for _ in range(600):
         try:
             return httpx.get(f"{url}{path}")

@@ -13,17 +13,11 @@ import pytest
 from pycvmfs.publish.config import ServerSettings
 from pycvmfs.stacks.service import publish_nightly, publish_release
 from pycvmfs.web.index import RepoSource, WebIndex
-from web.conftest import FQRN, PLAT, PortalServer, free_port, second_release, wait_answering
+from web.conftest import FQRN, PLAT, PortalServer, free_port, get, second_release, wait_answering
 
 from helpers.loopback import LoopbackServer
 from helpers.publishing import new_repository
 from helpers.stacks import tiny_stack
-
-
-def get(portal, path: str, status: int = 200) -> httpx.Response:
-    r = httpx.get(portal.url + path)
-    assert r.status_code == status, (path, r.status_code, r.text[:500])
-    return r
 
 
 def test_pages_show_the_indexed_data(portal, published):

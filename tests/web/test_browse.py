@@ -5,7 +5,6 @@ details, revision diffs, errors, and a tampered catalog refused."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import html
 import re
@@ -13,7 +12,6 @@ import shutil
 import sqlite3
 import zlib
 
-import httpx
 import pytest
 
 from pycvmfs.client.repository import open_repository
@@ -21,7 +19,7 @@ from pycvmfs.format.hashes import ContentHash, ObjectKind
 from pycvmfs.publish.config import ServerSettings
 from pycvmfs.web.index import RepoSource, WebIndex
 from pycvmfs.web.repoinfo import revision_diff, revisions, size_history
-from web.conftest import BFQRN, BIG, Browsed, PortalServer
+from web.conftest import BFQRN, BIG, Browsed, PortalServer, get, iso
 
 from helpers.loopback import LoopbackServer
 from helpers.publishing import new_repository
@@ -30,14 +28,8 @@ API = f"/api/repositories/{BFQRN}"
 PAGE = f"/repositories/{BFQRN}"
 
 
-def get(portal: PortalServer, path: str, status: int = 200) -> httpx.Response:
-    r = httpx.get(portal.url + path, timeout=60)
-    assert r.status_code == status, (path, r.status_code, r.text[:800])
-    return r
 
 
-def iso(t: int) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def stored(browsed: Browsed, h: str, kind: ObjectKind) -> bytes:

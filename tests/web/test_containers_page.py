@@ -4,31 +4,18 @@ index of another version is a warning, a tampered one is refused."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import json
 import shutil
 import zlib
 
-import httpx
-
 from pycvmfs.containers import layout
 from pycvmfs.containers.service import list_images
 from pycvmfs.publish.config import ServerSettings
 from pycvmfs.web.index import RepoSource, WebIndex
-from web.conftest import BFQRN, IMAGE_NAME, Browsed, PortalServer
+from web.conftest import BFQRN, IMAGE_NAME, Browsed, PortalServer, get, iso
 
 from helpers.publishing import new_repository
-
-
-def get(portal: PortalServer, path: str, status: int = 200) -> httpx.Response:
-    r = httpx.get(portal.url + path, timeout=60)
-    assert r.status_code == status, (path, r.status_code, r.text[:800])
-    return r
-
-
-def iso(t: int) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_the_ingested_image(browse_portal, browsed: Browsed):

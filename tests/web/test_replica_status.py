@@ -25,6 +25,7 @@ from pycvmfs.publish.config import ServerSettings
 from pycvmfs.publish.repository import Publisher
 from pycvmfs.web.replicas import parse_snapshot_date, prometheus_metrics, replica_status
 from pycvmfs.web.repoinfo import repository_summary
+from web.conftest import iso
 
 from helpers.loopback import LoopbackServer
 from helpers.publishing import new_repository
@@ -33,8 +34,6 @@ FQRN = "mirror.example.org"
 CLI = [sys.executable, "-m", "pycvmfs.cli.main"]
 
 
-def iso(t: int) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

@@ -4,20 +4,18 @@ words and colour, the Prometheus text parsed back, and ``pycvmfs web --replica``
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import re
 import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
 from pycvmfs.cli.web_cmd import assign_replicas
 from pycvmfs.errors import ConfigError
 from pycvmfs.web.index import RepoSource, WebIndex
-from web.conftest import BFQRN, CLI, Browsed, PortalServer, free_port, wait_answering
+from web.conftest import BFQRN, CLI, Browsed, PortalServer, free_port, get, iso, wait_answering
 from web.test_replica_status import parse_exposition
 
 from helpers.loopback import LoopbackServer
@@ -25,15 +23,8 @@ from helpers.loopback import LoopbackServer
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def get(portal: PortalServer | str, path: str, status: int = 200) -> httpx.Response:
-    base = portal if isinstance(portal, str) else portal.url
-    r = httpx.get(base + path, timeout=60)
-    assert r.status_code == status, (path, r.status_code, r.text[:800])
-    return r
 
 
-def iso(t: int) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_a_lagging_and_a_down_stratum_1(browse_portal, browsed: Browsed):

@@ -3,7 +3,6 @@ and undo tags, a nested catalog, a chunked file), read over real loopback HTTP."
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import random
 import re
@@ -27,6 +26,7 @@ from pycvmfs.web.repoinfo import (
     revisions,
     size_history,
 )
+from web.conftest import iso
 
 from helpers.loopback import LoopbackServer
 from helpers.publishing import new_repository
@@ -37,8 +37,6 @@ BIG = random.Random(15).randbytes(700_000)  # four to eleven chunks of 64..256 K
 NEW_REPOSITORY = f"New CernVM-FS repository for {FQRN}\n".encode()
 
 
-def iso(t: int) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

@@ -304,7 +304,7 @@ class RevisionDiff(BaseModel):
 class TreeChild(BaseModel):
     path: str
     name: str
-    type: str
+    type: str = Field(description="file | dir | symlink | fifo | socket | char | block")
     size: int
     mode: int
     mode_octal: str
@@ -320,22 +320,13 @@ class Chunk(BaseModel):
     hash: str
 
 
-class TreeEntry(BaseModel):
-    """One path of a revision; the fields after ``gid`` depend on its type (null otherwise)."""
+class TreeEntry(TreeChild):
+    """One path of a revision (the fields of a :class:`TreeChild`, then these; the fields
+    after ``revision`` depend on its type, null otherwise)."""
 
     fqrn: str
     revision: int | None
     root_hash: str
-    path: str
-    name: str
-    type: str = Field(description="file | dir | symlink | fifo | socket | char | block")
-    size: int
-    mode: int
-    mode_octal: str
-    mtime: str | None
-    mtime_timestamp: int
-    uid: int
-    gid: int
     hash: str | None = Field(None, description="file: content hash (null: empty file)")
     compression: str | None = Field(None, description="file: zlib | none")
     chunked: bool | None = None
